@@ -1,0 +1,1 @@
+"""The coach: programme data, breath pacing and the session state machine."""

@@ -1,0 +1,1 @@
+"""What the patient hears and says: speech, tone, mixer, listener, phrase catalogues."""
