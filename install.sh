@@ -19,9 +19,11 @@ ENABLE_SPI=1
 INSTALL_MODEL=1
 START_SERVICE=1
 PREFIX=/opt/appliance
-CONFIG_DIR=/etc/appliance
-STATE_DIR=/var/lib/appliance
-UNIT_DIR=/etc/systemd/system
+# Tests point these elsewhere; on a device they stay at the defaults the unit expects.
+CONFIG_DIR="${APPLIANCE_CONFIG_DIR:-/etc/appliance}"
+STATE_DIR="${APPLIANCE_STATE_DIR:-/var/lib/appliance}"
+UNIT_DIR="${APPLIANCE_UNIT_DIR:-/etc/systemd/system}"
+BIN_LINK="${APPLIANCE_BIN_LINK:-/usr/local/bin/appliance}"
 SERVICE_USER=appliance
 MODEL_FILES=()
 LANGUAGES="nl en"
@@ -31,15 +33,26 @@ DEV_APT_PACKAGES=(espeak-ng flite libportaudio2 alsa-utils sox pulseaudio pulsea
 # python3-lgpio: gpiozero 2's default pin factory on Bookworm (works on the Pi 5's RP1 too).
 # python3-spidev: the MCP3008-style ADC; the venv uses system site packages to reach both,
 # since lgpio needs the C library Debian builds and there is no compiler on a Lite image.
-DEVICE_APT_PACKAGES=(espeak-ng libportaudio2 alsa-utils python3-venv python3-lgpio
-    python3-spidev python3-numpy)
+DEVICE_APT_PACKAGES=(espeak-ng libportaudio2 alsa-utils python3-venv python3-pip
+    python3-spidev python3-numpy ca-certificates)
+# Only Raspberry Pi OS carries python3-lgpio; elsewhere (CI) gpiozero is not driven by real pins.
+PI_APT_PACKAGES=(python3-lgpio)
 
-# Vosk small models: upstream publishes no checksums, so the SHA-256 below are filled in
-# only where they were verified; an empty value means "download refused unless --model FILE
-# is given or APPLIANCE_MODEL_SHA256_<lang> is set" - we never install an unverified model.
-MODEL_BASE_URL="https://alphacephei.com/vosk/models"
+# Vosk small models. Alpha Cephei publishes no checksums; these SHA-256 are the values that
+# independent projects recorded for the same archives (en: several sources, 41,205,931 bytes;
+# nl: one source, 40,441,176 bytes, whose other entries agree with the rest). They were NOT
+# re-computed here (this build machine has no route to the model host). A mismatch refuses
+# the model: we never install an unverified download. Override per language with
+# APPLIANCE_MODEL_SHA256_nl / _en if upstream re-publishes an archive.
+MODEL_BASE_URL="${APPLIANCE_MODEL_BASE_URL:-https://alphacephei.com/vosk/models}"
 declare -A MODEL_NAME=([nl]=vosk-model-small-nl-0.22 [en]=vosk-model-small-en-us-0.15)
-declare -A MODEL_SHA256=([nl]="${APPLIANCE_MODEL_SHA256_nl:-}" [en]="${APPLIANCE_MODEL_SHA256_en:-}")
+declare -A MODEL_SHA256=(
+    [nl]="${APPLIANCE_MODEL_SHA256_nl:-039811c3b829de64e4f123a9f684a53784005b212a346ac0b899dc7efce2ed0a}"
+    [en]="${APPLIANCE_MODEL_SHA256_en:-30f26242c4eb449f948e42cb302dd7a686cb29a3423a8367f99ff41780942498}"
+)
+# Marks the lines this script adds to files it does not own (config.txt), so --uninstall
+# removes exactly those.
+MARKER="# added by appliance install.sh"
 
 usage() {
     sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -49,7 +62,8 @@ Options:
   --dry-run          print every action without doing it
   --no-spi           do not enable SPI (machines that are not a Raspberry Pi)
   --no-model         do not install a Vosk model (voice commands fall back to the button)
-  --model FILE       install a Vosk model from a local .zip (repeatable; language from name)
+  --model [LANG=]FILE  install a Vosk model from a local .zip (repeatable); LANG (nl, en)
+                     is taken from the file name when not given
   --languages "nl en" languages whose models to install (default: nl en)
   --no-start         install and enable the units but do not start the service now
   --prefix DIR       where the venv goes (default /opt/appliance)
@@ -88,7 +102,7 @@ die() { echo "install.sh: error: $*" >&2; exit 1; }
 # (kept in a log) so a re-run is quiet; on failure the log is shown.
 run() {
     if [[ $DRY_RUN -eq 1 ]]; then
-        echo "would run: $*"
+        echo "would run:$(printf ' %q' "$@")"
         return 0
     fi
     local out
@@ -158,14 +172,335 @@ install_dev() {
     log "installing the package editable with $extras into $venv"
     run "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
     run "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-        -e "$REPO_DIR$extras" "${extra_pkgs[@]}"
+        -e "${REPO_DIR}${extras}" "${extra_pkgs[@]}"
     if [[ $DRY_RUN -eq 0 ]]; then
         echo "$stamp" >"$venv/.install-stamp"
     fi
     log "development setup done: $venv"
 }
 
+# --- device ----------------------------------------------------------------------------------
+VENV="$PREFIX/venv"
+SERVICE_UNITS=(appliance.service appliance-reminder.service appliance-reminder.timer)
+
+is_raspberry_pi() {
+    grep -qs "Raspberry Pi" /proc/device-tree/model
+}
+
+systemd_running() {
+    [[ -d /run/systemd/system ]]
+}
+
+# The firmware config moved to /boot/firmware in Bookworm; older images keep /boot.
+boot_config() {
+    local f
+    for f in /boot/firmware/config.txt /boot/config.txt; do
+        if [[ -f $f ]]; then
+            echo "$f"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Hash of everything the venv is built from; equal hash = nothing to reinstall.
+source_stamp() {
+    (cd "$REPO_DIR" && find pyproject.toml appliance -type f \( -name '*.py' -o -name '*.toml' \
+        -o -name '*.wav' -o -name '*.json' \) -print0 | sort -z | xargs -0 sha256sum) \
+        | sha256sum | cut -d' ' -f1
+}
+
+ensure_user() {
+    if getent passwd "$SERVICE_USER" >/dev/null; then
+        log "user $SERVICE_USER exists"
+    else
+        log "creating system user $SERVICE_USER"
+        run useradd --system --home-dir "$STATE_DIR" --no-create-home \
+            --shell /usr/sbin/nologin --comment "pelvic-floor trainer appliance" "$SERVICE_USER"
+    fi
+    local group
+    for group in audio gpio spi; do
+        if ! getent group "$group" >/dev/null; then
+            log "group $group does not exist here (not a Raspberry Pi?): skipped"
+            continue
+        fi
+        if id -nG "$SERVICE_USER" 2>/dev/null | tr ' ' '\n' | grep -qx "$group"; then
+            continue
+        fi
+        run usermod -a -G "$group" "$SERVICE_USER"
+    done
+}
+
+ensure_venv() {
+    local stamp
+    stamp="$(source_stamp)"
+    if [[ -f "$VENV/.install-stamp" && "$(cat "$VENV/.install-stamp")" == "$stamp" ]] \
+        && "$VENV/bin/python" -c 'import appliance' 2>/dev/null; then
+        log "venv $VENV up to date"
+        return 0
+    fi
+    run install -d -m 0755 "$PREFIX"
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        log "creating venv $VENV"
+        # System site packages: lgpio, spidev and numpy come from Debian, built for this board.
+        run /usr/bin/python3 -m venv --system-site-packages "$VENV"
+    fi
+    log "installing the appliance package into $VENV"
+    run "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-warn-script-location \
+        "${REPO_DIR}[voice]"
+    if [[ $DRY_RUN -eq 0 ]]; then
+        echo "$stamp" >"$VENV/.install-stamp"
+    fi
+    if [[ ! -L $BIN_LINK ]]; then
+        run ln -sfn "$VENV/bin/appliance" "$BIN_LINK"
+    fi
+}
+
+ensure_dirs() {
+    run install -d -m 0750 -o root -g "$SERVICE_USER" "$CONFIG_DIR"
+    if [[ -f "$CONFIG_DIR/appliance.toml" ]]; then
+        log "keeping existing $CONFIG_DIR/appliance.toml"
+    else
+        run install -m 0640 -o root -g "$SERVICE_USER" "$REPO_DIR/examples/appliance.toml" \
+            "$CONFIG_DIR/appliance.toml"
+    fi
+    run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR"
+    run install -d -m 0755 -o root -g root "$STATE_DIR/models"
+}
+
+# model_lang_from_name FILE: nl/en from a Vosk archive name, empty when unknown.
+model_lang_from_name() {
+    local base lang
+    base="$(basename "$1")"
+    for lang in "${!MODEL_NAME[@]}"; do
+        if [[ $base == "${MODEL_NAME[$lang]}"* ]]; then
+            echo "$lang"
+            return 0
+        fi
+    done
+    case "$base" in
+        *-nl-*|*-nl.*) echo nl ;;
+        *-en-*|*-en.*) echo en ;;
+    esac
+}
+
+# install_model_zip LANG ZIP SHA: verify, unpack to models/LANG atomically.
+install_model_zip() {
+    local lang="$1" zip="$2" want="$3" got dest tmp
+    dest="$STATE_DIR/models/$lang"
+    if [[ $DRY_RUN -eq 1 ]]; then
+        echo "would run: sha256sum $zip (must be ${want:-recorded})"
+        echo "would run: unpack $zip to $dest"
+        return 0
+    fi
+    got="$(sha256sum "$zip" | cut -d' ' -f1)"
+    if [[ -n $want && $got != "$want" ]]; then
+        die "model $zip: SHA-256 $got is not the pinned $want; refusing it"
+    fi
+    if [[ -f "$dest/.sha256" && "$(cat "$dest/.sha256")" == "$got" ]]; then
+        log "model $lang already installed ($got)"
+        return 0
+    fi
+    tmp="$(mktemp -d "$STATE_DIR/models/.unpack-XXXXXX")"
+    /usr/bin/python3 -m zipfile -e "$zip" "$tmp" || { rm -rf "$tmp"; die "model $zip is not a valid zip"; }
+    # Archives hold one top folder; accept a bare model too.
+    local root="$tmp"
+    if [[ $(find "$tmp" -mindepth 1 -maxdepth 1 | wc -l) -eq 1 ]]; then
+        root="$(find "$tmp" -mindepth 1 -maxdepth 1 -type d)"
+    fi
+    if [[ ! -f "$root/am/final.mdl" || ! -d "$root/conf" ]]; then
+        rm -rf "$tmp"
+        die "model $zip has no am/final.mdl and conf/: not a Vosk model"
+    fi
+    echo "$got" >"$root/.sha256"
+    chmod -R a+rX "$root"
+    rm -rf "$dest.old"
+    if [[ -e $dest ]]; then mv "$dest" "$dest.old"; fi
+    mv "$root" "$dest"
+    rm -rf "$dest.old" "$tmp"
+    log "model $lang installed from $(basename "$zip") (SHA-256 $got)"
+}
+
+ensure_models() {
+    if [[ $INSTALL_MODEL -eq 0 ]]; then
+        log "--no-model: no Vosk model installed (the button alone drives sessions)"
+        return 0
+    fi
+    declare -A local_zip=()
+    local spec lang file
+    for spec in "${MODEL_FILES[@]}"; do
+        if [[ $spec =~ ^([a-z]{2})=(.+)$ ]]; then
+            lang="${BASH_REMATCH[1]}"
+            file="${BASH_REMATCH[2]}"
+        else
+            file="$spec"
+            lang="$(model_lang_from_name "$file")"
+            [[ -n $lang ]] || die "--model $file: cannot tell its language from the name; use --model nl=$file"
+        fi
+        [[ -f $file ]] || die "--model $file: no such file"
+        local_zip[$lang]="$file"
+    done
+    for lang in $LANGUAGES; do
+        [[ -n ${MODEL_NAME[$lang]:-} ]] || die "--languages: no model known for '$lang' (known: ${!MODEL_NAME[*]})"
+        if [[ -n ${local_zip[$lang]:-} ]]; then
+            file="${local_zip[$lang]}"
+            # A local archive named like the pinned one must be the pinned one; any other
+            # archive is the installer's deliberate choice and its hash is recorded.
+            if [[ $(basename "$file") == "${MODEL_NAME[$lang]}.zip" ]]; then
+                install_model_zip "$lang" "$file" "${MODEL_SHA256[$lang]}"
+            else
+                install_model_zip "$lang" "$file" ""
+            fi
+            continue
+        fi
+        if [[ -f "$STATE_DIR/models/$lang/.sha256" \
+            && "$(cat "$STATE_DIR/models/$lang/.sha256")" == "${MODEL_SHA256[$lang]}" ]]; then
+            log "model $lang already installed"
+            continue
+        fi
+        local url="$MODEL_BASE_URL/${MODEL_NAME[$lang]}.zip" dl
+        log "downloading $url"
+        if [[ $DRY_RUN -eq 1 ]]; then
+            echo "would run: download $url"
+            install_model_zip "$lang" "${MODEL_NAME[$lang]}.zip" "${MODEL_SHA256[$lang]}"
+            continue
+        fi
+        dl="$(mktemp -d)"
+        /usr/bin/python3 - "$url" "$dl/${MODEL_NAME[$lang]}.zip" <<'EOF' \
+            || { rm -rf "$dl"; die "cannot download $url (no network? use --model FILE)"; }
+import shutil, sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=60) as r, open(sys.argv[2], "wb") as f:
+    shutil.copyfileobj(r, f)
+EOF
+        install_model_zip "$lang" "$dl/${MODEL_NAME[$lang]}.zip" "${MODEL_SHA256[$lang]}"
+        rm -rf "$dl"
+    done
+}
+
+ensure_spi() {
+    if [[ $ENABLE_SPI -eq 0 ]]; then
+        log "--no-spi: SPI left as it is"
+        return 0
+    fi
+    local cfg
+    if ! cfg="$(boot_config)"; then
+        log "warning: no /boot/firmware/config.txt (not a Raspberry Pi?): SPI not enabled; use --no-spi"
+        return 0
+    fi
+    if grep -Eq '^[[:space:]]*dtparam=spi=on' "$cfg"; then
+        log "SPI already enabled in $cfg"
+        return 0
+    fi
+    log "enabling SPI in $cfg (takes effect after a reboot)"
+    if [[ $DRY_RUN -eq 1 ]]; then
+        echo "would run: append 'dtparam=spi=on $MARKER' to $cfg"
+    else
+        printf 'dtparam=spi=on %s\n' "$MARKER" >>"$cfg"
+    fi
+    if [[ ! -e /dev/spidev0.0 ]]; then
+        log "reboot needed before the probe can be read (/dev/spidev0.0 appears after it)"
+    fi
+}
+
+ensure_units() {
+    local unit src
+    for unit in "${SERVICE_UNITS[@]}"; do
+        src="$REPO_DIR/systemd/$unit"
+        if [[ $PREFIX == /opt/appliance ]]; then
+            if cmp -s "$src" "$UNIT_DIR/$unit"; then
+                continue
+            fi
+            run install -m 0644 "$src" "$UNIT_DIR/$unit"
+        else
+            # The units name /opt/appliance; another prefix is substituted in.
+            if [[ -f "$UNIT_DIR/$unit" ]] \
+                && sed "s#/opt/appliance#$PREFIX#g" "$src" | cmp -s - "$UNIT_DIR/$unit"; then
+                continue
+            fi
+            if [[ $DRY_RUN -eq 1 ]]; then
+                echo "would run: install $src as $UNIT_DIR/$unit with $PREFIX"
+            else
+                sed "s#/opt/appliance#$PREFIX#g" "$src" >"$UNIT_DIR/$unit"
+                chmod 0644 "$UNIT_DIR/$unit"
+            fi
+        fi
+    done
+    if systemd_running; then
+        run systemctl daemon-reload
+        run systemctl enable appliance.service appliance-reminder.timer
+        if [[ $START_SERVICE -eq 1 ]]; then
+            run systemctl restart appliance.service
+            run systemctl start appliance-reminder.timer
+        fi
+    else
+        # No systemd as PID 1 (a container or chroot): enable offline, start at next boot.
+        run systemctl --root=/ enable appliance.service appliance-reminder.timer
+        log "systemd is not running here: units enabled for the next boot, not started"
+    fi
+}
+
+install_device() {
+    need_root
+    local packages=("${DEVICE_APT_PACKAGES[@]}")
+    if is_raspberry_pi; then
+        packages+=("${PI_APT_PACKAGES[@]}")
+    else
+        log "not a Raspberry Pi: skipping ${PI_APT_PACKAGES[*]}"
+    fi
+    apt_install "${packages[@]}"
+    ensure_user
+    ensure_venv
+    ensure_dirs
+    ensure_models
+    ensure_spi
+    ensure_units
+    log "appliance installed (venv $VENV, configuration $CONFIG_DIR, data $STATE_DIR)"
+}
+
+uninstall_device() {
+    need_root
+    local unit
+    if systemd_running; then
+        run systemctl disable --now appliance.service appliance-reminder.timer || true
+    elif [[ -e "$UNIT_DIR/appliance.service" ]]; then
+        run systemctl --root=/ disable appliance.service appliance-reminder.timer || true
+    fi
+    for unit in "${SERVICE_UNITS[@]}"; do
+        if [[ -e "$UNIT_DIR/$unit" ]]; then
+            run rm -f "$UNIT_DIR/$unit"
+        fi
+    done
+    if systemd_running; then
+        run systemctl daemon-reload
+    fi
+    if [[ -L $BIN_LINK ]]; then
+        run rm -f "$BIN_LINK"
+    fi
+    if [[ -e $PREFIX ]]; then
+        run rm -rf "$PREFIX"
+    fi
+    if [[ -e "$STATE_DIR/models" ]]; then
+        run rm -rf "$STATE_DIR/models"
+    fi
+    local cfg
+    if cfg="$(boot_config)" && grep -qF "$MARKER" "$cfg"; then
+        run sed -i "/$MARKER/d" "$cfg"
+    fi
+    if [[ $PURGE -eq 1 ]]; then
+        log "--purge: deleting patient data ($STATE_DIR) and configuration ($CONFIG_DIR)"
+        run rm -rf "$STATE_DIR" "$CONFIG_DIR"
+    else
+        log "kept patient data in $STATE_DIR and configuration in $CONFIG_DIR (--purge deletes them)"
+    fi
+    if getent passwd "$SERVICE_USER" >/dev/null; then
+        run userdel "$SERVICE_USER"
+    fi
+    log "Debian packages are left installed (other software may use them)"
+    log "appliance removed"
+}
+
 case "$MODE" in
     dev) install_dev ;;
-    *) die "mode $MODE not written yet" ;;
+    device) install_device ;;
+    uninstall) uninstall_device ;;
 esac
