@@ -1,0 +1,459 @@
+"""One output stream: the live tone and queued speech mixed, the tone ducked under speech.
+
+`Mixer` produces the samples (lock-free, allocation-free per block); `DeviceOutput` pulls
+them from a sounddevice `OutputStream` and survives a missing sound card; `WavSink` pulls
+them into a WAV file in session time, sample-exact, for simulation and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from appliance.voice.tone import ToneParams, ToneSynth
+
+log = logging.getLogger(__name__)
+
+RING_SLOTS = 64  # speech items in flight between the coach and the audio thread
+
+
+@dataclass(frozen=True)
+class PlaybackState:
+    """What the mixer is playing right now (for the listener's notch and strictness).
+
+    `tone_hz` is None when the tone is inaudible; `tone_amplitude` is the fundamental's
+    peak amplitude at the output (full scale 1.0), after ducking and volume.
+    """
+
+    tone_hz: float | None
+    tone_amplitude: float
+    speaking: bool
+    speech_phrase: str | None
+
+
+@dataclass(frozen=True)
+class SpeechItem:
+    """A clip queued by reference: `samples` (float32, mono, mixer rate) starts at `start_frame`."""
+
+    start_frame: int
+    samples: np.ndarray
+    phrase: str
+
+
+class _Voice:
+    """A clip being played: where in it we are. Mutated only by the audio thread."""
+
+    __slots__ = ("item", "pos")
+
+    def __init__(self, item: SpeechItem, pos: int = 0) -> None:
+        self.item = item
+        self.pos = pos
+
+
+class Mixer:
+    """Tone plus speech into one mono stream of float samples in [-1, 1].
+
+    Producer side (coach thread): `set_tone`, `schedule`, `cancel_speech`, `volume`.
+    Consumer side (audio thread or WAV writer): `render`. They share only attribute swaps
+    and a preallocated single-producer/single-consumer ring, so the audio thread never
+    waits on a lock. A new clip preempts one still playing (fading it out over
+    `fade_ms`): landing on the breath matters more than finishing a sentence.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        *,
+        max_block: int = 4096,
+        volume: float = 0.8,
+        duck_gain: float = 0.25,
+        duck_ms: float = 30.0,
+        fade_ms: float = 10.0,
+        glide_ms: float = 4.0,
+    ) -> None:
+        self.sample_rate = int(sample_rate)
+        self.max_block = int(max_block)
+        self.tone = ToneSynth(self.sample_rate, max_block=self.max_block, glide_ms=glide_ms)
+        self.volume = float(volume)
+        self.duck_gain = float(duck_gain)
+        self.duck_frames = max(1, int(duck_ms * 1e-3 * self.sample_rate))
+        self.running = True  # False while no device pulls samples: speech is then dropped
+        self.dropped_items = 0
+        self._frame = 0
+        self._vol = self.volume
+        self._duck = 1.0
+        self._ring: list[SpeechItem | None] = [None] * RING_SLOTS
+        self._ring_w = 0
+        self._ring_r = 0
+        self._cancel_req = 0
+        self._cancel_seen = 0
+        self._pending: list[SpeechItem] = []  # audio-thread private, sorted by start_frame
+        self._active: _Voice | None = None
+        self._fading: _Voice | None = None
+        self._fade_pos = 0
+        fade_len = max(1, int(fade_ms * 1e-3 * self.sample_rate))
+        self._fade = np.linspace(1.0, 0.0, fade_len + 1)[1:]
+        self._mix = np.zeros(self.max_block)
+        self._speech = np.zeros(self.max_block)
+        self._tmp = np.zeros(self.max_block)
+
+    # -- producer side -----------------------------------------------------------------------
+    def set_tone(self, params: ToneParams) -> None:
+        self.tone.set_params(params)
+
+    def frame_now(self) -> int:
+        """The frame the next rendered block starts at (samples since the mixer started)."""
+        return self._frame
+
+    def schedule(self, samples: np.ndarray, start_frame: int, phrase: str = "") -> bool:
+        """Queue a clip (by reference) to start at `start_frame`; False if it was dropped."""
+        if not self.running:
+            log.debug("no output device: speech %r dropped", phrase)
+            self.dropped_items += 1
+            return False
+        if self._ring_w - self._ring_r >= RING_SLOTS:
+            log.warning("speech queue full: %r dropped", phrase)
+            self.dropped_items += 1
+            return False
+        self._ring[self._ring_w % RING_SLOTS] = SpeechItem(int(start_frame), samples, phrase)
+        self._ring_w += 1  # published only after the slot is written
+        return True
+
+    def cancel_speech(self) -> None:
+        """Fade out what is being said and forget everything queued."""
+        self._cancel_req += 1
+
+    def playback_state(self) -> PlaybackState:
+        """A snapshot of what is playing; cheap, any thread, never blocks the audio thread."""
+        amp = self.tone.current_amplitude * self._duck * self._vol
+        active = self._active
+        phrase = active.item.phrase if active is not None else None
+        return PlaybackState(
+            tone_hz=self.tone.current_freq_hz if amp > 1e-4 else None,
+            tone_amplitude=amp,
+            speaking=active is not None,
+            speech_phrase=phrase,
+        )
+
+    def prepare(self, block: int) -> None:
+        """Precompute per-block-length tables outside the audio thread."""
+        self.tone.prepare(min(block, self.max_block))
+
+    # -- consumer side -------------------------------------------------------------------------
+    def render(self, out: np.ndarray) -> None:
+        """Fill `out` (shape (n,) or (n, 1), any float dtype) with the next n samples."""
+        n = out.shape[0]
+        if n > self.max_block:
+            for start in range(0, n, self.max_block):
+                self.render(out[start : start + self.max_block])
+            return
+        block_start = self._frame
+        block_end = block_start + n
+        sp = self._speech[:n]
+        sp.fill(0.0)
+        self._take_from_ring()
+        if self._cancel_seen != self._cancel_req:
+            self._cancel_seen = self._cancel_req
+            self._pending.clear()
+            if self._active is not None:
+                self._start_fade(self._active)
+                self._active = None
+
+        if self._fading is not None:
+            self._render_fade(sp, n)
+        active = self._active
+        if active is not None:
+            samples = active.item.samples
+            take = min(n, samples.shape[0] - active.pos)
+            sp[:take] += samples[active.pos : active.pos + take]
+            active.pos += take
+            if active.pos >= samples.shape[0]:
+                active = self._active = None
+        pending = self._pending
+        while pending and pending[0].start_frame < block_end:
+            item = pending.pop(0)
+            offset = max(0, item.start_frame - block_start)
+            if active is not None:  # preempted: it fades out from the next block on
+                self._start_fade(active)
+            take = min(n - offset, item.samples.shape[0])
+            sp[offset : offset + take] += item.samples[:take]
+            active = self._active = _Voice(item, take)
+            if take >= item.samples.shape[0]:
+                active = self._active = None
+
+        # Duck the tone while speech plays, starting just before a clip begins.
+        speaking = active is not None or (
+            bool(pending) and pending[0].start_frame - block_end < self.duck_frames
+        )
+        duck_target = self.duck_gain if speaking else 1.0
+        step = n / self.duck_frames * (1.0 - self.duck_gain)
+        duck0 = self._duck
+        duck1 = (
+            min(duck0 + step, duck_target)
+            if duck_target > duck0
+            else max(duck0 - step, duck_target)
+        )
+        vol0 = self._vol
+        vol1 = self.volume
+        vstep = n / self.duck_frames
+        vol1 = min(vol0 + vstep, vol1) if vol1 > vol0 else max(vol0 - vstep, vol1)
+
+        mix = self._mix[:n]
+        self.tone.render(mix, duck0 * vol0, duck1 * vol1)
+        if vol0 == vol1:
+            sp *= vol1
+        else:
+            tmp = self._tmp[:n]
+            np.multiply(self.tone.ramp(n), vol1 - vol0, out=tmp)
+            tmp += vol0
+            sp *= tmp
+        mix += sp
+        np.clip(mix, -1.0, 1.0, out=mix)
+        if out.ndim == 2:
+            out[:, 0] = mix
+            if out.shape[1] > 1:
+                out[:, 1:] = out[:, :1]
+        else:
+            out[:] = mix
+        self._duck = duck1
+        self._vol = vol1
+        self._frame = block_end
+
+    def _take_from_ring(self) -> None:
+        while self._ring_r < self._ring_w:
+            slot = self._ring_r % RING_SLOTS
+            item = self._ring[slot]
+            self._ring[slot] = None
+            self._ring_r += 1
+            if item is None:
+                continue
+            # keep pending sorted; it holds a handful of items at most
+            i = len(self._pending)
+            while i > 0 and self._pending[i - 1].start_frame > item.start_frame:
+                i -= 1
+            self._pending.insert(i, item)
+
+    def _start_fade(self, voice: _Voice) -> None:
+        self._fading = voice
+        self._fade_pos = 0
+
+    def _render_fade(self, sp: np.ndarray, n: int) -> None:
+        voice = self._fading
+        samples = voice.item.samples
+        m = min(n, self._fade.shape[0] - self._fade_pos, samples.shape[0] - voice.pos)
+        if m > 0:
+            tmp = self._tmp[:m]
+            np.multiply(
+                samples[voice.pos : voice.pos + m],
+                self._fade[self._fade_pos : self._fade_pos + m],
+                out=tmp,
+            )
+            sp[:m] += tmp
+            voice.pos += m
+            self._fade_pos += m
+        if m <= 0 or self._fade_pos >= self._fade.shape[0] or voice.pos >= samples.shape[0]:
+            self._fading = None
+
+
+class WavSink:
+    """Pulls the mixer into a 16-bit mono WAV file, in session time, sample-exact.
+
+    `render_until(t)` writes every sample up to session time `t` (frame round(t·rate)),
+    in blocks of the device's `block_size` so the file is what the speaker would play.
+    """
+
+    def __init__(self, path: str | Path, mixer: Mixer, block_size: int = 64) -> None:
+        self.path = Path(path)
+        self.mixer = mixer
+        self.block_size = int(block_size)
+        mixer.prepare(self.block_size)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._wav = wave.open(str(self.path), "wb")
+        self._wav.setnchannels(1)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(mixer.sample_rate)
+        # Buffer a second of samples between writes: fewer syscalls, same bytes.
+        self._buf = np.zeros(mixer.sample_rate, dtype=np.float64)
+        self._pcm = np.zeros(mixer.sample_rate, dtype=np.int16)
+        self._fill = 0
+        self.frames_written = 0
+        self._closed = False
+
+    def render_until_frame(self, frame: int) -> None:
+        while self.frames_written < frame:
+            # stay on the device's block grid so the glide behaves as on the speaker
+            n = min(
+                self.block_size - self.frames_written % self.block_size,
+                frame - self.frames_written,
+                self._buf.shape[0] - self._fill,
+            )
+            self.mixer.render(self._buf[self._fill : self._fill + n])
+            self._fill += n
+            self.frames_written += n
+            if self._fill == self._buf.shape[0]:
+                self._flush()
+
+    def render_until(self, t: float) -> None:
+        self.render_until_frame(frames_for(t, self.mixer.sample_rate))
+
+    def _flush(self) -> None:
+        if self._fill:
+            np.multiply(self._buf[: self._fill], 32767.0, out=self._buf[: self._fill])
+            np.rint(self._buf[: self._fill], out=self._buf[: self._fill])
+            self._pcm[: self._fill] = self._buf[: self._fill]
+            self._wav.writeframes(self._pcm[: self._fill].tobytes())
+            self._fill = 0
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._flush()
+        self._wav.close()
+        self._closed = True
+
+    def __enter__(self) -> WavSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DeviceOutput:
+    """The mixer on a sound card through a sounddevice `OutputStream`.
+
+    Without a usable device the appliance keeps running in silence: the fault is logged
+    once, the device retried every `retry_s` seconds, and speech dropped meanwhile so
+    nothing piles up. Underruns are counted in the callback and logged from a
+    supervisor thread, never from the audio thread.
+    """
+
+    def __init__(
+        self,
+        mixer: Mixer,
+        device: str | int | None = None,
+        block_size: int = 64,
+        *,
+        retry_s: float = 3.0,
+        latency: str | float = "low",
+    ) -> None:
+        self.mixer = mixer
+        self.device = device
+        self.block_size = int(block_size)
+        self.retry_s = retry_s
+        self.latency = latency
+        self.underruns = 0
+        self.callbacks = 0
+        self.open_attempts = 0
+        self.output_latency_s: float | None = None
+        self.last_error: str | None = None
+        self._stream = None
+        self._stop = threading.Event()
+        self._opened = threading.Event()
+        self._thread: threading.Thread | None = None
+        mixer.prepare(self.block_size)
+        mixer.running = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._stream is not None
+
+    def start(self) -> DeviceOutput:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._supervise, name="audio-out", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait_open(self, timeout: float) -> bool:
+        return self._opened.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        self._close()
+
+    def _callback(self, outdata: np.ndarray, frames: int, time_info, status) -> None:  # noqa: ANN001
+        if status.output_underflow:
+            self.underruns += 1
+        self.callbacks += 1
+        self.mixer.render(outdata)
+
+    def _open(self) -> bool:
+        self.open_attempts += 1
+        try:
+            import sounddevice as sd  # PortAudio missing is just another absent device
+
+            stream = sd.OutputStream(
+                samplerate=self.mixer.sample_rate,
+                blocksize=self.block_size,
+                device=self.device,
+                channels=1,
+                dtype="float32",
+                latency=self.latency,
+                callback=self._callback,
+            )
+            stream.start()
+        except Exception as exc:  # noqa: BLE001 - any failure means "no device yet"
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self.last_error:
+                log.warning(
+                    "audio output %r unavailable (%s); continuing silently, retrying every %.0f s",
+                    self.device,
+                    message,
+                    self.retry_s,
+                )
+            self.last_error = message
+            return False
+        self._stream = stream
+        self.output_latency_s = float(stream.latency)
+        self.mixer.cancel_speech()  # anything queued while silent is stale
+        self.mixer.running = True
+        self._opened.set()
+        log.info(
+            "audio output open on %r: %d Hz, block %d, latency %.1f ms",
+            self.device,
+            self.mixer.sample_rate,
+            self.block_size,
+            self.output_latency_s * 1e3,
+        )
+        self.last_error = None
+        return True
+
+    def _close(self) -> None:
+        self.mixer.running = False
+        self._opened.clear()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.stop()
+                stream.close()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("closing audio output: %s", exc)
+
+    def _supervise(self) -> None:
+        logged_underruns = 0
+        while not self._stop.is_set():
+            if self._stream is None:
+                if not self._open():
+                    self._stop.wait(self.retry_s)
+                    continue
+            if not self._stream.active:
+                log.warning("audio output stopped unexpectedly; reopening")
+                self._close()
+                continue
+            if self.underruns != logged_underruns:
+                log.warning("audio output: %d underrun(s) so far", self.underruns)
+                logged_underruns = self.underruns
+            self._stop.wait(1.0)
+
+
+def frames_for(t: float, sample_rate: int) -> int:
+    """Session time to a frame index, rounded to the nearest sample."""
+    return int(math.floor(t * sample_rate + 0.5))
