@@ -89,7 +89,8 @@ class AdcSampler:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._next_due: float | None = None
+        self._origin: float | None = None
+        self._slot = 0
         self._lateness: deque[float] = deque(maxlen=MAX_BUFFERED)
         self._stamps: deque[float] = deque(maxlen=MAX_BUFFERED)
         self._conversion_s: deque[float] = deque(maxlen=MAX_BUFFERED)
@@ -152,15 +153,15 @@ class AdcSampler:
 
     def acquire_until(self, t: float) -> None:
         """Take every sample scheduled up to `t` now, in the caller's thread (simulated time)."""
-        if self._next_due is None:
-            self._next_due = t
-        while self._next_due <= t + 1e-12:
-            due = self._next_due
+        if self._origin is None:
+            self._origin = t
+        # Due times from a slot index, not by adding periods, so rounding never drops a slot.
+        while (due := self._origin + self._slot * self.period) <= t + 1e-9:
             if self.before_conversion is not None:
                 self.before_conversion(due)
             counts = self._burst()
             self._record(due, due, counts, 0.0)
-            self._next_due = due + self.period
+            self._slot += 1
 
     # --- consumers -----------------------------------------------------------------------
 

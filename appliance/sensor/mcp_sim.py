@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockSPIDevice
 
@@ -132,3 +133,121 @@ class McpSimulator(MockSPIDevice):
             plus, minus = (pair, pair + 1) if not channel & 1 else (pair + 1, pair)
             volts = float(self.voltage(plus)) - float(self.voltage(minus))
         return code_for_voltage(volts, self.vref, self.model.bits)
+
+
+# --- driving the simulated chip from simulated pressure ------------------------------------
+
+
+class ResampledPressure:
+    """Pressure at any instant from a `PressureSource` that delivers samples in chunks.
+
+    Pulls from the source as time moves on and interpolates linearly between its samples,
+    so a 100 Hz simulated pelvic floor can feed a 200 Hz ADC. Times must not go backwards.
+    """
+
+    def __init__(self, source) -> None:
+        self.source = source
+        self._t: list[float] = []
+        self._p: list[float] = []
+
+    def __call__(self, t: float) -> float:
+        if not self._t or t > self._t[-1]:
+            times, values = self.source.read_until(t)
+            self._t.extend(float(x) for x in times)
+            self._p.extend(float(x) for x in values)
+            # Only the last couple of samples are ever needed again.
+            if len(self._t) > 64:
+                del self._t[:-8], self._p[:-8]
+        if not self._t:
+            return 0.0
+        if t >= self._t[-1] or len(self._t) == 1:
+            return self._p[-1]
+        return float(np.interp(t, self._t, self._p))
+
+
+class AnalogFrontEnd:
+    """The sensor and divider as the chip's pins see them: pressure (cmH2O) → volts plus noise.
+
+    `pressure_at(t)` drives the probe channel and, if given, `abdominal_at(t)` the abdominal
+    channel. The ADC sampler calls `set_time` before each conversion (simulated time).
+    `noise_v` is the sensor's white output noise at the ADC pin (MPX5010: a few mV).
+    """
+
+    def __init__(
+        self,
+        pressure_at: Callable[[float], float],
+        transfer,
+        probe_channel: int = 0,
+        abdominal_at: Callable[[float], float] | None = None,
+        abdominal_channel: int | None = None,
+        noise_v: float = 0.003,
+        seed: int = 0,
+    ) -> None:
+        self.pressure_at = pressure_at
+        self.transfer = transfer
+        self.probe_channel = probe_channel
+        self.abdominal_at = abdominal_at
+        self.abdominal_channel = abdominal_channel
+        self.noise_v = noise_v
+        self.rng = np.random.default_rng(seed)
+        self.t = 0.0
+
+    def set_time(self, t: float) -> None:
+        self.t = t
+
+    def voltage(self, channel: int) -> float:
+        if channel == self.probe_channel:
+            p = self.pressure_at(self.t)
+        elif channel == self.abdominal_channel and self.abdominal_at is not None:
+            p = self.abdominal_at(self.t)
+        else:
+            return 0.0
+        return float(self.transfer.volts(p)) + self.rng.normal(0.0, self.noise_v)
+
+
+def simulated_adc_probe(
+    pressure_at: Callable[[float], float],
+    config,
+    clock,
+    abdominal_at: Callable[[float], float] | None = None,
+    noise_v: float = 0.003,
+    seed: int = 0,
+    state_dir=None,
+):
+    """A `Probe` whose numbers come through the real code path: front end → chip simulator →
+    gpiozero MCP3xxx (bit-banged on a MockFactory) → AdcSampler → Probe.
+
+    Returns `(probe, simulator, front_end)` so tests can unplug or disturb them.
+    """
+    from appliance.sensor.probe import load_probe_calibration, open_probe, transfer_from_config
+
+    transfer = transfer_from_config(config, load_probe_calibration(state_dir))
+    factory = MockFactory()
+    if Device.pin_factory is None:
+        # gpiozero 2.0.1's SPISoftwareBus builds its base Device without the pin_factory it
+        # was given, which makes gpiozero hunt for a real GPIO library; off a Pi none loads.
+        Device.pin_factory = MockFactory()
+    front = AnalogFrontEnd(
+        pressure_at, transfer, config.channel, abdominal_at, config.abdominal_channel, noise_v, seed
+    )
+    sim = McpSimulator(
+        config.chip, front.voltage, config.vref, config.spi_port, config.spi_device, factory
+    )
+    probe = open_probe(
+        config,
+        clock,
+        state_dir,
+        pin_factory=factory,
+        stepped=True,
+        before_conversion=front.set_time,
+    )
+    inner_close = probe._on_close
+
+    def close() -> None:
+        if inner_close is not None:
+            inner_close()
+        sim.close()
+        factory.close()
+
+    probe._on_close = close
+    return probe, sim, front

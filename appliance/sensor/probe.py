@@ -407,7 +407,9 @@ def open_probe(
     if config.abdominal_channel is not None:
         if config.abdominal_channel == config.channel:
             raise ConfigError(
-                "(config)", "sensor.abdominal_channel", config.abdominal_channel,
+                "(config)",
+                "sensor.abdominal_channel",
+                config.abdominal_channel,
                 "must differ from sensor.channel",
             )
         adcs.append(open_adc(config, channel=config.abdominal_channel, pin_factory=pin_factory))
@@ -426,8 +428,13 @@ def open_probe(
             a.close()
 
     probe = Probe(
-        sampler, transfer, config.vref, ADC_BITS[config.chip], calibration,
-        stepped=stepped, on_close=close_adcs,
+        sampler,
+        transfer,
+        config.vref,
+        ADC_BITS[config.chip],
+        calibration,
+        stepped=stepped,
+        on_close=close_adcs,
     )
     if not stepped:
         sampler.start()
