@@ -301,10 +301,14 @@ class SpeechRenderer:
     ) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.engines = engines if engines is not None else [
-            Pyttsx3Worker(timeout_s=timeout_s),
-            EspeakCli(timeout_s=2 * timeout_s),
-        ]
+        self.engines = (
+            engines
+            if engines is not None
+            else [
+                Pyttsx3Worker(timeout_s=timeout_s),
+                EspeakCli(timeout_s=2 * timeout_s),
+            ]
+        )
         self.cache_hits = 0
         self.renders = 0
         self._lock = threading.Lock()
@@ -446,12 +450,13 @@ class PhraseBank:
         sample_rate: int,
         volume: float = 1.0,
     ) -> None:
-        if lang not in VOICES:
+        voice = getattr(catalogue, "voice", None) or VOICES.get(lang)
+        if not voice:
             raise ValueError(f"no speech voice for language {lang!r} (known: {sorted(VOICES)})")
         self.catalogue = catalogue
         self.renderer = renderer
         self.lang = lang
-        self.voice = VOICES[lang]
+        self.voice = voice
         self.rate_wpm = int(rate_wpm)
         self.sample_rate = int(sample_rate)
         self.volume = volume

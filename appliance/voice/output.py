@@ -1,0 +1,157 @@
+"""The coach's voice and tone as a `Sink`: `say` events become queued clips, feedback the tone.
+
+`AudioSink` is what the session talks to; behind it sit the `Mixer` and either a
+`DeviceOutput` (the speaker) or a `WavSink` (a file, sample-exact in session time).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from appliance.config import AudioConfig
+from appliance.events import Event, Feedback
+from appliance.voice.audio import DeviceOutput, Mixer, WavSink, frames_for
+from appliance.voice.speech import PhraseBank, SpeechError
+from appliance.voice.tone import ToneMapping, ToneShaper
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BREATH_S = 10.0  # the coach's default breath (4 s in, 6 s out); speech rate 1:1 there
+MIN_RATE_WPM, MAX_RATE_WPM = 100, 220
+
+
+def rate_for_pace(base_wpm: int, breath_s: float) -> int:
+    """Speech follows the breath: a slower breath gets slower speech, in 5-wpm steps."""
+    rate = base_wpm * DEFAULT_BREATH_S / max(breath_s, 1e-3)
+    rate = min(max(rate, MIN_RATE_WPM), MAX_RATE_WPM)
+    return int(5 * round(rate / 5))
+
+
+class AudioSink:
+    """Turns the coach's events and feedback into what the patient hears.
+
+    - `say` (`phrase`, `at`): the phrase's clip is queued to start at session time `at`.
+    - `setting` `volume` (0..1): master volume, immediately; `pace` (breath seconds, or a
+      dict with `inhale_s`/`exhale_s`): speech re-rendered at a matching rate in the
+      background.
+    - `feedback`: the tone's pitch and cue at every control tick.
+
+    With a `WavSink` every event and tick first renders the file up to its time, so the
+    WAV holds exactly what the speaker would have played, sample for sample.
+    """
+
+    def __init__(
+        self,
+        mixer: Mixer,
+        bank: PhraseBank,
+        shaper: ToneShaper,
+        *,
+        wav: WavSink | None = None,
+        output: DeviceOutput | None = None,
+        base_rate_wpm: int = 150,
+    ) -> None:
+        self.mixer = mixer
+        self.bank = bank
+        self.shaper = shaper
+        self.wav = wav
+        self.output = output
+        self.base_rate_wpm = base_rate_wpm
+        self.spoken: list[tuple[float, str, float]] = []  # (at, phrase key, duration)
+        self._last_t = 0.0
+        self._speech_end = 0.0
+
+    @classmethod
+    def for_config(
+        cls,
+        cfg: AudioConfig,
+        bank: PhraseBank,
+        *,
+        wav_path: str | None = None,
+        device: bool = False,
+    ) -> AudioSink:
+        """The usual assembly: a mixer at the configured rate, to a WAV file or the speaker."""
+        mixer = Mixer(cfg.sample_rate, volume=cfg.volume)
+        shaper = ToneShaper(
+            ToneMapping(cfg.tone_rest_hz, cfg.tone_target_hz), always_on=cfg.tone_always_on
+        )
+        wav = WavSink(wav_path, mixer, block_size=cfg.block_size) if wav_path else None
+        output = None
+        if device:
+            output = DeviceOutput(mixer, cfg.output_device, cfg.block_size).start()
+        return cls(mixer, bank, shaper, wav=wav, output=output, base_rate_wpm=cfg.speech_rate_wpm)
+
+    # -- Sink ---------------------------------------------------------------------------------
+    def emit(self, event: Event) -> None:
+        self._advance(event.t)
+        if event.kind == "say":
+            self.say(str(event.data["phrase"]), float(event.data.get("at", event.t)))
+        elif event.kind == "setting":
+            self._setting(str(event.data.get("setting")), event.data.get("value"))
+
+    def feedback(self, fb: Feedback) -> None:
+        self._advance(fb.t)
+        self.mixer.set_tone(self.shaper.update(fb))
+
+    # -- actions --------------------------------------------------------------------------------
+    def say(self, key: str, at: float) -> bool:
+        try:
+            clip = self.bank.clip(key)
+        except (KeyError, SpeechError) as exc:
+            log.error("cannot say %r: %s", key, exc)
+            return False
+        if self.wav is not None:
+            frame = frames_for(at, self.mixer.sample_rate)
+        else:
+            # Live: `at` is relative to the coach's latest tick, which is "now".
+            lead = max(0.0, at - self._last_t)
+            frame = self.mixer.frame_now() + int(round(lead * self.mixer.sample_rate))
+        queued = self.mixer.schedule(clip.samples, frame, key)
+        if queued:
+            self.spoken.append((at, key, clip.duration_s))
+            self._speech_end = max(self._speech_end, at + clip.duration_s)
+        return queued
+
+    def _setting(self, name: str, value: Any) -> None:
+        if name == "volume":
+            try:
+                volume = float(value)
+            except (TypeError, ValueError):
+                log.error("setting volume: not a number: %r", value)
+                return
+            self.mixer.volume = min(max(volume, 0.0), 1.0)
+        elif name == "pace":
+            breath_s = _breath_seconds(value)
+            if breath_s is None:
+                log.error("setting pace: cannot read %r", value)
+                return
+            self.bank.set_rate(rate_for_pace(self.base_rate_wpm, breath_s))
+
+    def _advance(self, t: float) -> None:
+        if t > self._last_t:
+            self._last_t = t
+        if self.wav is not None:
+            self.wav.render_until(t)
+
+    def close(self, t_end: float | None = None) -> None:
+        """Finish: a WAV is rendered until the last phrase has been spoken, then closed."""
+        if self.wav is not None:
+            end = max(t_end if t_end is not None else self._last_t, self._speech_end) + 0.25
+            self.wav.render_until(end)
+            self.wav.close()
+        if self.output is not None:
+            self.output.stop()
+
+
+def _breath_seconds(value: Any) -> float | None:
+    if isinstance(value, dict):
+        try:
+            return float(value["inhale_s"]) + float(value["exhale_s"])
+        except (KeyError, TypeError, ValueError):
+            return None
+    if hasattr(value, "breath_s"):
+        return float(value.breath_s)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
