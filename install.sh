@@ -26,6 +26,7 @@ UNIT_DIR="${APPLIANCE_UNIT_DIR:-/etc/systemd/system}"
 BIN_LINK="${APPLIANCE_BIN_LINK:-/usr/local/bin/appliance}"
 SERVICE_USER=appliance
 MODEL_FILES=()
+ONLY_STEPS=""          # --only: comma-separated subset of the device steps (tests, repairs)
 LANGUAGES="nl en"
 
 DEV_APT_PACKAGES=(espeak-ng flite libportaudio2 alsa-utils sox pulseaudio pulseaudio-utils
@@ -67,6 +68,7 @@ Options:
   --languages "nl en" languages whose models to install (default: nl en)
   --no-start         install and enable the units but do not start the service now
   --prefix DIR       where the venv goes (default /opt/appliance)
+  --only STEP[,STEP] run only these device steps: packages user venv dirs models spi units
   --uninstall        remove what the device install added, keeping patient data
   --purge            with --uninstall: also delete patient data and configuration
   -h, --help         this text
@@ -86,6 +88,8 @@ while [[ $# -gt 0 ]]; do
         --no-start) START_SERVICE=0 ;;
         --prefix) [[ $# -ge 2 ]] || { echo "install.sh: --prefix needs a DIR" >&2; exit 2; }
             PREFIX="$2"; shift ;;
+        --only) [[ $# -ge 2 ]] || { echo "install.sh: --only needs STEP[,STEP]" >&2; exit 2; }
+            ONLY_STEPS="$2"; shift ;;
         --uninstall) MODE=uninstall ;;
         --purge) PURGE=1 ;;
         -h|--help) usage; exit 0 ;;
@@ -328,6 +332,9 @@ ensure_models() {
     fi
     declare -A local_zip=()
     local spec lang file
+    if [[ $DRY_RUN -eq 0 && ! -d "$STATE_DIR/models" ]]; then
+        install -d -m 0755 "$STATE_DIR/models"
+    fi
     for spec in "${MODEL_FILES[@]}"; do
         if [[ $spec =~ ^([a-z]{2})=(.+)$ ]]; then
             lang="${BASH_REMATCH[1]}"
@@ -447,13 +454,16 @@ install_device() {
     else
         log "not a Raspberry Pi: skipping ${PI_APT_PACKAGES[*]}"
     fi
-    apt_install "${packages[@]}"
-    ensure_user
-    ensure_venv
-    ensure_dirs
-    ensure_models
-    ensure_spi
-    ensure_units
+    local step
+    for step in packages user venv dirs models spi units; do
+        if [[ -n $ONLY_STEPS && " ${ONLY_STEPS//,/ } " != *" $step "* ]]; then
+            continue
+        fi
+        case "$step" in
+            packages) apt_install "${packages[@]}" ;;
+            *) "ensure_$step" ;;
+        esac
+    done
     log "appliance installed (venv $VENV, configuration $CONFIG_DIR, data $STATE_DIR)"
 }
 

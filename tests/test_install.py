@@ -1,0 +1,249 @@
+"""install.sh and the systemd units: lint, dry run, model checks, unit checks, example config."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from appliance.config import DeviceConfig, load_device_config
+
+REPO = Path(__file__).resolve().parents[1]
+INSTALL = REPO / "install.sh"
+UNITS = ["appliance.service", "appliance-reminder.service", "appliance-reminder.timer"]
+SYSTEM_PATHS = [Path("/opt/appliance"), Path("/etc/appliance"), Path("/var/lib/appliance"),
+                Path("/etc/systemd/system"), Path("/usr/local/bin")]
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh device steps need root")
+
+
+def snapshot(paths: list[Path]) -> dict[str, tuple[int, int]]:
+    """(mtime_ns, size) of every file and folder under `paths`."""
+    seen = {}
+    for top in paths:
+        if not top.exists():
+            seen[str(top)] = (-1, -1)
+            continue
+        for root, dirs, files in os.walk(top):
+            for name in [*dirs, *files, "."]:
+                p = Path(root, name)
+                try:
+                    st = p.lstat()
+                except FileNotFoundError:
+                    continue
+                seen[str(p)] = (st.st_mtime_ns, st.st_size)
+    return seen
+
+
+def run_install(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(INSTALL), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def isolated_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "APPLIANCE_CONFIG_DIR": str(tmp_path / "etc"),
+        "APPLIANCE_STATE_DIR": str(tmp_path / "state"),
+        "APPLIANCE_UNIT_DIR": str(tmp_path / "units"),
+        "APPLIANCE_BIN_LINK": str(tmp_path / "bin" / "appliance"),
+    }
+
+
+def test_shellcheck_finds_nothing():
+    assert shutil.which("shellcheck"), "shellcheck missing: run ./install.sh --dev"
+    scripts = [INSTALL] + [p for p in [REPO / ".ci" / "device-checks.sh"] if p.exists()]
+    result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_dry_run_prints_every_step_and_changes_nothing(tmp_path):
+    env = isolated_env(tmp_path)
+    before = snapshot(SYSTEM_PATHS)
+    result = run_install("--dry-run", "--prefix", str(tmp_path / "opt"), env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    # Each step is announced, not done.
+    for expected in (
+        "/usr/bin/python3 -m venv",
+        "pip install",
+        f"{tmp_path}/etc/appliance.toml",
+        "download https://",
+        "vosk-model-small-nl-0.22.zip",
+        "vosk-model-small-en-us-0.15.zip",
+        f"{tmp_path}/units/appliance.service",
+        "enable appliance.service appliance-reminder.timer",
+    ):
+        assert expected in out, f"dry run does not mention {expected!r}:\n{out}"
+    assert not (tmp_path / "opt").exists()
+    assert not (tmp_path / "etc").exists()
+    assert not (tmp_path / "state").exists()
+    assert not (tmp_path / "units").exists()
+    assert snapshot(SYSTEM_PATHS) == before
+
+
+def test_dry_run_uninstall_changes_nothing(tmp_path):
+    before = snapshot(SYSTEM_PATHS)
+    result = run_install("--dry-run", "--uninstall", "--purge")
+    assert result.returncode == 0, result.stderr
+    assert snapshot(SYSTEM_PATHS) == before
+
+
+def test_unknown_option_is_refused_with_its_name():
+    result = run_install("--frobnicate")
+    assert result.returncode == 2
+    assert "--frobnicate" in result.stderr
+
+
+def make_model_zip(path: Path, top: str, valid: bool = True) -> str:
+    with zipfile.ZipFile(path, "w") as zf:
+        if valid:
+            zf.writestr(f"{top}/am/final.mdl", b"acoustic model bytes")
+        zf.writestr(f"{top}/conf/model.conf", b"--sample-frequency=16000\n")
+        zf.writestr(f"{top}/README", b"test model")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@needs_root
+def test_local_model_with_a_pinned_name_but_other_bytes_is_refused(tmp_path):
+    env = isolated_env(tmp_path)
+    fake = tmp_path / "vosk-model-small-nl-0.22.zip"
+    make_model_zip(fake, "vosk-model-small-nl-0.22")
+    result = run_install("--only", "models", "--languages", "nl", "--model", str(fake), env=env)
+    assert result.returncode != 0
+    assert "SHA-256" in result.stderr and "refusing" in result.stderr
+    assert not (tmp_path / "state" / "models" / "nl").exists()
+
+
+@needs_root
+def test_local_model_matching_its_pin_is_unpacked_and_rerun_is_a_no_op(tmp_path):
+    env = isolated_env(tmp_path)
+    archive = tmp_path / "vosk-model-small-nl-0.22.zip"
+    digest = make_model_zip(archive, "vosk-model-small-nl-0.22")
+    env["APPLIANCE_MODEL_SHA256_nl"] = digest
+    args = ("--only", "models", "--languages", "nl", "--model", str(archive))
+    first = run_install(*args, env=env)
+    assert first.returncode == 0, first.stderr
+    model = tmp_path / "state" / "models" / "nl"
+    assert (model / "am" / "final.mdl").read_bytes() == b"acoustic model bytes"
+    assert (model / ".sha256").read_text().strip() == digest
+    second = run_install(*args, env=env)
+    assert second.returncode == 0
+    assert "already installed" in second.stdout
+
+
+@needs_root
+def test_local_archive_that_is_not_a_vosk_model_is_refused(tmp_path):
+    env = isolated_env(tmp_path)
+    archive = tmp_path / "my-en-model.zip"
+    make_model_zip(archive, "something", valid=False)
+    args = ("--only", "models", "--languages", "en", "--model", f"en={archive}")
+    result = run_install(*args, env=env)
+    assert result.returncode != 0
+    assert "not a Vosk model" in result.stderr
+    assert not (tmp_path / "state" / "models" / "en").exists()
+
+
+def unit_root(tmp_path: Path) -> Path:
+    """A root with systemd's own units, our units and a stand-in for the venv's command."""
+    root = tmp_path / "root"
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    for unit in UNITS:
+        shutil.copy(REPO / "systemd" / unit, root / "etc/systemd/system" / unit)
+    exe = root / "opt/appliance/venv/bin/appliance"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    (root / "bin").mkdir()
+    shutil.copy("/bin/systemctl", root / "bin/systemctl")
+    return root
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze missing")
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    root = unit_root(tmp_path)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", *UNITS],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "appliance" not in result.stderr, result.stderr  # no warnings about our units
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze missing")
+@pytest.mark.parametrize("unit", ["appliance.service", "appliance-reminder.service"])
+def test_service_exposure_is_at_most_2_5(unit):
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(REPO / "systemd" / unit)],
+        capture_output=True, text=True, timeout=60,
+    )
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", result.stdout)
+    assert match, result.stdout[-500:] + result.stderr
+    score = float(match.group(1))
+    print(f"{unit}: exposure {score} {match.group(2)}")
+    assert score <= 2.5
+
+
+def test_main_unit_has_the_required_settings():
+    text = (REPO / "systemd" / "appliance.service").read_text()
+    settings = dict(
+        line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")
+    )
+    assert settings["Type"] == "notify"
+    assert settings["Restart"] == "always"
+    assert settings["User"] == "appliance"
+    assert settings["DevicePolicy"] == "closed"
+    assert int(settings["WatchdogSec"].rstrip("s")) >= 5
+    for key in ("StartLimitIntervalSec", "StartLimitBurst", "ProtectSystem", "ProtectHome",
+                "PrivateTmp", "NoNewPrivileges", "StateDirectory", "ConfigurationDirectory"):
+        assert key in settings, key
+    allowed = {
+        line.split("=", 1)[1] for line in text.splitlines() if line.startswith("DeviceAllow=")
+    }
+    needed = {"/dev/spidev0.0 rw", "/dev/gpiochip0 rw", "/dev/gpiochip4 rw", "char-alsa rw"}
+    assert needed <= allowed
+    assert "/opt/appliance/venv/bin/appliance run" in settings["ExecStart"]
+
+
+def test_example_configuration_loads_and_documents_every_key():
+    path = REPO / "examples" / "appliance.toml"
+    config = load_device_config(path)
+    assert config.source == str(path)
+    lines = path.read_text().splitlines()
+
+    key_line = re.compile(r"^#?\s*(\w+)\s*=")
+
+    def documented(key: str) -> bool:
+        """The key (or its commented-out example) follows a prose comment; keys that
+        share one comment (spi_port, spi_device) may stand together under it."""
+        for i, line in enumerate(lines):
+            m = key_line.match(line)
+            if m and m.group(1) == key:
+                j = i - 1
+                while j >= 0 and key_line.match(lines[j]):
+                    j -= 1
+                return j >= 0 and lines[j].startswith("# ")
+        return False
+
+    for f in dataclasses.fields(DeviceConfig):
+        if f.name == "source":
+            continue
+        sub = getattr(config, f.name)
+        if dataclasses.is_dataclass(sub):
+            assert f"[{f.name}]" in lines, f"table [{f.name}] missing"
+            for g in dataclasses.fields(sub):
+                assert documented(g.name), f"{f.name}.{g.name} is not in the example with a comment"
+        else:
+            assert documented(f.name), f"{f.name} is not in the example with a comment"
