@@ -31,13 +31,14 @@ class Feedback:
     """What the live tone should express at one control tick.
 
     `strength_pct` is the smoothed squeeze as % of the patient's MVC; `target_pct`
-    the level asked for now; `active` whether a contraction is being asked for.
+    the level asked for now; `active` whether a contraction is being asked for; `cmh2o` the smoothed pressure.
     """
 
     t: float
     strength_pct: float
     target_pct: float
     active: bool
+    cmh2o: float = 0.0  # smoothed probe pressure above atmosphere
 
 
 class Sink(Protocol):

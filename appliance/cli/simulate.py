@@ -1,0 +1,59 @@
+"""`appliance simulate`: the whole programme against the simulated pelvic floor."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from appliance.cli.common import UserError, add_common_args
+from appliance.sensor.simulated import PROFILES, Fault
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="run a whole simulated training session",
+        description="Run the leaflet programme against a simulated pelvic floor and write "
+        "DIR/appliance.db and DIR/timeline.jsonl, printing a live timeline.",
+    )
+    add_common_args(p)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write the session's files")
+    p.add_argument("--lang", choices=("nl", "en"), default=None, help="language (default: the configuration's)")
+    p.add_argument("--patient", choices=sorted(PROFILES), default="average", help="simulated patient profile")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same session)")
+    p.add_argument("--say", action="append", default=[], metavar="T:COMMAND",
+                   help="say COMMAND at session second T, e.g. --say 95:pause --say 120:resume")
+    p.add_argument("--fault", action="append", default=[], choices=[f.value for f in Fault],
+                   help="make the patient get the technique wrong now and then")
+    p.add_argument("--programme", default="leaflet", help="programme name or TOML file (default: leaflet)")
+    p.add_argument("--quiet", action="store_true", help="do not print the live timeline")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from appliance.cli.common import device_config
+    from appliance.coach.runner import ScriptedCommand
+    from appliance.simulation import simulate
+
+    config = device_config(args)
+    try:
+        script = [ScriptedCommand.parse(s) for s in args.say]
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    result = simulate(
+        out_dir=args.out,
+        lang=args.lang or config.language,
+        patient=args.patient,
+        seed=args.seed,
+        script=script,
+        programme=args.programme,
+        faults=[Fault(f) for f in args.fault],
+        console=None if args.quiet else sys.stdout,
+    )
+    reps = [e.data for e in result.log.of("rep")]
+    complete = sum(r["status"] == "complete" for r in reps)
+    print(f"\nsession {result.session.state.value}: {result.duration_s / 60:.1f} min, "
+          f"{complete} complete and {len(reps) - complete} partial repetitions; "
+          f"files in {args.out}")
+    return 0

@@ -1,0 +1,61 @@
+"""The control loop: samples in, `Session.tick` at the control rate, scripted commands.
+
+The same loop runs on the device (RealClock: it sleeps) and in simulation (SimClock:
+it jumps), so a simulated session exercises exactly the device's code path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from appliance.clock import Clock
+from appliance.coach.session import Session
+from appliance.sensor.base import PressureSource
+from appliance.voice.commands import Command
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScriptedCommand:
+    """A command said at a session time (seconds), e.g. from `--say 95:pause`."""
+
+    t: float
+    command: Command
+
+    @classmethod
+    def parse(cls, text: str) -> ScriptedCommand:
+        try:
+            when, name = text.split(":", 1)
+            return cls(float(when), Command.parse(name))
+        except ValueError as exc:
+            raise ValueError(f"--say {text!r}: expected SECONDS:COMMAND, e.g. 95:pause ({exc})") from None
+
+
+def run(session: Session, source: PressureSource, clock: Clock, tick_s: float = 0.01,
+        script: Iterable[ScriptedCommand] = (), max_seconds: float = 4 * 3600.0,
+        on_tick: Callable[[float], None] | None = None, should_stop: Callable[[], bool] | None = None) -> None:
+    """Run until the session is done, `max_seconds` of session time pass, or `should_stop()`."""
+    pending = sorted(script, key=lambda c: c.t)
+    t = clock.now()
+    end = session.t0 + max_seconds
+    i = 0
+    while not session.finished and t < end:
+        t += tick_s
+        clock.sleep_until(t)
+        now = clock.now()
+        if now - t > 10 * tick_s:  # fell behind (a slow disk, a busy CPU): do not try to catch up
+            log.warning("control loop late by %.0f ms", (now - t) * 1000)
+            t = now
+        times, values = source.read_until(t)
+        st = t - session.t0
+        while i < len(pending) and pending[i].t <= st:
+            session.command(pending[i].command, source="script")
+            i += 1
+        session.tick(t, times, values)
+        if on_tick is not None:
+            on_tick(t)
+        if should_stop is not None and should_stop():
+            break

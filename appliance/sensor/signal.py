@@ -1,0 +1,156 @@
+"""From raw pressure to what the coach needs: smoothed strength, contractions, rep metrics.
+
+The smoother is a One Euro filter (Casiez et al. 2012): heavy smoothing at rest, little
+lag while the pressure moves, so the live tone is both calm and quick.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+class OneEuroFilter:
+    """Adaptive low-pass filter; `min_cutoff_hz` sets rest jitter, `beta` the speed-up."""
+
+    def __init__(self, rate_hz: float, min_cutoff_hz: float = 1.5, beta: float = 0.05,
+                 d_cutoff_hz: float = 1.0) -> None:
+        self.rate_hz = rate_hz
+        self.min_cutoff_hz = min_cutoff_hz
+        self.beta = beta
+        self._a_d = self._alpha(d_cutoff_hz)
+        self._x: float | None = None
+        self._dx = 0.0
+
+    def _alpha(self, cutoff_hz: float) -> float:
+        tau = 1.0 / (2 * math.pi * cutoff_hz)
+        te = 1.0 / self.rate_hz
+        return 1.0 / (1.0 + tau / te)
+
+    def reset(self) -> None:
+        self._x = None
+        self._dx = 0.0
+
+    def __call__(self, x: float) -> float:
+        prev = self._x
+        if prev is None:
+            self._x = x
+            return x
+        dx = (x - prev) * self.rate_hz
+        self._dx += self._a_d * (dx - self._dx)
+        cutoff = self.min_cutoff_hz + self.beta * abs(self._dx)
+        a = self._alpha(cutoff)
+        self._x = prev + a * (x - prev)
+        return self._x
+
+
+class ContractionDetector:
+    """Onset/offset of a contraction with hysteresis, in % of MVC.
+
+    Onset when strength rises above `on_pct`, offset only when it falls below `off_pct`,
+    so breath ripple and noise around one threshold do not chatter.
+    """
+
+    def __init__(self, on_pct: float = 15.0, off_pct: float = 8.0) -> None:
+        if off_pct >= on_pct:
+            raise ValueError("off threshold must be below the on threshold")
+        self.on_pct = on_pct
+        self.off_pct = off_pct
+        self.active = False
+        self.onsets: list[float] = []
+        self.offsets: list[float] = []
+
+    def update(self, t: float, strength_pct: float) -> bool | None:
+        """Feed one value; returns True at an onset, False at an offset, None otherwise."""
+        if not self.active and strength_pct >= self.on_pct:
+            self.active = True
+            self.onsets.append(t)
+            return True
+        if self.active and strength_pct <= self.off_pct:
+            self.active = False
+            self.offsets.append(t)
+            return False
+        return None
+
+
+@dataclass(frozen=True)
+class RepMetrics:
+    """How one repetition went, in the clinic's terms."""
+
+    peak_cmh2o: float  # highest squeeze above the rest baseline
+    peak_pct: float  # the same as % of MVC
+    time_to_peak_s: float  # from the contract cue to the peak
+    held_s: float  # seconds at or above 90 % of the level asked for, in hold/move phases
+    hold_asked_s: float  # seconds of hold/move asked for
+    steadiness_pct: float  # standard deviation of strength during the holds (%MVC); lower is steadier
+    release_complete: bool  # back below 10 %MVC by the end of the repetition
+    onset_s: float | None  # from the contract cue to the detected onset
+    mean_hold_pct: float  # mean strength during the holds
+
+
+@dataclass
+class RepRecorder:
+    """Collects one repetition's strength samples with the phase each belongs to."""
+
+    contract_at: float | None = None
+    t: list[float] = field(default_factory=list)
+    pct: list[float] = field(default_factory=list)
+    target: list[float] = field(default_factory=list)  # level asked for (0 when not holding)
+    relaxing: list[bool] = field(default_factory=list)
+
+    def add(self, t: float, pct: float, hold_target_pct: float, relaxing: bool) -> None:
+        self.t.append(t)
+        self.pct.append(pct)
+        self.target.append(hold_target_pct)
+        self.relaxing.append(relaxing)
+
+    def metrics(self, mvc_cmh2o: float, dt: float, onset_pct: float = 15.0) -> RepMetrics:
+        if not self.pct:
+            return RepMetrics(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, False, None, 0.0)
+        start = self.contract_at if self.contract_at is not None else self.t[0]
+        peak_i = max(range(len(self.pct)), key=self.pct.__getitem__)
+        peak_pct = self.pct[peak_i]
+        held = asked = 0.0
+        hold_vals: list[float] = []
+        for p, tgt in zip(self.pct, self.target, strict=True):
+            if tgt > 0:
+                asked += dt
+                hold_vals.append(p)
+                if p >= 0.9 * tgt:
+                    held += dt
+        if hold_vals:
+            mean = sum(hold_vals) / len(hold_vals)
+            sd = math.sqrt(sum((v - mean) ** 2 for v in hold_vals) / len(hold_vals))
+        else:
+            mean = sd = 0.0
+        onset = next((t - start for t, p in zip(self.t, self.pct, strict=True)
+                      if t >= start and p >= onset_pct), None)
+        relax_vals = [p for p, r in zip(self.pct, self.relaxing, strict=True) if r]
+        tail = relax_vals[-max(1, int(1.0 / dt)):] if relax_vals else []
+        release_complete = bool(tail) and sum(tail) / len(tail) < 10.0
+        return RepMetrics(
+            peak_cmh2o=round(peak_pct * mvc_cmh2o / 100.0, 2),
+            peak_pct=round(peak_pct, 1),
+            time_to_peak_s=round(max(0.0, self.t[peak_i] - start), 2),
+            held_s=round(held, 2),
+            hold_asked_s=round(asked, 2),
+            steadiness_pct=round(sd, 2),
+            release_complete=release_complete,
+            onset_s=None if onset is None else round(onset, 2),
+            mean_hold_pct=round(mean, 1),
+        )
+
+
+def oxford_band(mvc_cmh2o: float) -> str:
+    """Modified Oxford band by manometric squeeze (Angelo et al. 2017)."""
+    if mvc_cmh2o < 7.5:
+        return "none"
+    if mvc_cmh2o <= 14.5:
+        return "very_weak"
+    if mvc_cmh2o <= 26.5:
+        return "weak"
+    if mvc_cmh2o <= 41.5:
+        return "moderate"
+    if mvc_cmh2o <= 60.5:
+        return "good"
+    return "strong"

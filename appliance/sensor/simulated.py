@@ -1,0 +1,263 @@
+"""A simulated pelvic floor: a patient who follows the coach's cues, imperfectly.
+
+It listens to the coach's `phase` events like a patient listens to the prompts, reacts
+after a short delay, rises and falls with realistic time constants, tires over
+repetitions, breathes, drifts and is noisy, and now and then gets the technique wrong.
+Seeded, so a simulated session is reproducible sample for sample.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from appliance.events import Event, Feedback
+from appliance.sensor.base import ProbeStatus
+
+
+class Fault(Enum):
+    LATE_RELEASE = "late_release"  # lets go seconds late, and not completely
+    PUSH_DOWN = "push_down"  # bears down instead of lifting: slow broad rise, breath held
+    GIVE_UP = "give_up"  # lets go halfway through a hold
+    BREATH_HOLD = "breath_hold"  # lifts correctly but stops breathing while holding
+
+
+@dataclass(frozen=True)
+class PatientProfile:
+    """One kind of patient, from the published manometry ranges (CLINICAL.md)."""
+
+    name: str
+    mvc_cmh2o: float  # true maximal squeeze above rest
+    rest_cmh2o: float  # resting pressure on the probe above atmosphere
+    rise_tau_s: float  # time constant of a contraction's rise
+    fall_tau_s: float  # time constant of letting go
+    reaction_s: float  # mean delay from cue to movement
+    effort_ceiling: float  # the largest fraction of MVC they produce in exercises
+    target_gain: float  # how closely they match the level asked for (1 = exactly)
+    fatigue_per_s: float  # capacity lost per second at full activation
+    recovery_per_s: float  # capacity regained per second at rest (fraction of the deficit)
+    breath_ripple_cmh2o: float  # intra-abdominal pressure swing with each breath
+    breath_irregularity: float  # 0 = metronomic; relative jitter of each breath's length
+    noise_cmh2o: float  # sensor and body noise (SD)
+    drift_cmh2o_per_min: float  # slow wander of the baseline (probe temperature, position)
+    fault_rate: float  # probability that a repetition goes wrong with one of `faults`
+    faults: tuple[Fault, ...] = ()
+
+
+PROFILES: dict[str, PatientProfile] = {
+    # Oxford "weak" band (14.6-26.5) lower edge, slow, tires quickly.
+    "weak": PatientProfile("weak", 13.0, 28.0, 0.65, 0.6, 0.55, 0.95, 0.85, 0.006, 0.05,
+                           1.5, 0.10, 0.35, 0.6, 0.10, (Fault.PUSH_DOWN, Fault.GIVE_UP)),
+    # Mean MVC of 288 women: 35.1 cmH2O (Angelo et al. 2017).
+    "average": PatientProfile("average", 35.0, 30.0, 0.35, 0.4, 0.45, 1.0, 0.95, 0.003, 0.08,
+                              1.8, 0.08, 0.3, 0.4, 0.05, (Fault.LATE_RELEASE, Fault.GIVE_UP)),
+    # Oxford "strong" (> 60.6).
+    "strong": PatientProfile("strong", 65.0, 32.0, 0.25, 0.3, 0.35, 1.0, 1.0, 0.0015, 0.1,
+                             2.0, 0.05, 0.3, 0.3, 0.02, (Fault.LATE_RELEASE,)),
+    # Weeks after pelvic surgery: cautious, pain-inhibited, far below their maximum.
+    "postop": PatientProfile("postop", 20.0, 26.0, 0.7, 0.7, 0.6, 0.35, 0.8, 0.005, 0.05,
+                             1.5, 0.12, 0.35, 0.5, 0.05, (Fault.GIVE_UP,)),
+}
+
+
+def profile(name: str, faults: tuple[Fault, ...] = (), fault_rate: float | None = None) -> PatientProfile:
+    """A named profile, optionally with faults forced on (`fault_rate` 1 = every repetition)."""
+    try:
+        base = PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown patient profile {name!r} (known: {', '.join(PROFILES)})") from None
+    if faults:
+        base = replace(base, faults=faults, fault_rate=0.3 if fault_rate is None else fault_rate)
+    elif fault_rate is not None:
+        base = replace(base, fault_rate=fault_rate)
+    return base
+
+
+class SimulatedPelvicFloor:
+    """A `PressureSource` and a `Sink`: hears the coach's phases, produces cmH2O samples."""
+
+    def __init__(self, patient: PatientProfile, seed: int = 0, sample_rate_hz: float = 100.0,
+                 start: float = 0.0, inhale_s: float = 4.0, exhale_s: float = 6.0) -> None:
+        self.patient = patient
+        self.sample_rate_hz = sample_rate_hz
+        self._dt = 1.0 / sample_rate_hz
+        self._rng = random.Random(seed)
+        self._t = start  # time of the last produced sample
+        self._a = 0.0  # muscle activation, fraction of true MVC
+        self._capacity = 1.0  # 1 = fresh; falls with fatigue
+        self._drift = 0.0
+        self._alpha_rise = 1.0 - math.exp(-self._dt / patient.rise_tau_s)
+        self._alpha_fall = 1.0 - math.exp(-self._dt / patient.fall_tau_s)
+        self._drift_step = patient.drift_cmh2o_per_min / 60.0 * math.sqrt(self._dt) * 8.0
+        # What the patient is doing: a plan of (from time, command) segments.
+        self._u_from = 0.0  # command at plan start
+        self._u_to = 0.0  # command at plan end
+        self._plan_start = 0.0
+        self._plan_end = 0.0
+        self._motion = "none"
+        self._fault: Fault | None = None
+        self._fault_at = 0.0  # when a give-up happens
+        self._breath_holding = False
+        # Breathing: the patient breathes along with the coach's pace, with some jitter.
+        self._inhale_s = inhale_s
+        self._exhale_s = exhale_s
+        self._breath_start = start
+        self._breath_len = (inhale_s, exhale_s)
+        self._rep_key: tuple | None = None
+        self.true_breath_transitions: list[tuple[float, str]] = []
+        self._status = ProbeStatus.OK
+        self._push = 0.0  # bearing-down pressure, cmH2O
+
+    # --- Sink: listening to the coach ----------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        if event.kind == "setting" and event.data.get("setting") == "pace":
+            self._inhale_s, self._exhale_s = event.data["value"]
+        if event.kind != "phase":
+            return
+        d = event.data
+        kind = d["phase"]
+        start = d["start"] + max(0.1, self._rng.gauss(self.patient.reaction_s, 0.1))
+        end = max(d["end"], start + 0.2)
+        level = d.get("level_pct", 0.0) / 100.0
+        rep_key = (d.get("exercise"), d.get("rep"))
+        if rep_key != self._rep_key:
+            self._rep_key = rep_key
+            self._fault = None
+            if self.patient.faults and self._rng.random() < self.patient.fault_rate:
+                self._fault = self._rng.choice(self.patient.faults)
+        if kind == "inhale":
+            self._begin_breath(d["start"])
+        elif kind == "contract" and d.get("on_exhale"):
+            self._breath_start = d["start"] - self._inhale_s
+            self._breath_len = (self._inhale_s, self._exhale_s)
+        self._motion = d.get("motion", "none")
+        self._breath_holding = False
+        if kind in ("calibrate_squeeze",):
+            target = 1.0  # a maximal effort: everything they have
+        else:
+            target = min(level * self.patient.target_gain, self.patient.effort_ceiling)
+        if kind in ("contract", "hold", "move", "calibrate_squeeze"):
+            self._plan(start, start, target)
+            if self._fault is Fault.PUSH_DOWN and kind in ("contract", "hold", "move"):
+                self._breath_holding = True
+            if self._fault is Fault.BREATH_HOLD and kind in ("hold", "move"):
+                self._breath_holding = True
+            if self._fault is Fault.GIVE_UP and kind in ("hold", "move"):
+                self._fault_at = start + (end - start) * self._rng.uniform(0.3, 0.6)
+        elif kind == "release":
+            if self._fault is Fault.LATE_RELEASE:
+                self._plan(start + 2.0, end + 2.0, max(target, 0.3 * self._u_to))
+            else:
+                self._plan(start, end, target)
+        else:  # inhale, rest, intro, calibrate_rest: relaxed
+            if self._fault is Fault.LATE_RELEASE and kind == "rest":
+                self._plan(start + 1.5, start + 4.0, 0.0)
+            else:
+                self._plan(start, start, 0.0)
+
+    def feedback(self, fb: Feedback) -> None:
+        return None
+
+    def _plan(self, start: float, end: float, target: float) -> None:
+        self._u_from = self._command_at(start)
+        self._u_to = target
+        self._plan_start = start
+        self._plan_end = end
+
+    def _begin_breath(self, t: float) -> None:
+        jitter = self.patient.breath_irregularity
+        self._breath_start = t
+        self._breath_len = (
+            self._inhale_s * (1 + self._rng.uniform(-jitter, jitter)),
+            self._exhale_s * (1 + self._rng.uniform(-jitter, jitter)),
+        )
+
+    def _command_at(self, t: float) -> float:
+        if t <= self._plan_start:
+            return self._u_from
+        if t >= self._plan_end:
+            return self._u_to
+        frac = (t - self._plan_start) / (self._plan_end - self._plan_start)
+        return self._u_from + (self._u_to - self._u_from) * frac
+
+    # --- PressureSource: what the probe reads ---------------------------------------------
+
+    @property
+    def status(self) -> ProbeStatus:
+        return self._status
+
+    def close(self) -> None:
+        return None
+
+    def read_until(self, t: float) -> tuple[list[float], list[float]]:
+        times: list[float] = []
+        values: list[float] = []
+        p = self.patient
+        rng = self._rng
+        dt = self._dt
+        while self._t + dt <= t + 1e-9:
+            self._t += dt
+            now = self._t
+            # Command: the plan, with the technique faults bending it.
+            u = self._command_at(now) if now >= self._plan_start else self._u_from
+            fault = self._fault
+            push = fault is Fault.PUSH_DOWN and u > 0.05 and self._u_to > 0.05
+            if fault is Fault.GIVE_UP and self._fault_at and now >= self._fault_at and self._u_to > 0:
+                u = 0.0
+            if push:
+                u = 0.0  # no lift at all: the rise comes from bearing down
+            u *= self._capacity
+            alpha = self._alpha_rise if u > self._a else self._alpha_fall
+            self._a += (u - self._a) * alpha
+            # Fatigue while working, recovery while resting.
+            if self._a > 0.05:
+                self._capacity = max(0.3, self._capacity - p.fatigue_per_s * self._a * dt)
+            else:
+                self._capacity += (1.0 - self._capacity) * p.recovery_per_s * dt
+            pressure = p.rest_cmh2o + self._a * p.mvc_cmh2o
+            # Bearing down: a slow, broad rise of intra-abdominal pressure.
+            if push:
+                self._push += (0.45 * p.mvc_cmh2o - self._push) * dt / 1.5
+            else:
+                self._push *= 1 - dt / 0.8
+            pressure += self._push
+            pressure += self._breath(now)
+            pressure += self._motion_artifact(now)
+            self._drift += rng.gauss(0.0, self._drift_step) - self._drift * dt / 120.0
+            pressure += self._drift + rng.gauss(0.0, p.noise_cmh2o)
+            times.append(now)
+            values.append(pressure)
+        return times, values
+
+    def _breath(self, now: float) -> float:
+        if self._breath_holding:
+            return self.patient.breath_ripple_cmh2o * 0.9  # held in: pressure stays up
+        inhale, exhale = self._breath_len
+        tau = now - self._breath_start
+        if tau >= inhale + exhale:  # the patient breathes on at their own rhythm
+            self._begin_breath(self._breath_start + inhale + exhale)
+            self.true_breath_transitions.append((self._breath_start, "in"))
+            inhale, exhale = self._breath_len
+            tau = now - self._breath_start
+        a = self.patient.breath_ripple_cmh2o
+        if tau < inhale:  # diaphragm descends: abdominal pressure rises
+            return a * 0.5 * (1 - math.cos(math.pi * tau / inhale))
+        return a * 0.5 * (1 + math.cos(math.pi * (tau - inhale) / exhale))
+
+    def _motion_artifact(self, now: float) -> float:
+        m = self._motion
+        if m == "none":
+            return 0.0
+        if m == "knee_lift":
+            return 3.0
+        if m == "squat_back":
+            return 2.0
+        if m == "walk":
+            return 1.5 * math.sin(2 * math.pi * 1.8 * now)
+        if m == "hop":  # a landing every 0.5 s: a sharp 80 ms spike
+            phase = now % 0.5
+            return 25.0 * math.sin(math.pi * phase / 0.08) if phase < 0.08 else 0.0
+        return 0.0
