@@ -102,6 +102,7 @@ class Mixer:
         self._mix = np.zeros(self.max_block)
         self._speech = np.zeros(self.max_block)
         self._tmp = np.zeros(self.max_block)
+        self._cast = np.zeros(self.max_block)
 
     # -- producer side -----------------------------------------------------------------------
     def set_tone(self, params: ToneParams) -> None:
@@ -171,7 +172,7 @@ class Mixer:
         if active is not None:
             samples = active.item.samples
             take = min(n, samples.shape[0] - active.pos)
-            sp[:take] += samples[active.pos : active.pos + take]
+            self._add_clip(sp[:take], samples[active.pos : active.pos + take])
             active.pos += take
             if active.pos >= samples.shape[0]:
                 active = self._active = None
@@ -182,23 +183,17 @@ class Mixer:
             if active is not None:  # preempted: it fades out from the next block on
                 self._start_fade(active)
             take = min(n - offset, item.samples.shape[0])
-            sp[offset : offset + take] += item.samples[:take]
+            self._add_clip(sp[offset : offset + take], item.samples[:take])
             active = self._active = _Voice(item, take)
             if take >= item.samples.shape[0]:
                 active = self._active = None
 
         # Duck the tone while speech plays, starting just before a clip begins.
-        speaking = active is not None or (
-            bool(pending) and pending[0].start_frame - block_end < self.duck_frames
-        )
+        speaking = active is not None or (bool(pending) and pending[0].start_frame - block_end < self.duck_frames)
         duck_target = self.duck_gain if speaking else 1.0
         step = n / self.duck_frames * (1.0 - self.duck_gain)
         duck0 = self._duck
-        duck1 = (
-            min(duck0 + step, duck_target)
-            if duck_target > duck0
-            else max(duck0 - step, duck_target)
-        )
+        duck1 = min(duck0 + step, duck_target) if duck_target > duck0 else max(duck0 - step, duck_target)
         vol0 = self._vol
         vol1 = self.volume
         vstep = n / self.duck_frames
@@ -225,6 +220,13 @@ class Mixer:
         self._vol = vol1
         self._frame = block_end
 
+    def _add_clip(self, dst: np.ndarray, src: np.ndarray) -> None:
+        # A mixed-dtype `+=` would allocate numpy's cast buffer on every call; a casting
+        # copy into scratch space does not.
+        tmp = self._cast[: dst.shape[0]]
+        np.copyto(tmp, src)
+        dst += tmp
+
     def _take_from_ring(self) -> None:
         while self._ring_r < self._ring_w:
             slot = self._ring_r % RING_SLOTS
@@ -249,11 +251,8 @@ class Mixer:
         m = min(n, self._fade.shape[0] - self._fade_pos, samples.shape[0] - voice.pos)
         if m > 0:
             tmp = self._tmp[:m]
-            np.multiply(
-                samples[voice.pos : voice.pos + m],
-                self._fade[self._fade_pos : self._fade_pos + m],
-                out=tmp,
-            )
+            np.copyto(tmp, samples[voice.pos : voice.pos + m])
+            tmp *= self._fade[self._fade_pos : self._fade_pos + m]
             sp[:m] += tmp
             voice.pos += m
             self._fade_pos += m
