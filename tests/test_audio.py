@@ -140,6 +140,7 @@ def test_render_allocates_no_arrays_per_block():
     mixer.set_tone(ToneParams(440.0, 0.3, ToneCue.ON_TARGET))
     mixer.schedule(sine(1000.0, SR * 3, 0.5), 0, "x")
     out = np.zeros((block, 1), dtype=np.float32)
+    next_clip = sine(700.0, SR, 0.5)
     for _ in range(5):
         mixer.render(out)
     tracemalloc.start()
@@ -150,7 +151,7 @@ def test_render_allocates_no_arrays_per_block():
             for _ in range(10):
                 mixer.render(out)
             # a prompt preempting the one playing: clip start and fade-out paths too
-            mixer.schedule(sine(700.0, SR, 0.5), mixer.frame_now() + 100, "next")
+            mixer.schedule(next_clip, mixer.frame_now() + 100, "next")
             for _ in range(3):
                 mixer.render(out)
         _, peak = tracemalloc.get_traced_memory()
