@@ -122,12 +122,15 @@ _EXERCISE_KEYS = {
 
 
 class _Where:
-    def __init__(self, file: Path | str, exercise: str | None = None) -> None:
+    def __init__(self, file: Path | str, exercise: str | None = None, prefix: str = "") -> None:
         self.file = file
         self.exercise = exercise
+        self.prefix = prefix
 
     def key(self, key: str) -> str:
-        return f"exercise {self.exercise}: {key}" if self.exercise else key
+        if key.startswith(self.prefix):
+            key = key[len(self.prefix):]
+        return f"exercise {self.exercise}: {self.prefix}{key}" if self.exercise else f"{self.prefix}{key}"
 
     def error(self, key: str, value: Any, reason: str) -> ConfigError:
         return ConfigError(self.file, self.key(key), value, reason)
@@ -180,6 +183,7 @@ def _enum(enum: type[Enum], value: Any, key: str, where: _Where) -> Any:
 
 def _phase(table: Any, index: int, where: _Where, known: set[str] | None) -> Phase:
     key = f"phase[{index}]"
+    where = _Where(where.file, where.exercise, f"{key}.")
     if not isinstance(table, dict):
         raise where.error(key, table, "must be a table")
     for k in table:

@@ -10,6 +10,9 @@ import math
 from dataclasses import dataclass, field
 
 
+HELD_FRACTION = 0.8  # "at target" means within 20 % of the level asked: breath ripple alone moves ±5 %MVC
+
+
 class OneEuroFilter:
     """Adaptive low-pass filter; `min_cutoff_hz` sets rest jitter, `beta` the speed-up."""
 
@@ -80,7 +83,7 @@ class RepMetrics:
     peak_cmh2o: float  # highest squeeze above the rest baseline
     peak_pct: float  # the same as % of MVC
     time_to_peak_s: float  # from the contract cue to the peak
-    held_s: float  # seconds at or above 90 % of the level asked for, in hold/move phases
+    held_s: float  # seconds at or above 80 % of the level asked for (the tolerance band), in hold/move phases
     hold_asked_s: float  # seconds of hold/move asked for
     steadiness_pct: float  # standard deviation of strength during the holds (%MVC); lower is steadier
     release_complete: bool  # back below 10 %MVC by the end of the repetition
@@ -116,7 +119,7 @@ class RepRecorder:
             if tgt > 0:
                 asked += dt
                 hold_vals.append(p)
-                if p >= 0.9 * tgt:
+                if p >= HELD_FRACTION * tgt:
                     held += dt
         if hold_vals:
             mean = sum(hold_vals) / len(hold_vals)

@@ -48,13 +48,13 @@ class PatientProfile:
 
 PROFILES: dict[str, PatientProfile] = {
     # Oxford "weak" band (14.6-26.5) lower edge, slow, tires quickly.
-    "weak": PatientProfile("weak", 13.0, 28.0, 0.65, 0.6, 0.55, 0.95, 0.85, 0.006, 0.05,
+    "weak": PatientProfile("weak", 13.0, 28.0, 0.65, 0.6, 0.55, 0.95, 0.9, 0.006, 0.05,
                            1.5, 0.10, 0.35, 0.6, 0.10, (Fault.PUSH_DOWN, Fault.GIVE_UP)),
     # Mean MVC of 288 women: 35.1 cmH2O (Angelo et al. 2017).
-    "average": PatientProfile("average", 35.0, 30.0, 0.35, 0.4, 0.45, 1.0, 0.95, 0.003, 0.08,
+    "average": PatientProfile("average", 35.0, 30.0, 0.35, 0.4, 0.45, 1.0, 1.0, 0.003, 0.08,
                               1.8, 0.08, 0.3, 0.4, 0.05, (Fault.LATE_RELEASE, Fault.GIVE_UP)),
     # Oxford "strong" (> 60.6).
-    "strong": PatientProfile("strong", 65.0, 32.0, 0.25, 0.3, 0.35, 1.0, 1.0, 0.0015, 0.1,
+    "strong": PatientProfile("strong", 65.0, 32.0, 0.25, 0.3, 0.35, 1.0, 1.05, 0.0015, 0.1,
                              2.0, 0.05, 0.3, 0.3, 0.02, (Fault.LATE_RELEASE,)),
     # Weeks after pelvic surgery: cautious, pain-inhibited, far below their maximum.
     "postop": PatientProfile("postop", 20.0, 26.0, 0.7, 0.7, 0.6, 0.35, 0.8, 0.005, 0.05,
