@@ -205,8 +205,7 @@ class Mixer:
             sp *= vol1
         else:
             tmp = self._tmp[:n]
-            np.multiply(self.tone.ramp(n), vol1 - vol0, out=tmp)
-            tmp += vol0
+            self.tone.ramp_into(tmp, vol0, vol1)
             sp *= tmp
         mix += sp
         np.clip(mix, -1.0, 1.0, out=mix)
@@ -263,15 +262,16 @@ class Mixer:
 class WavSink:
     """Pulls the mixer into a 16-bit mono WAV file, in session time, sample-exact.
 
-    `render_until(t)` writes every sample up to session time `t` (frame round(t·rate)),
-    in blocks of the device's `block_size` so the file is what the speaker would play.
+    `render_until(t)` writes every sample up to session time `t` (frame round(t·rate)).
+    The tone does not depend on block boundaries and clips start on their exact frame,
+    so rendering in blocks of up to `block_size` gives what the speaker's 64-sample
+    callbacks would play (only the corners of duck/volume ramps may differ by a block).
     """
 
-    def __init__(self, path: str | Path, mixer: Mixer, block_size: int = 64) -> None:
+    def __init__(self, path: str | Path, mixer: Mixer, block_size: int = 1024) -> None:
         self.path = Path(path)
         self.mixer = mixer
-        self.block_size = int(block_size)
-        mixer.prepare(self.block_size)
+        self.block_size = min(int(block_size), mixer.max_block)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._wav = wave.open(str(self.path), "wb")
         self._wav.setnchannels(1)
@@ -286,12 +286,7 @@ class WavSink:
 
     def render_until_frame(self, frame: int) -> None:
         while self.frames_written < frame:
-            # stay on the device's block grid so the glide behaves as on the speaker
-            n = min(
-                self.block_size - self.frames_written % self.block_size,
-                frame - self.frames_written,
-                self._buf.shape[0] - self._fill,
-            )
+            n = min(self.block_size, frame - self.frames_written, self._buf.shape[0] - self._fill)
             self.mixer.render(self._buf[self._fill : self._fill + n])
             self._fill += n
             self.frames_written += n

@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from appliance.config import AudioConfig
 from appliance.events import Event, Feedback
 from appliance.voice.audio import DeviceOutput, Mixer, WavSink, frames_for
-from appliance.voice.speech import PhraseBank, SpeechError
+from appliance.voice.speech import PhraseBank, RenderedTiming, SpeechError, SpeechRenderer
 from appliance.voice.tone import ToneMapping, ToneShaper
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,8 @@ class AudioSink:
     """Turns the coach's events and feedback into what the patient hears.
 
     - `say` (`phrase`, `at`): the phrase's clip is queued to start at session time `at`.
-    - `setting` `volume` (0..1): master volume, immediately; `pace` (breath seconds, or a
-      dict with `inhale_s`/`exhale_s`): speech re-rendered at a matching rate in the
+    - `setting` `volume` (0..1): master volume, immediately; `pace` (`[inhale_s, exhale_s]`,
+      a dict of those, or breath seconds): speech re-rendered at a matching rate in the
       background.
     - `feedback`: the tone's pitch and cue at every control tick.
 
@@ -67,15 +69,13 @@ class AudioSink:
         cfg: AudioConfig,
         bank: PhraseBank,
         *,
-        wav_path: str | None = None,
+        wav_path: str | Path | None = None,
         device: bool = False,
     ) -> AudioSink:
         """The usual assembly: a mixer at the configured rate, to a WAV file or the speaker."""
         mixer = Mixer(cfg.sample_rate, volume=cfg.volume)
-        shaper = ToneShaper(
-            ToneMapping(cfg.tone_rest_hz, cfg.tone_target_hz), always_on=cfg.tone_always_on
-        )
-        wav = WavSink(wav_path, mixer, block_size=cfg.block_size) if wav_path else None
+        shaper = ToneShaper(ToneMapping(cfg.tone_rest_hz, cfg.tone_target_hz), always_on=cfg.tone_always_on)
+        wav = WavSink(wav_path, mixer) if wav_path else None
         output = None
         if device:
             output = DeviceOutput(mixer, cfg.output_device, cfg.block_size).start()
@@ -83,7 +83,8 @@ class AudioSink:
 
     # -- Sink ---------------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
-        self._advance(event.t)
+        # Only control ticks move the WAV on: a `say` may be emitted ahead of its `at`,
+        # and rendering up to it would apply the tone's next ticks too late.
         if event.kind == "say":
             self.say(str(event.data["phrase"]), float(event.data.get("at", event.t)))
         elif event.kind == "setting":
@@ -149,9 +150,51 @@ def _breath_seconds(value: Any) -> float | None:
             return float(value["inhale_s"]) + float(value["exhale_s"])
         except (KeyError, TypeError, ValueError):
             return None
+    if isinstance(value, list | tuple):  # the coach sends [inhale_s, exhale_s]
+        try:
+            return float(sum(float(v) for v in value))
+        except (TypeError, ValueError):
+            return None
     if hasattr(value, "breath_s"):
         return float(value.breath_s)
     try:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def prepare_speech(
+    lang: str,
+    cfg: AudioConfig,
+    cache_dir: str | Path | None = None,
+    keys: Iterable[str] | None = None,
+) -> PhraseBank:
+    """Every phrase of `lang` (or just `keys`) rendered before a session starts."""
+    from appliance.voice.phrases import Catalogue
+
+    catalogue = Catalogue.load(lang)
+    renderer = SpeechRenderer(cache_dir)
+    bank = PhraseBank(
+        catalogue,
+        renderer,
+        lang=lang,
+        rate_wpm=cfg.speech_rate_wpm,
+        sample_rate=cfg.sample_rate,
+    )
+    try:
+        bank.prepare(keys)
+    finally:
+        renderer.close()  # the pyttsx3 worker is not needed once everything is cached
+    return bank
+
+
+def wav_audio(
+    cfg: AudioConfig, lang: str, wav_path: str | Path, cache_dir: str | Path | None = None
+) -> tuple[AudioSink, RenderedTiming]:
+    """An `AudioSink` writing `wav_path`, and the measured phrase timing for the coach.
+
+    Pass the sink to the session's sinks and the timing as its `timing`; call
+    `sink.close(session_seconds)` at the end so the last phrase is in the file.
+    """
+    bank = prepare_speech(lang, cfg, cache_dir)
+    return AudioSink.for_config(cfg, bank, wav_path=wav_path), RenderedTiming(bank)

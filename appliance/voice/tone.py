@@ -80,8 +80,7 @@ class ToneMapping:
     def __post_init__(self) -> None:
         if not 0 < self.rest_hz < self.target_hz:
             raise ValueError(
-                f"tone_rest_hz ({self.rest_hz}) must be positive and below "
-                f"tone_target_hz ({self.target_hz})"
+                f"tone_rest_hz ({self.rest_hz}) must be positive and below tone_target_hz ({self.target_hz})"
             )
 
     @property
@@ -163,9 +162,7 @@ class ToneShaper:
         if r > th.overshoot_enter or (cue is ToneCue.OVERSHOOT and r > th.overshoot_leave):
             self._reached = True
             return ToneCue.OVERSHOOT
-        if r >= th.target_enter or (
-            cue in (ToneCue.ON_TARGET, ToneCue.OVERSHOOT) and r >= th.target_leave
-        ):
+        if r >= th.target_enter or (cue in (ToneCue.ON_TARGET, ToneCue.OVERSHOOT) and r >= th.target_leave):
             self._reached = True
             return ToneCue.ON_TARGET
         if self._reached and r < th.let_go_below:
@@ -178,10 +175,11 @@ class ToneShaper:
 class ToneSynth:
     """Phase-continuous synthesis of the tone, for use inside the audio callback.
 
-    Every block glides pitch, loudness, partial weights and tremolo depth from where the
-    previous block ended towards the newest `ToneParams`, so nothing jumps between
-    samples. Pitch glides with a one-pole lag of `glide_ms`. All buffers are allocated
-    up front (one set per block length seen); `render` allocates no arrays.
+    Pitch, loudness, partial weights and tremolo depth all glide towards the newest
+    `ToneParams` with the same per-sample one-pole lag (`glide_ms`), so nothing jumps
+    between samples, and the output does not depend on how the stream is cut into
+    blocks: a WAV rendered in large blocks equals the speaker's 64-sample callbacks.
+    All tables are computed up front; `render` allocates no arrays.
     """
 
     def __init__(self, sample_rate: int, max_block: int = 4096, glide_ms: float = 4.0) -> None:
@@ -197,12 +195,15 @@ class ToneSynth:
         self._trem_hz = 0.0
         self._phase = 0.0
         self._lfo_phase = 0.0
-        self._ramps: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._ph = np.zeros(max_block)
-        self._tmp = np.zeros(max_block)
-        self._env = np.zeros(max_block)
-        self._scratch = np.zeros(max_block)
-        self.prepare(64)
+        k = np.arange(1, self.max_block + 1, dtype=np.float64)
+        decay = math.exp(-1.0 / (glide_ms * 1e-3 * self.sample_rate)) if glide_ms > 0 else 0.0
+        self._k = k  # 1..max_block
+        self._lag = decay**k  # what is left of a step after k samples
+        self._lag_sum = np.cumsum(self._lag)  # its running sum: the phase of the glide
+        self._ph = np.zeros(self.max_block)
+        self._tmp = np.zeros(self.max_block)
+        self._env = np.zeros(self.max_block)
+        self._scratch = np.zeros(self.max_block)
 
     # -- control side (any thread) -------------------------------------------------------
     def set_params(self, params: ToneParams) -> None:
@@ -222,21 +223,24 @@ class ToneSynth:
         return self._amp
 
     def prepare(self, n: int) -> None:
-        """Precompute the ramps for blocks of `n` samples (done outside the callback)."""
-        if n in self._ramps:
-            return
-        k = np.arange(1, n + 1, dtype=np.float64)
-        ramp = k / n  # 1/n .. 1: the value reached after each sample
-        cum_ramp = np.cumsum(ramp)  # integral of the ramp, for the phase of a linear glide
-        self._ramps[n] = (k, ramp, cum_ramp)
+        """Nothing to precompute per block length any more; kept for the mixer's API."""
+        return None
 
-    def ramp(self, n: int) -> np.ndarray:
-        """The precomputed 1/n..1 ramp for blocks of `n` samples (read-only)."""
-        return self._ramps[n][1]
+    def ramp_into(self, out: np.ndarray, start: float, end: float) -> None:
+        """`out[k] = start + (end - start)·(k+1)/n`: a linear ramp reaching `end` at the last sample."""
+        n = out.shape[0]
+        np.multiply(self._k[:n], (end - start) / n, out=out)
+        out += start
+
+    def _glide_into(self, out: np.ndarray, start: float, target: float) -> None:
+        """`out[k]` = the one-pole lag from `start` towards `target` after k+1 samples."""
+        n = out.shape[0]
+        np.multiply(self._lag[:n], start - target, out=out)
+        out += target
 
     # -- audio side ------------------------------------------------------------------------
     def render(self, out: np.ndarray, gain_start: float = 1.0, gain_end: float = 1.0) -> None:
-        """Write the next `len(out)` samples of tone into `out` (float64 or float32).
+        """Write the next `len(out)` samples of tone into `out` (float64).
 
         `gain_start`/`gain_end` scale the block linearly (the mixer's ducking and volume).
         """
@@ -248,62 +252,47 @@ class ToneSynth:
                 g1 = gain_start + (gain_end - gain_start) * stop / n
                 self.render(out[start:stop], g0, g1)
             return
-        ramps = self._ramps.get(n)
-        if ramps is None:  # an unusual block length: one-off preparation
-            self.prepare(n)
-            ramps = self._ramps[n]
-        k, ramp, cum_ramp = ramps
+        if n == 0:
+            return
         p = self._params
         timbre = TIMBRES[p.cue]
         sr = self.sample_rate
-
-        # Pitch: one-pole glide towards the new frequency, linear within the block.
-        f0 = self._freq
-        alpha = math.exp(-n / (self.glide_ms * 1e-3 * sr)) if self.glide_ms > 0 else 0.0
-        f1 = p.freq_hz + (f0 - p.freq_hz) * alpha
-        w0 = TWO_PI * f0 / sr
-        w1 = TWO_PI * f1 / sr
+        lag_end = self._lag[n - 1]
         ph = self._ph[:n]
         tmp = self._tmp[:n]
         env = self._env[:n]
-        # phase[k] = phase0 + w0·(k+1) + (w1-w0)·Σ ramp  (exact integral of a linear glide)
-        np.multiply(k, w0, out=ph)
-        np.multiply(cum_ramp, w1 - w0, out=tmp)
+
+        # Phase of a one-pole pitch glide, exactly: φ[k] = φ0 + ωt·(k+1) + (ω0-ωt)·Σlag
+        w0 = TWO_PI * self._freq / sr
+        wt = TWO_PI * p.freq_hz / sr
+        np.multiply(self._k[:n], wt, out=ph)
+        np.multiply(self._lag_sum[:n], w0 - wt, out=tmp)
         ph += tmp
         ph += self._phase
-
-        # Amplitude envelope: linear ramp from the previous block's end (times mixer gain).
-        a0 = self._amp * gain_start
-        a_target = p.amplitude
-        a1 = self._amp + (a_target - self._amp) * (1.0 - alpha)
-        a1g = a1 * gain_end
+        np.sin(ph, out=out)
 
         fifth0, third0, depth0 = self._fifth, self._third, self._trem_depth
-        fifth1 = fifth0 + (timbre.fifth - fifth0) * (1.0 - alpha)
-        third1 = third0 + (timbre.third_harmonic - third0) * (1.0 - alpha)
-        depth1 = depth0 + (timbre.tremolo_depth - depth0) * (1.0 - alpha)
+        if fifth0 > 1e-6 or timbre.fifth > 0:
+            self._add_partial(out, ph, 1.5, fifth0, timbre.fifth, tmp, env)
+        if third0 > 1e-6 or timbre.third_harmonic > 0:
+            self._add_partial(out, ph, 3.0, third0, timbre.third_harmonic, tmp, env)
 
-        np.sin(ph, out=out)
-        if fifth0 > 1e-6 or fifth1 > 1e-6:
-            self._add_partial(out, ph, 1.5, fifth0, fifth1, ramp, tmp, env)
-        if third0 > 1e-6 or third1 > 1e-6:
-            self._add_partial(out, ph, 3.0, third0, third1, ramp, tmp, env)
-
-        # env = a0 + (a1g - a0)·ramp
-        np.multiply(ramp, a1g - a0, out=env)
-        env += a0
-        if depth0 > 1e-6 or depth1 > 1e-6:
+        self._glide_into(env, self._amp, p.amplitude)
+        if gain_start != gain_end:
+            self.ramp_into(tmp, gain_start, gain_end)
+            env *= tmp
+        elif gain_start != 1.0:
+            env *= gain_start
+        if depth0 > 1e-6 or timbre.tremolo_depth > 0:
             trem_hz = timbre.tremolo_hz if timbre.tremolo_depth > 0 else self._trem_hz
             lw = TWO_PI * trem_hz / sr
-            # tremolo gain = 1 - depth·(1 - cos(lfo))/2, depth ramping across the block
-            np.multiply(k, lw, out=tmp)
+            np.multiply(self._k[:n], lw, out=tmp)
             tmp += self._lfo_phase
             np.cos(tmp, out=tmp)
             np.subtract(1.0, tmp, out=tmp)
             tmp *= 0.5  # the LFO, 0..1
             depth = self._scratch[:n]
-            np.multiply(ramp, depth1 - depth0, out=depth)
-            depth += depth0
+            self._glide_into(depth, depth0, timbre.tremolo_depth)
             depth *= tmp
             np.subtract(1.0, depth, out=depth)
             env *= depth
@@ -311,25 +300,25 @@ class ToneSynth:
             self._trem_hz = trem_hz
         out *= env
 
-        self._phase = (self._phase + w0 * n + (w1 - w0) * cum_ramp[-1]) % PHASE_WRAP
-        self._freq = f1
-        self._amp = a1
-        self._fifth, self._third, self._trem_depth = fifth1, third1, depth1
+        self._phase = (self._phase + wt * n + (w0 - wt) * self._lag_sum[n - 1]) % PHASE_WRAP
+        self._freq = p.freq_hz + (self._freq - p.freq_hz) * lag_end
+        self._amp = p.amplitude + (self._amp - p.amplitude) * lag_end
+        self._fifth = timbre.fifth + (fifth0 - timbre.fifth) * lag_end
+        self._third = timbre.third_harmonic + (third0 - timbre.third_harmonic) * lag_end
+        self._trem_depth = timbre.tremolo_depth + (depth0 - timbre.tremolo_depth) * lag_end
 
-    @staticmethod
     def _add_partial(
+        self,
         out: np.ndarray,
         ph: np.ndarray,
         multiple: float,
-        w0: float,
-        w1: float,
-        ramp: np.ndarray,
+        weight0: float,
+        weight_target: float,
         tmp: np.ndarray,
         env: np.ndarray,
     ) -> None:
         np.multiply(ph, multiple, out=tmp)
         np.sin(tmp, out=tmp)
-        np.multiply(ramp, w1 - w0, out=env)
-        env += w0
+        self._glide_into(env, weight0, weight_target)
         tmp *= env
         out += tmp
