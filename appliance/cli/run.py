@@ -1,0 +1,813 @@
+"""`appliance run`: the device service. Wires the real edges, says it is ready, runs sessions.
+
+Under systemd (appliance.service) it reports READY once the ready phrase is queued, feeds
+the watchdog from its control loop only, and survives every fault it can name: a bad
+configuration (it stays up saying "needs the clinic"), no microphone or voice model (the
+button alone drives it), a speaker or microphone unplugged (retried), a full disk
+(repetitions kept, samples dropped), probe faults (spoken), wall-clock jumps (control
+time is monotonic). `--simulated` swaps the probe for the simulated pelvic floor and the
+pins for gpiozero's mock pins; everything else is the device's code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import shutil
+import sqlite3
+import sys
+import threading
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from appliance.cli.common import UserError, add_common_args
+from appliance.clock import Clock, RealClock
+from appliance.config import ConfigError, ControlsConfig, DeviceConfig, load_device_config
+from appliance.controls import ActivityState, Controls
+from appliance.events import Event, Feedback, Sink
+from appliance.sensor.base import ProbeStatus
+from appliance.service import Notifier, Signals, WatchdogFeeder
+from appliance.voice.commands import Command
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "appliance.db"
+LOW_DISK_BYTES = 50 * 1024 * 1024  # below this, pressure samples stop; repetitions go on
+DISK_CHECK_S = 5.0
+HEALTH_CHECK_S = 1.0
+RETRY_MICROPHONE_S = 10.0
+SPEAKER_GRACE_S = 3.0  # the output may take a moment to open at start
+PROBE_FAULT_S = 1.0  # a probe fault must persist this long before it is spoken
+REMINDER_HOURS = range(8, 21)  # never remind at night, whatever the timer says
+DEVICE_PHRASES = (
+    "device.ready",
+    "device.needs_clinic",
+    "device.no_microphone",
+    "device.microphone_back",
+    "device.no_voice_model",
+    "device.speaker_back",
+    "device.disk_full",
+    "device.probe",
+    "device.reminder",
+    "device.goodbye",
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the appliance (the systemd service's command)",
+        description="Run the appliance: say it is ready, then run a session whenever the "
+        "button is pressed or 'start' is said. Stops on SIGTERM.",
+    )
+    add_common_args(p)
+    p.add_argument("--simulated", action="store_true",
+                   help="simulated pelvic floor and mock GPIO pins instead of the hardware")
+    p.add_argument("--programme", default="leaflet", help="programme name or TOML file")
+    p.add_argument("--auto-start", action="store_true", help="start a session as soon as ready")
+    p.add_argument("--sessions", type=int, default=None, metavar="N",
+                   help="exit after N sessions (tests and benchmarks)")
+    p.add_argument("--calibration", default=None, metavar="REST,MVC",
+                   help="use this calibration (cmH2O) instead of measuring it (tests, demos)")
+    p.add_argument("--events", default=None, metavar="FILE",
+                   help="append every event as a JSON line to FILE ('-' for stdout)")
+    p.add_argument("--no-audio", action="store_true", help="do not render or play speech")
+    p.add_argument("--exit-when-ready", action="store_true",
+                   help="exit 0 right after READY (start-up benchmark)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    calibration = None
+    if args.calibration:
+        from appliance.coach.session import Calibration
+
+        try:
+            rest, mvc = (float(x) for x in args.calibration.split(","))
+        except ValueError:
+            raise UserError(f"--calibration {args.calibration!r}: expected REST,MVC in cmH2O") from None
+        calibration = Calibration(rest, mvc)
+    if args.sessions is not None and args.sessions < 1:
+        raise UserError(f"--sessions {args.sessions}: must be at least 1")
+    options = RunOptions(
+        config_path=args.config,
+        state_dir=args.state_dir,
+        programme=args.programme,
+        auto_start=args.auto_start,
+        sessions=args.sessions,
+        calibration=calibration,
+        events=args.events,
+        audio=not args.no_audio,
+        exit_when_ready=args.exit_when_ready,
+    )
+    edges = SimulatedEdges() if args.simulated else DeviceEdges()
+    if not _writable(args.state_dir):
+        raise UserError(f"state directory {args.state_dir} is not writable (use --state-dir DIR)")
+    signals = Signals()
+    signals.install()
+    appliance = Appliance(options, edges, RealClock(), Notifier(), signals)
+    return appliance.main()
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (from /proc), for the start -> ready figure."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# --- options and edges -------------------------------------------------------------------
+
+
+@dataclass
+class RunOptions:
+    config_path: Path | None
+    state_dir: Path
+    programme: str = "leaflet"
+    auto_start: bool = False
+    sessions: int | None = None
+    calibration: Any = None  # appliance.coach.session.Calibration
+    events: str | TextIO | None = None
+    audio: bool = True
+    exit_when_ready: bool = False
+    tick_s: float = 0.01
+    idle_tick_s: float = 0.05
+
+
+class SessionTimeSource:
+    """A source and sink that lives in session time (the simulated floor) on a real clock.
+
+    The runner reads with clock time; the floor hears events in session seconds. This
+    shifts one into the other so both agree.
+    """
+
+    def __init__(self, inner: Any, t0: float) -> None:
+        self.inner = inner
+        self.t0 = t0
+        self.sample_rate_hz = inner.sample_rate_hz
+
+    def read_until(self, t: float):
+        import numpy as np
+
+        times, values = self.inner.read_until(t - self.t0)
+        return np.asarray(times, dtype=float) + self.t0, np.asarray(values, dtype=float)
+
+    @property
+    def status(self) -> ProbeStatus:
+        return self.inner.status
+
+    def emit(self, event: Event) -> None:
+        self.inner.emit(event)
+
+    def feedback(self, fb: Feedback) -> None:
+        self.inner.feedback(fb)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class DeviceEdges:
+    """The real hardware: probe on SPI, sound card, microphone, GPIO pins."""
+
+    simulated = False
+    pin_factory: Any = None
+
+    def pressure_source(self, config: DeviceConfig, clock: Clock, state_dir: Path, t0: float):
+        if config.sensor.source == "simulated":
+            return SimulatedEdges().pressure_source(config, clock, state_dir, t0)
+        from appliance.sensor.probe import open_probe
+
+        return open_probe(config.sensor, clock, state_dir)
+
+    def audio_output(self, mixer: Any, config: DeviceConfig):
+        from appliance.voice.audio import DeviceOutput
+
+        return DeviceOutput(mixer, config.audio.output_device, config.audio.block_size).start()
+
+    def listener(self, config: DeviceConfig, state_dir: Path, on_command: Callable, monitor: Any):
+        from appliance.voice.listener import Listener
+
+        if not config.voice.enabled:
+            return None
+        return Listener.from_config(config, on_command, monitor=monitor, state_dir=state_dir)
+
+    def free_bytes(self, path: Path) -> int:
+        return shutil.disk_usage(path).free
+
+
+class SimulatedEdges(DeviceEdges):
+    """The simulated pelvic floor, mock pins, no sound card and no microphone."""
+
+    simulated = True
+
+    def __init__(self, patient: str = "average", seed: int = 0) -> None:
+        from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+        self.pin_factory = MockFactory(pin_class=MockPWMPin)
+        self.patient = patient
+        self.seed = seed
+        self.sessions = 0
+
+    def pressure_source(self, config: DeviceConfig, clock: Clock, state_dir: Path, t0: float):
+        from appliance.sensor.simulated import SimulatedPelvicFloor, profile
+
+        self.sessions += 1
+        floor = SimulatedPelvicFloor(profile(self.patient), seed=self.seed + self.sessions)
+        return SessionTimeSource(floor, t0)
+
+    def audio_output(self, mixer: Any, config: DeviceConfig):
+        return None
+
+    def listener(self, config: DeviceConfig, state_dir: Path, on_command: Callable, monitor: Any):
+        return None
+
+
+# --- sinks the service adds --------------------------------------------------------------
+
+
+class EventWriter:
+    """Every event as a JSON line, flushed at once: what a power-cut test reads."""
+
+    def __init__(self, target: str | TextIO) -> None:
+        if isinstance(target, str):
+            self._fh = sys.stdout if target == "-" else open(target, "a", encoding="utf-8")  # noqa: SIM115
+            self._own = target != "-"
+        else:
+            self._fh, self._own = target, False
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event) -> None:
+        line = json.dumps({"wall": datetime.now().astimezone().isoformat(), **event.as_json()},
+                          ensure_ascii=False, default=str)
+        with self._lock:
+            self._fh.write(line + "\n")
+            self._fh.flush()
+
+    def feedback(self, fb: Feedback) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._own:
+            self._fh.close()
+
+
+class GuardedStoreSink:
+    """The store's sink, plus what a full disk needs: samples stop, repetitions go on.
+
+    SQLite errors are logged and swallowed here so the coach never sees them; the
+    service reads `failures` and `samples_dropped` to say the disk is full.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.failures = 0
+
+    def emit(self, event: Event) -> None:
+        try:
+            # Metrics computed from numpy samples arrive as numpy scalars, which json (the
+            # store's event log) refuses; plain values keep the repetition.
+            self.inner.emit(Event(float(event.t), event.kind, _plain(event.data)))
+        except sqlite3.Error as exc:
+            self.failures += 1
+            log.error("storing %s failed: %s", event.kind, exc)
+
+    def feedback(self, fb: Feedback) -> None:
+        try:
+            self.inner.feedback(fb)
+        except sqlite3.Error as exc:
+            self.failures += 1
+            log.error("storing a sample failed: %s", exc)
+
+
+# --- the appliance -------------------------------------------------------------------------
+
+
+@dataclass
+class Health:
+    """Faults the service knows about; each one is spoken once when it appears."""
+
+    needs_clinic: str | None = None
+    microphone: str | None = None
+    speaker: str | None = None
+    disk_low: bool = False
+    probe_bad_since: float | None = None
+    spoken: list[str] = field(default_factory=list)
+
+
+class Appliance:
+    """The service: configuration, edges, announcements, the idle loop and sessions."""
+
+    def __init__(self, options: RunOptions, edges: DeviceEdges, clock: Clock,
+                 notifier: Notifier, signals: Signals) -> None:
+        self.options = options
+        self.edges = edges
+        self.clock = clock
+        self.notifier = notifier
+        self.signals = signals
+        self.watchdog = WatchdogFeeder(notifier)
+        self.commands: queue.Queue[tuple[Command, str]] = queue.Queue()
+        self.health = Health()
+        self.config: DeviceConfig | None = None
+        self.lang = "nl"
+        self.t0 = clock.now()
+        self.sessions_run = 0
+        self.session: Any = None
+        self.source: Any = None
+        self.store: Any = None
+        self.store_sink: GuardedStoreSink | None = None
+        self.controls: Controls | None = None
+        self.listener: Any = None
+        self.mixer: Any = None
+        self.output: Any = None
+        self.bank: Any = None
+        self.idle_audio: Any = None
+        self.events = EventWriter(options.events) if options.events else None
+        self.catalogue: Any = None
+        self.programme: Any = None
+        self.ready_after_s: float | None = None
+        self._bank_thread: threading.Thread | None = None
+        self._next_health = 0.0
+        self._next_disk = 0.0
+        self._next_mic_retry = 0.0
+        self._samples_dropped_seen = 0
+        self._speaker_since: float | None = None
+        self._last_reminder_day: str | None = None
+
+    # -- public --------------------------------------------------------------------------
+    def command(self, cmd: Command, source: str = "button") -> None:
+        """Hand a command to the loop (any thread): button, voice, tests."""
+        self.commands.put((cmd, source))
+
+    def main(self) -> int:
+        try:
+            self.start()
+            if self.options.exit_when_ready:
+                return 0
+            self.serve()
+            return 0
+        finally:
+            self.shutdown()
+
+    def start(self) -> None:
+        """Load the configuration, open the edges, say ready (or "needs the clinic")."""
+        self.notifier.status("starting")
+        self.config = self._load_config()
+        cfg = self.config or DeviceConfig()
+        self.controls = Controls(cfg.controls if self.config else ControlsConfig(),
+                                 self.command, pin_factory=self.edges.pin_factory)
+        self._open_audio(cfg)
+        if self.config is None:
+            self._announce("device.needs_clinic")
+            self.controls.show(ActivityState.NEEDS_ATTENTION)
+            self._ready(f"needs the clinic: {self.health.needs_clinic}")
+            return
+        self._open_store()
+        self._load_programme()
+        self._open_listener()
+        self._announce("device.ready")
+        self._announce_voice_faults()
+        self.controls.show(ActivityState.READY)
+        self._ready("ready")
+        self._prepare_phrases_in_background()
+
+    def serve(self) -> None:
+        """The idle loop: commands, signals, reminders, health; sessions run from here."""
+        next_t = self.clock.now()
+        if self.options.auto_start and self.config is not None:
+            self.command(Command.START, "auto")
+        while not self.signals.stop.is_set():
+            next_t += self.options.idle_tick_s
+            self.clock.sleep_until(next_t)
+            now = self.clock.now()
+            if now - next_t > 1.0:
+                next_t = now
+            self.watchdog.tick()
+            if Signals.take(self.signals.reload):
+                self._reload()
+            if Signals.take(self.signals.reminder):
+                self._remind()
+            self._check_health(now, in_session=False)
+            while not self.commands.empty():
+                cmd, source = self.commands.get_nowait()
+                self._idle_command(cmd, source)
+            if self.options.sessions is not None and self.sessions_run >= self.options.sessions:
+                break
+
+    def shutdown(self) -> None:
+        self.notifier.stopping("stopping")
+        if self.controls is not None:
+            self.controls.show(ActivityState.OFF)
+            self.controls.close()
+        if self.listener is not None:
+            self.listener.stop()
+        if self.output is not None:
+            self.output.stop()
+        if self.store is not None:
+            try:
+                self.store.close()
+            except sqlite3.Error as exc:
+                log.error("closing the store: %s", exc)
+        if self.events is not None:
+            self.events.close()
+        self.notifier.close()
+
+    # -- start-up pieces -----------------------------------------------------------------
+    def _load_config(self) -> DeviceConfig | None:
+        path = self.options.config_path
+        try:
+            return load_device_config(path)
+        except ConfigError as exc:
+            self.health.needs_clinic = str(exc)
+            self.lang = _language_hint(path)
+            log.error("configuration refused, needs the clinic: %s", exc)
+            return None
+
+    def _ready(self, status: str) -> None:
+        self.ready_after_s = process_age_s()
+        self.notifier.ready(status)
+        log.warning("%s (%.2f s after process start)", status, self.ready_after_s or -1.0)
+        self._emit_service("service", state="ready", status=status, ready_after_s=self.ready_after_s)
+
+    def _open_audio(self, cfg: DeviceConfig) -> None:
+        self.lang = cfg.language if self.config is not None else self.lang
+        from appliance.voice.phrases import Catalogue
+
+        self.catalogue = Catalogue.load(self.lang)
+        if not self.options.audio:
+            return
+        try:
+            from appliance.voice.audio import Mixer
+            from appliance.voice.output import AudioSink
+            from appliance.voice.speech import PhraseBank, SpeechRenderer
+            from appliance.voice.tone import ToneMapping, ToneShaper
+
+            renderer = SpeechRenderer(self.options.state_dir / "cache" / "speech")
+            self.bank = PhraseBank(self.catalogue, renderer, lang=self.lang,
+                                   rate_wpm=cfg.audio.speech_rate_wpm,
+                                   sample_rate=cfg.audio.sample_rate, volume=1.0)
+            self.bank.prepare([k for k in DEVICE_PHRASES if self.catalogue.has(k)])
+            self.mixer = Mixer(cfg.audio.sample_rate, volume=cfg.audio.volume)
+            self.output = self.edges.audio_output(self.mixer, cfg)
+            self._speaker_since = self.clock.now()
+            shaper = ToneShaper(ToneMapping(cfg.audio.tone_rest_hz, cfg.audio.tone_target_hz),
+                                always_on=False)
+            self.idle_audio = AudioSink(self.mixer, self.bank, shaper, output=None,
+                                        base_rate_wpm=cfg.audio.speech_rate_wpm)
+        except Exception as exc:  # speech is not worth dying for: log, carry on in silence
+            log.error("speech output unavailable: %s", exc)
+            self.bank = self.mixer = self.idle_audio = None
+
+    def _prepare_phrases_in_background(self) -> None:
+        if self.bank is None:
+            return
+
+        def work() -> None:
+            try:
+                self.bank.prepare()
+            except Exception as exc:
+                log.error("rendering phrases failed: %s", exc)
+
+        self._bank_thread = threading.Thread(target=work, name="phrase-render", daemon=True)
+        self._bank_thread.start()
+
+    def _open_store(self) -> None:
+        from appliance.store import Store
+
+        self.store = Store(self.options.state_dir / DB_NAME)
+        # Sessions a power cut interrupted stay 'running' in the file; say what they were.
+        with self.store.db:
+            n = self.store.db.execute(
+                "UPDATE sessions SET status='interrupted' WHERE status='running'").rowcount
+        if n:
+            log.warning("%d session(s) interrupted by a power cut or crash", n)
+
+    def _load_programme(self) -> None:
+        from appliance.coach.programme import load_programme
+
+        try:
+            self.programme = load_programme(self.options.programme, self.catalogue.keys())
+        except ConfigError as exc:
+            raise UserError(str(exc)) from None
+
+    def _open_listener(self) -> None:
+        assert self.config is not None
+
+        def heard(cmd: Command, text: str = "", confidence: float = 1.0) -> None:
+            self.command(cmd, "voice")
+
+        try:
+            self.listener = self.edges.listener(self.config, self.options.state_dir, heard,
+                                                self.mixer)
+        except Exception as exc:
+            log.error("voice listener failed: %s", exc)
+            self.listener = None
+        if self.listener is None:
+            if self.config.voice.enabled and not self.edges.simulated:
+                self.health.microphone = "no listener"
+            return
+        if getattr(self.listener, "detector", True) is None:
+            self.health.microphone = f"model: {self.listener.reason}"
+            return
+        if not self.listener.start():
+            self.health.microphone = self.listener.reason or "no microphone"
+            self._next_mic_retry = self.clock.now() + RETRY_MICROPHONE_S
+
+    def _announce_voice_faults(self) -> None:
+        problem = self.health.microphone
+        if problem is None:
+            return
+        self._announce("device.no_voice_model" if problem.startswith("model") else
+                       "device.no_microphone")
+
+    # -- saying things -------------------------------------------------------------------
+    def _announce(self, phrase: str, warning: str | None = None) -> None:
+        """Speak a device phrase: through the session if one runs, else directly."""
+        self.health.spoken.append(phrase)
+        log.warning("saying %s", phrase)
+        if self.session is not None and warning is not None:
+            self.session.observe_warning(warning, phrase)
+            return
+        t = self.clock.now() - self.t0
+        data = {"phrase": phrase, "text": self.catalogue.text(phrase) if self.catalogue else "",
+                "lang": self.lang, "at": round(t, 3)}
+        event = Event(t, "say", data)
+        if self.idle_audio is not None:
+            try:
+                self.idle_audio.emit(event)
+            except Exception as exc:
+                log.error("cannot say %s: %s", phrase, exc)
+        if self.events is not None:
+            self.events.emit(event)
+        if self.session is not None:
+            for sink in self.session.sinks:
+                if sink is self.store_sink:
+                    sink.emit(Event(self.session.session_time(), "say", data))
+
+    def _emit_service(self, kind: str, **data: Any) -> None:
+        if self.events is not None:
+            self.events.emit(Event(self.clock.now() - self.t0, kind, data))
+
+    # -- commands and sessions -------------------------------------------------------------
+    def _idle_command(self, cmd: Command, source: str) -> None:
+        if self.config is None:
+            if cmd in (Command.STATUS, Command.START, Command.HELP):
+                self._announce("device.needs_clinic")
+            return
+        if cmd is Command.START:
+            self._run_session(source)
+        elif cmd in (Command.STATUS, Command.HELP):
+            self._announce("device.ready")
+
+    def _run_session(self, source: str) -> None:
+        from appliance.coach.runner import run as run_loop
+        from appliance.coach.session import Session, State
+        from appliance.store import StoreSink
+        from appliance.voice.output import AudioSink
+
+        assert self.config is not None and self.store is not None
+        if self._bank_thread is not None:
+            self._bank_thread.join(timeout=120)  # clips must be ready before the coach speaks
+        t0 = self.clock.now()
+        try:
+            self.source = self.edges.pressure_source(self.config, self.clock,
+                                                     self.options.state_dir, t0)
+        except Exception as exc:
+            log.error("probe unavailable: %s", exc)
+            self._announce("device.probe")
+            self.controls.show(ActivityState.NEEDS_ATTENTION)
+            return
+        self.store.keep_samples = not self.health.disk_low
+        self.store_sink = GuardedStoreSink(
+            StoreSink(self.store, self.clock, self.programme.id, self.lang,
+                      source="simulation" if self.edges.simulated else "device"))
+        # The store first: a repetition is on disk before anyone else hears of it.
+        sinks: list[Sink] = [self.store_sink]
+        audio = None
+        timing = None
+        if self.bank is not None and self.mixer is not None:
+            from appliance.voice.speech import RenderedTiming
+            from appliance.voice.tone import ToneMapping, ToneShaper
+
+            a = self.config.audio
+            audio = AudioSink(self.mixer, self.bank,
+                              ToneShaper(ToneMapping(a.tone_rest_hz, a.tone_target_hz),
+                                         always_on=a.tone_always_on),
+                              output=None, base_rate_wpm=a.speech_rate_wpm)
+            sinks.append(audio)
+            timing = RenderedTiming(self.bank)
+        if hasattr(self.source, "emit"):
+            sinks.append(self.source)
+        if self.events is not None:
+            sinks.append(self.events)
+        session = Session(self.programme, self.catalogue, self.clock, sinks, timing=timing,
+                          sample_rate_hz=self.source.sample_rate_hz,
+                          calibration=self.options.calibration, volume=self.config.audio.volume)
+        self.session = session
+        session.command(Command.START, source=source)
+        self.controls.show(ActivityState.IN_SESSION)
+
+        def on_tick(now: float) -> None:
+            self.watchdog.tick()
+            while not self.commands.empty():
+                cmd, src = self.commands.get_nowait()
+                session.command(cmd, source=src)
+            self._check_health(now, in_session=True)
+            state = session.state
+            if self.controls.state is not ActivityState.NEEDS_ATTENTION:
+                self.controls.show(ActivityState.PAUSED if state is State.PAUSED
+                                   else ActivityState.IN_SESSION)
+
+        def should_stop() -> bool:
+            if self.signals.stop.is_set() and not session.finished:
+                session.command(Command.STOP, source="service")
+            return self.signals.stop.is_set()
+
+        try:
+            run_loop(session, self.source, self.clock, tick_s=self.options.tick_s,
+                     on_tick=on_tick, should_stop=should_stop)
+        finally:
+            try:
+                self.store.flush()
+            except sqlite3.Error as exc:
+                log.error("flushing the store: %s", exc)
+            self.source.close()
+            self.session = None
+            self.sessions_run += 1
+            self.controls.show(ActivityState.NEEDS_ATTENTION if self._faulty()
+                               else ActivityState.READY)
+        del audio
+
+    # -- faults ------------------------------------------------------------------------------
+    def _faulty(self) -> bool:
+        h = self.health
+        return bool(h.needs_clinic or h.speaker or h.disk_low)
+
+    def _check_health(self, now: float, in_session: bool) -> None:
+        if self.session is not None:
+            self._check_probe(now)
+        if now < self._next_health:
+            return
+        self._next_health = now + HEALTH_CHECK_S
+        self._check_speaker(now)
+        self._check_microphone(now)
+        if now >= self._next_disk:
+            self._next_disk = now + DISK_CHECK_S
+            self._check_disk()
+
+    def _check_probe(self, now: float) -> None:
+        status = getattr(self.source, "status", ProbeStatus.OK)
+        if status in (ProbeStatus.OK,):
+            self.health.probe_bad_since = None
+            return
+        if self.health.probe_bad_since is None:
+            self.health.probe_bad_since = now
+        elif now - self.health.probe_bad_since >= PROBE_FAULT_S:
+            # The session itself limits a repeated warning to one per 30 s.
+            if self.session is not None:
+                before = len(self.health.spoken)
+                self._announce("device.probe", warning="probe")
+                if len(self.health.spoken) > before:
+                    log.warning("probe fault: %s", status.value)
+
+    def _check_speaker(self, now: float) -> None:
+        out = self.output
+        if out is None or self._speaker_since is None:
+            return
+        if out.is_open:
+            if self.health.speaker is not None:
+                log.warning("speaker back")
+                self.health.speaker = None
+                self._announce("device.speaker_back", warning="speaker")
+            return
+        if now - self._speaker_since >= SPEAKER_GRACE_S and self.health.speaker is None:
+            self.health.speaker = out.last_error or "no output device"
+            log.error("speaker unavailable: %s (retrying)", self.health.speaker)
+            self.controls.show(ActivityState.NEEDS_ATTENTION)
+
+    def _check_microphone(self, now: float) -> None:
+        lst = self.listener
+        if lst is None or getattr(lst, "detector", None) is None:
+            return
+        if self.health.microphone is None:
+            if not _listener_alive(lst):
+                lst.stop()
+                self.health.microphone = "microphone lost"
+                self._next_mic_retry = now + RETRY_MICROPHONE_S
+                self._announce("device.no_microphone", warning="microphone")
+            return
+        if now >= self._next_mic_retry:
+            self._next_mic_retry = now + RETRY_MICROPHONE_S
+            if lst.start():
+                self.health.microphone = None
+                self._announce("device.microphone_back", warning="microphone")
+
+    def _check_disk(self) -> None:
+        low = False
+        try:
+            low = self.edges.free_bytes(self.options.state_dir) < LOW_DISK_BYTES
+        except OSError as exc:
+            log.error("cannot read free space: %s", exc)
+        dropped = getattr(self.store, "samples_dropped", 0)
+        failures = self.store_sink.failures if self.store_sink is not None else 0
+        if dropped > self._samples_dropped_seen or failures:
+            low = True
+            self._samples_dropped_seen = dropped
+        if low and not self.health.disk_low:
+            self.health.disk_low = True
+            log.error("disk nearly full: pressure samples are no longer stored")
+            if self.store is not None:
+                self.store.keep_samples = False
+            self._announce("device.disk_full", warning="disk")
+        elif not low and self.health.disk_low and self.store_sink is None:
+            self.health.disk_low = False
+
+    # -- signals -------------------------------------------------------------------------------
+    def _reload(self) -> None:
+        """SIGHUP: a clinic fixed the configuration; leave "needs the clinic" if it is good."""
+        if self.session is not None:
+            return
+        old = self.config
+        self.config = self._load_config()
+        if self.config is None:
+            self.config = old
+            self._announce("device.needs_clinic")
+            self.controls.show(ActivityState.NEEDS_ATTENTION)
+            self.notifier.status(f"needs the clinic: {self.health.needs_clinic}")
+            return
+        if old is None:
+            self.health.needs_clinic = None
+            self._open_audio(self.config)
+            self._open_store()
+            self._load_programme()
+            self._open_listener()
+            self.controls.close()
+            self.controls = Controls(self.config.controls, self.command,
+                                     pin_factory=self.edges.pin_factory)
+            self._announce("device.ready")
+            self._announce_voice_faults()
+            self.controls.show(ActivityState.READY)
+            self.notifier.status("ready")
+            self._emit_service("service", state="ready", status="ready after reload")
+
+    def _remind(self) -> None:
+        if self.config is None or self.session is not None:
+            return
+        wall = self.clock.wall().astimezone()
+        day = wall.date().isoformat()
+        if wall.hour not in REMINDER_HOURS or self._last_reminder_day == day + str(wall.hour // 12):
+            return
+        self._last_reminder_day = day + str(wall.hour // 12)
+        self._announce("device.reminder")
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (np.bool_, np.float64) to Python values, recursively."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    item = getattr(value, "item", None)
+    if item is not None and type(value).__module__ == "numpy":
+        return item()
+    return value
+
+
+def _listener_alive(listener: Any) -> bool:
+    """False once the microphone stream has died under a running listener."""
+    alive = getattr(listener, "healthy", None)
+    if alive is not None:
+        return bool(alive() if callable(alive) else alive)
+    stream = getattr(listener, "_stream", None)
+    if stream is None:
+        return bool(getattr(listener, "available", True))
+    return bool(getattr(stream, "active", True))
+
+
+def _language_hint(path: Path | None) -> str:
+    """The language to say "needs the clinic" in, from a file that may not even parse."""
+    if path is None:
+        return "nl"
+    try:
+        with open(path, "rb") as fh:
+            lang = tomllib.load(fh).get("language")
+    except (OSError, tomllib.TOMLDecodeError):
+        return "nl"
+    return lang if lang in ("nl", "en") else "nl"
