@@ -245,7 +245,7 @@ class StoreSink:
             self.store.end_session(sid, d["state"], self.clock.wall())
 
     def feedback(self, fb) -> None:
-        if self.session_id is None or fb.t < self._next_sample_t:
+        if self.session_id is None or fb.t < self._next_sample_t - 1e-6:
             return
-        self._next_sample_t = fb.t + self._sample_every
+        self._next_sample_t = max(self._next_sample_t + self._sample_every, fb.t - self._sample_every)
         self.store.sample(self.session_id, round(fb.t, 3), round(fb.cmh2o, 2), round(fb.strength_pct, 1))

@@ -42,37 +42,68 @@ def strength_bar(pct: float, target: float, width: int = 20) -> str:
 
 
 class ConsoleTimeline:
-    """A readable live timeline: time, exercise, phase, what is said, a strength bar."""
+    """A readable live timeline: time, exercise, phase, what is said, a strength bar.
+
+    A phase's line is printed when it ends, with the strongest squeeze seen during it;
+    lines are held back until then so the view stays in time order.
+    """
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self._fb: Feedback | None = None
         self._exercise = ""
+        self._phase: dict | None = None
+        self._peak = 0.0
+        self._held: list[tuple[float, str]] = []
 
     def feedback(self, fb: Feedback) -> None:
-        self._fb = fb
+        if fb.strength_pct > self._peak:
+            self._peak = fb.strength_pct
+
+    @staticmethod
+    def _ts(t: float) -> str:
+        minutes, seconds = divmod(round(t, 2), 60)
+        return f"{int(minutes):3d}:{seconds:05.2f}"
+
+    def _flush_phase(self) -> None:
+        d = self._phase
+        if d is not None:
+            self._phase = None
+            rep = f"#{d['rep']}" if "rep" in d else "  "
+            peak = max(self._peak, 0.0)
+            self._held.append((d["start"] - 1e-6, f"{self._ts(d['start'])}  {d.get('exercise', self._exercise):<11} "
+                               f"{rep:>3} {d['phase']:<17} {strength_bar(peak, d.get('level_pct', 0))} "
+                               f"max {peak:3.0f}% (asked {d.get('level_pct', 0):.0f}%)"))
+        self._held.sort(key=lambda x: x[0])
+        self.out.write("".join(line + "\n" for _, line in self._held))
+        self._held.clear()
 
     def emit(self, e: Event) -> None:
         d = e.data
-        ts = f"{int(e.t // 60):3d}:{e.t % 60:05.2f}"
+        ts = self._ts(e.t)
         if e.kind == "phase":
+            self._flush_phase()
             self._exercise = d.get("exercise", self._exercise)
-            pct = self._fb.strength_pct if self._fb else 0.0
-            rep = f"#{d['rep']}" if "rep" in d else "  "
-            line = (f"{ts}  {self._exercise:<11} {rep:>3} {d['phase']:<17} "
-                    f"{strength_bar(pct, d.get('level_pct', 0))} {pct:5.0f}%")
-        elif e.kind == "say":
+            self._phase = d
+            self._peak = -1e9
+            return
+        if e.kind == "say":
             line = f"{ts}  {'':<11}     » {d['text']}"
         elif e.kind == "rep":
+            self._flush_phase()
             line = (f"{ts}  {d['exercise']:<11} #{d['rep']:<2} rep {d['status']:<8} peak {d['peak_pct']:5.1f}%"
                     f" ({d['peak_cmh2o']:.1f} cmH2O) held {d['held_s']:.1f}/{d['hold_asked_s']:.1f}s"
                     f" release {'ok' if d['release_complete'] else 'incomplete'}")
         elif e.kind == "calibration":
+            self._flush_phase()
             line = (f"{ts}  calibration rest {d['rest_cmh2o']:.1f} cmH2O, MVC {d['mvc_cmh2o']:.1f} cmH2O"
                     f" ({d['oxford_band']})")
         elif e.kind in ("command", "warning", "exercise", "session", "setting", "stim", "probe"):
+            if e.kind == "session" and d.get("state") in ("paused", "stopped", "done"):
+                self._flush_phase()
             fields = " ".join(f"{k}={v}" for k, v in d.items())
             line = f"{ts}  [{e.kind}] {fields}"
         else:
             return
-        self.out.write(line + "\n")
+        self._held.append((e.t, line))
+        if self._phase is None:
+            self._flush_phase()

@@ -267,8 +267,10 @@ class Session:
         flexible: list[Prompt] = []
         start = t
         first = self.rep == 1
-        for ph in ex.phases:
+        for i, ph in enumerate(ex.phases):
             dur = self._phase_seconds(ex, ph)
+            if ph.kind is PhaseKind.INHALE and i + 1 < len(ex.phases) and ex.phases[i + 1].on_exhale:
+                dur = max(dur, self._inhale_room(ex, ph, ex.phases[i + 1], first))
             pp = PlannedPhase(ph.kind.value, start, start + dur, round(ph.level * ex.target_level_pct, 1),
                               ph.on_exhale, ph.motion)
             phases.append(pp)
@@ -292,6 +294,17 @@ class Session:
                 flexible.append(Prompt(rest.start + 0.5, "cue.last_rep", latest=rest.end - 1.0))
         prompts = self._fit(aligned, flexible, t)
         return Segment("rep", t, phases, prompts, self.exercise_index, self.rep)
+
+    def _inhale_room(self, ex: Exercise, inhale, contract, first: bool) -> float:
+        """An in-breath long enough for its own cue and the lead of the out-breath cue."""
+        pick = lambda ph: ph.say if first or not ph.say_again else ph.say_again  # noqa: E731
+        own, nxt = pick(inhale), pick(contract)
+        need = GAP_S
+        if own:
+            need += 0.05 + self.timing.duration(own)
+        if nxt:
+            need += self.timing.keyword_offset(nxt)
+        return need
 
     def _fit(self, aligned: list[Prompt], flexible: list[Prompt], t: float) -> list[Prompt]:
         """Place prompts without overlap: aligned ones where they must be, the rest in gaps."""

@@ -1,0 +1,49 @@
+"""`appliance simulate` from the command line, as a person would run it."""
+
+import json
+import subprocess
+import sys
+
+
+def appliance(*args):
+    return subprocess.run([sys.executable, "-m", "appliance.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_simulate_writes_database_and_timeline_and_prints_a_readable_timeline(tmp_path):
+    out = tmp_path / "run"
+    r = appliance("simulate", "--out", str(out), "--lang", "en", "--patient", "strong", "--seed", "4",
+                  "--programme", "postop", "--say", "60:pause", "--say", "75:resume")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in (out / "timeline.jsonl").read_text().splitlines()]
+    assert {"t", "kind"} <= set(lines[0])
+    assert any(x["kind"] == "command" and x["command"] == "pause" and abs(x["t"] - 60.0) <= 0.011
+               for x in lines)
+    assert all(x["phrase"] and x["text"] for x in lines if x["kind"] == "say")
+    assert (out / "appliance.db").exists()
+    assert "Breathe in slowly, until your belly rises." in r.stdout
+    assert "█" in r.stdout and "session done" in r.stdout
+
+
+def test_a_bad_say_option_is_one_clear_sentence_and_a_non_zero_exit(tmp_path):
+    r = appliance("simulate", "--out", str(tmp_path), "--say", "ninety:pause")
+    assert r.returncode != 0
+    assert "--say 'ninety:pause'" in r.stderr and "Traceback" not in r.stderr
+    r = appliance("simulate", "--out", str(tmp_path), "--say", "90:dance")
+    assert r.returncode != 0 and "unknown command 'dance'" in r.stderr
+
+
+def test_a_malformed_device_config_names_file_key_and_value(tmp_path):
+    cfg = tmp_path / "appliance.toml"
+    cfg.write_text('[audio]\nsample_rate = "fast"\n')
+    r = appliance("simulate", "--out", str(tmp_path / "o"), "--config", str(cfg))
+    assert r.returncode != 0
+    assert str(cfg) in r.stderr and "audio.sample_rate" in r.stderr and "'fast'" in r.stderr
+
+
+def test_every_sub_command_has_help():
+    r = appliance("--help")
+    assert r.returncode == 0
+    for name in ("simulate",):
+        h = appliance(name, "--help")
+        assert h.returncode == 0 and "--config" in h.stdout and "--state-dir" in h.stdout

@@ -1,0 +1,75 @@
+"""The signal chain: a smoother that is calm at rest and quick in a squeeze, hysteresis, metrics."""
+
+import math
+import random
+
+import pytest
+
+from appliance.sensor.signal import ContractionDetector, OneEuroFilter, RepRecorder, oxford_band
+
+RATE = 200.0
+
+
+def test_one_euro_filter_reduces_rest_noise_at_least_threefold():
+    rng = random.Random(1)
+    f = OneEuroFilter(RATE)
+    raw = [30 + rng.gauss(0, 0.5) for _ in range(2000)]
+    out = [f(x) for x in raw][200:]
+    sd = lambda v: math.sqrt(sum((x - sum(v) / len(v)) ** 2 for x in v) / len(v))  # noqa: E731
+    assert sd(out) < sd(raw[200:]) / 3
+
+
+def test_one_euro_filter_follows_a_squeeze_step_within_50_ms():
+    f = OneEuroFilter(RATE)
+    for _ in range(400):
+        f(30.0)
+    # The median lag to half of a 20 cmH2O step is the smoother's share of the tone latency.
+    half_at = next(i for i in range(200) if f(50.0) >= 40.0)
+    assert half_at / RATE <= 0.05
+
+
+def test_detector_does_not_chatter_on_ripple_around_one_threshold():
+    d = ContractionDetector(on_pct=15, off_pct=8)
+    changes = [d.update(i / RATE, 12 + 4 * math.sin(i / 10)) for i in range(2000)]
+    assert changes.count(True) == 1 and changes.count(False) == 0
+
+
+def test_detector_reports_onset_and_offset_times():
+    d = ContractionDetector()
+    values = [0] * 100 + [50] * 200 + [0] * 100
+    for i, v in enumerate(values):
+        d.update(i / 100, v)
+    assert d.onsets == [1.0] and d.offsets == [3.0]
+    with pytest.raises(ValueError):
+        ContractionDetector(on_pct=5, off_pct=10)
+
+
+def _rep(hold_pct, release_to, dt=0.01, hold_s=5.0):
+    r = RepRecorder(contract_at=0.0)
+    t = 0.0
+    for i in range(int(1.0 / dt)):  # contract: ramp to the hold level in 1 s
+        r.add(t, hold_pct * i * dt, 0.0, False)
+        t += dt
+    for _ in range(int(hold_s / dt)):
+        r.add(t, hold_pct, 60.0, False)
+        t += dt
+    for _ in range(int(3.0 / dt)):
+        r.add(t, release_to, 0.0, True)
+        t += dt
+    return r.metrics(mvc_cmh2o=40.0, dt=dt)
+
+
+def test_repetition_metrics_in_the_clinics_terms():
+    m = _rep(hold_pct=60, release_to=2)
+    assert m.peak_pct == pytest.approx(60) and m.peak_cmh2o == pytest.approx(24.0)
+    assert m.held_s == pytest.approx(5.0, abs=0.02) and m.hold_asked_s == pytest.approx(5.0, abs=0.02)
+    assert m.release_complete and m.steadiness_pct == pytest.approx(0.0)
+    assert m.onset_s == pytest.approx(0.25, abs=0.02)
+    weak = _rep(hold_pct=40, release_to=20)
+    assert weak.held_s == 0.0 and not weak.release_complete
+
+
+@pytest.mark.parametrize("mvc, band", [(5, "none"), (10, "very_weak"), (20, "weak"), (35.1, "moderate"),
+                                       (50, "good"), (70, "strong"), (14.5, "very_weak"), (14.6, "weak")])
+def test_oxford_band_follows_the_manometry_literature(mvc, band):
+    assert oxford_band(mvc) == band

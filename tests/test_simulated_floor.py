@@ -1,0 +1,98 @@
+"""The simulated pelvic floor behaves like one: rest, breath, rise time, fatigue, faults, seeds."""
+
+import statistics
+
+import pytest
+
+from appliance.events import Event
+from appliance.sensor.simulated import Fault, SimulatedPelvicFloor, profile
+
+
+def phase(t, kind, end, level=0.0, rep=1, **kw):
+    return Event(t, "phase", dict(phase=kind, start=t, end=end, level_pct=level, exercise="ex1", rep=rep, **kw))
+
+
+def run(floor, until):
+    return floor.read_until(until)
+
+
+def test_resting_probe_reads_rest_pressure_with_breath_ripple():
+    floor = SimulatedPelvicFloor(profile("average"), seed=1)
+    floor.emit(phase(0.0, "rest", 60.0))
+    _, p = run(floor, 60.0)
+    assert statistics.mean(p) == pytest.approx(30.0 + 0.9, abs=1.0)
+    assert 1.0 < max(p) - min(p) < 6.0  # breath ripple plus noise, no squeeze
+
+
+def _rise_time(name):
+    floor = SimulatedPelvicFloor(profile(name), seed=2)
+    floor.emit(phase(0.0, "rest", 5.0))
+    floor.emit(phase(5.0, "contract", 10.0, level=60.0))
+    t, p = run(floor, 10.0)
+    rest = statistics.mean(p[:400])
+    top = statistics.mean(p[-100:])
+    t10 = next(ti for ti, pi in zip(t, p) if ti > 5 and pi > rest + 0.1 * (top - rest))
+    t90 = next(ti for ti, pi in zip(t, p) if ti > 5 and pi > rest + 0.9 * (top - rest))
+    return t90 - t10, top - rest
+
+
+def test_strong_patients_rise_faster_and_higher_than_weak_ones():
+    strong_rise, strong_amp = _rise_time("strong")
+    weak_rise, weak_amp = _rise_time("weak")
+    assert 0.3 < strong_rise < weak_rise < 2.5
+    assert strong_amp > 3 * weak_amp
+
+
+def test_fatigue_lowers_the_squeeze_over_long_holds():
+    floor = SimulatedPelvicFloor(profile("weak", fault_rate=0.0), seed=3)
+    t = 0.0
+    means = []
+    for rep in range(1, 9):
+        floor.emit(phase(t, "contract", t + 2, level=60.0, rep=rep))
+        floor.emit(phase(t + 2, "hold", t + 30, level=60.0, rep=rep))
+        _, p = run(floor, t + 30)
+        means.append(statistics.mean(p[-500:]))
+        floor.emit(phase(t + 30, "rest", t + 34, rep=rep))
+        run(floor, t + 34)
+        t += 34
+    assert means[-1] < means[0] - 0.5
+
+
+def test_push_down_rises_slowly_without_a_lift_and_holds_the_breath():
+    floor = SimulatedPelvicFloor(profile("average", (Fault.PUSH_DOWN,), fault_rate=1.0), seed=4)
+    floor.emit(phase(0.0, "rest", 5.0))
+    floor.emit(phase(5.0, "contract", 7.0, level=60.0, rep=2))
+    t, p = run(floor, 7.0)
+    gain_after_1s = statistics.mean(p[590:610]) - statistics.mean(p[:400])
+    normal = SimulatedPelvicFloor(profile("average", fault_rate=0.0), seed=4)
+    normal.emit(phase(0.0, "rest", 5.0))
+    normal.emit(phase(5.0, "contract", 7.0, level=60.0, rep=2))
+    _, q = run(normal, 7.0)
+    normal_gain = statistics.mean(q[590:610]) - statistics.mean(q[:400])
+    assert gain_after_1s < 0.6 * normal_gain
+
+
+def test_give_up_lets_go_in_the_middle_of_a_hold():
+    floor = SimulatedPelvicFloor(profile("average", (Fault.GIVE_UP,), fault_rate=1.0), seed=5)
+    floor.emit(phase(0.0, "contract", 2.0, level=60.0, rep=2))
+    floor.emit(phase(2.0, "hold", 22.0, level=60.0, rep=2))
+    _, p = run(floor, 22.0)
+    assert statistics.mean(p[-200:]) < statistics.mean(p[250:400]) - 10
+
+
+def test_hopping_gives_landing_spikes_twice_a_second():
+    floor = SimulatedPelvicFloor(profile("average", fault_rate=0.0), seed=6)
+    floor.emit(phase(0.0, "move", 10.0, level=30.0, motion="hop"))
+    t, p = run(floor, 10.0)
+    base = statistics.median(p)
+    peaks = sum(1 for i in range(1, len(p) - 1) if p[i] > base + 15 and p[i] >= p[i - 1] and p[i] > p[i + 1])
+    assert 17 <= peaks <= 22
+
+
+def test_the_same_seed_gives_the_same_samples():
+    def trace(seed):
+        f = SimulatedPelvicFloor(profile("average"), seed=seed)
+        f.emit(phase(0.0, "contract", 3.0, level=50.0))
+        return run(f, 3.0)[1]
+
+    assert trace(7) == trace(7) and trace(7) != trace(8)
