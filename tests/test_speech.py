@@ -1,0 +1,216 @@
+"""Spoken prompts: rendered once, cached on disk, a hanging pyttsx3 never blocks a session."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.voice.phrases import Catalogue
+from appliance.voice.speech import (
+    SPEECH_PEAK,
+    Clip,
+    EspeakCli,
+    PhraseBank,
+    Pyttsx3Worker,
+    RenderedTiming,
+    Rendering,
+    SpeechError,
+    SpeechRenderer,
+    marked_text,
+    split_marker,
+    to_clip,
+)
+
+SR = 22050
+
+
+class Counting:
+    """Wraps a real engine and counts how often it is asked to render."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.name = engine.name
+        self.calls = 0
+
+    def render(self, *args):
+        self.calls += 1
+        return self.engine.render(*args)
+
+    def close(self) -> None:
+        getattr(self.engine, "close", lambda: None)()
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = Pyttsx3Worker(timeout_s=20.0)
+    yield w
+    w.close()
+
+
+def fake_python(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "fake-python"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def test_the_keyword_marker_is_not_spoken_but_remembered():
+    assert split_marker("Adem uit, en ^span aan.") == ("Adem uit, en span aan.", 13)
+    assert split_marker("Houd vast.") == ("Houd vast.", None)
+
+
+def test_a_phrase_is_rendered_once_then_served_from_the_disk_cache(tmp_path, worker):
+    engine = Counting(worker)
+    r1 = SpeechRenderer(tmp_path, engines=[engine])
+    first = r1.render("Adem ^in.", "nl", 150)
+    again = r1.render("Adem ^in.", "nl", 150)
+    assert engine.calls == 1 and r1.cache_hits == 1
+    assert np.array_equal(first.samples, again.samples)
+    assert again.keyword_offset_s == first.keyword_offset_s
+    # a new process (a new renderer on the same directory) finds it too
+    r2 = SpeechRenderer(tmp_path, engines=[engine])
+    r2.render("Adem ^in.", "nl", 150)
+    assert engine.calls == 1
+    # text, voice, rate and volume are all part of the key
+    for args in (("Adem ^uit.", "nl", 150), ("Adem ^in.", "en", 150), ("Adem ^in.", "nl", 180)):
+        r2.render(*args)
+    r2.render("Adem ^in.", "nl", 150, 0.5)
+    assert engine.calls == 5
+
+
+def test_pyttsx3_renders_dutch_and_english_and_times_the_keyword(worker):
+    nl = worker.render("Adem rustig uit, en ^span aan.", "nl", 150, 1.0)
+    en = worker.render("Breathe out slowly, and ^squeeze.", "en", 150, 1.0)
+    for r in (nl, en):
+        assert r.engine == "pyttsx3" and r.sample_rate == SR
+        duration = r.samples.shape[0] / r.sample_rate
+        assert 0.5 < r.keyword_offset_s < duration - 0.2
+        # the keyword is spoken: there is sound in the 300 ms after its offset
+        i = int(r.keyword_offset_s * SR)
+        after = r.samples[i : i + int(0.3 * SR)].astype(float)
+        assert np.sqrt(np.mean(after**2)) > 0.03 * np.abs(r.samples).max()
+    early = worker.render("Adem ^rustig uit, en span aan.", "nl", 150, 1.0)
+    assert early.keyword_offset_s < nl.keyword_offset_s - 0.3
+
+
+def test_a_slower_speech_rate_speaks_longer(worker):
+    slow = worker.render("Adem langzaam in, tot uw buik opbolt.", "nl", 110, 1.0)
+    fast = worker.render("Adem langzaam in, tot uw buik opbolt.", "nl", 200, 1.0)
+    assert slow.samples.shape[0] > 1.4 * fast.samples.shape[0]
+
+
+@pytest.mark.parametrize("lang", ["nl", "en"])
+def test_word_timings_and_the_command_line_estimate_agree_on_every_keyword(lang, worker):
+    """Two independent measurements of where each catalogue keyword starts."""
+    cat = Catalogue.load(lang)
+    cli = EspeakCli()
+    checked = 0
+    for key in sorted(cat.keys()):
+        marked = marked_text(cat, key)
+        if "^" not in marked or marked.startswith("^"):
+            continue
+        a = to_clip(key, "", worker.render(marked, cat.voice, 150, 1.0), SR)
+        b = to_clip(key, "", cli.render(marked, cat.voice, 150, 1.0), SR)
+        assert abs(a.keyword_offset_s - b.keyword_offset_s) <= 0.15, key
+        checked += 1
+    assert checked >= 5
+
+
+def test_a_hanging_pyttsx3_is_killed_and_espeak_ng_takes_over(tmp_path, caplog):
+    hanging = Pyttsx3Worker(timeout_s=0.5, python=fake_python(tmp_path, "exec sleep 60"))
+    renderer = SpeechRenderer(tmp_path / "cache", engines=[hanging, EspeakCli()])
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="appliance.voice.speech"):
+        r = renderer.render("Laat ^los.", "nl", 150)
+    assert time.monotonic() - t0 < 5.0
+    assert r.engine == "espeak-ng" and r.samples.shape[0] > 0.3 * SR
+    assert 0.1 < r.keyword_offset_s < r.samples.shape[0] / SR
+    assert "no answer within 0.5 s" in caplog.text
+    with pytest.raises(ProcessLookupError):  # the hung child is gone, not orphaned
+        os.kill(hanging.last_pid, 0)
+
+
+def test_without_pyttsx3_every_phrase_comes_from_espeak_ng(tmp_path):
+    missing = fake_python(
+        tmp_path,
+        """echo '{"ok": false, "fatal": true, "error": "No module named pyttsx3"}'""",
+    )
+    worker = Pyttsx3Worker(timeout_s=5.0, python=missing)
+    renderer = SpeechRenderer(tmp_path / "cache", engines=[worker, EspeakCli()])
+    assert renderer.render("Houd ^vast.", "nl", 150).engine == "espeak-ng"
+    assert "No module named pyttsx3" in worker.broken
+    pid = worker.last_pid
+    assert renderer.render("Adem ^in.", "nl", 150).engine == "espeak-ng"
+    assert worker.last_pid == pid  # not started again for every phrase
+
+
+def test_an_unknown_voice_is_refused_by_name(tmp_path, worker):
+    renderer = SpeechRenderer(tmp_path, engines=[worker, EspeakCli()])
+    with pytest.raises(SpeechError, match="xx-nowhere"):
+        renderer.render("Hallo.", "xx-nowhere", 150)
+
+
+def test_a_damaged_cache_entry_is_rendered_again(tmp_path, worker, caplog):
+    engine = Counting(worker)
+    renderer = SpeechRenderer(tmp_path, engines=[engine])
+    renderer.render("Houd ^vast.", "nl", 150)
+    wav = next(tmp_path.glob("*.wav"))
+    wav.write_bytes(b"RIFF broken")
+    with caplog.at_level(logging.WARNING, logger="appliance.voice.speech"):
+        r = renderer.render("Houd ^vast.", "nl", 150)
+    assert engine.calls == 2 and r.samples.shape[0] > 0
+    assert "unreadable" in caplog.text
+
+
+def test_clips_are_trimmed_normalised_and_resampled_for_the_mixer():
+    rate = 22050
+    speech = (0.3 * np.sin(np.arange(rate) * 0.3) * 32767).astype(np.int16)
+    samples = np.concatenate([np.zeros(rate // 2, np.int16), speech, np.zeros(rate, np.int16)])
+    r = Rendering(samples, rate, keyword_offset_s=0.5 + 0.25, engine="test")
+    clip = to_clip("k", "text", r, 16000)
+    assert clip.sample_rate == 16000
+    assert clip.duration_s == pytest.approx(1.0 + 2 * 0.005, abs=2e-3)
+    assert clip.keyword_offset_s == pytest.approx(0.25 + 0.005, abs=1e-3)
+    assert np.abs(clip.samples).max() == pytest.approx(SPEECH_PEAK, rel=1e-3)
+    assert not clip.samples.flags.writeable  # shared by reference with the audio thread
+
+
+def small_catalogue() -> Catalogue:
+    phrases = {
+        "cue.contract": "Adem uit, en ^span aan.",
+        "cue.hold": "Houd vast.",
+        "count.1": "één",
+    }
+    return Catalogue(lang="nl", voice="nl", phrases=phrases, source=Path("test.toml"))
+
+
+def test_rendered_timing_measures_the_phrases_the_coach_schedules(tmp_path, worker):
+    renderer = SpeechRenderer(tmp_path, engines=[worker, EspeakCli()])
+    bank = PhraseBank(small_catalogue(), renderer, lang="nl", rate_wpm=150, sample_rate=SR)
+    assert bank.prepare() == 3
+    timing = RenderedTiming(bank)
+    for key in ("cue.contract", "cue.hold", "count.1"):
+        clip: Clip = bank.clip(key)
+        assert timing.duration(key) == pytest.approx(clip.samples.shape[0] / SR)
+    assert timing.keyword_offset("cue.hold") == 0.0  # no marker: the phrase itself lands
+    assert 0.4 < timing.keyword_offset("cue.contract") < timing.duration("cue.contract") - 0.2
+    assert timing.duration("count.1") < 0.8  # a count fits in its second
+
+
+def test_a_new_pace_rerenders_every_phrase_and_swaps_them_at_once(tmp_path, worker):
+    renderer = SpeechRenderer(tmp_path, engines=[worker])
+    bank = PhraseBank(small_catalogue(), renderer, lang="nl", rate_wpm=170, sample_rate=SR)
+    bank.prepare()
+    timing = RenderedTiming(bank)
+    before = {k: timing.duration(k) for k in ("cue.contract", "cue.hold")}
+    bank.set_rate(120)
+    bank.wait_idle(30)
+    assert bank.rate_wpm == 120
+    for key, seconds in before.items():
+        assert timing.duration(key) > 1.2 * seconds
