@@ -17,7 +17,7 @@ from appliance.clock import SimClock
 from appliance.coach.pacing import Pace
 from appliance.coach.programme import Programme, load_programme
 from appliance.coach.runner import ScriptedCommand, run
-from appliance.coach.session import Calibration, Session
+from appliance.coach.session import Calibration, PhraseTiming, Session
 from appliance.events import Event, Feedback, Sink
 from appliance.sensor.simulated import Fault, SimulatedPelvicFloor, profile
 from appliance.store import Store, StoreSink
@@ -73,6 +73,7 @@ def simulate(
     pace: Pace | None = None,
     max_seconds: float = 3 * 3600.0,
     auto_start: bool = True,
+    timing: PhraseTiming | None = None,
 ) -> SimulationResult:
     """Run one session in simulation; with `out_dir`, write appliance.db and timeline.jsonl."""
     catalogue = Catalogue.load(lang)
@@ -98,7 +99,7 @@ def simulate(
         sinks.append(ConsoleTimeline(console))
     sinks.extend(extra_sinks)
     session = Session(prog, catalogue, clock, sinks, pace=pace, sample_rate_hz=sample_rate_hz,
-                      calibration=calibration)
+                      calibration=calibration, timing=timing)
     full_script = list(script)
     if auto_start:
         full_script.append(ScriptedCommand(START_AT_S, Command.START))

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "simulate",
         help="run a whole simulated training session",
         description="Run the leaflet programme against a simulated pelvic floor and write "
-        "DIR/appliance.db and DIR/timeline.jsonl, printing a live timeline.",
+        "DIR/appliance.db, DIR/timeline.jsonl and DIR/session.wav (what the patient would "
+        "have heard), printing a live timeline.",
     )
     add_common_args(p)
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write the session's files")
@@ -41,16 +42,25 @@ def run(args: argparse.Namespace) -> int:
         script = [ScriptedCommand.parse(s) for s in args.say]
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    from appliance.voice.output import wav_audio
+
+    # What the patient would have heard, speech and tone mixed, in DIR/session.wav; the
+    # coach times its prompts on the rendered phrases.
+    lang = args.lang or config.language
+    audio, timing = wav_audio(config.audio, lang, args.out / "session.wav")
     result = simulate(
         out_dir=args.out,
-        lang=args.lang or config.language,
+        lang=lang,
         patient=args.patient,
         seed=args.seed,
         script=script,
         programme=args.programme,
         faults=[Fault(f) for f in args.fault],
         console=None if args.quiet else sys.stdout,
+        extra_sinks=[audio],
+        timing=timing,
     )
+    audio.close(result.duration_s)
     reps = [e.data for e in result.log.of("rep")]
     complete = sum(r["status"] == "complete" for r in reps)
     print(f"\nsession {result.session.state.value}: {result.duration_s / 60:.1f} min, "
