@@ -156,6 +156,9 @@ class Session:
         self._rest_tail: list[float] = []
         self._last_warning: dict[str, float] = {}
         self._exercise_done: set[int] = set()
+        # Said instead of moving on when the patient asks for more than the programme allows
+        # (the post-operative weeks: appliance.prescription.DayPlan.more_phrase).
+        self.more_phrase: str | None = None
         self._emit("session", state="ready")
         self._say_now("session.welcome")
 
@@ -554,6 +557,12 @@ class Session:
             self._emit("session", state="paused")
             self._say_now("session.paused")
             return True
+        if self.more_phrase and (
+                (cmd is Command.NEXT and s is State.EXERCISING
+                 and self.exercise_index >= len(self.programme.exercises) - 1)
+                or (cmd is Command.START and s is State.DONE)):
+            self._say_now(self.more_phrase)
+            return False
         if cmd in (Command.NEXT, Command.PREVIOUS, Command.REPEAT):
             if s not in (State.EXERCISING, State.PAUSED) or (
                     s is State.PAUSED and self._paused_from is State.CALIBRATING):
