@@ -148,6 +148,7 @@ class RunOptions:
     events: str | TextIO | None = None
     audio: bool = True
     exit_when_ready: bool = False
+    speech_cache: Path | None = None  # default: STATE_DIR/cache/speech
     tick_s: float = 0.01
     idle_tick_s: float = 0.05
 
@@ -211,6 +212,10 @@ class DeviceEdges:
 
     def free_bytes(self, path: Path) -> int:
         return shutil.disk_usage(path).free
+
+    def session_sinks(self) -> list[Sink]:
+        """Extra consumers of every session's events (tests inject faults through these)."""
+        return []
 
 
 class SimulatedEdges(DeviceEdges):
@@ -447,33 +452,41 @@ class Appliance:
         self._emit_service("service", state="ready", status=status, ready_after_s=self.ready_after_s)
 
     def _open_audio(self, cfg: DeviceConfig) -> None:
+        """The speaker (always watched) and, unless --no-audio, the rendered phrases."""
         self.lang = cfg.language if self.config is not None else self.lang
+        from appliance.voice.audio import Mixer
         from appliance.voice.phrases import Catalogue
 
         self.catalogue = Catalogue.load(self.lang)
+        if self.output is not None:  # reopened after a reload
+            self.output.stop()
+        self.mixer = Mixer(cfg.audio.sample_rate, volume=cfg.audio.volume)
+        try:
+            self.output = self.edges.audio_output(self.mixer, cfg)
+        except Exception as exc:  # no PortAudio at all: silence, watched like a missing card
+            log.error("audio output unavailable: %s", exc)
+            self.output = None
+        self._speaker_since = self.clock.now()
         if not self.options.audio:
             return
         try:
-            from appliance.voice.audio import Mixer
             from appliance.voice.output import AudioSink
             from appliance.voice.speech import PhraseBank, SpeechRenderer
             from appliance.voice.tone import ToneMapping, ToneShaper
 
-            renderer = SpeechRenderer(self.options.state_dir / "cache" / "speech")
+            renderer = SpeechRenderer(self.options.speech_cache
+                                      or self.options.state_dir / "cache" / "speech")
             self.bank = PhraseBank(self.catalogue, renderer, lang=self.lang,
                                    rate_wpm=cfg.audio.speech_rate_wpm,
                                    sample_rate=cfg.audio.sample_rate, volume=1.0)
             self.bank.prepare([k for k in DEVICE_PHRASES if self.catalogue.has(k)])
-            self.mixer = Mixer(cfg.audio.sample_rate, volume=cfg.audio.volume)
-            self.output = self.edges.audio_output(self.mixer, cfg)
-            self._speaker_since = self.clock.now()
             shaper = ToneShaper(ToneMapping(cfg.audio.tone_rest_hz, cfg.audio.tone_target_hz),
                                 always_on=False)
             self.idle_audio = AudioSink(self.mixer, self.bank, shaper, output=None,
                                         base_rate_wpm=cfg.audio.speech_rate_wpm)
         except Exception as exc:  # speech is not worth dying for: log, carry on in silence
-            log.error("speech output unavailable: %s", exc)
-            self.bank = self.mixer = self.idle_audio = None
+            log.error("speech unavailable: %s", exc)
+            self.bank = self.idle_audio = None
 
     def _prepare_phrases_in_background(self) -> None:
         if self.bank is None:
@@ -602,7 +615,7 @@ class Appliance:
         sinks: list[Sink] = [self.store_sink]
         audio = None
         timing = None
-        if self.bank is not None and self.mixer is not None:
+        if self.bank is not None:
             from appliance.voice.speech import RenderedTiming
             from appliance.voice.tone import ToneMapping, ToneShaper
 
@@ -617,6 +630,7 @@ class Appliance:
             sinks.append(self.source)
         if self.events is not None:
             sinks.append(self.events)
+        sinks.extend(self.edges.session_sinks())
         session = Session(self.programme, self.catalogue, self.clock, sinks, timing=timing,
                           sample_rate_hz=self.source.sample_rate_hz,
                           calibration=self.options.calibration, volume=self.config.audio.volume)
@@ -695,7 +709,7 @@ class Appliance:
             if self.health.speaker is not None:
                 log.warning("speaker back")
                 self.health.speaker = None
-                self._announce("device.speaker_back", warning="speaker")
+                self._announce("device.speaker_back", warning="speaker_back")
             return
         if now - self._speaker_since >= SPEAKER_GRACE_S and self.health.speaker is None:
             self.health.speaker = out.last_error or "no output device"
@@ -717,7 +731,7 @@ class Appliance:
             self._next_mic_retry = now + RETRY_MICROPHONE_S
             if lst.start():
                 self.health.microphone = None
-                self._announce("device.microphone_back", warning="microphone")
+                self._announce("device.microphone_back", warning="microphone_back")
 
     def _check_disk(self) -> None:
         low = False
