@@ -1,0 +1,148 @@
+"""`appliance clinic enroll|status|export|report|wipe|pair|stick`: the clinic's commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from appliance.cli.common import UserError, add_common_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("clinic", help="enroll a patient, status, export, report, wipe",
+                       description="The clinic's side of lending the device to one patient at a time.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    a = actions.add_parser("enroll", help="install a patient's prescription.toml (refused while another "
+                                          "patient's data is on the device)")
+    add_common_args(a)
+    a.add_argument("prescription", type=Path, metavar="FILE", help="the prescription (see examples/prescription.toml)")
+    a.set_defaults(func=run_enroll)
+
+    a = actions.add_parser("status", help="who is enrolled (code only), since when, sessions, storage")
+    add_common_args(a)
+    a.set_defaults(func=run_status)
+
+    a = actions.add_parser("export", help="write CSV, FHIR and the report for the clinic into DIR")
+    add_common_args(a)
+    a.add_argument("--out", type=Path, required=True, metavar="DIR")
+    a.add_argument("--no-report", action="store_true", help="tables only (faster)")
+    a.set_defaults(func=run_export)
+
+    a = actions.add_parser("report", help="the physiotherapist's report: PDF, PNG pages, CSV, FHIR JSON")
+    add_common_args(a)
+    a.add_argument("--out", type=Path, required=True, metavar="DIR")
+    a.set_defaults(func=run_report)
+
+    a = actions.add_parser("wipe", help="remove every trace of the patient and prove it by a byte scan")
+    add_common_args(a)
+    a.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    a.set_defaults(func=run_wipe)
+
+    a = actions.add_parser("pair", help="pair the device with the clinic's USB key (at install)")
+    add_common_args(a)
+    a.add_argument("stick", type=Path, metavar="DIR", help="the mounted clinic stick (a new key is "
+                                                          "written if it has none)")
+    a.set_defaults(func=run_pair)
+
+    a = actions.add_parser("stick", help="handle a plugged-in stick (udev/systemd call this)")
+    add_common_args(a)
+    a.add_argument("stick", type=Path, metavar="DIR", help="where the stick is mounted")
+    a.set_defaults(func=run_stick)
+
+
+def _refusal(fn):
+    def wrapped(args):
+        from appliance.clinic import ClinicRefusal
+
+        try:
+            return fn(args)
+        except ClinicRefusal as exc:
+            raise UserError(str(exc)) from None
+    return wrapped
+
+
+@_refusal
+def run_enroll(args: argparse.Namespace) -> int:
+    from appliance.clinic import enroll
+
+    e = enroll(args.state_dir, args.prescription)
+    print(f"enrolled {e.code} (since {e.since_utc:%Y-%m-%d %H:%M} UTC); prescription in {args.state_dir}")
+    return 0
+
+
+@_refusal
+def run_status(args: argparse.Namespace) -> int:
+    from appliance.clinic import status
+
+    for line in status(args.state_dir).lines():
+        print(line)
+    return 0
+
+
+@_refusal
+def run_export(args: argparse.Namespace) -> int:
+    from appliance.clinic import export
+
+    files = export(args.state_dir, args.out, with_report=not args.no_report)
+    print(f"exported {len(files)} files to {files[0].parent}")
+    for f in files:
+        print(f"  {f.name}")
+    return 0
+
+
+@_refusal
+def run_report(args: argparse.Namespace) -> int:
+    from appliance import report
+    from appliance.clinic import current_enrolment, current_prescription, db_path
+
+    enrolment = current_enrolment(args.state_dir)
+    if enrolment is None:
+        raise UserError(f"no patient is enrolled in {args.state_dir}; nothing to report")
+    if not db_path(args.state_dir).exists():
+        raise UserError(f"no sessions stored in {args.state_dir} yet")
+    rx = current_prescription(args.state_dir)
+    try:
+        files = report.write_tables(db_path(args.state_dir), args.out, enrolment.code, rx)
+        files += report.write_report(db_path(args.state_dir), args.out, enrolment.code, rx)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    for f in files:
+        print(f)
+    return 0
+
+
+@_refusal
+def run_wipe(args: argparse.Namespace) -> int:
+    from appliance.clinic import status, wipe
+
+    st = status(args.state_dir)
+    who = st.code or "an unenrolled patient"
+    if not args.yes:
+        answer = input(f"wipe every trace of {who} ({st.sessions} sessions) from {args.state_dir}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing wiped")
+            return 1
+    rep = wipe(args.state_dir)
+    for line in rep.lines():
+        print(line)
+    return 0 if rep.clean else 1
+
+
+@_refusal
+def run_pair(args: argparse.Namespace) -> int:
+    from appliance.usbstick import pair
+
+    print(pair(args.state_dir, args.stick))
+    return 0
+
+
+@_refusal
+def run_stick(args: argparse.Namespace) -> int:
+    from appliance.usbstick import handle_stick
+
+    outcome = handle_stick(args.stick, args.state_dir, now=datetime.now(UTC))
+    print(f"{outcome.action.value}: {outcome.detail} (says {outcome.phrase or 'nothing'})", file=sys.stdout)
+    return 0

@@ -1,0 +1,413 @@
+"""The clinic's side of lending the device: enroll a patient, status, export, wipe.
+
+The device holds one patient at a time. Enrolment copies a validated prescription into
+the state directory; wipe removes every trace of the patient and then proves it by a
+byte scan of every file left for the patient code and the stored sample values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from appliance.config import ConfigError
+from appliance.prescription import PRESCRIPTION_FILE, Prescription, load_prescription, prescription_path
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "appliance.db"
+ENROLMENT_FILE = "enrolment.json"
+EXPORT_DIR = "exports"
+CLINIC_KEY_FILE = "clinic.key"  # appliance.usbstick: the paired clinic's key (a hash of it)
+# Files that belong to the unit, not to the patient; wipe keeps them (and scans them).
+DEVICE_FILES = frozenset({CLINIC_KEY_FILE, "probe.toml", "models", "speech"})
+DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+class ClinicRefusal(Exception):
+    """The clinic asked for something that would mix or lose patients' data."""
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    code: str
+    since_utc: datetime
+
+    def to_json(self) -> str:
+        return json.dumps({"code": self.code, "since_utc": self.since_utc.isoformat()})
+
+
+def db_path(state_dir: Path) -> Path:
+    return Path(state_dir) / DB_FILE
+
+
+def current_enrolment(state_dir: Path) -> Enrolment | None:
+    path = Path(state_dir) / ENROLMENT_FILE
+    if not path.exists():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        return Enrolment(d["code"], datetime.fromisoformat(d["since_utc"]))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(path, "(file)", str(path), f"enrolment record unreadable ({exc}); wipe the device") from None
+
+
+def current_prescription(state_dir: Path) -> Prescription | None:
+    path = prescription_path(state_dir)
+    return load_prescription(path) if path.exists() else None
+
+
+def _sessions(state_dir: Path) -> list[dict]:
+    path = db_path(state_dir)
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM sessions ORDER BY id")]
+    except sqlite3.OperationalError:  # no schema yet
+        return []
+    finally:
+        db.close()
+
+
+def patient_files(state_dir: Path) -> list[Path]:
+    """Every file in the state directory that is not the unit's own (see DEVICE_FILES)."""
+    state_dir = Path(state_dir)
+    if not state_dir.exists():
+        return []
+    out = []
+    for entry in sorted(state_dir.iterdir()):
+        if entry.name in DEVICE_FILES:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            out.extend(p for p in sorted(entry.rglob("*")) if p.is_file() or p.is_symlink())
+        else:
+            out.append(entry)
+    return out
+
+
+def enroll(state_dir: Path, prescription_file: Path, now: datetime | None = None) -> Enrolment:
+    """Install a prescription; refuses while another patient's data is on the device.
+
+    Enrolling the same code again replaces the prescription (a changed prescription
+    during the lending period) and keeps the enrolment date.
+    """
+    state_dir = Path(state_dir)
+    rx = load_prescription(prescription_file)  # ConfigError names file, key and value
+    current = current_enrolment(state_dir)
+    if current is not None and current.code != rx.code:
+        raise ClinicRefusal(f"patient {current.code} is enrolled on this device since "
+                            f"{current.since_utc:%Y-%m-%d}; export and wipe before enrolling {rx.code}")
+    if current is None:
+        others = {s["patient_code"] for s in _sessions(state_dir)} - {rx.code}
+        if others or _sessions(state_dir):
+            raise ClinicRefusal(f"the device holds {len(_sessions(state_dir))} sessions of an unenrolled patient; "
+                                "wipe it before enrolling")
+        leftovers = [p for p in patient_files(state_dir) if p.name not in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm")]
+        if leftovers:
+            raise ClinicRefusal(f"the device still holds patient files ({leftovers[0].name}, ...); "
+                                "wipe it before enrolling")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _write_private(prescription_path(state_dir), Path(prescription_file).read_bytes())
+    enrolment = current or Enrolment(rx.code, (now or datetime.now(UTC)).astimezone(UTC))
+    _write_private(state_dir / ENROLMENT_FILE, enrolment.to_json().encode())
+    log.info("patient enrolled")  # never the code: journald is outside the wipe's reach
+    return enrolment
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Status:
+    code: str | None
+    since_utc: datetime | None
+    sessions: int
+    sessions_done: int
+    repetitions: int
+    patient_bytes: int
+    last_session_utc: str | None
+
+    def lines(self) -> list[str]:
+        if self.code is None:
+            head = ["no patient enrolled"]
+            if self.sessions:
+                head.append(f"but {self.sessions} sessions of an unenrolled patient are stored: wipe them")
+            return head + [f"patient data: {self.patient_bytes / 1024:.0f} KiB"]
+        return [
+            f"patient: {self.code}",
+            f"enrolled since: {self.since_utc:%Y-%m-%d %H:%M} UTC",
+            f"sessions: {self.sessions} ({self.sessions_done} completed), {self.repetitions} repetitions",
+            f"last session: {self.last_session_utc or 'none yet'}",
+            f"storage used by patient data: {self.patient_bytes / 1024:.0f} KiB",
+        ]
+
+
+def status(state_dir: Path) -> Status:
+    state_dir = Path(state_dir)
+    enrolment = current_enrolment(state_dir)
+    sessions = _sessions(state_dir)
+    reps = 0
+    if sessions:
+        db = sqlite3.connect(f"file:{db_path(state_dir)}?mode=ro", uri=True)
+        try:
+            reps = db.execute("SELECT COUNT(*) FROM repetitions").fetchone()[0]
+        finally:
+            db.close()
+    size = sum(p.stat().st_size for p in patient_files(state_dir) if p.is_file())
+    return Status(
+        code=enrolment.code if enrolment else None,
+        since_utc=enrolment.since_utc if enrolment else None,
+        sessions=len(sessions),
+        sessions_done=sum(s["status"] == "done" for s in sessions),
+        repetitions=reps,
+        patient_bytes=size,
+        last_session_utc=sessions[-1]["started_utc"] if sessions else None,
+    )
+
+
+def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_report: bool = True) -> list[Path]:
+    """Write the patient's data for the clinic into `out_dir/<code>-<date>/`; returns the files."""
+    from appliance import report
+
+    state_dir = Path(state_dir)
+    enrolment = current_enrolment(state_dir)
+    if enrolment is None:
+        raise ClinicRefusal("no patient is enrolled on this device; nothing to export")
+    if not db_path(state_dir).exists() or not _sessions(state_dir):
+        raise ClinicRefusal(f"patient {enrolment.code} has no stored sessions yet; nothing to export")
+    out_dir = Path(out_dir)
+    if out_dir.resolve().is_relative_to(state_dir.resolve()):
+        raise ClinicRefusal("export into the device's own state directory is refused (wipe would erase it)")
+    now = now or datetime.now(UTC)
+    target = out_dir / f"{enrolment.code}-{now:%Y%m%d-%H%M}"
+    target.mkdir(parents=True, exist_ok=True)
+    rx = current_prescription(state_dir)
+    files = report.write_tables(db_path(state_dir), target, enrolment.code, rx)
+    shutil.copyfile(prescription_path(state_dir), target / PRESCRIPTION_FILE)
+    files.append(target / PRESCRIPTION_FILE)
+    if with_report:
+        files.extend(report.write_report(db_path(state_dir), target, enrolment.code, rx))
+    return files
+
+
+# --- Wipe -----------------------------------------------------------------------------------
+
+@dataclass
+class Fingerprints:
+    """What a trace of the patient looks like in bytes."""
+
+    texts: list[bytes] = field(default_factory=list)  # matched case-insensitively
+    values: np.ndarray = field(default_factory=lambda: np.zeros(0))  # stored REALs (cmH2O, %MVC)
+
+    def describe(self) -> str:
+        return (f"{len(self.texts)} text patterns (patient code) and {len(self.values)} stored sample "
+                "values as 8-byte doubles in both byte orders at every offset")
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: Path
+    what: str
+    offset: int
+
+
+@dataclass
+class WipeReport:
+    removed: list[Path] = field(default_factory=list)
+    removed_bytes: int = 0
+    kept: list[Path] = field(default_factory=list)
+    checked_files: int = 0
+    checked_bytes: int = 0
+    fingerprints: str = ""
+    db_rows_deleted: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+    def lines(self) -> list[str]:
+        out = [
+            f"database rows deleted with secure_delete, then VACUUM: {self.db_rows_deleted}",
+            f"files overwritten and removed: {len(self.removed)} ({self.removed_bytes / 1024:.0f} KiB)",
+            f"device files kept: {', '.join(sorted({p.name for p in self.kept})) or 'none'}",
+            f"checked {self.checked_files} files, {self.checked_bytes} bytes (including the database's "
+            f"free pages before removal) for {self.fingerprints}",
+        ]
+        if self.clean:
+            out.append("found no trace of the patient")
+        else:
+            out += [f"TRACE FOUND: {f.what} in {f.path} at byte {f.offset}" for f in self.findings[:20]]
+        return out
+
+
+def fingerprints(state_dir: Path, extra_codes: Iterable[str] = ()) -> Fingerprints:
+    """The patient code(s) and the stored sample values, read before anything is removed."""
+    state_dir = Path(state_dir)
+    codes = set(extra_codes)
+    enrolment = current_enrolment(state_dir)
+    if enrolment:
+        codes.add(enrolment.code)
+    values: set[float] = set()
+    path = db_path(state_dir)
+    if path.exists():
+        db = sqlite3.connect(path)
+        try:
+            codes |= {r[0] for r in db.execute("SELECT DISTINCT patient_code FROM sessions") if r[0]}
+            for sql in ("SELECT DISTINCT cmh2o FROM samples", "SELECT DISTINCT pct FROM samples",
+                        "SELECT DISTINCT peak_cmh2o FROM repetitions", "SELECT DISTINCT mvc_cmh2o FROM sessions"):
+                values |= {float(r[0]) for r in db.execute(sql) if r[0] is not None}
+        except sqlite3.OperationalError:
+            pass
+        finally:
+            db.close()
+    # A whole number is stored by SQLite as an integer and is too common to be a trace.
+    distinctive = np.array(sorted(v for v in values if v != round(v)), dtype=np.float64)
+    return Fingerprints([c.encode() for c in sorted(codes)], distinctive)
+
+
+def scan_file(path: Path, fp: Fingerprints, limit: int = 20) -> list[Finding]:
+    data = path.read_bytes()
+    found: list[Finding] = []
+    low = data.lower()
+    for text in fp.texts:
+        at = low.find(text.lower())
+        if at >= 0:
+            found.append(Finding(path, f"patient code {text.decode()!r}", at))
+    if len(fp.values) and len(data) >= 8:
+        for dtype in (">f8", "<f8"):
+            for shift in range(8):
+                n = (len(data) - shift) // 8
+                if n <= 0:
+                    continue
+                window = np.frombuffer(data, dtype=dtype, count=n, offset=shift)
+                hits = np.flatnonzero(np.isin(window, fp.values))
+                for h in hits[:limit]:
+                    found.append(Finding(path, f"stored value {window[h]!r} ({dtype})", shift + 8 * int(h)))
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def scan(paths: Iterable[Path], fp: Fingerprints, report: WipeReport) -> None:
+    for path in paths:
+        if not path.is_file() or path.is_symlink():
+            continue
+        report.checked_files += 1
+        report.checked_bytes += path.stat().st_size
+        report.findings.extend(scan_file(path, fp))
+
+
+def _clear_database(path: Path) -> int:
+    """Delete every row with secure_delete on, so freed pages are zeroed, then VACUUM."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA secure_delete=ON")
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table' "
+                                           "AND name NOT LIKE 'sqlite_%'")]
+        deleted = 0
+        db.execute("BEGIN")
+        for table in tables:
+            deleted += db.execute(f'DELETE FROM "{table}"').rowcount  # noqa: S608 - names from the schema
+        db.execute("COMMIT")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
+    finally:
+        db.close()
+
+
+def _shred(path: Path) -> int:
+    """Overwrite a file with zeros before unlinking it; returns its size.
+
+    On flash with wear levelling the old blocks may survive in the card's spare area;
+    overwriting still keeps the data out of reach of anything reading the file system.
+    """
+    if path.is_symlink() or not path.is_file():
+        path.unlink(missing_ok=True)
+        return 0
+    size = path.stat().st_size
+    with path.open("r+b") as fh:
+        remaining = size
+        block = b"\0" * 65536
+        while remaining > 0:
+            n = min(remaining, len(block))
+            fh.write(block[:n])
+            remaining -= n
+        fh.flush()
+        os.fsync(fh.fileno())
+    path.unlink()
+    return size
+
+
+def _catalogue_texts() -> set[str]:
+    from appliance.voice.phrases import LANGUAGES, Catalogue
+
+    texts: set[str] = set()
+    for lang in LANGUAGES:
+        cat = Catalogue.load(lang)
+        texts |= {cat.raw(k) for k in cat.keys()} | {cat.text(k) for k in cat.keys()}
+    return texts
+
+
+def _patient_speech(state_dir: Path) -> list[Path]:
+    """Cached speech whose text is not a catalogue phrase could carry patient words."""
+    speech = Path(state_dir) / "speech"
+    if not speech.is_dir():
+        return []
+    known = _catalogue_texts()
+    out = []
+    for meta in speech.rglob("*.json"):
+        try:
+            text = json.loads(meta.read_text()).get("text")
+        except (OSError, ValueError):
+            text = None
+        if text not in known:
+            out += [meta, meta.with_suffix(".wav")]
+    return [p for p in out if p.exists()]
+
+
+def wipe(state_dir: Path) -> WipeReport:
+    """Remove every trace of the patient from the state directory, then prove it by a scan."""
+    state_dir = Path(state_dir)
+    report = WipeReport()
+    fp = fingerprints(state_dir)
+    report.fingerprints = fp.describe()
+    db = db_path(state_dir)
+    if db.exists():
+        report.db_rows_deleted = _clear_database(db)
+        # The database as it is now, free pages included, must already be clean.
+        scan([p for p in (Path(f"{db}{s}") for s in DB_SUFFIXES) if p.exists()], fp, report)
+    for path in patient_files(state_dir) + _patient_speech(state_dir):
+        report.removed_bytes += _shred(path)
+        report.removed.append(path)
+    for entry in sorted(state_dir.iterdir(), reverse=True) if state_dir.exists() else []:
+        if entry.is_dir() and entry.name not in DEVICE_FILES:
+            for sub in sorted(entry.rglob("*"), reverse=True):
+                if sub.is_dir():
+                    sub.rmdir()
+            entry.rmdir()
+    remaining = [p for p in sorted(state_dir.rglob("*"))] if state_dir.exists() else []
+    report.kept = [p for p in remaining if p.is_file()]
+    scan(remaining, fp, report)
+    log.info("wipe finished: %d files removed, clean=%s", len(report.removed), report.clean)
+    return report
