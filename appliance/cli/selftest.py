@@ -146,6 +146,7 @@ class SelfTest:
             self._bank = PhraseBank(Catalogue.load(lang), SpeechRenderer(cache), lang=lang,
                                     rate_wpm=self.config.audio.speech_rate_wpm,
                                     sample_rate=self.config.audio.sample_rate)
+            self._bank.prepare([k for k in self._bank.catalogue.keys() if k.startswith("selftest.")])
         return self._bank
 
     def speak(self, phrase: str) -> bool:
