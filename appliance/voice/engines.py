@@ -1,0 +1,266 @@
+"""Speech recognizer engines behind one small interface: Vosk (the device's) and pocketsphinx.
+
+Each engine recognizes a closed grammar of command phrases plus a garbage path (Vosk's
+`[unk]` where the model has it, and filler words) and streams partial and final results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+UNK = "[unk]"
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot run here (library or model missing); the message says why."""
+
+
+@dataclass(frozen=True)
+class WordHit:
+    """One recognized word: text, confidence 0..1 and, when known, its timing in the stream."""
+
+    word: str
+    confidence: float
+    start_s: float | None = None
+    end_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """What the engine heard so far (`final=False`) or for a finished utterance."""
+
+    text: str
+    words: tuple[WordHit, ...] = ()
+    final: bool = False
+
+    @property
+    def confidence(self) -> float:
+        """The weakest word's confidence: one doubtful word makes the phrase doubtful."""
+        return min((w.confidence for w in self.words), default=0.0)
+
+
+EMPTY = Hypothesis("")
+
+
+def normalize(text: str) -> str:
+    """Lower case, single spaces, pocketsphinx's alternative-pronunciation marks `(2)` removed."""
+    text = re.sub(r"\(\d+\)", "", text.lower())
+    return " ".join(text.split())
+
+
+class RecognizerEngine(Protocol):
+    """A streaming recognizer of 16 kHz mono int16 audio against a closed vocabulary."""
+
+    name: str
+    has_confidence: bool
+    """False when the engine's confidences carry no information (then 1.0 is reported)."""
+
+    def feed(self, pcm: np.ndarray) -> Hypothesis:
+        """Take the next block; a final hypothesis when the engine's own end-pointer fired,
+        else the current partial one."""
+
+    def finish(self) -> Hypothesis:
+        """Force the end of the current utterance and return its final hypothesis."""
+
+    def reset(self) -> None:
+        """Forget the current utterance."""
+
+    def known_words(self, words: Sequence[str]) -> list[str]:
+        """The subset of `words` the engine's model can recognize."""
+
+
+def _as_bytes(pcm: np.ndarray) -> bytes:
+    if pcm.dtype != np.int16:
+        pcm = np.clip(np.asarray(pcm, dtype=np.float64) * 32767.0, -32768, 32767).astype(np.int16)
+    return pcm.tobytes()
+
+
+# --- Vosk ------------------------------------------------------------------------------
+
+
+class VoskEngine:
+    """Vosk `KaldiRecognizer` restricted to the command phrases, with a garbage path.
+
+    Phrases with words missing from the model are left out (logged once), because Vosk
+    silently drops them otherwise. Models without `[unk]` (the Korean test model) get
+    their garbage path from filler words only.
+    """
+
+    name = "vosk"
+    has_confidence = True
+
+    def __init__(self, model_dir: str | Path, phrases: Sequence[str], fillers: Sequence[str] = ()) -> None:
+        try:
+            import vosk
+        except ImportError as exc:  # pragma: no cover - the venv always has it
+            raise EngineUnavailable(f"vosk is not installed ({exc})") from None
+        model_dir = Path(model_dir)
+        if not (model_dir / "am").is_dir() and not (model_dir / "final.mdl").exists():
+            raise EngineUnavailable(f"no Vosk model in {model_dir}")
+        vosk.SetLogLevel(-1)
+        try:
+            self._model = vosk.Model(str(model_dir))
+        except Exception as exc:  # vosk raises a bare Exception on a bad model
+            raise EngineUnavailable(f"Vosk model {model_dir} does not load: {exc}") from None
+        self._vosk = vosk
+        self.phrases = [p for p in (normalize(p) for p in phrases) if self._all_known(p)]
+        dropped = sorted(set(map(normalize, phrases)) - set(self.phrases))
+        if dropped:
+            log.warning("Vosk model %s lacks words of %s; those phrases are not recognized", model_dir, dropped)
+        if not self.phrases:
+            raise EngineUnavailable(f"Vosk model {model_dir} knows none of the command phrases")
+        self.fillers = [f for f in (normalize(f) for f in fillers) if self._all_known(f) and f not in self.phrases]
+        self.has_unk = self._model.find_word(UNK) >= 0
+        grammar = self.phrases + self.fillers + ([UNK] if self.has_unk else [])
+        # ensure_ascii=False: Vosk matches the grammar's UTF-8 words byte for byte.
+        self._grammar = json.dumps(grammar, ensure_ascii=False)
+        self._rec = self._new_recognizer()
+        self._fed_s = 0.0
+
+    def _all_known(self, phrase: str) -> bool:
+        return all(self._model.find_word(w) >= 0 for w in phrase.split())
+
+    def _new_recognizer(self):
+        rec = self._vosk.KaldiRecognizer(self._model, SAMPLE_RATE, self._grammar)
+        rec.SetWords(True)
+        rec.SetPartialWords(True)
+        return rec
+
+    def known_words(self, words: Sequence[str]) -> list[str]:
+        return [w for w in words if self._all_known(normalize(w))]
+
+    @staticmethod
+    def _hits(items: list[dict]) -> tuple[WordHit, ...]:
+        return tuple(WordHit(str(w["word"]), float(w.get("conf", 1.0)), w.get("start"), w.get("end")) for w in items)
+
+    def feed(self, pcm: np.ndarray) -> Hypothesis:
+        data = _as_bytes(pcm)
+        self._fed_s += len(data) / 2 / SAMPLE_RATE
+        if self._rec.AcceptWaveform(data):
+            return self._final(json.loads(self._rec.Result()))
+        res = json.loads(self._rec.PartialResult())
+        return Hypothesis(normalize(res.get("partial", "")), self._hits(res.get("partial_result", [])))
+
+    def _final(self, res: dict) -> Hypothesis:
+        return Hypothesis(normalize(res.get("text", "")), self._hits(res.get("result", [])), final=True)
+
+    def finish(self) -> Hypothesis:
+        # FinalResult() ends the utterance and resets the decoder for the next one.
+        return self._final(json.loads(self._rec.FinalResult()))
+
+    def reset(self) -> None:
+        self._rec.Reset()
+
+
+# --- pocketsphinx ----------------------------------------------------------------------
+
+
+class PocketsphinxEngine:
+    """pocketsphinx (CMU Sphinx) with a JSGF grammar: commands, or any run of filler words.
+
+    Light enough for a Pi Zero 2 W (~40 MB). It gives no usable word confidence (reported
+    as 1.0, `has_confidence = False`): rejection rests on the filler garbage path and the
+    exact phrase match. Fillers carry a low grammar weight so they only win where no
+    command fits.
+    """
+
+    name = "pocketsphinx"
+    has_confidence = False
+
+    def __init__(
+        self,
+        phrases: Sequence[str],
+        fillers: Sequence[str] = (),
+        model_dir: str | Path | None = None,
+        filler_weight: float = 0.5,
+        extra_config: dict | None = None,
+    ) -> None:
+        try:
+            from pocketsphinx import Decoder
+        except ImportError as exc:  # pragma: no cover
+            raise EngineUnavailable(f"pocketsphinx is not installed ({exc})") from None
+        # No bestpath lattice: with filler loops it costs seconds per utterance, and its word
+        # posteriors were no use as confidences (correct words often scored 0.0).
+        kwargs: dict = {"samprate": SAMPLE_RATE, "bestpath": False, "loglevel": "FATAL", **(extra_config or {})}
+        if model_dir is not None:
+            model_dir = Path(model_dir)
+            if not model_dir.is_dir():
+                raise EngineUnavailable(f"no pocketsphinx model in {model_dir}")
+            kwargs["hmm"] = str(model_dir)
+            dicts = sorted(model_dir.glob("*.dict"))
+            if dicts:
+                kwargs["dict"] = str(dicts[0])
+        try:
+            self._dec = Decoder(**kwargs)
+        except Exception as exc:
+            raise EngineUnavailable(f"pocketsphinx does not start: {exc}") from None
+        self.phrases = [p for p in (normalize(p) for p in phrases) if self._all_known(p)]
+        dropped = sorted(set(map(normalize, phrases)) - set(self.phrases))
+        if dropped:
+            log.warning("pocketsphinx dictionary lacks words of %s; those phrases are not recognized", dropped)
+        if not self.phrases:
+            raise EngineUnavailable("pocketsphinx knows none of the command phrases")
+        self.fillers = [f for f in (normalize(f) for f in fillers) if self._all_known(f) and f not in self.phrases]
+        self.has_unk = False
+        cmd = " | ".join(self.phrases)
+        rules = [f"<cmd> = {cmd} ;"]
+        if self.fillers:
+            rules.append(f"<fill> = {' | '.join(self.fillers)} ;")
+            body = f"/1/ <cmd> | /{filler_weight}/ <fill>+"
+        else:
+            body = "<cmd>"
+        jsgf = "#JSGF V1.0;\ngrammar commands;\npublic <utt> = " + body + " ;\n" + "\n".join(rules) + "\n"
+        self._dec.add_jsgf_string("commands", jsgf)
+        self._dec.activate_search("commands")
+        self._in_utt = False
+
+    def _all_known(self, phrase: str) -> bool:
+        return all(self._dec.lookup_word(w) is not None for w in phrase.split())
+
+    def known_words(self, words: Sequence[str]) -> list[str]:
+        return [w for w in words if self._all_known(normalize(w))]
+
+    def _words(self) -> tuple[WordHit, ...]:
+        frame_s = 0.01
+        hits = []
+        for seg in self._dec.seg():
+            word = normalize(seg.word)
+            if word.startswith("<") or word.startswith("[") or word.startswith("++"):
+                continue  # silence and noise tokens are not words
+            hits.append(WordHit(word, 1.0, seg.start_frame * frame_s, seg.end_frame * frame_s))
+        return tuple(hits)
+
+    def feed(self, pcm: np.ndarray) -> Hypothesis:
+        if not self._in_utt:
+            self._dec.start_utt()
+            self._in_utt = True
+        self._dec.process_raw(_as_bytes(pcm), False, False)
+        hyp = self._dec.hyp()
+        # Partial segmentations are cheap without the lattice; confidence comes at the end.
+        return Hypothesis(normalize(hyp.hypstr) if hyp else "")
+
+    def finish(self) -> Hypothesis:
+        if not self._in_utt:
+            return Hypothesis("", final=True)
+        self._dec.end_utt()
+        self._in_utt = False
+        hyp = self._dec.hyp()
+        if hyp is None:
+            return Hypothesis("", final=True)
+        return Hypothesis(normalize(hyp.hypstr), self._words(), final=True)
+
+    def reset(self) -> None:
+        if self._in_utt:
+            self._dec.end_utt()
+            self._in_utt = False

@@ -1,0 +1,468 @@
+"""Hears the patient's spoken commands and never the device itself.
+
+Microphone (16 kHz mono, its own thread) -> feedback tone removed -> recognizer engine
+(closed grammar + garbage path) -> acceptance rules -> `on_command(cmd, text, confidence)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from appliance.config import DEFAULT_STATE_DIR, ConfigError, DeviceConfig, read_toml
+from appliance.voice.commands import Command
+from appliance.voice.engines import (
+    SAMPLE_RATE,
+    EngineUnavailable,
+    Hypothesis,
+    PocketsphinxEngine,
+    RecognizerEngine,
+    VoskEngine,
+    normalize,
+)
+from appliance.voice.tone_removal import ToneRemover
+
+log = logging.getLogger(__name__)
+
+PHRASES_DIR = Path(__file__).parent / "phrases"
+LANGUAGES = ("nl", "en")
+BLOCK = 800
+"""Samples per microphone block (50 ms): small enough to act quickly on a finished word."""
+
+
+# --- what the listener is told about the device's own sound ----------------------------
+
+
+class PlaybackMonitor(Protocol):
+    """What the mixer is playing right now (implemented by `voice.audio.Mixer`)."""
+
+    def playback_state(self) -> tuple[float | None, float, bool, str | None]:
+        """(tone_hz or None, tone_amplitude, speaking, speech_phrase or None)."""
+
+
+class Silence:
+    """A monitor for when nothing is played (tests, `appliance listen` without a mixer)."""
+
+    def playback_state(self) -> tuple[float | None, float, bool, str | None]:
+        return (None, 0.0, False, None)
+
+
+# --- the vocabulary --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """One language's command phrases, decoys and filler words (phrases/commands-LANG.toml)."""
+
+    lang: str
+    phrases: dict[str, Command]
+    decoys: tuple[str, ...]
+    fillers: tuple[str, ...]
+
+    @classmethod
+    def load(cls, lang: str, path: Path | None = None) -> Vocabulary:
+        path = path or PHRASES_DIR / f"commands-{lang}.toml"
+        data = read_toml(path)
+        table = data.get("commands")
+        if not isinstance(table, dict):
+            raise ConfigError(path, "commands", table, "must be a table of command = [phrases]")
+        phrases: dict[str, Command] = {}
+        for name, items in table.items():
+            try:
+                cmd = Command.parse(name)
+            except ValueError as exc:
+                raise ConfigError(path, f"commands.{name}", items, str(exc)) from None
+            if not isinstance(items, list) or not items or not all(isinstance(p, str) and p.strip() for p in items):
+                raise ConfigError(path, f"commands.{name}", items, "must be a non-empty list of phrases")
+            for phrase in items:
+                key = normalize(phrase)
+                if key in phrases and phrases[key] is not cmd:
+                    raise ConfigError(
+                        path,
+                        f"commands.{name}",
+                        phrase,
+                        f"already means {phrases[key].value!r}; a phrase has one meaning",
+                    )
+                phrases[key] = cmd
+        missing = [c.value for c in Command if c not in phrases.values()]
+        if missing:
+            raise ConfigError(path, "commands", sorted(table), f"no phrases for {', '.join(missing)}")
+        garbage = data.get("garbage", {})
+        decoys = tuple(normalize(d) for d in garbage.get("decoys", []))
+        fillers = tuple(normalize(f) for f in garbage.get("fillers", []))
+        for key, words in (("garbage.decoys", decoys), ("garbage.fillers", fillers)):
+            clash = [w for w in words if w in phrases]
+            if clash:
+                raise ConfigError(path, key, clash, "is also a command phrase")
+        return cls(lang, phrases, decoys, fillers)
+
+    def first_phrase(self, cmd: Command) -> str:
+        return next(p for p, c in self.phrases.items() if c is cmd)
+
+
+# --- choosing and building the engine --------------------------------------------------
+
+
+def default_model_dir(lang: str, state_dir: Path = DEFAULT_STATE_DIR) -> Path:
+    """Where install.sh unpacks the language's Vosk model."""
+    return state_dir / "models" / lang
+
+
+def build_engine(
+    engine: str, lang: str, vocabulary: Vocabulary, model_dir: Path | None = None, state_dir: Path = DEFAULT_STATE_DIR
+) -> RecognizerEngine:
+    """The configured engine for `lang`; raises `EngineUnavailable` saying why not."""
+    phrases = list(vocabulary.phrases) + list(vocabulary.decoys)
+    if engine == "vosk":
+        return VoskEngine(model_dir or default_model_dir(lang, state_dir), phrases, vocabulary.fillers)
+    if engine == "pocketsphinx":
+        if lang != "en" and model_dir is None:
+            raise EngineUnavailable(f"pocketsphinx ships an English model only; no model for {lang!r}")
+        return PocketsphinxEngine(phrases, vocabulary.fillers, model_dir=model_dir)
+    raise EngineUnavailable(f"unknown recognizer engine {engine!r} (known: vosk, pocketsphinx)")
+
+
+def recognizer_status(config: DeviceConfig, state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, str]:
+    """For `appliance selftest`: per language, "ok: ..." or "unavailable: <reason>".
+
+    Really loads each model and decodes a second of silence, so a corrupt model shows here.
+    """
+    status: dict[str, str] = {}
+    for lang in LANGUAGES:
+        model_dir = config.voice.model_dir if lang == config.language else None
+        try:
+            vocab = Vocabulary.load(lang)
+            engine = build_engine(config.voice.engine, lang, vocab, model_dir, state_dir)
+            engine.feed(np.zeros(SAMPLE_RATE, dtype=np.int16))
+            engine.finish()
+            status[lang] = f"ok: {engine.name}, {len(getattr(engine, 'phrases', []))} phrases"
+        except (EngineUnavailable, ConfigError) as exc:
+            status[lang] = f"unavailable: {exc}"
+        finally:
+            engine = None  # a Vosk model is large; let it go before loading the next
+    return status
+
+
+# --- acceptance ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcceptanceRules:
+    min_confidence: float = 0.6
+    speaking_min_confidence: float = 0.9
+    """While the device speaks, only "stop", and only when the recognizer is this sure."""
+    echo_tail_s: float = 0.7
+    """The prompt is still arriving this long after the mixer finished (buffers, room)."""
+    settle_s: float = 0.2
+    """A command partial is acted on after this much silence following it."""
+    end_silence_s: float = 0.5
+    """Any utterance is closed after this much silence (Vosk's own end-pointer waits 1.5 s+)."""
+    max_utterance_s: float = 8.0
+    """Talk longer than this is closed and judged; a command is never that long."""
+
+
+@dataclass(frozen=True)
+class Heard:
+    """An accepted command: stream time (s), command, the words heard, confidence."""
+
+    t: float
+    command: Command
+    text: str
+    confidence: float
+
+    def as_json_dict(self) -> dict:
+        return {
+            "t": round(self.t, 3),
+            "command": self.command.value,
+            "text": self.text,
+            "confidence": round(self.confidence, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Rejected:
+    t: float
+    text: str
+    confidence: float
+    reason: str
+
+
+class VoiceActivity:
+    """Energy detector on the tone-free signal with a noise floor that follows the room."""
+
+    def __init__(self, frame: int = 320, ratio: float = 3.0, floor_min: float = 3e-4) -> None:
+        self.frame = frame
+        self.ratio = ratio
+        self.floor = floor_min
+        self.floor_min = floor_min
+
+    def frames(self, block: np.ndarray) -> np.ndarray:
+        """Per 20 ms frame: True where someone (or something) is sounding."""
+        n = len(block) // self.frame
+        if n == 0:
+            return np.zeros(0, dtype=bool)
+        rms = np.sqrt(np.mean(block[: n * self.frame].reshape(n, self.frame).astype(np.float64) ** 2, axis=1))
+        voiced = np.zeros(n, dtype=bool)
+        for i, r in enumerate(rms):
+            voiced[i] = r > self.floor * self.ratio
+            # The floor falls quickly to quiet frames and rises slowly under steady noise.
+            rate = 0.2 if r < self.floor else 0.01
+            self.floor = max(self.floor_min, self.floor + rate * (r - self.floor))
+        return voiced
+
+
+class CommandDetector:
+    """The listener's logic without the microphone: blocks in, accepted commands out.
+
+    Acts on a stable partial result: when the engine's partial text is exactly a command
+    phrase and `settle_s` of silence has followed it, the utterance is closed at once
+    (the final result brings word confidences) instead of waiting for Vosk's end-pointer.
+    """
+
+    def __init__(
+        self,
+        engine: RecognizerEngine,
+        vocabulary: Vocabulary,
+        rules: AcceptanceRules | None = None,
+        monitor: PlaybackMonitor | None = None,
+        phrase_text: Callable[[str], str] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.vocabulary = vocabulary
+        self.rules = rules or AcceptanceRules()
+        self.monitor = monitor or Silence()
+        self.phrase_text = phrase_text
+        self.tone = ToneRemover()
+        self.vad = VoiceActivity()
+        self.t = 0.0
+        self.rejected: list[Rejected] = []
+        self._speaking_until = -1.0
+        self._recent_prompts: list[tuple[float, str]] = []
+        self._last_voice_t = -1.0
+        self._utt_start: float | None = None
+        self._partial = ""
+
+    def process(self, block: np.ndarray, t_end: float | None = None) -> list[Heard]:
+        """Feed one block of float32 (or int16) samples; `t_end` is its end in stream seconds."""
+        if block.dtype == np.int16:
+            block = block.astype(np.float32) / 32768.0
+        self.t = t_end if t_end is not None else self.t + len(block) / SAMPLE_RATE
+        tone_hz, _amplitude, speaking, phrase = self.monitor.playback_state()
+        if speaking:
+            self._speaking_until = self.t + self.rules.echo_tail_s
+            if phrase:
+                self._note_prompt(phrase)
+        clean = self.tone.process(block, tone_hz, self.t)
+        voiced = self.vad.frames(clean)
+        if voiced.any():
+            last = int(np.flatnonzero(voiced)[-1])
+            self._last_voice_t = self.t - (len(voiced) - 1 - last) * self.vad.frame / SAMPLE_RATE
+            if self._utt_start is None:
+                self._utt_start = self.t
+        hyp = self.engine.feed(np.clip(clean * 32767, -32768, 32767).astype(np.int16))
+        if hyp.final:
+            return self._close(hyp)
+        silence = self.t - self._last_voice_t
+        if hyp.text != self._partial:
+            self._partial = hyp.text
+        if self._partial and self._partial in self.vocabulary.phrases and silence >= self.rules.settle_s:
+            return self._close(self.engine.finish())
+        if self._utt_start is not None and (
+            silence >= self.rules.end_silence_s or self.t - self._utt_start > self.rules.max_utterance_s
+        ):
+            return self._close(self.engine.finish())
+        return []
+
+    def _note_prompt(self, phrase: str) -> None:
+        text = phrase
+        if self.phrase_text is not None:
+            try:
+                text = self.phrase_text(phrase)
+            except KeyError:
+                pass  # already text, not a catalogue key
+        if not self._recent_prompts or self._recent_prompts[-1][1] != text:
+            self._recent_prompts.append((self.t, normalize(text)))
+        self._recent_prompts = [(t, p) for t, p in self._recent_prompts if t > self.t - 10.0]
+
+    def _close(self, hyp: Hypothesis) -> list[Heard]:
+        self._partial = ""
+        self._utt_start = None
+        if not hyp.text:
+            return []
+        verdict = self._judge(hyp)
+        if isinstance(verdict, Rejected):
+            self.rejected.append(verdict)
+            log.debug("not a command: %r (%.2f): %s", verdict.text, verdict.confidence, verdict.reason)
+            return []
+        log.info("heard %s: %r (%.2f)", verdict.command.value, verdict.text, verdict.confidence)
+        return [verdict]
+
+    def _judge(self, hyp: Hypothesis) -> Heard | Rejected:
+        text, conf = hyp.text, hyp.confidence
+        cmd = self.vocabulary.phrases.get(text)
+        if cmd is None:
+            return Rejected(self.t, text, conf, "not exactly one command phrase")
+        if self.t <= self._speaking_until:
+            if cmd is not Command.STOP:
+                return Rejected(self.t, text, conf, "the device is speaking; only stop is heard")
+            if conf < self.rules.speaking_min_confidence:
+                return Rejected(self.t, text, conf, "stop while speaking needs higher confidence")
+            if any(f" {text} " in f" {prompt} " for _, prompt in self._recent_prompts[-2:]):
+                return Rejected(self.t, text, conf, "the device's own prompt says it")
+        elif conf < self.rules.min_confidence:
+            return Rejected(self.t, text, conf, "confidence below threshold")
+        return Heard(self.t, cmd, text, conf)
+
+
+# --- the microphone --------------------------------------------------------------------
+
+
+OnCommand = Callable[[Command, str, float], None]
+
+
+class Listener:
+    """Microphone -> `CommandDetector` on a thread of its own -> `on_command(cmd, text, conf)`.
+
+    Never raises into the coach: without a microphone or a model, `available` is False,
+    `reason` says why (logged once) and the button drives the device.
+    """
+
+    def __init__(
+        self,
+        on_command: OnCommand,
+        lang: str,
+        engine: str = "vosk",
+        model_dir: Path | None = None,
+        monitor: PlaybackMonitor | None = None,
+        rules: AcceptanceRules | None = None,
+        input_device: str | int | None = None,
+        state_dir: Path = DEFAULT_STATE_DIR,
+        phrase_text: Callable[[str], str] | None = None,
+    ) -> None:
+        self.on_command = on_command
+        self.lang = lang
+        self.input_device = input_device
+        self.available = False
+        self.reason = ""
+        self.detector: CommandDetector | None = None
+        self._blocks: queue.Queue[tuple[np.ndarray, float]] = queue.Queue(maxsize=200)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stream = None
+        try:
+            vocab = Vocabulary.load(lang)
+            self.detector = CommandDetector(
+                build_engine(engine, lang, vocab, model_dir, state_dir), vocab, rules, monitor, phrase_text
+            )
+        except (EngineUnavailable, ConfigError) as exc:
+            self._unavailable(f"no recognizer for {lang}: {exc}")
+
+    @classmethod
+    def from_config(
+        cls, config: DeviceConfig, on_command: OnCommand, monitor: PlaybackMonitor | None = None, **kwargs
+    ) -> Listener:
+        voice = config.voice
+        rules = AcceptanceRules(min_confidence=voice.min_confidence)
+        return cls(
+            on_command,
+            kwargs.pop("lang", config.language),
+            voice.engine,
+            voice.model_dir,
+            monitor,
+            rules,
+            voice.input_device,
+            **kwargs,
+        )
+
+    def _unavailable(self, reason: str) -> None:
+        self.available = False
+        self.reason = reason
+        log.warning("voice commands off (%s); the button drives the device", reason)
+
+    def start(self) -> bool:
+        """Open the microphone and start listening; False (and `reason`) if it cannot."""
+        if self.detector is None:
+            return False
+        try:
+            import sounddevice as sd
+
+            self._stream = sd.InputStream(
+                samplerate=SAMPLE_RATE,
+                channels=1,
+                dtype="float32",
+                blocksize=BLOCK,
+                device=self.input_device,
+                callback=self._on_audio,
+            )
+            self._stream.start()
+        except Exception as exc:  # PortAudio reports a missing device in several ways
+            self._stream = None
+            self._unavailable(f"no microphone: {exc}")
+            return False
+        self.available = True
+        self.reason = ""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="voice-listener", daemon=True)
+        self._thread.start()
+        return True
+
+    def _on_audio(self, indata, frames, time_info, status) -> None:  # PortAudio's thread
+        if status.input_overflow:
+            log.debug("microphone overflow")
+        try:
+            self._blocks.put_nowait((indata[:, 0].copy(), time.monotonic()))
+        except queue.Full:
+            log.warning("listener is behind; a microphone block was dropped")
+
+    def _run(self) -> None:
+        assert self.detector is not None
+        while not self._stop.is_set():
+            try:
+                block, _ = self._blocks.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                heard = self.detector.process(block)
+            except Exception:
+                log.exception("recognizer failed on a block; listening on")
+                continue
+            for h in heard:
+                try:
+                    self.on_command(h.command, h.text, h.confidence)
+                except Exception:
+                    log.exception("the command handler failed for %s", h.command.value)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._stream is not None:
+            try:
+                self._stream.stop()
+                self._stream.close()
+            except Exception:
+                log.debug("closing the microphone failed", exc_info=True)
+            self._stream = None
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+
+
+def blocks(samples: np.ndarray, size: int = BLOCK) -> Iterator[np.ndarray]:
+    for i in range(0, len(samples), size):
+        yield samples[i : i + size]
+
+
+def detect_in_samples(detector: CommandDetector, samples: np.ndarray, tail_s: float = 1.0) -> list[Heard]:
+    """Run a whole recording through `detector` (plus `tail_s` of silence to close it)."""
+    heard: list[Heard] = []
+    padded = np.concatenate([np.asarray(samples, dtype=np.float32), np.zeros(int(tail_s * SAMPLE_RATE), np.float32)])
+    for block in blocks(padded):
+        heard += detector.process(block)
+    return heard
