@@ -24,7 +24,8 @@ CONFIG_DIR="${APPLIANCE_CONFIG_DIR:-/etc/appliance}"
 STATE_DIR="${APPLIANCE_STATE_DIR:-/var/lib/appliance}"
 UNIT_DIR="${APPLIANCE_UNIT_DIR:-/etc/systemd/system}"
 BIN_LINK="${APPLIANCE_BIN_LINK:-/usr/local/bin/appliance}"
-SERVICE_USER=appliance
+UDEV_DIR="${APPLIANCE_UDEV_DIR:-/etc/udev/rules.d}"
+SERVICE_USER="${APPLIANCE_USER:-appliance}"  # tests use a throwaway user
 MODEL_FILES=()
 ONLY_STEPS=""          # --only: comma-separated subset of the device steps (tests, repairs)
 LANGUAGES="nl en"
@@ -185,7 +186,9 @@ install_dev() {
 
 # --- device ----------------------------------------------------------------------------------
 VENV="$PREFIX/venv"
-SERVICE_UNITS=(appliance.service appliance-reminder.service appliance-reminder.timer)
+SERVICE_UNITS=(appliance.service appliance-reminder.service appliance-reminder.timer
+    appliance-stick@.service)
+UDEV_RULES=99-appliance-stick.rules  # starts appliance-stick@<partition> for a clinic stick
 
 is_raspberry_pi() {
     grep -qs "Raspberry Pi" /proc/device-tree/model
@@ -432,6 +435,13 @@ ensure_units() {
             fi
         fi
     done
+    if ! cmp -s "$REPO_DIR/systemd/$UDEV_RULES" "$UDEV_DIR/$UDEV_RULES"; then
+        run install -d -m 0755 "$UDEV_DIR"
+        run install -m 0644 "$REPO_DIR/systemd/$UDEV_RULES" "$UDEV_DIR/$UDEV_RULES"
+        if systemd_running && command -v udevadm >/dev/null; then
+            run udevadm control --reload
+        fi
+    fi
     if systemd_running; then
         run systemctl daemon-reload
         run systemctl enable appliance.service appliance-reminder.timer
@@ -480,6 +490,9 @@ uninstall_device() {
             run rm -f "$UNIT_DIR/$unit"
         fi
     done
+    if [[ -e "$UDEV_DIR/$UDEV_RULES" ]]; then
+        run rm -f "$UDEV_DIR/$UDEV_RULES"
+    fi
     if systemd_running; then
         run systemctl daemon-reload
     fi

@@ -167,3 +167,43 @@ class Signals:
             event.clear()
             return True
         return False
+
+
+# --- announcements from other processes ------------------------------------------------
+# Short-lived helpers (the clinic stick service, a timer) cannot reach the speaker; the
+# running appliance owns it. They drop a phrase key into STATE_DIR/announce/ and the
+# service says it within a second. A file per message, written then renamed, so a
+# half-written one is never read.
+
+ANNOUNCE_DIR = "announce"
+
+
+def post_announcement(state_dir: str | os.PathLike[str], phrase: str) -> None:
+    """Ask the running appliance to say `phrase` (a catalogue key)."""
+    from pathlib import Path
+
+    inbox = Path(state_dir) / ANNOUNCE_DIR
+    inbox.mkdir(mode=0o750, parents=True, exist_ok=True)
+    name = f"{time.time_ns()}-{os.getpid()}"
+    tmp = inbox / f".{name}.tmp"
+    tmp.write_text(phrase.strip() + "\n", encoding="utf-8")
+    os.replace(tmp, inbox / f"{name}.phrase")
+
+
+def take_announcements(state_dir: str | os.PathLike[str]) -> list[str]:
+    """Phrase keys posted since the last call, oldest first; each is taken once."""
+    from pathlib import Path
+
+    inbox = Path(state_dir) / ANNOUNCE_DIR
+    try:
+        files = sorted(inbox.glob("*.phrase"))
+    except OSError:
+        return []
+    phrases = []
+    for f in files:
+        try:
+            phrases.append(f.read_text(encoding="utf-8").strip())
+            f.unlink()
+        except OSError as exc:
+            log.warning("announcement %s unreadable: %s", f.name, exc)
+    return [p for p in phrases if p]

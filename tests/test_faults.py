@@ -482,3 +482,32 @@ def test_invalid_configuration_stays_up_needing_the_clinic_until_fixed(tmp_path)
         if child.poll() is None:
             child.kill()
         sock.close()
+
+
+# --- idle duties: reminders and announcements from other processes ------------------------
+
+
+def test_reminder_is_spoken_when_idle_but_not_at_night_and_stick_outcomes_are_spoken(tmp_path):
+    from datetime import UTC, datetime
+
+    from appliance.service import post_announcement
+
+    clock = FastClock(wall_start=datetime(2026, 3, 2, 9, 30, tzinfo=UTC))
+    app = make(tmp_path, FaultEdges(), auto_start=False, clock=clock)
+    thread = run_in_thread(app)
+    try:
+        assert wait_for(lambda: app.controls is not None and app.controls.state.value == "ready")
+        local_hour = clock.wall().astimezone().hour
+        app.signals.reminder.set()  # what appliance-reminder.service's SIGUSR1 does
+        expected = 8 <= local_hour <= 20
+        assert wait_for(lambda: "device.reminder" in said(tmp_path), timeout=3) is expected
+        clock.set_wall(datetime(2026, 3, 3, 3, 0, tzinfo=UTC).astimezone().replace(hour=3))
+        app.signals.reminder.set()
+        time.sleep(0.5)
+        assert said(tmp_path).count("device.reminder") == (1 if expected else 0)
+        post_announcement(tmp_path / "state", "device.goodbye")
+        assert wait_for(lambda: "device.goodbye" in said(tmp_path), timeout=5)
+    finally:
+        app.signals.stop.set()
+        thread.join(10)
+    assert not thread.is_alive()

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "install.sh"
 UNITS = ["appliance.service", "appliance-reminder.service", "appliance-reminder.timer"]
 SYSTEM_PATHS = [Path("/opt/appliance"), Path("/etc/appliance"), Path("/var/lib/appliance"),
-                Path("/etc/systemd/system"), Path("/usr/local/bin")]
+                Path("/etc/systemd/system"), Path("/usr/local/bin"), Path("/etc/udev/rules.d")]
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh device steps need root")
 
@@ -58,6 +58,7 @@ def isolated_env(tmp_path: Path) -> dict[str, str]:
         "APPLIANCE_STATE_DIR": str(tmp_path / "state"),
         "APPLIANCE_UNIT_DIR": str(tmp_path / "units"),
         "APPLIANCE_BIN_LINK": str(tmp_path / "bin" / "appliance"),
+        "APPLIANCE_UDEV_DIR": str(tmp_path / "udev"),
     }
 
 
@@ -83,6 +84,8 @@ def test_dry_run_prints_every_step_and_changes_nothing(tmp_path):
         "vosk-model-small-nl-0.22.zip",
         "vosk-model-small-en-us-0.15.zip",
         f"{tmp_path}/units/appliance.service",
+        f"{tmp_path}/units/appliance-stick@.service",
+        f"{tmp_path}/udev/99-appliance-stick.rules",
         "enable appliance.service appliance-reminder.timer",
     ):
         assert expected in out, f"dry run does not mention {expected!r}:\n{out}"
@@ -90,6 +93,7 @@ def test_dry_run_prints_every_step_and_changes_nothing(tmp_path):
     assert not (tmp_path / "etc").exists()
     assert not (tmp_path / "state").exists()
     assert not (tmp_path / "units").exists()
+    assert not (tmp_path / "udev").exists()
     assert snapshot(SYSTEM_PATHS) == before
 
 
@@ -247,3 +251,31 @@ def test_example_configuration_loads_and_documents_every_key():
                 assert documented(g.name), f"{f.name}.{g.name} is not in the example with a comment"
         else:
             assert documented(f.name), f"{f.name} is not in the example with a comment"
+
+
+@needs_root
+@pytest.mark.parametrize("purge", [False, True])
+def test_uninstall_removes_what_install_added_and_keeps_patient_data_unless_purged(tmp_path, purge):
+    env = isolated_env(tmp_path)
+    user = f"appl-test-{os.getpid() % 10000}{int(purge)}"
+    env["APPLIANCE_USER"] = user
+    prefix = str(tmp_path / "opt")
+    first = run_install("--only", "user,dirs", "--prefix", prefix, env=env)
+    assert first.returncode == 0, first.stderr
+    try:
+        assert subprocess.run(["getent", "passwd", user], capture_output=True).returncode == 0
+        config = tmp_path / "etc" / "appliance.toml"
+        assert config.exists() and config.stat().st_mode & 0o777 == 0o640
+        patient_data = tmp_path / "state" / "appliance.db"
+        patient_data.write_bytes(b"sessions")
+        (tmp_path / "opt").mkdir()
+        args = ["--uninstall", "--prefix", prefix] + (["--purge"] if purge else [])
+        result = run_install(*args, env=env)
+        assert result.returncode == 0, result.stderr
+        assert subprocess.run(["getent", "passwd", user], capture_output=True).returncode != 0
+        assert not (tmp_path / "opt").exists()
+        assert not (tmp_path / "state" / "models").exists()
+        assert patient_data.exists() is (not purge)
+        assert config.exists() is (not purge)
+    finally:
+        subprocess.run(["userdel", user], capture_output=True)

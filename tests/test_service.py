@@ -126,3 +126,14 @@ def test_take_reads_a_request_once():
     s.reminder.set()
     assert Signals.take(s.reminder) is True
     assert Signals.take(s.reminder) is False
+
+
+def test_announcements_are_taken_once_in_order(tmp_path):
+    from appliance.service import post_announcement, take_announcements
+
+    assert take_announcements(tmp_path) == []
+    post_announcement(tmp_path, "clinic.enrolled")
+    post_announcement(tmp_path, "clinic.exported")
+    (tmp_path / "announce" / ".half-written.tmp").write_text("device.goodbye")
+    assert take_announcements(tmp_path) == ["clinic.enrolled", "clinic.exported"]
+    assert take_announcements(tmp_path) == []

@@ -33,7 +33,7 @@ from appliance.config import ConfigError, ControlsConfig, DeviceConfig, load_dev
 from appliance.controls import ActivityState, Controls
 from appliance.events import Event, Feedback, Sink
 from appliance.sensor.base import ProbeStatus
-from appliance.service import Notifier, Signals, WatchdogFeeder
+from appliance.service import Notifier, Signals, WatchdogFeeder, take_announcements
 from appliance.voice.commands import Command
 
 log = logging.getLogger(__name__)
@@ -680,11 +680,20 @@ class Appliance:
         if now < self._next_health:
             return
         self._next_health = now + HEALTH_CHECK_S
+        self._check_inbox()
         self._check_speaker(now)
         self._check_microphone(now)
         if now >= self._next_disk:
             self._next_disk = now + DISK_CHECK_S
             self._check_disk()
+
+    def _check_inbox(self) -> None:
+        """Phrases other processes asked for (the clinic stick service): say them."""
+        for phrase in take_announcements(self.options.state_dir):
+            if self.catalogue is not None and self.catalogue.has(phrase):
+                self._announce(phrase, warning=f"announce:{phrase}")
+            else:
+                log.error("announcement %r is not a phrase in %s", phrase, self.lang)
 
     def _check_probe(self, now: float) -> None:
         status = getattr(self.source, "status", ProbeStatus.OK)
