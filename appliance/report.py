@@ -179,8 +179,7 @@ def _page_adherence(pdf_figs: list, sessions, rx, code, tz, first, last, weeks) 
     fig = plt.figure(figsize=A4)
     _header(fig, code, rx, first, last, "adherence")
     ax = fig.add_axes([0.12, 0.50, 0.62, 0.40])
-    cmap = plt.get_cmap("YlGn").copy()
-    cmap.set_bad("0.93")
+    cmap = plt.get_cmap("YlGn").with_extremes(bad="0.93")
     im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=TARGET_SETS_PER_DAY, aspect="auto")
     for w in range(n_weeks):
         for d in range(7):
