@@ -511,3 +511,24 @@ def test_reminder_is_spoken_when_idle_but_not_at_night_and_stick_outcomes_are_sp
         app.signals.stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_the_listener_understands_what_the_mixer_says_it_plays():
+    # The seam between voice-in and audio-out: the detector unpacks a 4-tuple, the mixer
+    # reports a dataclass; `appliance run` passes MixerMonitor between them.
+    import numpy as np
+
+    from appliance.cli.run import MixerMonitor
+    from appliance.config import DeviceConfig, VoiceConfig
+    from appliance.voice.audio import Mixer
+    from appliance.voice.listener import CommandDetector, Vocabulary, build_engine
+
+    config = DeviceConfig(language="en", voice=VoiceConfig(engine="pocketsphinx"))
+    vocab = Vocabulary.load("en")
+    engine = build_engine(config.voice.engine, "en", vocab)
+    mixer = Mixer(22050)
+    mixer.schedule(np.full(22050, 0.1), 0, "cue.hold")
+    mixer.render(np.zeros(256))
+    detector = CommandDetector(engine, vocab, monitor=MixerMonitor(mixer))
+    assert MixerMonitor(mixer).playback_state()[2] is True  # speaking
+    assert detector.process(np.zeros(1600, dtype=np.float32)) == []

@@ -528,7 +528,7 @@ class Appliance:
 
         try:
             self.listener = self.edges.listener(self.config, self.options.state_dir, heard,
-                                                self.mixer)
+                                                MixerMonitor(self.mixer))
         except Exception as exc:
             log.error("voice listener failed: %s", exc)
             self.listener = None
@@ -799,6 +799,19 @@ class Appliance:
             return
         self._last_reminder_day = day + str(wall.hour // 12)
         self._announce("device.reminder")
+
+
+class MixerMonitor:
+    """The listener's `PlaybackMonitor` (a 4-tuple) from the mixer's `PlaybackState`."""
+
+    def __init__(self, mixer: Any) -> None:
+        self.mixer = mixer
+
+    def playback_state(self) -> tuple[float | None, float, bool, str | None]:
+        if self.mixer is None:
+            return (None, 0.0, False, None)
+        s = self.mixer.playback_state()
+        return (s.tone_hz, s.tone_amplitude, s.speaking, s.speech_phrase)
 
 
 def _plain(value: Any) -> Any:
