@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS repetitions (
     t_end REAL NOT NULL,
     target_pct REAL NOT NULL,
     peak_cmh2o REAL, peak_pct REAL, time_to_peak_s REAL, held_s REAL, hold_asked_s REAL,
-    steadiness_pct REAL, release_complete INTEGER, onset_s REAL, mean_hold_pct REAL
+    steadiness_pct REAL, release_complete INTEGER, onset_s REAL, mean_hold_pct REAL, contractions INTEGER
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -75,7 +75,7 @@ CREATE INDEX IF NOT EXISTS events_by_session ON events(session_id, t);
 """
 
 REP_METRICS = ("peak_cmh2o", "peak_pct", "time_to_peak_s", "held_s", "hold_asked_s",
-               "steadiness_pct", "release_complete", "onset_s", "mean_hold_pct")
+               "steadiness_pct", "release_complete", "onset_s", "mean_hold_pct", "contractions")
 
 
 class Store:
@@ -141,7 +141,8 @@ class Store:
             self.db.execute("BEGIN")
             cur = self.db.execute(
                 "INSERT INTO repetitions(session_id, exercise_row, exercise, rep, status, ended_utc, t_start,"
-                " t_end, target_pct, " + ", ".join(REP_METRICS) + ") VALUES (" + ",".join("?" * 18) + ")",
+                " t_end, target_pct, " + ", ".join(REP_METRICS) + ")"
+                " VALUES (" + ",".join("?" * (9 + len(REP_METRICS))) + ")",
                 (session_id, exercise_row, exercise, rep, status, when.isoformat(), t_start, t_end, target_pct,
                  *(metrics.get(k) for k in REP_METRICS)),
             )

@@ -201,18 +201,40 @@ def test_the_same_seed_gives_the_same_session_and_another_seed_another():
     assert a == b and a != c
 
 
-def test_the_contract_cue_lands_on_the_start_of_the_out_breath(average_session):
-    timing = EstimatedTiming(Catalogue.load("nl"))
-    says = {(round(e.data["at"], 3), e.data["phrase"]) for e in average_session.log.of("say")}
+def _keyword_errors(result, lang):
+    """For every contract and release: how far its cue's keyword lands from the transition."""
+    cat = Catalogue.load(lang)
+    timing = EstimatedTiming(cat)
+    says = [(e.data["at"], e.data["phrase"]) for e in result.log.of("say") if "^" in cat.raw(e.data["phrase"])]
     errors = []
-    for p in average_session.log.of("phase"):
-        if p.data.get("on_exhale") and p.data.get("rep", 1) > 1:
-            cue = [(at, k) for at, k in says if p.data["start"] - 5 < at <= p.data["start"] and "^" in
-                   Catalogue.load("nl").raw(k)]
-            at, key = max(cue)
-            errors.append(abs(at + timing.keyword_offset(key) - p.data["start"]))
-    assert len(errors) > 30
-    assert max(errors) <= 0.15
+    for p in result.log.of("phase"):
+        d = p.data
+        if d["phase"] in ("contract", "release") and d.get("exercise") != "calibration":
+            near = [(at, k) for at, k in says if d["start"] - 8 < at <= d["start"] + 3]
+            at, key = min(near, key=lambda x: abs(x[0] + timing.keyword_offset(x[1]) - d["start"]))
+            errors.append(at + timing.keyword_offset(key) - d["start"])
+    return errors
+
+
+def test_every_contract_and_release_cue_lands_its_keyword_on_the_transition(average_session):
+    errors = _keyword_errors(average_session, "nl")
+    assert len(errors) > 100
+    assert max(map(abs, errors)) <= 0.15
+
+
+def test_english_cues_land_on_the_transition_too():
+    result = simulate(lang="en", seed=2, programme=load_programme("leaflet").only("awareness", "ex1", "ex4"))
+    errors = _keyword_errors(result, "en")
+    assert len(errors) > 40 and max(map(abs, errors)) <= 0.15
+
+
+def test_exercise_1_counts_to_five_on_the_second(average_session):
+    for rep in (1, 4):
+        hold = _first(average_session, "ex1", "hold", rep=rep)
+        counts = [(e.data["at"], e.data["phrase"]) for e in average_session.log.of("say")
+                  if e.data["phrase"].startswith("count.") and hold["start"] <= e.data["at"] < hold["end"]]
+        assert [k for _, k in counts] == [f"count.{i}" for i in range(1, 6)]
+        assert [round(at - hold["start"], 2) for at, _ in counts] == [0.0, 1.0, 2.0, 3.0, 4.0]
 
 
 def test_slower_and_faster_change_the_breath_within_bounds(average_session):

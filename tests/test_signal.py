@@ -39,7 +39,14 @@ def test_detector_reports_onset_and_offset_times():
     values = [0] * 100 + [50] * 200 + [0] * 100
     for i, v in enumerate(values):
         d.update(i / 100, v)
-    assert d.onsets == [1.0] and d.offsets == [3.0]
+    assert d.onsets == [1.0] and d.offsets == [3.0]  # the offset is dated when it began
+
+
+def test_detector_ignores_brief_dips_such_as_footsteps():
+    d = ContractionDetector(min_off_s=0.4)
+    for i in range(1000):  # a 20 %MVC walk with 1.8 Hz dips down to 2 %MVC
+        d.update(i / 100, 11 + 9 * math.sin(2 * math.pi * 1.8 * i / 100))
+    assert len(d.onsets) == 1 and d.offsets == []
     with pytest.raises(ValueError):
         ContractionDetector(on_pct=5, off_pct=10)
 

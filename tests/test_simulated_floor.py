@@ -31,8 +31,8 @@ def _rise_time(name):
     t, p = run(floor, 10.0)
     rest = statistics.mean(p[:400])
     top = statistics.mean(p[-100:])
-    t10 = next(ti for ti, pi in zip(t, p) if ti > 5 and pi > rest + 0.1 * (top - rest))
-    t90 = next(ti for ti, pi in zip(t, p) if ti > 5 and pi > rest + 0.9 * (top - rest))
+    t10 = next(ti for ti, pi in zip(t, p, strict=True) if ti > 5 and pi > rest + 0.1 * (top - rest))
+    t90 = next(ti for ti, pi in zip(t, p, strict=True) if ti > 5 and pi > rest + 0.9 * (top - rest))
     return t90 - t10, top - rest
 
 

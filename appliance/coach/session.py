@@ -18,7 +18,7 @@ from appliance.clock import Clock
 from appliance.coach.pacing import Pace
 from appliance.coach.programme import Exercise, Motion, PhaseKind, Programme
 from appliance.events import Event, Feedback, Sink
-from appliance.sensor.signal import OneEuroFilter, RepRecorder, oxford_band
+from appliance.sensor.signal import ContractionDetector, OneEuroFilter, RepRecorder, oxford_band
 from appliance.voice.commands import Command
 from appliance.voice.phrases import Catalogue
 
@@ -147,6 +147,7 @@ class Session:
         self._segment: Segment | None = None
         self._paused_from: State | None = None
         self._filter = OneEuroFilter(sample_rate_hz)
+        self._detector = ContractionDetector()
         self._pressure = 0.0  # smoothed, cmH2O above atmosphere
         self._strength_pct = 0.0
         self._busy_until = 0.0  # when the last scheduled prompt finishes
@@ -240,6 +241,8 @@ class Session:
             self._pressure = p
             if cal is not None:
                 self._strength_pct = (p - cal.rest_cmh2o) * 100.0 / cal.mvc_cmh2o
+                if self._detector.update(ts, self._strength_pct) and rec is not None:
+                    rec.contractions += 1
             if rec is not None:
                 rec.add(ts - self.t0, self._strength_pct, hold_target, relaxing)
                 if kind == "rest":
@@ -280,7 +283,7 @@ class Session:
             key = ph.say if first or not ph.say_again else ph.say_again
             if key:
                 offset = self.timing.keyword_offset(key)
-                if offset > 0 or ph.on_exhale:
+                if ph.on_exhale or self.cat.keyword_prefix(key) or "^" in self.cat.raw(key):
                     aligned.append(Prompt(max(t, start - offset), key, aligned=True))
                 else:
                     flexible.append(Prompt(start + 0.05, key, latest=start + 0.05 + max(0.5, dur * 0.5)))
@@ -460,8 +463,8 @@ class Session:
             return
         ex = self.programme.exercises[seg.exercise_index]
         m = seg.recorder.metrics(self.calibration.mvc_cmh2o, 1.0 / self.sample_rate_hz)
-        data = dict(exercise=ex.id, exercise_index=seg.exercise_index, rep=seg.rep, status=status, target_pct=ex.target_level_pct,
-                    t_start=round(seg.start, 3), t_end=round(t, 3), **m.__dict__)
+        data = dict(exercise=ex.id, exercise_index=seg.exercise_index, rep=seg.rep, status=status,
+                    target_pct=ex.target_level_pct, t_start=round(seg.start, 3), t_end=round(t, 3), **m.__dict__)
         self.reps.append(data)
         self._emit("rep", **data)
         # Track baseline drift: the end of a complete, relaxed rest is the new zero.

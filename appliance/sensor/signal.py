@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-
 HELD_FRACTION = 0.8  # "at target" means within 20 % of the level asked: breath ripple alone moves ±5 %MVC
 
 
@@ -50,28 +49,40 @@ class OneEuroFilter:
 class ContractionDetector:
     """Onset/offset of a contraction with hysteresis, in % of MVC.
 
-    Onset when strength rises above `on_pct`, offset only when it falls below `off_pct`,
-    so breath ripple and noise around one threshold do not chatter.
+    Onset when strength rises above `on_pct`; offset only once it has stayed below
+    `off_pct` for `min_off_s`, so breath ripple, footsteps and noise around a
+    threshold do not chatter.
     """
 
-    def __init__(self, on_pct: float = 15.0, off_pct: float = 8.0) -> None:
+    def __init__(self, on_pct: float = 15.0, off_pct: float = 8.0, min_off_s: float = 0.4) -> None:
         if off_pct >= on_pct:
             raise ValueError("off threshold must be below the on threshold")
         self.on_pct = on_pct
         self.off_pct = off_pct
+        self.min_off_s = min_off_s
         self.active = False
         self.onsets: list[float] = []
         self.offsets: list[float] = []
+        self._below_since: float | None = None
 
     def update(self, t: float, strength_pct: float) -> bool | None:
         """Feed one value; returns True at an onset, False at an offset, None otherwise."""
-        if not self.active and strength_pct >= self.on_pct:
-            self.active = True
-            self.onsets.append(t)
-            return True
-        if self.active and strength_pct <= self.off_pct:
+        if not self.active:
+            if strength_pct >= self.on_pct:
+                self.active = True
+                self._below_since = None
+                self.onsets.append(t)
+                return True
+            return None
+        if strength_pct > self.off_pct:
+            self._below_since = None
+            return None
+        if self._below_since is None:
+            self._below_since = t
+        if t - self._below_since >= self.min_off_s:
             self.active = False
-            self.offsets.append(t)
+            self.offsets.append(self._below_since)
+            self._below_since = None
             return False
         return None
 
@@ -89,6 +100,7 @@ class RepMetrics:
     release_complete: bool  # back below 10 %MVC by the end of the repetition
     onset_s: float | None  # from the contract cue to the detected onset
     mean_hold_pct: float  # mean strength during the holds
+    contractions: int = 0  # separate contractions seen (more than one: let go and started again)
 
 
 @dataclass
@@ -100,6 +112,7 @@ class RepRecorder:
     pct: list[float] = field(default_factory=list)
     target: list[float] = field(default_factory=list)  # level asked for (0 when not holding)
     relaxing: list[bool] = field(default_factory=list)
+    contractions: int = 0  # onsets counted by the session's ContractionDetector
 
     def add(self, t: float, pct: float, hold_target_pct: float, relaxing: bool) -> None:
         self.t.append(t)
@@ -141,6 +154,7 @@ class RepRecorder:
             release_complete=release_complete,
             onset_s=None if onset is None else round(onset, 2),
             mean_hold_pct=round(mean, 1),
+            contractions=self.contractions,
         )
 
 
