@@ -532,3 +532,22 @@ def test_the_listener_understands_what_the_mixer_says_it_plays():
     detector = CommandDetector(engine, vocab, monitor=MixerMonitor(mixer))
     assert MixerMonitor(mixer).playback_state()[2] is True  # speaking
     assert detector.process(np.zeros(1600, dtype=np.float32)) == []
+
+
+def test_repetitions_that_cannot_be_stored_make_the_device_ask_for_the_clinic(tmp_path):
+    # A database from an older schema (a column the coach now records is missing): the
+    # session must not die, and the patient must hear that the device needs the clinic.
+    from appliance.store import Store
+
+    state = tmp_path / "state"
+    state.mkdir()
+    old = Store(state / "appliance.db")
+    old.db.execute("ALTER TABLE repetitions DROP COLUMN peak_pct")
+    old.close()
+    app = make(tmp_path, FaultEdges())
+    assert app.main() == 0
+    assert "store" in warnings(tmp_path)
+    assert "device.needs_clinic" in said(tmp_path)
+    assert "device.disk_full" not in said(tmp_path)  # not mistaken for a full disk
+    assert app.health.store_error and "peak_pct" in app.health.store_error
+    assert any(e["kind"] == "session" and e["state"] == "done" for e in events(tmp_path))

@@ -277,13 +277,25 @@ class EventWriter:
 class GuardedStoreSink:
     """The store's sink, plus what a full disk needs: samples stop, repetitions go on.
 
-    SQLite errors are logged and swallowed here so the coach never sees them; the
-    service reads `failures` and `samples_dropped` to say the disk is full.
+    SQLite errors are logged and swallowed here so the coach never sees them. A full
+    disk ("database or disk is full") is counted in `disk_full`, anything else (a schema
+    that does not match, a broken file) in `errors`: the service says the disk is full
+    for the first and that the device needs the clinic for the second.
     """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.failures = 0
+        self.disk_full = 0
+        self.errors = 0
+        self.last_error = ""
+
+    def _failed(self, what: str, exc: sqlite3.Error) -> None:
+        if "full" in str(exc).lower():
+            self.disk_full += 1
+        else:
+            self.errors += 1
+        self.last_error = f"storing {what} failed: {exc}"
+        log.error("%s", self.last_error)
 
     def emit(self, event: Event) -> None:
         try:
@@ -291,15 +303,13 @@ class GuardedStoreSink:
             # store's event log) refuses; plain values keep the repetition.
             self.inner.emit(Event(float(event.t), event.kind, _plain(event.data)))
         except sqlite3.Error as exc:
-            self.failures += 1
-            log.error("storing %s failed: %s", event.kind, exc)
+            self._failed(event.kind, exc)
 
     def feedback(self, fb: Feedback) -> None:
         try:
             self.inner.feedback(fb)
         except sqlite3.Error as exc:
-            self.failures += 1
-            log.error("storing a sample failed: %s", exc)
+            self._failed("a sample", exc)
 
 
 # --- the appliance -------------------------------------------------------------------------
@@ -313,6 +323,7 @@ class Health:
     microphone: str | None = None
     speaker: str | None = None
     disk_low: bool = False
+    store_error: str | None = None
     probe_bad_since: float | None = None
     spoken: list[str] = field(default_factory=list)
 
@@ -672,7 +683,7 @@ class Appliance:
     # -- faults ------------------------------------------------------------------------------
     def _faulty(self) -> bool:
         h = self.health
-        return bool(h.needs_clinic or h.speaker or h.disk_low)
+        return bool(h.needs_clinic or h.speaker or h.disk_low or h.store_error)
 
     def _check_health(self, now: float, in_session: bool) -> None:
         if self.session is not None:
@@ -749,10 +760,15 @@ class Appliance:
         except OSError as exc:
             log.error("cannot read free space: %s", exc)
         dropped = getattr(self.store, "samples_dropped", 0)
-        failures = self.store_sink.failures if self.store_sink is not None else 0
-        if dropped > self._samples_dropped_seen or failures:
+        sink = self.store_sink
+        if dropped > self._samples_dropped_seen or (sink is not None and sink.disk_full):
             low = True
             self._samples_dropped_seen = dropped
+        if sink is not None and sink.errors and not self.health.store_error:
+            # Repetitions are not being kept: nothing the patient can fix.
+            self.health.store_error = sink.last_error
+            self.controls.show(ActivityState.NEEDS_ATTENTION)
+            self._announce("device.needs_clinic", warning="store")
         if low and not self.health.disk_low:
             self.health.disk_low = True
             log.error("disk nearly full: pressure samples are no longer stored")
