@@ -73,7 +73,8 @@ class Mixer:
         max_block: int = 4096,
         volume: float = 0.8,
         duck_gain: float = 0.25,
-        duck_ms: float = 30.0,
+        duck_ms: float = 10.0,
+        unduck_ms: float = 80.0,
         fade_ms: float = 10.0,
         glide_ms: float = 4.0,
     ) -> None:
@@ -82,7 +83,11 @@ class Mixer:
         self.tone = ToneSynth(self.sample_rate, max_block=self.max_block, glide_ms=glide_ms)
         self.volume = float(volume)
         self.duck_gain = float(duck_gain)
+        # The coach fires a prompt at the control tick that reaches its start, so the
+        # duck must be complete within one tick (10 ms); coming back up can take longer.
         self.duck_frames = max(1, int(duck_ms * 1e-3 * self.sample_rate))
+        self.unduck_frames = max(1, int(unduck_ms * 1e-3 * self.sample_rate))
+        self.volume_frames = max(1, int(0.03 * self.sample_rate))
         self.running = True  # False while no device pulls samples: speech is then dropped
         self.dropped_items = 0
         self._frame = 0
@@ -166,10 +171,12 @@ class Mixer:
                 self._start_fade(self._active)
                 self._active = None
 
+        spoke = self._fading is not None  # any speech in this block keeps the tone ducked
         if self._fading is not None:
             self._render_fade(sp, n)
         active = self._active
         if active is not None:
+            spoke = True
             samples = active.item.samples
             take = min(n, samples.shape[0] - active.pos)
             self._add_clip(sp[:take], samples[active.pos : active.pos + take])
@@ -179,6 +186,7 @@ class Mixer:
         pending = self._pending
         while pending and pending[0].start_frame < block_end:
             item = pending.pop(0)
+            spoke = True
             offset = max(0, item.start_frame - block_start)
             if active is not None:  # preempted: it fades out from the next block on
                 self._start_fade(active)
@@ -189,14 +197,14 @@ class Mixer:
                 active = self._active = None
 
         # Duck the tone while speech plays, starting just before a clip begins.
-        speaking = active is not None or (bool(pending) and pending[0].start_frame - block_end < self.duck_frames)
+        speaking = spoke or (bool(pending) and pending[0].start_frame - block_end < self.duck_frames)
         duck_target = self.duck_gain if speaking else 1.0
-        step = n / self.duck_frames * (1.0 - self.duck_gain)
+        step = n / (self.duck_frames if speaking else self.unduck_frames) * (1.0 - self.duck_gain)
         duck0 = self._duck
         duck1 = min(duck0 + step, duck_target) if duck_target > duck0 else max(duck0 - step, duck_target)
         vol0 = self._vol
         vol1 = self.volume
-        vstep = n / self.duck_frames
+        vstep = n / self.volume_frames
         vol1 = min(vol0 + vstep, vol1) if vol1 > vol0 else max(vol0 - vstep, vol1)
 
         mix = self._mix[:n]

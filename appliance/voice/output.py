@@ -106,7 +106,7 @@ class AudioSink:
         else:
             # Live: `at` is relative to the coach's latest tick, which is "now".
             lead = max(0.0, at - self._last_t)
-            frame = self.mixer.frame_now() + int(round(lead * self.mixer.sample_rate))
+            frame = self.mixer.frame_now() + frames_for(lead, self.mixer.sample_rate)
         queued = self.mixer.schedule(clip.samples, frame, key)
         if queued:
             self.spoken.append((at, key, clip.duration_s))
