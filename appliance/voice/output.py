@@ -198,3 +198,15 @@ def wav_audio(
     """
     bank = prepare_speech(lang, cfg, cache_dir)
     return AudioSink.for_config(cfg, bank, wav_path=wav_path), RenderedTiming(bank)
+
+
+def device_audio(
+    cfg: AudioConfig, lang: str, cache_dir: str | Path | None = None
+) -> tuple[AudioSink, RenderedTiming]:
+    """An `AudioSink` on the sound card (`cfg.output_device`), and the measured timing.
+
+    Without a sound card it runs silently and retries every few seconds. The listener
+    reads `sink.mixer.playback_state()`; `sink.close()` stops the stream.
+    """
+    bank = prepare_speech(lang, cfg, cache_dir)
+    return AudioSink.for_config(cfg, bank, device=True), RenderedTiming(bank)
