@@ -121,7 +121,7 @@ class VoskEngine:
         if not self.phrases:
             raise EngineUnavailable(f"Vosk model {model_dir} knows none of the command phrases")
         self.fillers = [f for f in (normalize(f) for f in fillers) if self._all_known(f) and f not in self.phrases]
-        self.has_unk = self._model.find_word(UNK) >= 0
+        self.has_unk = self._model.vosk_model_find_word(UNK) >= 0
         grammar = self.phrases + self.fillers + ([UNK] if self.has_unk else [])
         # ensure_ascii=False: Vosk matches the grammar's UTF-8 words byte for byte.
         self._grammar = json.dumps(grammar, ensure_ascii=False)
@@ -129,12 +129,11 @@ class VoskEngine:
         self._fed_s = 0.0
 
     def _all_known(self, phrase: str) -> bool:
-        return all(self._model.find_word(w) >= 0 for w in phrase.split())
+        return all(self._model.vosk_model_find_word(w) >= 0 for w in phrase.split())
 
     def _new_recognizer(self):
         rec = self._vosk.KaldiRecognizer(self._model, SAMPLE_RATE, self._grammar)
         rec.SetWords(True)
-        rec.SetPartialWords(True)
         return rec
 
     def known_words(self, words: Sequence[str]) -> list[str]:

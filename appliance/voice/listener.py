@@ -167,6 +167,11 @@ class AcceptanceRules:
     """Any utterance is closed after this much silence (Vosk's own end-pointer waits 1.5 s+)."""
     max_utterance_s: float = 8.0
     """Talk longer than this is closed and judged; a command is never that long."""
+    seconds_per_word: float = 0.5
+    slack_s: float = 0.3
+    """A command of n words sounds for at most n * seconds_per_word + slack_s. Longer
+    sound that still decoded to a bare command is a sentence whose other words the
+    garbage path failed to absorb ("turn it up a little louder please" -> "louder")."""
 
 
 @dataclass(frozen=True)
@@ -213,9 +218,13 @@ class VoiceActivity:
         voiced = np.zeros(n, dtype=bool)
         for i, r in enumerate(rms):
             voiced[i] = r > self.floor * self.ratio
-            # The floor falls quickly to quiet frames and rises slowly under steady noise.
-            rate = 0.2 if r < self.floor else 0.01
-            self.floor = max(self.floor_min, self.floor + rate * (r - self.floor))
+            # The floor falls quickly to quiet frames and creeps up (~2 dB/s) under steady
+            # noise, so a sentence's quieter consonants still count as sound.
+            if r < self.floor:
+                self.floor += 0.2 * (r - self.floor)
+            else:
+                self.floor *= 1.005
+            self.floor = max(self.floor_min, self.floor)
         return voiced
 
 
@@ -248,6 +257,7 @@ class CommandDetector:
         self._recent_prompts: list[tuple[float, str]] = []
         self._last_voice_t = -1.0
         self._utt_start: float | None = None
+        self._utt_voiced_s = 0.0
         self._partial = ""
 
     def process(self, block: np.ndarray, t_end: float | None = None) -> list[Heard]:
@@ -262,6 +272,7 @@ class CommandDetector:
                 self._note_prompt(phrase)
         clean = self.tone.process(block, tone_hz, self.t)
         voiced = self.vad.frames(clean)
+        self._utt_voiced_s += float(voiced.sum()) * self.vad.frame / SAMPLE_RATE
         if voiced.any():
             last = int(np.flatnonzero(voiced)[-1])
             self._last_voice_t = self.t - (len(voiced) - 1 - last) * self.vad.frame / SAMPLE_RATE
@@ -293,11 +304,13 @@ class CommandDetector:
         self._recent_prompts = [(t, p) for t, p in self._recent_prompts if t > self.t - 10.0]
 
     def _close(self, hyp: Hypothesis) -> list[Heard]:
+        voiced_s = self._utt_voiced_s
         self._partial = ""
         self._utt_start = None
+        self._utt_voiced_s = 0.0
         if not hyp.text:
             return []
-        verdict = self._judge(hyp)
+        verdict = self._judge(hyp, voiced_s)
         if isinstance(verdict, Rejected):
             self.rejected.append(verdict)
             log.debug("not a command: %r (%.2f): %s", verdict.text, verdict.confidence, verdict.reason)
@@ -305,11 +318,14 @@ class CommandDetector:
         log.info("heard %s: %r (%.2f)", verdict.command.value, verdict.text, verdict.confidence)
         return [verdict]
 
-    def _judge(self, hyp: Hypothesis) -> Heard | Rejected:
+    def _judge(self, hyp: Hypothesis, voiced_s: float) -> Heard | Rejected:
         text, conf = hyp.text, hyp.confidence
         cmd = self.vocabulary.phrases.get(text)
         if cmd is None:
             return Rejected(self.t, text, conf, "not exactly one command phrase")
+        longest = len(text.split()) * self.rules.seconds_per_word + self.rules.slack_s
+        if voiced_s > longest:
+            return Rejected(self.t, text, conf, f"{voiced_s:.1f} s of sound is too long for {text!r}")
         if self.t <= self._speaking_until:
             if cmd is not Command.STOP:
                 return Rejected(self.t, text, conf, "the device is speaking; only stop is heard")
