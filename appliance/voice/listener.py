@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,14 @@ class PlaybackMonitor(Protocol):
 
     def playback_state(self) -> tuple[float | None, float, bool, str | None]:
         """(tone_hz or None, tone_amplitude, speaking, speech_phrase or None)."""
+
+
+def playback_tuple(state) -> tuple[float | None, float, bool, str | None]:
+    """The mixer's `PlaybackState` (a dataclass) or a plain 4-tuple, as a tuple."""
+    if hasattr(state, "speaking"):
+        return (state.tone_hz, state.tone_amplitude, state.speaking, state.speech_phrase)
+    tone_hz, amplitude, speaking, phrase = state
+    return (tone_hz, amplitude, speaking, phrase)
 
 
 class Silence:
@@ -106,6 +115,16 @@ class Vocabulary:
 
     def first_phrase(self, cmd: Command) -> str:
         return next(p for p, c in self.phrases.items() if c is cmd)
+
+
+def catalogue_text(lang: str) -> Callable[[str], str] | None:
+    """Key -> spoken text from the phrase catalogue (the mixer reports prompts by key)."""
+    try:
+        from appliance.voice.phrases import Catalogue
+
+        return Catalogue.load(lang).text
+    except Exception:  # no catalogue for this language (e.g. the Korean test vocabulary)
+        return None
 
 
 # --- choosing and building the engine --------------------------------------------------
@@ -248,7 +267,7 @@ class CommandDetector:
         self.vocabulary = vocabulary
         self.rules = rules or AcceptanceRules()
         self.monitor = monitor or Silence()
-        self.phrase_text = phrase_text
+        self.phrase_text = phrase_text or catalogue_text(vocabulary.lang)
         self.tone = ToneRemover()
         self.vad = VoiceActivity()
         self.t = 0.0
@@ -265,7 +284,7 @@ class CommandDetector:
         if block.dtype == np.int16:
             block = block.astype(np.float32) / 32768.0
         self.t = t_end if t_end is not None else self.t + len(block) / SAMPLE_RATE
-        tone_hz, _amplitude, speaking, phrase = self.monitor.playback_state()
+        tone_hz, _amplitude, speaking, phrase = playback_tuple(self.monitor.playback_state())
         if speaking:
             self._speaking_until = self.t + self.rules.echo_tail_s
             if phrase:
@@ -297,10 +316,10 @@ class CommandDetector:
         if self.phrase_text is not None:
             try:
                 text = self.phrase_text(phrase)
-            except KeyError:
+            except (KeyError, ValueError):
                 pass  # already text, not a catalogue key
         if not self._recent_prompts or self._recent_prompts[-1][1] != text:
-            self._recent_prompts.append((self.t, normalize(text)))
+            self._recent_prompts.append((self.t, normalize(re.sub(r"[^\w\s']", " ", text))))
         self._recent_prompts = [(t, p) for t, p in self._recent_prompts if t > self.t - 10.0]
 
     def _close(self, hyp: Hypothesis) -> list[Heard]:

@@ -2,7 +2,7 @@
 
 The mixer tells us the pitch it plays; the loudspeaker-to-microphone path delays and
 colours it, so each 20 ms frame searches a narrow band around the recently played
-pitches, fits that sinusoid (and two harmonics) by least squares and subtracts it.
+pitches, fits that sinusoid (and the cue partials) by least squares and subtracts it.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ class ToneRemovalSettings:
     """Band searched either side of the played pitch (about a semitone) for path delay."""
     history_s: float = 0.5
     """Pitches played this long ago may still be arriving (output buffers, the room)."""
-    harmonics: int = 1
-    """Raise if the loudspeaker distorts and the tone's overtones leak too."""
+    partials: tuple[float, ...] = (1.0, 1.5, 3.0)
+    """Frequency ratios fitted and removed: the fundamental and the cue partials the mixer
+    adds at 1.5x and 3x (docs/interfaces.md). Each costs the voice a ~25 Hz notch."""
     tail_s: float = 0.3
     """Keep removing this long after the tone stopped: its echo is still arriving."""
 
@@ -111,10 +112,10 @@ class ToneRemover:
             if denom != 0:
                 f += 0.5 * (a - c) / denom * step
         cols = []
-        for h in range(1, self.settings.harmonics + 1):
-            if h * f >= self.sample_rate / 2 * 0.9:
-                break
-            phase = 2 * np.pi * h * f * idx / self.sample_rate
+        for ratio in self.settings.partials:
+            if ratio * f >= self.sample_rate / 2 * 0.9:
+                continue
+            phase = 2 * np.pi * ratio * f * idx / self.sample_rate
             cols += [np.sin(phase), np.cos(phase)]
         design = np.stack(cols, axis=1)
         sw = np.sqrt(w)
