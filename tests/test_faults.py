@@ -484,56 +484,6 @@ def test_invalid_configuration_stays_up_needing_the_clinic_until_fixed(tmp_path)
         sock.close()
 
 
-# --- idle duties: reminders and announcements from other processes ------------------------
-
-
-def test_reminder_is_spoken_when_idle_but_not_at_night_and_stick_outcomes_are_spoken(tmp_path):
-    from datetime import UTC, datetime
-
-    from appliance.service import post_announcement
-
-    clock = FastClock(wall_start=datetime(2026, 3, 2, 9, 30, tzinfo=UTC))
-    app = make(tmp_path, FaultEdges(), auto_start=False, clock=clock)
-    thread = run_in_thread(app)
-    try:
-        assert wait_for(lambda: app.controls is not None and app.controls.state.value == "ready")
-        local_hour = clock.wall().astimezone().hour
-        app.signals.reminder.set()  # what appliance-reminder.service's SIGUSR1 does
-        expected = 8 <= local_hour <= 20
-        assert wait_for(lambda: "device.reminder" in said(tmp_path), timeout=3) is expected
-        clock.set_wall(datetime(2026, 3, 3, 3, 0, tzinfo=UTC).astimezone().replace(hour=3))
-        app.signals.reminder.set()
-        time.sleep(0.5)
-        assert said(tmp_path).count("device.reminder") == (1 if expected else 0)
-        post_announcement(tmp_path / "state", "device.goodbye")
-        assert wait_for(lambda: "device.goodbye" in said(tmp_path), timeout=5)
-    finally:
-        app.signals.stop.set()
-        thread.join(10)
-    assert not thread.is_alive()
-
-
-def test_the_listener_understands_what_the_mixer_says_it_plays():
-    # The seam between voice-in and audio-out: the detector unpacks a 4-tuple, the mixer
-    # reports a dataclass; `appliance run` passes MixerMonitor between them.
-    import numpy as np
-
-    from appliance.cli.run import MixerMonitor
-    from appliance.config import DeviceConfig, VoiceConfig
-    from appliance.voice.audio import Mixer
-    from appliance.voice.listener import CommandDetector, Vocabulary, build_engine
-
-    config = DeviceConfig(language="en", voice=VoiceConfig(engine="pocketsphinx"))
-    vocab = Vocabulary.load("en")
-    engine = build_engine(config.voice.engine, "en", vocab)
-    mixer = Mixer(22050)
-    mixer.schedule(np.full(22050, 0.1), 0, "cue.hold")
-    mixer.render(np.zeros(256))
-    detector = CommandDetector(engine, vocab, monitor=MixerMonitor(mixer))
-    assert MixerMonitor(mixer).playback_state()[2] is True  # speaking
-    assert detector.process(np.zeros(1600, dtype=np.float32)) == []
-
-
 def test_repetitions_that_cannot_be_stored_make_the_device_ask_for_the_clinic(tmp_path):
     # A database from an older schema (a column the coach now records is missing): the
     # session must not die, and the patient must hear that the device needs the clinic.

@@ -45,7 +45,9 @@ HEALTH_CHECK_S = 1.0
 RETRY_MICROPHONE_S = 10.0
 SPEAKER_GRACE_S = 3.0  # the output may take a moment to open at start
 PROBE_FAULT_S = 1.0  # a probe fault must persist this long before it is spoken
-REMINDER_HOURS = range(8, 21)  # never remind at night, whatever the timer says
+REMINDER_HOURS = range(8, 21)  # without a prescription: never remind at night
+REMINDER_CHECK_S = 20.0
+REMINDER_ANSWER_S = 120.0  # "start" or "later" within this long answers the reminder
 DEVICE_PHRASES = (
     "device.ready",
     "device.needs_clinic",
@@ -70,7 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common_args(p)
     p.add_argument("--simulated", action="store_true",
                    help="simulated pelvic floor and mock GPIO pins instead of the hardware")
-    p.add_argument("--programme", default="leaflet", help="programme name or TOML file")
+    p.add_argument("--programme", default=None,
+                   help="programme name or TOML file (default: the patient's prescription, "
+                   "else the leaflet)")
     p.add_argument("--auto-start", action="store_true", help="start a session as soon as ready")
     p.add_argument("--sessions", type=int, default=None, metavar="N",
                    help="exit after N sessions (tests and benchmarks)")
@@ -141,7 +145,7 @@ def process_age_s() -> float | None:
 class RunOptions:
     config_path: Path | None
     state_dir: Path
-    programme: str = "leaflet"
+    programme: str | None = None  # None: the prescription's plan for today, else the leaflet
     auto_start: bool = False
     sessions: int | None = None
     calibration: Any = None  # appliance.coach.session.Calibration
@@ -366,6 +370,11 @@ class Appliance:
         self._samples_dropped_seen = 0
         self._speaker_since: float | None = None
         self._last_reminder_day: str | None = None
+        self.rx: Any = None  # appliance.prescription.Prescription
+        self.reminder_clock: Any = None
+        self._pending_reminder: tuple[Any, float] | None = None
+        self._timer_reminder = threading.Event()  # SIGUSR1 from appliance-reminder.timer
+        self._next_reminder_check = 0.0
 
     # -- public --------------------------------------------------------------------------
     def command(self, cmd: Command, source: str = "button") -> None:
@@ -419,6 +428,10 @@ class Appliance:
             if Signals.take(self.signals.reload):
                 self._reload()
             if Signals.take(self.signals.reminder):
+                self._timer_reminder.set()
+                self._next_reminder_check = now
+            if now >= self._next_reminder_check:
+                self._next_reminder_check = now + REMINDER_CHECK_S
                 self._remind()
             self._check_health(now, in_session=False)
             while not self.commands.empty():
@@ -527,9 +540,44 @@ class Appliance:
         from appliance.coach.programme import load_programme
 
         try:
-            self.programme = load_programme(self.options.programme, self.catalogue.keys())
+            self.programme = load_programme(self.options.programme or "leaflet",
+                                            self.catalogue.keys())
         except ConfigError as exc:
             raise UserError(str(exc)) from None
+        self._load_prescription()
+
+    def _load_prescription(self) -> None:
+        """The patient's prescription (enrolled by the clinic stick), if there is one."""
+        from appliance.prescription import load_prescription, prescription_path
+        from appliance.reminders import ReminderClock
+
+        self.rx = self.reminder_clock = None
+        path = prescription_path(self.options.state_dir)
+        if not path.exists():
+            return
+        try:
+            self.rx = load_prescription(path)
+            self.reminder_clock = ReminderClock(self.rx.reminders, self.rx.source)
+        except ConfigError as exc:
+            # Training without the prescription the clinic meant could harm (post-op limits).
+            self.rx = None
+            self.health.needs_clinic = str(exc)
+            log.error("prescription refused, needs the clinic: %s", exc)
+
+    def _todays_programme(self, short_set: bool = False) -> Any:
+        """The prescription's plan for today (post-op gate, overrides), else the loaded one."""
+        if self.rx is None or self.options.programme is not None:
+            return self.programme
+        from appliance.prescription import plan_for_day
+        from appliance.reminders import short_set as make_short_set
+
+        today = self.clock.wall().astimezone(self.rx.tz).date()
+        seen = False
+        if self.rx.unlock_date is not None and self.store is not None:
+            seen = any(s["started_utc"][:10] >= self.rx.unlock_date.isoformat()
+                       and s["programme"] == self.rx.programme for s in self.store.sessions())
+        plan = plan_for_day(self.rx, today, full_programme_seen_since_unlock=seen)
+        return make_short_set(plan.programme, self.rx.reminders) if short_set else plan.programme
 
     def _open_listener(self) -> None:
         assert self.config is not None
@@ -591,16 +639,27 @@ class Appliance:
 
     # -- commands and sessions -------------------------------------------------------------
     def _idle_command(self, cmd: Command, source: str) -> None:
-        if self.config is None:
+        if self.config is None or self.health.needs_clinic:
             if cmd in (Command.STATUS, Command.START, Command.HELP):
                 self._announce("device.needs_clinic")
             return
+        short = False
+        if self._pending_reminder is not None and cmd in (Command.START, Command.LATER):
+            reminder, asked_at = self._pending_reminder
+            self._pending_reminder = None
+            if self.clock.now() - asked_at <= REMINDER_ANSWER_S and self.reminder_clock:
+                from appliance.reminders import Answer
+
+                answer, phrase = self.reminder_clock.answer(reminder, cmd, _utc(self.clock))
+                if phrase:
+                    self._say_if_known(phrase)
+                short = answer is Answer.START
         if cmd is Command.START:
-            self._run_session(source)
+            self._run_session(source, short_set=short)
         elif cmd in (Command.STATUS, Command.HELP):
             self._announce("device.ready")
 
-    def _run_session(self, source: str) -> None:
+    def _run_session(self, source: str, short_set: bool = False) -> None:
         from appliance.coach.runner import run as run_loop
         from appliance.coach.session import Session, State
         from appliance.store import StoreSink
@@ -609,6 +668,12 @@ class Appliance:
         assert self.config is not None and self.store is not None
         if self._bank_thread is not None:
             self._bank_thread.join(timeout=120)  # clips must be ready before the coach speaks
+        try:
+            programme = self._todays_programme(short_set)
+        except ConfigError as exc:
+            log.error("today's programme refused: %s", exc)
+            self._announce("device.needs_clinic")
+            return
         t0 = self.clock.now()
         try:
             self.source = self.edges.pressure_source(self.config, self.clock,
@@ -620,7 +685,7 @@ class Appliance:
             return
         self.store.keep_samples = not self.health.disk_low
         self.store_sink = GuardedStoreSink(
-            StoreSink(self.store, self.clock, self.programme.id, self.lang,
+            StoreSink(self.store, self.clock, programme.id, self.lang,
                       source="simulation" if self.edges.simulated else "device"))
         # The store first: a repetition is on disk before anyone else hears of it.
         sinks: list[Sink] = [self.store_sink]
@@ -642,7 +707,7 @@ class Appliance:
         if self.events is not None:
             sinks.append(self.events)
         sinks.extend(self.edges.session_sinks())
-        session = Session(self.programme, self.catalogue, self.clock, sinks, timing=timing,
+        session = Session(programme, self.catalogue, self.clock, sinks, timing=timing,
                           sample_rate_hz=self.source.sample_rate_hz,
                           calibration=self.options.calibration, volume=self.config.audio.volume)
         self.session = session
@@ -807,7 +872,18 @@ class Appliance:
             self._emit_service("service", state="ready", status="ready after reload")
 
     def _remind(self) -> None:
-        if self.config is None or self.session is not None:
+        """A reminder, if one is due: the prescription's times (checked every 20 s and on
+        SIGUSR1 from appliance-reminder.timer), else the timer's own times by day."""
+        if self.config is None or self.session is not None or self.health.needs_clinic:
+            return
+        if self.reminder_clock is not None:
+            r = self.reminder_clock.due(_utc(self.clock), self._last_set_utc())
+            if r is not None:
+                for phrase in r.phrases:
+                    self._say_if_known(phrase)
+                self._pending_reminder = (r, self.clock.now())
+            return
+        if not Signals.take(self._timer_reminder):
             return
         wall = self.clock.wall().astimezone()
         day = wall.date().isoformat()
@@ -815,6 +891,18 @@ class Appliance:
             return
         self._last_reminder_day = day + str(wall.hour // 12)
         self._announce("device.reminder")
+
+    def _last_set_utc(self) -> datetime | None:
+        if self.store is None:
+            return None
+        ended = [s["ended_utc"] for s in self.store.sessions() if s.get("ended_utc")]
+        return datetime.fromisoformat(max(ended)) if ended else None
+
+    def _say_if_known(self, phrase: str) -> None:
+        if self.catalogue is not None and self.catalogue.has(phrase):
+            self._announce(phrase)
+        else:
+            log.warning("phrase %r is not in the %s catalogue; not said", phrase, self.lang)
 
 
 class MixerMonitor:
@@ -828,6 +916,12 @@ class MixerMonitor:
             return (None, 0.0, False, None)
         s = self.mixer.playback_state()
         return (s.tone_hz, s.tone_amplitude, s.speaking, s.speech_phrase)
+
+
+def _utc(clock: Clock) -> datetime:
+    from datetime import UTC
+
+    return clock.wall().astimezone(UTC)
 
 
 def _plain(value: Any) -> Any:

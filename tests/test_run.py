@@ -1,0 +1,97 @@
+"""`appliance run` off the fault path: reminders (the prescription's and the timer's), the
+clinic stick's announcements, the seam between the mixer and the listener.
+
+Uses the fault matrix's rig (tests/test_faults.py): the appliance in-process on a fast
+clock with the simulated pelvic floor and mock pins.
+"""
+
+from __future__ import annotations
+
+import time
+
+from test_faults import (
+    REPO,
+    FastClock,
+    FaultEdges,
+    events,
+    make,
+    press,
+    run_in_thread,
+    said,
+    stored,
+    wait_for,
+)
+
+
+def test_reminder_is_spoken_when_idle_but_not_at_night_and_stick_outcomes_are_spoken(tmp_path):
+    from datetime import UTC, datetime
+
+    from appliance.service import post_announcement
+
+    clock = FastClock(wall_start=datetime(2026, 3, 2, 9, 30, tzinfo=UTC))
+    app = make(tmp_path, FaultEdges(), auto_start=False, clock=clock)
+    thread = run_in_thread(app)
+    try:
+        assert wait_for(lambda: app.controls is not None and app.controls.state.value == "ready")
+        local_hour = clock.wall().astimezone().hour
+        app.signals.reminder.set()  # what appliance-reminder.service's SIGUSR1 does
+        expected = 8 <= local_hour <= 20
+        assert wait_for(lambda: "device.reminder" in said(tmp_path), timeout=3) is expected
+        clock.set_wall(datetime(2026, 3, 3, 3, 0, tzinfo=UTC).astimezone().replace(hour=3))
+        app.signals.reminder.set()
+        time.sleep(0.5)
+        assert said(tmp_path).count("device.reminder") == (1 if expected else 0)
+        post_announcement(tmp_path / "state", "device.goodbye")
+        assert wait_for(lambda: "device.goodbye" in said(tmp_path), timeout=5)
+    finally:
+        app.signals.stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_the_listener_understands_what_the_mixer_says_it_plays():
+    # The seam between voice-in and audio-out: the detector unpacks a 4-tuple, the mixer
+    # reports a dataclass; `appliance run` passes MixerMonitor between them.
+    import numpy as np
+
+    from appliance.cli.run import MixerMonitor
+    from appliance.config import DeviceConfig, VoiceConfig
+    from appliance.voice.audio import Mixer
+    from appliance.voice.listener import CommandDetector, Vocabulary, build_engine
+
+    config = DeviceConfig(language="en", voice=VoiceConfig(engine="pocketsphinx"))
+    vocab = Vocabulary.load("en")
+    engine = build_engine(config.voice.engine, "en", vocab)
+    mixer = Mixer(22050)
+    mixer.schedule(np.full(22050, 0.1), 0, "cue.hold")
+    mixer.render(np.zeros(256))
+    detector = CommandDetector(engine, vocab, monitor=MixerMonitor(mixer))
+    assert MixerMonitor(mixer).playback_state()[2] is True  # speaking
+    assert detector.process(np.zeros(1600, dtype=np.float32)) == []
+
+
+def test_prescribed_reminder_is_spoken_and_start_runs_the_short_set_as_prescribed(tmp_path):
+    import shutil
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    state = tmp_path / "state"
+    state.mkdir()
+    shutil.copy(REPO / "examples" / "prescription.toml", state / "prescription.toml")
+    # 08:31 in Brussels, months after the surgery: the 08:30 reminder is due.
+    wall = datetime(2026, 6, 1, 8, 31, tzinfo=ZoneInfo("Europe/Brussels"))
+    app = make(tmp_path, FaultEdges(), auto_start=False, clock=FastClock(wall_start=wall))
+    app.options.programme = None  # the prescription decides
+    thread = run_in_thread(app)
+    try:
+        assert wait_for(lambda: "device.reminder" in said(tmp_path), timeout=10)
+        press(app)  # "start" answers the reminder
+        thread.join(120)
+    finally:
+        app.signals.stop.set()
+        thread.join(10)
+    reps, sessions, _ = stored(tmp_path)
+    assert sessions == ["done"]
+    assert {r[0] for r in reps} == {"ex1"} and len(reps) == 5  # short_set_repetitions
+    holds = [e for e in events(tmp_path) if e["kind"] == "phase" and e["phase"] == "hold"]
+    assert holds and all(abs(h["end"] - h["start"] - 6.0) < 0.05 for h in holds)  # hold_seconds
