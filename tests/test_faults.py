@@ -501,3 +501,22 @@ def test_repetitions_that_cannot_be_stored_make_the_device_ask_for_the_clinic(tm
     assert "device.disk_full" not in said(tmp_path)  # not mistaken for a full disk
     assert app.health.store_error and "peak_pct" in app.health.store_error
     assert any(e["kind"] == "session" and e["state"] == "done" for e in events(tmp_path))
+
+
+def test_a_refused_prescription_means_needs_the_clinic_and_no_training(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "prescription.toml").write_text('[patient]\ncode = "GNT-1"\nlanguage = "xx"\n')
+    app = make(tmp_path, FaultEdges(), auto_start=True)
+    app.options.programme = None
+    thread = run_in_thread(app)
+    try:
+        assert wait_for(lambda: "device.needs_clinic" in said(tmp_path), timeout=10)
+        time.sleep(0.5)  # the auto "start" was refused with the same words
+        assert said(tmp_path).count("device.needs_clinic") == 2
+        assert "device.ready" not in said(tmp_path)
+        assert app.session is None and app.controls.state.value == "needs_attention"
+        assert "prescription.toml" in app.health.needs_clinic
+    finally:
+        app.signals.stop.set()
+        thread.join(10)

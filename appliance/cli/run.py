@@ -406,6 +406,11 @@ class Appliance:
             return
         self._open_store()
         self._load_programme()
+        if self.health.needs_clinic:  # the prescription was refused
+            self._announce("device.needs_clinic")
+            self.controls.show(ActivityState.NEEDS_ATTENTION)
+            self._ready(f"needs the clinic: {self.health.needs_clinic}")
+            return
         self._open_listener()
         self._announce("device.ready")
         self._announce_voice_faults()
