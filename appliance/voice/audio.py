@@ -162,7 +162,6 @@ class Mixer:
         block_start = self._frame
         block_end = block_start + n
         sp = self._speech[:n]
-        sp.fill(0.0)
         self._take_from_ring()
         if self._cancel_seen != self._cancel_req:
             self._cancel_seen = self._cancel_req
@@ -171,22 +170,27 @@ class Mixer:
                 self._start_fade(self._active)
                 self._active = None
 
-        spoke = self._fading is not None  # any speech in this block keeps the tone ducked
+        pending = self._pending
+        # Speech in this block? (Also keeps the tone ducked to the clip's last sample.)
+        spoke = (
+            self._fading is not None
+            or self._active is not None
+            or (bool(pending) and pending[0].start_frame < block_end)
+        )
+        if spoke:
+            sp.fill(0.0)
         if self._fading is not None:
             self._render_fade(sp, n)
         active = self._active
         if active is not None:
-            spoke = True
             samples = active.item.samples
             take = min(n, samples.shape[0] - active.pos)
             self._add_clip(sp[:take], samples[active.pos : active.pos + take])
             active.pos += take
             if active.pos >= samples.shape[0]:
                 active = self._active = None
-        pending = self._pending
         while pending and pending[0].start_frame < block_end:
             item = pending.pop(0)
-            spoke = True
             offset = max(0, item.start_frame - block_start)
             if active is not None:  # preempted: it fades out from the next block on
                 self._start_fade(active)
@@ -209,14 +213,15 @@ class Mixer:
 
         mix = self._mix[:n]
         self.tone.render(mix, duck0 * vol0, duck1 * vol1)
-        if vol0 == vol1:
-            sp *= vol1
-        else:
-            tmp = self._tmp[:n]
-            self.tone.ramp_into(tmp, vol0, vol1)
-            sp *= tmp
-        mix += sp
-        np.clip(mix, -1.0, 1.0, out=mix)
+        if spoke:  # the tone alone never comes near full scale: no mixing, no clipping
+            if vol0 == vol1:
+                sp *= vol1
+            else:
+                tmp = self._tmp[:n]
+                self.tone.ramp_into(tmp, vol0, vol1)
+                sp *= tmp
+            mix += sp
+            np.clip(mix, -1.0, 1.0, out=mix)
         if out.ndim == 2:
             out[:, 0] = mix
             if out.shape[1] > 1:

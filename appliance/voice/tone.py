@@ -261,13 +261,21 @@ class ToneSynth:
         ph = self._ph[:n]
         tmp = self._tmp[:n]
         env = self._env[:n]
-
-        # Phase of a one-pole pitch glide, exactly: φ[k] = φ0 + ωt·(k+1) + (ω0-ωt)·Σlag
         w0 = TWO_PI * self._freq / sr
         wt = TWO_PI * p.freq_hz / sr
+
+        # Most of a session no contraction is asked for: silence costs one fill. The
+        # phase still runs on, so a tone that fades in later starts where it would have.
+        if self._amp == 0.0 and p.amplitude == 0.0:
+            out.fill(0.0)
+            self._advance(n, w0, wt, timbre, lag_end)
+            return
+
+        # Phase of a one-pole pitch glide, exactly: φ[k] = φ0 + ωt·(k+1) + (ω0-ωt)·Σlag
         np.multiply(self._k[:n], wt, out=ph)
-        np.multiply(self._lag_sum[:n], w0 - wt, out=tmp)
-        ph += tmp
+        if w0 != wt:
+            np.multiply(self._lag_sum[:n], w0 - wt, out=tmp)
+            ph += tmp
         ph += self._phase
         np.sin(ph, out=out)
 
@@ -277,13 +285,18 @@ class ToneSynth:
         if third0 > 1e-6 or timbre.third_harmonic > 0:
             self._add_partial(out, ph, 3.0, third0, timbre.third_harmonic, tmp, env)
 
+        tremolo = depth0 > 1e-6 or timbre.tremolo_depth > 0
+        if self._amp == p.amplitude and gain_start == gain_end and not tremolo:
+            out *= self._amp * gain_start  # steady loudness: one multiply
+            self._advance(n, w0, wt, timbre, lag_end)
+            return
         self._glide_into(env, self._amp, p.amplitude)
         if gain_start != gain_end:
             self.ramp_into(tmp, gain_start, gain_end)
             env *= tmp
         elif gain_start != 1.0:
             env *= gain_start
-        if depth0 > 1e-6 or timbre.tremolo_depth > 0:
+        if tremolo:
             trem_hz = timbre.tremolo_hz if timbre.tremolo_depth > 0 else self._trem_hz
             lw = TWO_PI * trem_hz / sr
             np.multiply(self._k[:n], lw, out=tmp)
@@ -299,13 +312,17 @@ class ToneSynth:
             self._lfo_phase = (self._lfo_phase + lw * n) % TWO_PI
             self._trem_hz = trem_hz
         out *= env
+        self._advance(n, w0, wt, timbre, lag_end)
 
+    def _advance(self, n: int, w0: float, wt: float, timbre: CueTimbre, lag_end: float) -> None:
+        """Move the glides on by `n` samples; snap to the target once inaudibly close."""
+        p = self._params
         self._phase = (self._phase + wt * n + (w0 - wt) * self._lag_sum[n - 1]) % PHASE_WRAP
-        self._freq = p.freq_hz + (self._freq - p.freq_hz) * lag_end
-        self._amp = p.amplitude + (self._amp - p.amplitude) * lag_end
-        self._fifth = timbre.fifth + (fifth0 - timbre.fifth) * lag_end
-        self._third = timbre.third_harmonic + (third0 - timbre.third_harmonic) * lag_end
-        self._trem_depth = timbre.tremolo_depth + (depth0 - timbre.tremolo_depth) * lag_end
+        self._freq = _settle(self._freq, p.freq_hz, lag_end, 1e-7 * p.freq_hz)
+        self._amp = _settle(self._amp, p.amplitude, lag_end, 1e-7)
+        self._fifth = _settle(self._fifth, timbre.fifth, lag_end, 1e-7)
+        self._third = _settle(self._third, timbre.third_harmonic, lag_end, 1e-7)
+        self._trem_depth = _settle(self._trem_depth, timbre.tremolo_depth, lag_end, 1e-7)
 
     def _add_partial(
         self,
@@ -322,3 +339,9 @@ class ToneSynth:
         self._glide_into(env, weight0, weight_target)
         tmp *= env
         out += tmp
+
+
+def _settle(value: float, target: float, lag: float, close: float) -> float:
+    """One-pole step towards `target`; exactly `target` once within `close` of it."""
+    value = target + (value - target) * lag
+    return target if abs(value - target) <= close else value
