@@ -503,7 +503,7 @@ def test_repetitions_that_cannot_be_stored_make_the_device_ask_for_the_clinic(tm
     assert any(e["kind"] == "session" and e["state"] == "done" for e in events(tmp_path))
 
 
-def test_a_refused_prescription_means_needs_the_clinic_and_no_training(tmp_path):
+def test_a_refused_prescription_means_needs_the_clinic_until_a_good_one_is_loaded(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     (state / "prescription.toml").write_text('[patient]\ncode = "GNT-1"\nlanguage = "xx"\n')
@@ -517,6 +517,13 @@ def test_a_refused_prescription_means_needs_the_clinic_and_no_training(tmp_path)
         assert "device.ready" not in said(tmp_path)
         assert app.session is None and app.controls.state.value == "needs_attention"
         assert "prescription.toml" in app.health.needs_clinic
+        # The clinic puts a good prescription on and the service reloads (SIGHUP).
+        (state / "prescription.toml").write_text(
+            (REPO / "examples" / "prescription.toml").read_text())
+        app.signals.reload.set()
+        assert wait_for(lambda: "device.ready" in said(tmp_path), timeout=10)
+        assert app.health.needs_clinic is None and app.rx is not None
+        assert wait_for(lambda: app.controls.state.value == "ready", timeout=5)
     finally:
         app.signals.stop.set()
         thread.join(10)

@@ -671,8 +671,11 @@ class Appliance:
         from appliance.voice.output import AudioSink
 
         assert self.config is not None and self.store is not None
-        if self._bank_thread is not None:
-            self._bank_thread.join(timeout=120)  # clips must be ready before the coach speaks
+        while self._bank_thread is not None and self._bank_thread.is_alive():
+            # Clips must be ready before the coach speaks (first boot renders them all);
+            # the loop is alive meanwhile, so the watchdog is fed.
+            self._bank_thread.join(timeout=0.5)
+            self.watchdog.tick()
         try:
             programme = self._todays_programme(short_set)
         except ConfigError as exc:
@@ -850,31 +853,40 @@ class Appliance:
 
     # -- signals -------------------------------------------------------------------------------
     def _reload(self) -> None:
-        """SIGHUP: a clinic fixed the configuration; leave "needs the clinic" if it is good."""
+        """SIGHUP: the clinic fixed the configuration or the prescription. Leave "needs the
+        clinic" if both are good now; a running appliance keeps its configuration."""
         if self.session is not None:
             return
-        old = self.config
-        self.config = self._load_config()
-        if self.config is None:
-            self.config = old
+        down = self.config is None or self.health.needs_clinic is not None
+        if not down:
+            self._load_prescription()  # a new prescription takes effect at the next session
+            if self.health.needs_clinic is None:
+                return
+        fresh = self._load_config()
+        if fresh is not None:
+            self.health.needs_clinic = None
+            first_time = self.config is None
+            self.config = fresh
+            if first_time:
+                self._open_audio(self.config)
+                self._open_store()
+                self.controls.close()
+                self.controls = Controls(self.config.controls, self.command,
+                                         pin_factory=self.edges.pin_factory)
+            self._load_programme()
+        if fresh is None or self.health.needs_clinic is not None:
             self._announce("device.needs_clinic")
             self.controls.show(ActivityState.NEEDS_ATTENTION)
             self.notifier.status(f"needs the clinic: {self.health.needs_clinic}")
             return
-        if old is None:
-            self.health.needs_clinic = None
-            self._open_audio(self.config)
-            self._open_store()
-            self._load_programme()
+        if self.listener is None:
             self._open_listener()
-            self.controls.close()
-            self.controls = Controls(self.config.controls, self.command,
-                                     pin_factory=self.edges.pin_factory)
-            self._announce("device.ready")
-            self._announce_voice_faults()
-            self.controls.show(ActivityState.READY)
-            self.notifier.status("ready")
-            self._emit_service("service", state="ready", status="ready after reload")
+        self._announce("device.ready")
+        self._announce_voice_faults()
+        self.controls.show(ActivityState.READY)
+        self.notifier.status("ready")
+        self._emit_service("service", state="ready", status="ready after reload")
+        self._prepare_phrases_in_background()
 
     def _remind(self) -> None:
         """A reminder, if one is due: the prescription's times (checked every 20 s and on
