@@ -95,3 +95,51 @@ def test_prescribed_reminder_is_spoken_and_start_runs_the_short_set_as_prescribe
     assert {r[0] for r in reps} == {"ex1"} and len(reps) == 5  # short_set_repetitions
     holds = [e for e in events(tmp_path) if e["kind"] == "phase" and e["phase"] == "hold"]
     assert holds and all(abs(h["end"] - h["start"] - 6.0) < 0.05 for h in holds)  # hold_seconds
+
+
+def test_sigterm_during_a_session_stops_and_stores_it_and_says_stopping(tmp_path):
+    import json
+    import os
+    import signal
+    import socket
+    import sqlite3
+    import subprocess
+    import sys
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(20)
+    events_file = tmp_path / "events.jsonl"
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from appliance.cli import main; sys.exit(main())",
+         "run", "--simulated", "--no-audio", "--state-dir", str(tmp_path / "state"),
+         "--programme", str(REPO / "tests" / "data" / "short_programme.toml"),
+         "--auto-start", "--calibration", "5,40", "--events", str(events_file)],
+        env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        while "READY=1" not in sock.recv(4096).decode().split("\n"):
+            pass
+
+        def started() -> bool:
+            return events_file.exists() and any(
+                json.loads(x).get("state") == "started" for x in events_file.read_text().splitlines())
+
+        assert wait_for(started, timeout=20)
+        t = time.monotonic()
+        child.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in sock.recv(4096).decode().split("\n"):
+            pass
+        assert child.wait(10) == 0
+        assert time.monotonic() - t < 5.0  # well inside TimeoutStopSec=15s
+    finally:
+        if child.poll() is None:
+            child.kill()
+        sock.close()
+    con = sqlite3.connect(tmp_path / "state" / "appliance.db")
+    (status,) = con.execute("SELECT status FROM sessions").fetchone()
+    con.close()
+    assert status == "stopped"
+    stops = [json.loads(x) for x in events_file.read_text().splitlines()]
+    assert any(e["kind"] == "command" and e.get("source") == "service" for e in stops)
