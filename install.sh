@@ -41,11 +41,12 @@ DEVICE_APT_PACKAGES=(espeak-ng libportaudio2 alsa-utils python3-venv python3-pip
 PI_APT_PACKAGES=(python3-lgpio)
 
 # Vosk small models. Alpha Cephei publishes no checksums; these SHA-256 are the values that
-# independent projects recorded for the same archives (en: several sources, 41,205,931 bytes;
-# nl: one source, 40,441,176 bytes, whose other entries agree with the rest). They were NOT
-# re-computed here (this build machine has no route to the model host). A mismatch refuses
-# the model: we never install an unverified download. Override per language with
-# APPLIANCE_MODEL_SHA256_nl / _en if upstream re-publishes an archive.
+# other projects recorded for the same archives. en: the same hash in several independent
+# projects (41,205,931 bytes). nl: one project's table (its en entry matches the others;
+# the nl size, 40,441,176 bytes, matches a second project). Neither was re-computed here:
+# this build machine has no route to the model host. A mismatch refuses the model - an
+# unverified download is never installed. If upstream re-publishes an archive, set
+# APPLIANCE_MODEL_SHA256_nl / _en, or bring the file with --model.
 MODEL_BASE_URL="${APPLIANCE_MODEL_BASE_URL:-https://alphacephei.com/vosk/models}"
 declare -A MODEL_NAME=([nl]=vosk-model-small-nl-0.22 [en]=vosk-model-small-en-us-0.15)
 declare -A MODEL_SHA256=(
