@@ -496,7 +496,10 @@ class StimContext:
 
 @dataclass(frozen=True)
 class StimCue:
-    """Something the coach must say now: `phrase` with its keyword landing at `keyword_at`."""
+    """Something the coach must say now: `phrase`, whose keyword should land at `keyword_at`.
+
+    Say it at once: the 3 s the patient has to say stop count from the cue's tick.
+    """
 
     phrase: str
     keyword_at: float
@@ -513,6 +516,9 @@ class StimState(Enum):
     DONE = "done"  # cycles or minutes used up
     STOPPED = "stopped"  # a stop, an exception or shutdown: latched for this controller
 
+
+# The programme exercise the coach runs the stim line in (coach/programmes/leaflet.toml).
+STIM_EXERCISE_ID = "stim"
 
 # Phrase keys (appliance/voice/phrases/*.toml, table [stim]).
 PHRASE_BEGINS = "stim.begins"
@@ -537,11 +543,15 @@ class StimController:
         prescription: StimPrescription | None,
         emit: Callable[[Event], None] | None = None,
         watchdog: Any = None,
+        sessions_on: Callable[[date], int] | None = None,
     ) -> None:
         self._line = line
         self._rx = prescription
-        self._emit = emit or (lambda event: None)
+        self.emit = emit or (lambda event: None)  # the session attaches its sinks here
         self._watchdog = watchdog
+        self._sessions_on = sessions_on  # stim sessions already stored for a day
+        # seconds from the start of a phrase to its keyword; the session attaches its timing
+        self.announce_lead: Callable[[str], float] = lambda phrase: 0.0
         self.state = StimState.IDLE
         self.reason = ""
         self._last_tick: float | None = None
@@ -564,24 +574,36 @@ class StimController:
         return self.state in (StimState.DONE, StimState.LOCKED, StimState.STOPPED)
 
     # -- lifecycle --
-    def begin(self, now: float, today: date, sessions_today: int = 0) -> bool:
-        """Start a stim exercise; False (and a `stim` event saying why) if refused."""
-        self._drop(now, "begin")
-        if self.state is StimState.STOPPED:
-            self._event(now, "refused", self.reason)
-            return False
+    def refusal(self, today: date, sessions_today: int | None = None) -> str:
+        """Why a stim exercise cannot begin today ("" if it can)."""
         rx = self._rx
-        count = max(sessions_today, self._sessions_by_day.get(today, 0))
+        if self.state is StimState.STOPPED:
+            return self.reason or "stopped"
         if rx is None or not rx.enabled:
-            refusal = "not_prescribed"
-        elif postoperative(rx, today):
-            refusal = "postoperative"
-        elif count >= rx.sessions_per_day:
-            refusal = "daily_limit"
-        else:
-            refusal = ""
+            return "not_prescribed"
+        if postoperative(rx, today):
+            return "postoperative"
+        if self._count(today, sessions_today) >= rx.sessions_per_day:
+            return "daily_limit"
+        return ""
+
+    def _count(self, today: date, sessions_today: int | None) -> int:
+        if sessions_today is None:
+            sessions_today = self._sessions_on(today) if self._sessions_on else 0
+        return max(sessions_today, self._sessions_by_day.get(today, 0))
+
+    def begin(self, now: float, today: date, sessions_today: int | None = None) -> bool:
+        """Start a stim exercise; False (and a `stim` event saying why) if refused.
+
+        `sessions_today` (stim sessions already given today) defaults to asking the
+        `sessions_on` callable, e.g. the store.
+        """
+        self._drop(now, "begin")
+        refusal = self.refusal(today, sessions_today)
+        count = self._count(today, sessions_today)
         if refusal:
-            self.state, self.reason = StimState.LOCKED, refusal
+            if self.state is not StimState.STOPPED:  # a stop stays a stop
+                self.state, self.reason = StimState.LOCKED, refusal
             self._event(now, "refused", refusal)
             return False
         self._sessions_by_day[today] = count + 1
@@ -659,12 +681,15 @@ class StimController:
             # tell the patient; work may start 3 s later and not before the rest is over
             if cyclic and self._rest_until + rx.work_seconds > session_end:
                 return self._finish(now)
-            if cyclic and now < self._rest_until - announce:
+            if cyclic and now < self._rest_until - max(announce, self.announce_lead(PHRASE_BEGINS)):
                 return None
+            # the cue is spoken now; at least 3 s (or until its keyword) before any work
+            phrase = PHRASE_BEGINS if cyclic else PHRASE_TRIGGERED
+            told = now + max(announce, self.announce_lead(phrase))
             self.state = StimState.ANNOUNCING
-            self._work_at = max(now + announce, self._rest_until) if cyclic else now + announce
+            self._work_at = max(told, self._rest_until) if cyclic else told
             self._event(now, "announce", "")
-            return StimCue(PHRASE_BEGINS if cyclic else PHRASE_TRIGGERED, self._work_at)
+            return StimCue(phrase, self._work_at)
         if self.state is StimState.ANNOUNCING and now >= self._work_at:
             if not cyclic:
                 self.state = StimState.ARMED
@@ -724,5 +749,22 @@ class StimController:
 
     def _event(self, now: float, state: str, reason: str) -> None:
         mode = self._rx.mode.value if self._rx is not None else "none"
-        self._emit(Event(now, "stim", {"state": state, "reason": reason, "mode": mode,
+        self.emit(Event(now, "stim", {"state": state, "reason": reason, "mode": mode,
                                        "work_phase": self.work_phases}))
+
+
+def with_stim_exercise(programme: Any, after: str = "awareness") -> Any:
+    """The programme with the stim exercise (coach/programmes/stim.toml) after `after`.
+
+    Call only when the prescription enables stim today (`DayPlan.stim_allowed`); the
+    controller still checks every interlock itself. At the start if `after` is absent.
+    """
+    from dataclasses import replace
+
+    from appliance.coach.programme import load_programme
+
+    stim = load_programme("stim").exercise(STIM_EXERCISE_ID)
+    exercises = [e for e in programme.exercises if e.id != STIM_EXERCISE_ID]
+    ids = [e.id for e in exercises]
+    at = ids.index(after) + 1 if after in ids else 0
+    return replace(programme, exercises=(*exercises[:at], stim, *exercises[at:]))

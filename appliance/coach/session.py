@@ -19,6 +19,7 @@ from appliance.coach.pacing import Pace
 from appliance.coach.programme import Exercise, Motion, PhaseKind, Programme
 from appliance.events import Event, Feedback, Sink
 from appliance.sensor.signal import ContractionDetector, OneEuroFilter, RepRecorder, oxford_band
+from appliance.stim import STIM_EXERCISE_ID, StimContext, StimController, StimState
 from appliance.voice.commands import Command
 from appliance.voice.phrases import Catalogue
 
@@ -160,6 +161,11 @@ class Session:
         # Said instead of moving on when the patient asks for more than the programme allows
         # (the post-operative weeks: appliance.prescription.DayPlan.more_phrase).
         self.more_phrase: str | None = None
+        # The stimulation line (appliance.stim), attached with attach_stim(); it decides
+        # on/off itself, the session only feeds it and speaks its cues.
+        self.stim: StimController | None = None
+        self.probe_ok = False  # set by the control loop from the probe's status
+        self._stim_exercise: int | None = None
         self._emit("session", state="ready")
         self._say_now("session.welcome")
 
@@ -184,6 +190,14 @@ class Session:
 
     def tick(self, now: float, times: Iterable[float] = (), values: Iterable[float] = ()) -> None:
         """Take the newest samples, move the plan on to `now`, tell the sinks."""
+        try:
+            self._tick(now, times, values)
+        except BaseException:
+            if self.stim is not None:  # whatever broke, the stimulation line goes low
+                self.stim.shutdown(self.session_time(now), "coach_exception")
+            raise
+
+    def _tick(self, now: float, times: Iterable[float], values: Iterable[float]) -> None:
         t = now - self.t0
         self._take_samples(times, values)
         seg = self._segment
@@ -196,6 +210,8 @@ class Session:
                 self._finish_segment(seg, t)
         elif seg is not None:  # welcome/outro speech while idle or done
             self._fire_prompts(seg, t)
+        if self.stim is not None:
+            self._tick_stim(t)
         phase = self._segment.current if self._segment and self.state is not State.PAUSED else None
         active = bool(phase and phase.asks_contraction)
         target = phase.level_pct if phase and phase.kind != "calibrate_squeeze" else 0.0
@@ -205,6 +221,8 @@ class Session:
 
     def command(self, cmd: Command, source: str = "voice") -> bool:
         """Act on a command; returns whether it was accepted. Never raises."""
+        if self.stim is not None:  # any command or button press drops the stim line first
+            self.stim.command(self.session_time(), cmd, source)
         try:
             accepted = self._command(cmd)
         except Exception:  # a coach bug must not end the patient's session silently
@@ -440,6 +458,10 @@ class Session:
     def _next_exercise_intro(self, t: float) -> None:
         self.state = State.EXERCISING
         ex = self.exercise
+        while ex is not None and ex.id == STIM_EXERCISE_ID and (
+                self.stim is None or self.stim.refusal(self.clock.wall().date())):
+            self.exercise_index += 1  # no stim today: the exercise is left out, unannounced
+            ex = self.exercise
         if ex is None:
             self._begin(self._plan_speech("closing", ["session.done", *self.programme.outro], t, tail_s=1.0))
             return
@@ -487,6 +509,8 @@ class Session:
         self._busy_until = t
 
     def _end(self, status: str) -> None:
+        if self.stim is not None:
+            self.stim.shutdown(self.session_time(), f"session_{status}")
         self.state = State.DONE
         self._segment = None
         self._emit("session", state=status)
@@ -646,6 +670,40 @@ class Session:
         if peak >= 0.7:
             return "status.almost"
         return "status.low"
+
+    # --- stimulation ----------------------------------------------------------------------
+
+    def attach_stim(self, controller: StimController) -> None:
+        """Run the stim exercise with this controller: its events go to the sinks."""
+        self.stim = controller
+        controller.emit = lambda e: self._emit_at(e.t, e.kind, **e.data)
+        controller.announce_lead = self.timing.keyword_offset
+
+    def _tick_stim(self, t: float) -> None:
+        stim = self.stim
+        seg = self._segment
+        ex = self.exercise
+        in_exercise = (ex is not None and ex.id == STIM_EXERCISE_ID
+                       and self.state in (State.EXERCISING, State.PAUSED))
+        running = in_exercise and self.state is State.EXERCISING and seg is not None \
+            and seg.kind == "rep"
+        if running and self._stim_exercise != self.exercise_index:
+            self._stim_exercise = self.exercise_index  # pauses and repeats stay one stim session
+            stim.begin(t, self.clock.wall().date())
+        elif not in_exercise and self._stim_exercise is not None:
+            self._stim_exercise = None
+            stim.end(t)
+        cue = stim.tick(t, StimContext(running, self.probe_ok, self._strength_pct))
+        if cue is not None:
+            self._say(cue.phrase, t)  # at once: the patient's 3 s to say stop start now
+            self._busy_until = max(self._busy_until, t + self.timing.duration(cue.phrase))
+        if running and stim.finished:
+            if stim.state is StimState.LOCKED:
+                self._say_now("stim.unavailable")
+            elif stim.reason != "session_limit":
+                self._say_now("stim.stopped")
+            self.rep = ex.repetitions  # the whole exercise is over, not just this frame
+            self._finish_segment(seg, t)
 
     # --- output ---------------------------------------------------------------------------
 
