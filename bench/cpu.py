@@ -12,6 +12,7 @@ Prints `realtime_cpu_fraction=…`: CPU seconds of this process per second of se
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import threading
 import time
 
@@ -79,10 +80,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="real seconds to run")
     parser.add_argument("--lang", default="nl")
+    parser.add_argument("--block", type=int, default=None, help="override the shipped block size")
     args = parser.parse_args()
 
     cfg = DeviceConfig()
     audio_cfg = cfg.audio
+    if args.block:
+        audio_cfg = dataclasses.replace(audio_cfg, block_size=args.block)
     sensor_hz = cfg.sensor.sample_rate_hz
     bank = prepare_speech(args.lang, audio_cfg)  # before the clock starts, as on the device
     sink = AudioSink.for_config(audio_cfg, bank)

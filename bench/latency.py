@@ -101,10 +101,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=600.0, help="session seconds to run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--block", type=int, default=None, help="override the shipped block size")
     args = parser.parse_args()
 
     cfg = DeviceConfig()
-    sr, block = cfg.audio.sample_rate, cfg.audio.block_size
+    sr, block = cfg.audio.sample_rate, args.block or cfg.audio.block_size
     sensor_hz, tick_s = cfg.sensor.sample_rate_hz, 0.01
     rng = random.Random(args.seed)
 

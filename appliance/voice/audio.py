@@ -161,6 +161,20 @@ class Mixer:
             return
         block_start = self._frame
         block_end = block_start + n
+        if (
+            self._ring_r == self._ring_w
+            and self._active is None
+            and self._fading is None
+            and not self._pending
+            and self.tone.is_silent()
+        ):
+            # Nothing to say and no tone: the common case between contractions.
+            out.fill(0.0)
+            self.tone.skip_silent(n)
+            self._frame = block_end
+            self._vol = self.volume
+            self._duck = 1.0
+            return
         sp = self._speech[:n]
         self._take_from_ring()
         if self._cancel_seen != self._cancel_req:

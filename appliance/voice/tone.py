@@ -222,6 +222,16 @@ class ToneSynth:
     def current_amplitude(self) -> float:
         return self._amp
 
+    def is_silent(self) -> bool:
+        """Nothing sounds now and nothing is asked to (the mixer may skip the tone)."""
+        return self._amp == 0.0 and self._params.amplitude == 0.0
+
+    def skip_silent(self, n: int) -> None:
+        """Let `n` silent samples pass without rendering them (phase and glides run on)."""
+        p = self._params
+        self._advance(n, TWO_PI * self._freq / self.sample_rate, TWO_PI * p.freq_hz / self.sample_rate,
+                      TIMBRES[p.cue], self._lag[n - 1])
+
     def prepare(self, n: int) -> None:
         """Nothing to precompute per block length any more; kept for the mixer's API."""
         return None
