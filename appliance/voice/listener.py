@@ -11,6 +11,7 @@ import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +187,9 @@ class AcceptanceRules:
     """Any utterance is closed after this much silence (Vosk's own end-pointer waits 1.5 s+)."""
     max_utterance_s: float = 8.0
     """Talk longer than this is closed and judged; a command is never that long."""
+    min_voiced_s: float = 0.12
+    """No sound, no command: a recognizer normalizes its input, so it can "hear" words in
+    the faint residue of the removed tone; an utterance needs this much real sound."""
     seconds_per_word: float = 0.5
     slack_s: float = 0.3
     """A command of n words sounds for at most n * seconds_per_word + slack_s. Longer
@@ -220,13 +224,17 @@ class Rejected:
 
 
 class VoiceActivity:
-    """Energy detector on the tone-free signal with a noise floor that follows the room."""
+    """Energy detector on the tone-free signal. The noise floor is a low percentile of the
+    last `memory_s` of frames, so it follows the room and the tone's residue within a
+    second, yet a short command never lifts it. Below `floor_min` (-60 dBFS) nothing counts:
+    that is quieter than any room."""
 
-    def __init__(self, frame: int = 320, ratio: float = 3.0, floor_min: float = 3e-4) -> None:
+    def __init__(self, frame: int = 320, ratio: float = 3.0, floor_min: float = 1e-3, memory_s: float = 1.5) -> None:
         self.frame = frame
         self.ratio = ratio
-        self.floor = floor_min
         self.floor_min = floor_min
+        self.floor = floor_min
+        self._recent: deque[float] = deque(maxlen=max(1, int(memory_s * SAMPLE_RATE / frame)))
 
     def frames(self, block: np.ndarray) -> np.ndarray:
         """Per 20 ms frame: True where someone (or something) is sounding."""
@@ -236,14 +244,9 @@ class VoiceActivity:
         rms = np.sqrt(np.mean(block[: n * self.frame].reshape(n, self.frame).astype(np.float64) ** 2, axis=1))
         voiced = np.zeros(n, dtype=bool)
         for i, r in enumerate(rms):
+            self._recent.append(float(r))
+            self.floor = max(self.floor_min, float(np.percentile(self._recent, 20)))
             voiced[i] = r > self.floor * self.ratio
-            # The floor falls quickly to quiet frames and creeps up (~2 dB/s) under steady
-            # noise, so a sentence's quieter consonants still count as sound.
-            if r < self.floor:
-                self.floor += 0.2 * (r - self.floor)
-            else:
-                self.floor *= 1.005
-            self.floor = max(self.floor_min, self.floor)
         return voiced
 
 
@@ -342,6 +345,8 @@ class CommandDetector:
         cmd = self.vocabulary.phrases.get(text)
         if cmd is None:
             return Rejected(self.t, text, conf, "not exactly one command phrase")
+        if voiced_s < self.rules.min_voiced_s:
+            return Rejected(self.t, text, conf, f"only {voiced_s:.2f} s of sound: not spoken")
         longest = len(text.split()) * self.rules.seconds_per_word + self.rules.slack_s
         if voiced_s > longest:
             return Rejected(self.t, text, conf, f"{voiced_s:.1f} s of sound is too long for {text!r}")
