@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import time
 from pathlib import Path
 
@@ -37,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     lang = args.lang or config.language
     catalogue = Catalogue.load(lang)
     if not catalogue.has(args.phrase):
-        near = sorted(k for k in catalogue.keys() if k.split(".")[0] == args.phrase.split(".")[0])
-        hint = f" (e.g. {', '.join(near[:6])})" if near else ""
+        near = difflib.get_close_matches(args.phrase, sorted(catalogue.keys()), n=4, cutoff=0.6)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
         raise UserError(f"{catalogue.source} has no phrase {args.phrase!r}{hint}")
     try:
         clip = prepare_speech(lang, cfg, keys=[args.phrase]).clip(args.phrase)

@@ -126,7 +126,9 @@ class AudioSink:
             if breath_s is None:
                 log.error("setting pace: cannot read %r", value)
                 return
-            self.bank.set_rate(rate_for_pace(self.base_rate_wpm, breath_s))
+            # In simulation no time passes while rendering, and a background swap would
+            # make the session depend on thread timing: render in step there.
+            self.bank.set_rate(rate_for_pace(self.base_rate_wpm, breath_s), wait=self.wav is not None)
 
     def _advance(self, t: float) -> None:
         if t > self._last_t:

@@ -34,8 +34,9 @@ SPEECH_PEAK = 0.8  # every clip is normalised to this peak (full scale 1.0)
 SILENCE_FRACTION = 0.02  # below this fraction of the peak counts as silence when trimming
 TRIM_PAD_S = 0.005
 # Said on its own, the text before a keyword ends with a drawn-out last syllable. Against
-# espeak's own word events (both catalogues, 150 wpm) the bare prefix ran 0.07–0.24 s
-# long; taking 0.1 s off puts the fallback's keyword estimate within about ±0.15 s.
+# espeak's own word events (the breath cues of both catalogues, 150 wpm) the bare prefix
+# ran 0.07–0.24 s long; taking 0.1 s off puts the fallback within about ±0.15 s there.
+# After a prefix of several sentences or a count it can still be ~0.4 s late.
 PREFIX_FINAL_LENGTHENING_S = 0.1
 
 
