@@ -11,7 +11,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import Enum
@@ -387,6 +388,9 @@ def install_exit_handlers(line: Line) -> None:
     for a separate line-holding process, `LineRelay` cover those.
     """
     atexit.register(line.off)
+    if threading.current_thread() is not threading.main_thread():
+        log.warning("stim exit handlers: not the main thread, so atexit only (no signals)")
+        return
     for signum in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(signum)
 
@@ -768,3 +772,40 @@ def with_stim_exercise(programme: Any, after: str = "awareness") -> Any:
     ids = [e.id for e in exercises]
     at = ids.index(after) + 1 if after in ids else 0
     return replace(programme, exercises=(*exercises[:at], stim, *exercises[at:]))
+
+
+def stim_sessions_on(store: Any, day: date) -> int:
+    """Stim sessions begun on UTC `day`, from the store's event log (`sessions_on=`)."""
+    rows = store.query(
+        "SELECT COUNT(DISTINCT e.session_id) AS n FROM events e JOIN sessions s"
+        " ON s.id = e.session_id WHERE e.kind = 'stim'"
+        " AND json_extract(e.data, '$.state') = 'begin' AND substr(s.started_utc, 1, 10) = ?",
+        (day.isoformat(),),
+    )
+    return int(rows[0]["n"]) if rows else 0
+
+
+@contextmanager
+def open_stim(
+    pin: int,
+    prescription: StimPrescription | None,
+    sessions_on: Callable[[date], int] | None = None,
+    pin_factory: Any = None,
+) -> Iterator[StimController]:
+    """The device's stim line, watchdog and exit handlers around one controller.
+
+    `with open_stim(cfg.controls.stim_pin, rx.stim, sessions_on) as stim:
+    session.attach_stim(stim); run(...)` -- on leaving the block, however, the line is
+    low, the watchdog stopped and the pin released. Call from the main thread after any
+    other SIGTERM/SIGINT handler is installed (these chain to it).
+    """
+    line = StimLine(pin, pin_factory=pin_factory)
+    install_exit_handlers(line)
+    watchdog = StimWatchdog(line).start()
+    controller = StimController(line, prescription, watchdog=watchdog, sessions_on=sessions_on)
+    try:
+        yield controller
+    finally:
+        controller.shutdown(controller._last_tick or 0.0, "closed")
+        watchdog.stop()
+        line.close()

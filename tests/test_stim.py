@@ -34,7 +34,9 @@ from appliance.stim import (
     StimLine,
     StimState,
     install_exit_handlers,
+    open_stim,
     parse_stim_prescription,
+    stim_sessions_on,
     with_stim_exercise,
 )
 from appliance.store import Store, StoreSink
@@ -326,6 +328,30 @@ def test_a_coached_stim_exercise_announces_each_work_phase_and_records_every_on_
     stored = [json.loads(r["data"])["state"] for r in db.query("SELECT data FROM events WHERE kind='stim'")]
     db.close()
     assert stored.count("on") == 3 and stored.count("off") == 3
+    # the store is also where tomorrow's daily limit comes from
+    db = Store(tmp_path / "appliance.db")
+    day = clock.wall().date()
+    assert stim_sessions_on(db, day) == 1 and stim_sessions_on(db, day + timedelta(days=1)) == 0
+    again = StimController(_SpyLine(), parse_stim_prescription(table(), "rx.toml"),
+                           sessions_on=lambda d: stim_sessions_on(db, d))
+    assert again.refusal(day) == "daily_limit" and again.refusal(day + timedelta(days=1)) == ""
+    db.close()
+
+
+def test_open_stim_leaves_the_pin_low_and_released_however_the_block_ends(factory, clock) -> None:
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    rx = parse_stim_prescription(table(), "rx.toml")
+    try:
+        with pytest.raises(RuntimeError), open_stim(PIN, rx, pin_factory=factory) as ctrl:
+            ctrl.begin(clock.now(), TODAY)
+            drive(ctrl, clock, 3.5, ACTIVE)
+            assert ctrl.line_high and factory.pin(PIN).state
+            raise RuntimeError("the run loop failed")
+        assert factory.pin(PIN).state is False
+        assert factory.pin(PIN).function == "input"  # released
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
 
 
 def _first_on(events: Events) -> float:
