@@ -28,6 +28,9 @@ class ToneRemovalSettings:
     partials: tuple[float, ...] = (1.0, 1.5, 3.0)
     """Frequency ratios fitted and removed: the fundamental and the cue partials the mixer
     adds at 1.5x and 3x (docs/interfaces.md). Each costs the voice a ~25 Hz notch."""
+    glide_terms: bool = True
+    """Also fit t*sin and t*cos: the tone's pitch and loudness change within a frame as the
+    patient squeezes, and a fixed sinusoid leaves that change behind."""
     tail_s: float = 0.3
     """Keep removing this long after the tone stopped: its echo is still arriving."""
 
@@ -52,6 +55,7 @@ class ToneRemover:
         self._n = np.arange(frame)
         # Periodic Hann: shifted by half a frame, the windows sum to exactly one.
         self._window = 0.5 - 0.5 * np.cos(2 * np.pi * self._n / frame)
+        self._ramp = (self._n - frame / 2) / frame  # -0.5 .. 0.5 across the frame
         self._frame_buf = np.zeros(frame, dtype=np.float64)  # the latest frame of input
         self._estimate = np.zeros(frame, dtype=np.float64)  # overlap-added tone estimate
         self._pending = np.zeros(0, dtype=np.float64)  # input short of a whole hop
@@ -117,6 +121,8 @@ class ToneRemover:
                 continue
             phase = 2 * np.pi * ratio * f * idx / self.sample_rate
             cols += [np.sin(phase), np.cos(phase)]
+            if self.settings.glide_terms:
+                cols += [self._ramp * np.sin(phase), self._ramp * np.cos(phase)]
         design = np.stack(cols, axis=1)
         sw = np.sqrt(w)
         coef, *_ = np.linalg.lstsq(design * sw[:, None], seg * sw, rcond=None)
