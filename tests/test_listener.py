@@ -40,8 +40,12 @@ class ScriptedEngine:
 
     @property
     def current(self) -> str:
-        started = [text for start, _end, text in self.script[self.consumed :] if start <= self.fed_s]
+        started = [text for start, _end, text in self.script[self.consumed :] if start <= self.now()]
         return started[-1] if started else ""
+
+    def now(self) -> float:
+        """The stream time; `run` points this at the detector's clock (it feeds only sound)."""
+        return self.fed_s
 
     def feed(self, pcm: np.ndarray) -> Hypothesis:
         self.fed_s += len(pcm) / SR
@@ -49,7 +53,7 @@ class ScriptedEngine:
 
     def finish(self) -> Hypothesis:
         text = self.current
-        self.consumed = sum(1 for start, _e, _t in self.script if start <= self.fed_s)
+        self.consumed = sum(1 for start, _e, _t in self.script if start <= self.now())
         words = tuple(WordHit(w, self.confidence) for w in text.split())
         return Hypothesis(text, words, final=True)
 
@@ -87,6 +91,7 @@ def en() -> Vocabulary:
 
 def run(engine, vocab, audio, mixer=None, rules=None, phrase_text=None):
     det = CommandDetector(engine, vocab, rules, mixer, phrase_text)
+    engine.now = lambda: det.t
     return det, detect_in_samples(det, audio)
 
 

@@ -185,6 +185,10 @@ class AcceptanceRules:
     """A command partial is acted on after this much silence following it."""
     end_silence_s: float = 0.5
     """Any utterance is closed after this much silence (Vosk's own end-pointer waits 1.5 s+)."""
+    preroll_s: float = 0.3
+    """The engine hears only sound (with this much before its onset): hours of room noise
+    would drag pocketsphinx's cepstral mean away from speech (the first command after a
+    quiet spell came out wrong: "pause" as "faster"), and cost a Pi Zero its CPU."""
     max_utterance_s: float = 8.0
     """Talk longer than this is closed and judged; a command is never that long."""
     min_voiced_s: float = 0.12
@@ -280,6 +284,9 @@ class CommandDetector:
         self._last_voice_t = -1.0
         self._utt_start: float | None = None
         self._utt_voiced_s = 0.0
+        self._feeding = False
+        self._preroll: deque[np.ndarray] = deque()
+        self._preroll_n = 0
         self._partial = ""
 
     def process(self, block: np.ndarray, t_end: float | None = None) -> list[Heard]:
@@ -300,7 +307,19 @@ class CommandDetector:
             self._last_voice_t = self.t - (len(voiced) - 1 - last) * self.vad.frame / SAMPLE_RATE
             if self._utt_start is None:
                 self._utt_start = self.t
-        hyp = self.engine.feed(np.clip(clean * 32767, -32768, 32767).astype(np.int16))
+        pcm = np.clip(clean * 32767, -32768, 32767).astype(np.int16)
+        if not self._feeding:
+            self._preroll.append(pcm)
+            self._preroll_n += len(pcm)
+            while self._preroll_n - len(self._preroll[0]) >= self.rules.preroll_s * SAMPLE_RATE:
+                self._preroll_n -= len(self._preroll.popleft())
+            if not voiced.any():
+                return []
+            self._feeding = True
+            pcm = np.concatenate(self._preroll)
+            self._preroll.clear()
+            self._preroll_n = 0
+        hyp = self.engine.feed(pcm)
         if hyp.final:
             return self._close(hyp)
         silence = self.t - self._last_voice_t
@@ -327,6 +346,7 @@ class CommandDetector:
 
     def _close(self, hyp: Hypothesis) -> list[Heard]:
         voiced_s = self._utt_voiced_s
+        self._feeding = False
         self._partial = ""
         self._utt_start = None
         self._utt_voiced_s = 0.0
