@@ -143,3 +143,54 @@ def test_sigterm_during_a_session_stops_and_stores_it_and_says_stopping(tmp_path
     assert status == "stopped"
     stops = [json.loads(x) for x in events_file.read_text().splitlines()]
     assert any(e["kind"] == "command" and e.get("source") == "service" for e in stops)
+
+
+def test_a_session_through_the_spi_adc_path_stores_every_repetition(tmp_path):
+    # The device's data path end to end: simulated pelvic floor -> sensor voltage -> MCP3008
+    # simulator on gpiozero's mock SPI -> AdcSampler -> Probe (numpy arrays) -> coach ->
+    # store. Numpy values in the repetition metrics must not cost a repetition.
+    import sqlite3
+    from dataclasses import replace
+
+    from appliance.sensor.mcp_sim import ResampledPressure, simulated_adc_probe
+    from appliance.sensor.simulated import SimulatedPelvicFloor, profile
+
+    class ProbeAndFloor:
+        def __init__(self, probe, floor):
+            self.probe, self.floor = probe, floor
+            self.sample_rate_hz = probe.sample_rate_hz
+
+        def read_until(self, t):
+            return self.probe.read_until(t)
+
+        @property
+        def status(self):
+            return self.probe.status
+
+        def emit(self, event):
+            self.floor.emit(event)
+
+        def feedback(self, fb):
+            self.floor.feedback(fb)
+
+        def close(self):
+            self.probe.close()
+
+    class AdcEdges(FaultEdges):
+        def pressure_source(self, config, clock, state_dir, t0):
+            floor = SimulatedPelvicFloor(profile("average"), seed=3)
+            pressure = ResampledPressure(floor)
+            sensor = replace(config.sensor, source="adc")
+            probe, _sim, _front = simulated_adc_probe(lambda t: pressure(t - t0), sensor, clock)
+            return ProbeAndFloor(probe, floor)
+
+    app = make(tmp_path, AdcEdges())
+    assert app.main() == 0
+    reps, sessions, samples = stored(tmp_path)
+    assert sessions == ["done"]
+    assert len(reps) == 6 and samples > 100
+    con = sqlite3.connect(tmp_path / "state" / "appliance.db")
+    peaks = [p for (p,) in con.execute("SELECT peak_cmh2o FROM repetitions")]
+    con.close()
+    assert all(p is not None and p > 3.0 for p in peaks)  # real squeezes came through the ADC
+    assert app.store_sink.errors == 0
