@@ -145,4 +145,9 @@ def run_stick(args: argparse.Namespace) -> int:
 
     outcome = handle_stick(args.stick, args.state_dir, now=datetime.now(UTC))
     print(f"{outcome.action.value}: {outcome.detail} (says {outcome.phrase or 'nothing'})", file=sys.stdout)
+    if outcome.phrase:
+        from appliance.service import post_announcement
+
+        # The running appliance holds the speaker; it says the outcome within a second.
+        post_announcement(args.state_dir, outcome.phrase)
     return 0
