@@ -78,6 +78,26 @@ REP_METRICS = ("peak_cmh2o", "peak_pct", "time_to_peak_s", "held_s", "hold_asked
                "steadiness_pct", "release_complete", "onset_s", "mean_hold_pct", "contractions")
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars (from a real probe's arrays) as the Python values JSON knows."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        return item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _is_full(exc: sqlite3.OperationalError) -> bool:
+    return "full" in str(exc).lower()
+
+
+def _sql_value(value: Any) -> Any:
+    return value.item() if callable(getattr(value, "item", None)) else value
+
+
+def to_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, default=_plain)
+
+
 class Store:
     """The device's database. One writer (the coach); commits per repetition."""
 
@@ -90,11 +110,29 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        self._migrate()
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self._pending_events: list[tuple] = []
         self._pending_samples: list[tuple] = []
         self.samples_dropped = 0
+        self.events_dropped = 0
         self.keep_samples = True
+
+    def _migrate(self) -> None:
+        """Add repetition metrics that a database written by an older version lacks."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(repetitions)")}
+        for column in REP_METRICS:
+            if column not in have:
+                kind = "INTEGER" if column in ("release_complete", "contractions") else "REAL"
+                self.db.execute(f"ALTER TABLE repetitions ADD COLUMN {column} {kind}")
+                log.info("database %s: added repetitions.%s", self.path, column)
+
+    def mark_interrupted(self) -> int:
+        """Sessions still 'running' in the file were cut off (power cut, crash): say so."""
+        with self.db:
+            self.db.execute("BEGIN")
+            n = self.db.execute("UPDATE sessions SET status='interrupted' WHERE status='running'").rowcount
+        return n
 
     def close(self) -> None:
         try:
@@ -127,7 +165,7 @@ class Store:
         self.db.execute("UPDATE exercises SET status=?, ended_utc=? WHERE id=?", (status, when.isoformat(), row))
 
     def event(self, session_id: int, t: float, kind: str, data: dict[str, Any]) -> None:
-        self._pending_events.append((session_id, t, kind, json.dumps(data, ensure_ascii=False)))
+        self._pending_events.append((session_id, float(t), kind, to_json(data)))
 
     def sample(self, session_id: int, t: float, cmh2o: float, pct: float) -> None:
         if self.keep_samples:
@@ -136,23 +174,35 @@ class Store:
     def add_repetition(self, session_id: int, exercise_row: int, exercise: str, rep: int, status: str,
                        when: datetime, t_start: float, t_end: float, target_pct: float,
                        metrics: dict[str, Any]) -> int:
-        """Store one repetition and everything pending before it, in one transaction."""
+        """Store one repetition and everything pending before it, in one transaction.
+
+        On a full disk SQLite may roll the whole transaction back; the repetition is then
+        written again on its own, and the pending events and samples are dropped.
+        """
+        row = (session_id, exercise_row, exercise, rep, status, when.isoformat(), t_start, t_end, target_pct,
+               *(_sql_value(metrics.get(k)) for k in REP_METRICS))
+        sql = ("INSERT INTO repetitions(session_id, exercise_row, exercise, rep, status, ended_utc, t_start,"
+               " t_end, target_pct, " + ", ".join(REP_METRICS) + ")"
+               " VALUES (" + ",".join("?" * len(row)) + ")")
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                cur = self.db.execute(sql, row)
+                self._write_pending()
+            return int(cur.lastrowid)
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                raise
+            self._drop_pending(exc)
         with self.db:
             self.db.execute("BEGIN")
-            cur = self.db.execute(
-                "INSERT INTO repetitions(session_id, exercise_row, exercise, rep, status, ended_utc, t_start,"
-                " t_end, target_pct, " + ", ".join(REP_METRICS) + ")"
-                " VALUES (" + ",".join("?" * (9 + len(REP_METRICS))) + ")",
-                (session_id, exercise_row, exercise, rep, status, when.isoformat(), t_start, t_end, target_pct,
-                 *(metrics.get(k) for k in REP_METRICS)),
-            )
-            self._write_pending()
+            cur = self.db.execute(sql, row)
         return int(cur.lastrowid)
 
     def end_session(self, session_id: int, status: str, when: datetime) -> None:
+        self.flush()
         with self.db:
             self.db.execute("BEGIN")
-            self._write_pending()
             self.db.execute("UPDATE exercises SET status=?, ended_utc=? WHERE session_id=? AND status='running'",
                             ("stopped" if status != "done" else "finished", when.isoformat(), session_id))
             self.db.execute("UPDATE sessions SET status=?, ended_utc=? WHERE id=?",
@@ -161,21 +211,47 @@ class Store:
     def flush(self) -> None:
         if not (self._pending_events or self._pending_samples):
             return
-        with self.db:
-            self.db.execute("BEGIN")
-            self._write_pending()
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                self._write_pending()
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                raise
+            self._drop_pending(exc)
 
     def _write_pending(self) -> None:
-        if self._pending_events:
-            self.db.executemany("INSERT INTO events(session_id, t, kind, data) VALUES (?,?,?,?)", self._pending_events)
-            self._pending_events.clear()
-        if self._pending_samples:
-            try:
+        """Write pending events and samples inside the caller's transaction.
+
+        On a full disk they are dropped (counted, logged): a repetition matters more.
+        """
+        if not (self._pending_events or self._pending_samples):
+            return
+        self.db.execute("SAVEPOINT pending")
+        try:
+            if self._pending_events:
+                self.db.executemany("INSERT INTO events(session_id, t, kind, data) VALUES (?,?,?,?)",
+                                    self._pending_events)
+            if self._pending_samples:
                 self.db.executemany("INSERT INTO samples VALUES (?,?,?,?)", self._pending_samples)
-            except sqlite3.OperationalError as exc:  # disk full: the repetitions matter more
-                log.warning("dropping %d samples: %s", len(self._pending_samples), exc)
-                self.samples_dropped += len(self._pending_samples)
+            self.db.execute("RELEASE pending")
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc) or not self.db.in_transaction:
+                raise  # the caller sees it (a full disk that rolled back everything: rewrite)
+            self.db.execute("ROLLBACK TO pending")
+            self.db.execute("RELEASE pending")
+            self._drop_pending(exc)
+        else:
+            self._pending_events.clear()
             self._pending_samples.clear()
+
+    def _drop_pending(self, exc: Exception) -> None:
+        log.warning("disk full: dropping %d events and %d samples (%s)", len(self._pending_events),
+                    len(self._pending_samples), exc)
+        self.events_dropped += len(self._pending_events)
+        self.samples_dropped += len(self._pending_samples)
+        self._pending_events.clear()
+        self._pending_samples.clear()
 
     # --- reading ------------------------------------------------------------------------
 

@@ -485,14 +485,15 @@ def test_invalid_configuration_stays_up_needing_the_clinic_until_fixed(tmp_path)
 
 
 def test_repetitions_that_cannot_be_stored_make_the_device_ask_for_the_clinic(tmp_path):
-    # A database from an older schema (a column the coach now records is missing): the
+    # A database that refuses repetitions (here a trigger stands in for a damaged file): the
     # session must not die, and the patient must hear that the device needs the clinic.
     from appliance.store import Store
 
     state = tmp_path / "state"
     state.mkdir()
     old = Store(state / "appliance.db")
-    old.db.execute("ALTER TABLE repetitions DROP COLUMN peak_pct")
+    old.db.execute("CREATE TRIGGER damaged BEFORE INSERT ON repetitions"
+                   " BEGIN SELECT RAISE(ABORT, 'no such column: peak_pct'); END")
     old.close()
     app = make(tmp_path, FaultEdges())
     assert app.main() == 0

@@ -535,9 +535,7 @@ class Appliance:
 
         self.store = Store(self.options.state_dir / DB_NAME)
         # Sessions a power cut interrupted stay 'running' in the file; say what they were.
-        with self.store.db:
-            n = self.store.db.execute(
-                "UPDATE sessions SET status='interrupted' WHERE status='running'").rowcount
+        n = self.store.mark_interrupted()
         if n:
             log.warning("%d session(s) interrupted by a power cut or crash", n)
 
