@@ -266,8 +266,8 @@ class _Pulse:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        (self.dir / "run").mkdir()
-        (self.dir / "state").mkdir()
+        (self.dir / "run").mkdir(exist_ok=True)
+        (self.dir / "state").mkdir(exist_ok=True)
         script = self.dir / "default.pa"
         script.write_text(
             "load-module module-native-protocol-unix\n"
@@ -353,3 +353,40 @@ def test_real_output_stream_plays_the_tone_bit_exact_through_pulseaudio():
     assert len(exact) >= 0.8 * len(clean)
     slope = 0.3 * 2 * math.pi * 660.0 / SR * 1.02
     assert all(np.abs(np.diff(heard[st : st + win])).max() <= slope for st in exact)
+
+
+LATE_PLAYER = textwrap.dedent(
+    """
+    import json, time
+    from appliance.voice.audio import DeviceOutput, Mixer
+    mixer = Mixer(22050)
+    out = DeviceOutput(mixer, "pulse", 64, retry_s=0.3, rescan=True).start()
+    t0 = time.monotonic()
+    opened = out.wait_open(15)
+    print(json.dumps({"opened": opened, "after_s": time.monotonic() - t0,
+                      "attempts": out.open_attempts, "running": mixer.running}))
+    out.stop()
+    """
+)
+
+
+@pytest.mark.pulse
+@pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("pulseaudio", "pactl")), reason="PulseAudio tools not installed"
+)
+def test_a_sound_device_that_appears_later_is_found_by_the_retries():
+    pulse = _Pulse()
+    try:
+        (pulse.dir / "run").mkdir()
+        (pulse.dir / "state").mkdir()
+        player = subprocess.Popen(
+            [sys.executable, "-c", LATE_PLAYER], env=pulse.env, stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(1.5)  # the appliance runs silently meanwhile
+        pulse.start()
+        stdout, _ = player.communicate(timeout=30)
+    finally:
+        pulse.stop()
+    report = json.loads(stdout.strip().splitlines()[-1])
+    assert report["opened"] and report["running"]
+    assert report["attempts"] >= 2 and report["after_s"] >= 1.0

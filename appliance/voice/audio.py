@@ -362,12 +362,17 @@ class DeviceOutput:
         *,
         retry_s: float = 3.0,
         latency: str | float = "low",
+        rescan: bool = False,
     ) -> None:
         self.mixer = mixer
         self.device = device
         self.block_size = int(block_size)
         self.retry_s = retry_s
         self.latency = latency
+        # PortAudio lists devices once, at start-up: a card (or sound server) that appears
+        # later is only found after re-initialising it, which also ends every other
+        # PortAudio stream in this process (the microphone's). Hence opt-in.
+        self.rescan = rescan
         self.underruns = 0
         self.callbacks = 0
         self.open_attempts = 0
@@ -425,7 +430,7 @@ class DeviceOutput:
             message = f"{type(exc).__name__}: {exc}"
             if message != self.last_error:
                 log.warning(
-                    "audio output %r unavailable (%s); continuing silently, retrying every %.0f s",
+                    "audio output %r unavailable (%s); continuing silently, retrying every %g s",
                     self.device,
                     message,
                     self.retry_s,
@@ -464,6 +469,8 @@ class DeviceOutput:
             if self._stream is None:
                 if not self._open():
                     self._stop.wait(self.retry_s)
+                    if self.rescan and not self._stop.is_set():
+                        rescan_devices()
                     continue
             if not self._stream.active:
                 log.warning("audio output stopped unexpectedly; reopening")
@@ -473,6 +480,17 @@ class DeviceOutput:
                 log.warning("audio output: %d underrun(s) so far", self.underruns)
                 logged_underruns = self.underruns
             self._stop.wait(1.0)
+
+
+def rescan_devices() -> None:
+    """Make PortAudio list the sound devices again (closes all of its open streams)."""
+    try:
+        import sounddevice as sd
+
+        sd._terminate()  # sounddevice's documented way to refresh the device list
+        sd._initialize()
+    except Exception as exc:  # noqa: BLE001 - still no device: the next retry says so
+        log.debug("rescanning audio devices: %s", exc)
 
 
 def frames_for(t: float, sample_rate: int) -> int:
