@@ -107,8 +107,7 @@ def main() -> None:
 
     cpu0, wall0, main0 = time.process_time(), time.monotonic(), time.thread_time()
     audio.start()
-    run(session, floor, clock, tick_s=0.01, script=[ScriptedCommand(0.5, Command.START)],
-        max_seconds=args.seconds)
+    run(session, floor, clock, tick_s=0.01, script=[ScriptedCommand(0.5, Command.START)], max_seconds=args.seconds)
     loop_cpu = time.thread_time() - main0
     audio.stop.set()
     audio.join()
@@ -116,12 +115,16 @@ def main() -> None:
 
     spoken = len(sink.spoken)
     phases = session.state.value
-    print(f"config: sample_rate={audio_cfg.sample_rate} Hz block_size={audio_cfg.block_size} "
-          f"sensor={sensor_hz:.0f} Hz control_tick=10 ms; {wall:.1f} s real time, state {phases}, "
-          f"{spoken} prompts scheduled, {audio.callbacks} audio callbacks ({audio.late} late)")
+    print(
+        f"config: sample_rate={audio_cfg.sample_rate} Hz block_size={audio_cfg.block_size} "
+        f"sensor={sensor_hz:.0f} Hz control_tick=10 ms; {wall:.1f} s real time, state {phases}, "
+        f"{spoken} prompts scheduled, {audio.callbacks} audio callbacks ({audio.late} late)"
+    )
     print(f"realtime_cpu_fraction={cpu / wall:.4f}")
-    print(f"  of which control loop (sensor + coach + tone control)={loop_cpu / wall:.4f} "
-          f"audio callback (tone + speech mix)={audio.cpu_s / wall:.4f}")
+    print(
+        f"  of which control loop (sensor + coach + tone control)={loop_cpu / wall:.4f} "
+        f"audio callback (tone + speech mix)={audio.cpu_s / wall:.4f}"
+    )
 
 
 if __name__ == "__main__":

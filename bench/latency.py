@@ -188,13 +188,16 @@ def main() -> None:
     def pct(v: list[float], q: float) -> float:
         return float(np.percentile(v, q))
 
-    print(f"config: sample_rate={sr} Hz block_size={block} ({block / sr * 1e3:.1f} ms) "
-          f"sensor={sensor_hz:.0f} Hz control_tick={tick_s * 1e3:.0f} ms steps={len(whole)}")
+    print(
+        f"config: sample_rate={sr} Hz block_size={block} ({block / sr * 1e3:.1f} ms) "
+        f"sensor={sensor_hz:.0f} Hz control_tick={tick_s * 1e3:.0f} ms steps={len(whole)}"
+    )
     print(f"probe_to_pitch_ms p50={pct(whole, 50):.1f} p99={pct(whole, 99):.1f} max={max(whole):.1f}")
-    print(f"  of which probe_to_feedback_ms (sensor, filter, tick) p50={pct(signal, 50):.1f} "
-          f"p99={pct(signal, 99):.1f}")
-    print(f"  of which feedback_to_pitch_ms (tone, mixer block) p50={pct(ours, 50):.1f} "
-          f"p99={pct(ours, 99):.1f} max={max(ours):.1f}")
+    print(f"  of which probe_to_feedback_ms (sensor, filter, tick) p50={pct(signal, 50):.1f} p99={pct(signal, 99):.1f}")
+    print(
+        f"  of which feedback_to_pitch_ms (tone, mixer block) p50={pct(ours, 50):.1f} "
+        f"p99={pct(ours, 99):.1f} max={max(ours):.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -371,17 +371,13 @@ LATE_PLAYER = textwrap.dedent(
 
 
 @pytest.mark.pulse
-@pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("pulseaudio", "pactl")), reason="PulseAudio tools not installed"
-)
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("pulseaudio", "pactl")), reason="PulseAudio tools not installed")
 def test_a_sound_device_that_appears_later_is_found_by_the_retries():
     pulse = _Pulse()
     try:
         (pulse.dir / "run").mkdir()
         (pulse.dir / "state").mkdir()
-        player = subprocess.Popen(
-            [sys.executable, "-c", LATE_PLAYER], env=pulse.env, stdout=subprocess.PIPE, text=True
-        )
+        player = subprocess.Popen([sys.executable, "-c", LATE_PLAYER], env=pulse.env, stdout=subprocess.PIPE, text=True)
         time.sleep(1.5)  # the appliance runs silently meanwhile
         pulse.start()
         stdout, _ = player.communicate(timeout=30)

@@ -60,9 +60,7 @@ def session(tmp_path_factory):
     out = tmp_path_factory.mktemp("heard")
     audio, timing = wav_audio(CFG, "nl", out / "session.wav", cache_dir=out / "speech")
     ticks = FeedbackLog()
-    result = simulate(
-        out_dir=None, lang="nl", seed=3, max_seconds=150.0, extra_sinks=[audio, ticks], timing=timing
-    )
+    result = simulate(out_dir=None, lang="nl", seed=3, max_seconds=150.0, extra_sinks=[audio, ticks], timing=timing)
     audio.close(result.duration_s)
     says = [e for e in result.log.events if e.kind == "say"]
     return {

@@ -202,9 +202,7 @@ def wav_audio(
     return AudioSink.for_config(cfg, bank, wav_path=wav_path), RenderedTiming(bank)
 
 
-def device_audio(
-    cfg: AudioConfig, lang: str, cache_dir: str | Path | None = None
-) -> tuple[AudioSink, RenderedTiming]:
+def device_audio(cfg: AudioConfig, lang: str, cache_dir: str | Path | None = None) -> tuple[AudioSink, RenderedTiming]:
     """An `AudioSink` on the sound card (`cfg.output_device`), and the measured timing.
 
     Without a sound card it runs silently and retries every few seconds. The listener

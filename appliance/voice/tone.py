@@ -229,8 +229,13 @@ class ToneSynth:
     def skip_silent(self, n: int) -> None:
         """Let `n` silent samples pass without rendering them (phase and glides run on)."""
         p = self._params
-        self._advance(n, TWO_PI * self._freq / self.sample_rate, TWO_PI * p.freq_hz / self.sample_rate,
-                      TIMBRES[p.cue], self._lag[n - 1])
+        self._advance(
+            n,
+            TWO_PI * self._freq / self.sample_rate,
+            TWO_PI * p.freq_hz / self.sample_rate,
+            TIMBRES[p.cue],
+            self._lag[n - 1],
+        )
 
     def prepare(self, n: int) -> None:
         """Nothing to precompute per block length any more; kept for the mixer's API."""
