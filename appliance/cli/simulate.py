@@ -47,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     # What the patient would have heard, speech and tone mixed, in DIR/session.wav; the
     # coach times its prompts on the rendered phrases.
     lang = args.lang or config.language
-    audio, timing = wav_audio(config.audio, lang, args.out / "session.wav")
+    from appliance.voice.speech import SpeechError
+
+    try:
+        audio, timing = wav_audio(config.audio, lang, args.out / "session.wav")
+    except SpeechError as exc:
+        raise UserError(f"cannot render the spoken phrases: {exc}") from None
     result = simulate(
         out_dir=args.out,
         lang=lang,
