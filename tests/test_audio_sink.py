@@ -229,11 +229,14 @@ def test_a_prompt_said_ahead_starts_on_its_own_sample_in_the_wav(tmp_path):
 def test_live_prompts_are_placed_by_their_lead_over_the_latest_tick():
     mixer = Mixer(SR)
     sink = AudioSink(mixer, FakeBank(), ToneShaper())
-    sink.feedback(Feedback(10.0, 0.0, 0.0, False))
     mixer.render(np.zeros(640))
-    sink.emit(Event(10.0, "say", {"phrase": "cue.hold", "at": 10.25}))
+    sink.feedback(Feedback(10.0, 0.0, 0.0, False))  # the tick at frame 640
+    mixer.render(np.zeros(128))  # the callback runs on while the coach works
+    sink.emit(Event(10.25, "say", {"phrase": "cue.hold", "at": 10.25}))
+    sink.emit(Event(9.99, "say", {"phrase": "cue.hold", "at": 9.99}))  # fired a tick late
     mixer._take_from_ring()
-    assert mixer._pending[0].start_frame == 640 + frames_for(0.25, SR)
+    starts = sorted(item.start_frame for item in mixer._pending)
+    assert starts == [640 + frames_for(-0.01, SR), 640 + frames_for(0.25, SR)]
 
 
 def test_louder_softer_and_pace_settings_reach_mixer_and_speech(caplog):

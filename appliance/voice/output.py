@@ -61,6 +61,7 @@ class AudioSink:
         self.base_rate_wpm = base_rate_wpm
         self.spoken: list[tuple[float, str, float]] = []  # (at, phrase key, duration)
         self._last_t = 0.0
+        self._tick_frame = 0
         self._speech_end = 0.0
 
     @classmethod
@@ -104,9 +105,10 @@ class AudioSink:
         if self.wav is not None:
             frame = frames_for(at, self.mixer.sample_rate)
         else:
-            # Live: `at` is relative to the coach's latest tick, which is "now".
-            lead = max(0.0, at - self._last_t)
-            frame = self.mixer.frame_now() + frames_for(lead, self.mixer.sample_rate)
+            # Live: session time maps to output frames through the latest control tick
+            # (its time and the frame the mixer was at then). A prompt already due plays
+            # in the next block.
+            frame = self._tick_frame + frames_for(at - self._last_t, self.mixer.sample_rate)
         queued = self.mixer.schedule(clip.samples, frame, key)
         if queued:
             self.spoken.append((at, key, clip.duration_s))
@@ -133,6 +135,7 @@ class AudioSink:
     def _advance(self, t: float) -> None:
         if t > self._last_t:
             self._last_t = t
+            self._tick_frame = self.mixer.frame_now()
         if self.wav is not None:
             self.wav.render_until(t)
 
