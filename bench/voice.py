@@ -240,22 +240,22 @@ def measure(engine_name: str, lang: str, model: str | None, n_voices: int, seed:
     return result
 
 
-def confusion(candidates: list[str], n_voices: int) -> None:
-    """Each candidate, said by every voice, against a grammar of all candidates."""
-    vocab = Vocabulary("en", {c: Command.STOP for c in candidates}, (), ())
-    engine = build_engine("pocketsphinx", "en", vocab)
+def confusion(candidates: list[str], n_voices: int, engine_name: str, lang: str, model: str | None) -> None:
+    """Each candidate, said by every voice over the room, against a grammar of all candidates."""
+    vocab = Vocabulary(lang, {c: Command.STOP for c in candidates}, (), ())
+    engine = build_engine(engine_name, "en" if lang == "ko" else lang, vocab, Path(model) if model else None)
     table: dict[str, Counter] = defaultdict(Counter)
-    vs = voices("en", n_voices)
-    for cand in candidates:
-        for voice in vs:
-            x = np.concatenate([np.zeros(int(PAD_S * SR), np.float32), normalize_level(synthesize(cand, voice))])
+    vs = voices(lang, n_voices)
+    for i, cand in enumerate(candidates):
+        for j, voice in enumerate(vs):
+            x = np.concatenate([np.zeros(int(PAD_S * SR), np.float32), normalize_level(synthesize(cand, voice), 0.1)])
             det = CommandDetector(engine, vocab)
             heard = []
-            for block in blocks(np.concatenate([x, np.zeros(SR, np.float32)])):
+            for block in blocks(room(np.concatenate([x, np.zeros(SR, np.float32)]), -50.0, 1000 * i + j)):
                 heard += det.process(block)
             texts = [h.text for h in heard] or [r.text for r in det.rejected] or ["-"]
             table[cand][texts[0]] += 1
-    print(f"confusion, pocketsphinx en-us, {len(vs)} voices: said -> heard")
+    print(f"confusion, {engine_name} {lang}, {len(vs)} voices: said -> heard")
     for cand in candidates:
         others = ", ".join(f"{k} {v}" for k, v in table[cand].most_common() if k != cand)
         print(f"  {cand:18s} {table[cand][cand]}/{len(vs)}  {others}")
@@ -273,7 +273,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="one JSON line (used per engine in a subprocess)")
     args = parser.parse_args()
     if args.confusion:
-        confusion(args.confusion, args.voices)
+        confusion(args.confusion, args.voices, args.engine or "pocketsphinx", args.lang or "en", args.model)
         return 0
     if args.engine and args.lang:
         result = measure(args.engine, args.lang, args.model, args.voices, args.seed, args.room_db)
