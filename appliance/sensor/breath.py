@@ -1,0 +1,269 @@
+"""Breathing read from the probe: abdominal pressure rises on the in-breath, falls on the out.
+
+`BreathDetector` finds the breathing rate with a periodic fit on a slow trend, then the
+timing with a breath-shaped template, and reports the phase (in/out), the rate, when the
+next out-breath begins, and how clear the ripple is (`confidence`). When it is not clear
+(a contraction, coughing, irregular or shallow breathing) the coach keeps its own pace.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+
+class BreathPhase(Enum):
+    IN = "in"
+    OUT = "out"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class BreathEstimate:
+    """What the detector believes at time `t`."""
+
+    t: float
+    phase: BreathPhase
+    confidence: float  # 0..1: share of the ripple the periodic fit explains, damped when faint
+    breaths_per_minute: float | None
+    ripple_cmh2o: float | None  # peak-to-peak of the fitted breath curve
+    next_out_s: float | None  # when the next out-breath begins (session seconds)
+    next_in_s: float | None  # when the next in-breath begins
+
+    @property
+    def period_s(self) -> float | None:
+        return 60.0 / self.breaths_per_minute if self.breaths_per_minute else None
+
+
+@dataclass(frozen=True)
+class BreathSettings:
+    """Defaults tuned on simulated profiles (tests/test_breath.py, bench figures in the report)."""
+
+    rate_hz: float = 10.0  # the ripple is slow: 10 Hz keeps the fit cheap on a Pi Zero
+    window_s: float = 24.0  # longer than a breath and a half at the slowest rate (4/min)
+    weight_tau_s: float = 7.0  # recent breaths count more: rate changes are followed
+    min_bpm: float = 4.0
+    max_bpm: float = 30.0
+    bpm_step: float = 0.25
+    confident_above: float = 0.6
+    min_ripple_cmh2o: float = 0.4  # smaller swings are within sensor and body noise
+    max_ripple_cmh2o: float = 8.0  # breathing moves the probe a few cmH2O (CLINICAL.md)
+    harmonics: int = 1  # picks the rate only; more harmonics overfit a slow breath (bench)
+    inhale_fractions: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55)
+    timing_step_s: float = 0.05
+    timing_tolerance_s: float = 0.4  # breath-to-breath timing wobble that costs 63 % confidence
+    refit_s: float = 0.25  # between fits the timing is carried forward (a fit costs ~5 ms)
+
+
+class BreathDetector:
+    """Feed it pressure samples (cmH2O) in time order; ask `estimate()` whenever needed."""
+
+    def __init__(self, settings: BreathSettings | None = None) -> None:
+        self.settings = settings or BreathSettings()
+        s = self.settings
+        self._bin = 1.0 / s.rate_hz
+        self._bin_start: float | None = None
+        self._bin_sum = 0.0
+        self._bin_n = 0
+        maxlen = int(s.window_s * s.rate_hz) + 1
+        self._t: deque[float] = deque(maxlen=maxlen)
+        self._p: deque[float] = deque(maxlen=maxlen)
+        self._freqs = np.arange(s.min_bpm, s.max_bpm + 1e-9, s.bpm_step) / 60.0
+        self._cached: BreathEstimate | None = None
+        self._history: deque[tuple[float, float, float]] = deque()
+
+    def reset(self) -> None:
+        """Forget the ripple (e.g. after the probe was re-inserted)."""
+        self._t.clear()
+        self._p.clear()
+        self._bin_start = None
+        self._cached = None
+        self._history.clear()
+
+    def add(self, times, cmh2o) -> None:
+        s_refit = self.settings.refit_s
+        for t, p in zip(times, cmh2o, strict=True):
+            t = float(t)
+            if self._bin_start is None:
+                self._bin_start = t
+            if t - self._bin_start >= self._bin and self._bin_n:
+                self._t.append(self._bin_start + self._bin / 2)
+                self._p.append(self._bin_sum / self._bin_n)
+                if self._cached is not None and self._t[-1] - self._cached.t >= s_refit:
+                    self._cached = None
+                self._bin_start += self._bin * math.floor((t - self._bin_start) / self._bin)
+                self._bin_sum, self._bin_n = 0.0, 0
+            self._bin_sum += float(p)
+            self._bin_n += 1
+
+    def estimate(self, now: float | None = None) -> BreathEstimate:
+        """The current breath estimate; `now` (default: the last sample) moves the prediction."""
+        if self._cached is None:
+            self._cached = self._fit()
+        est = self._cached
+        if now is None or est.breaths_per_minute is None:
+            return est
+        return self._at(est, now)
+
+    # --- the fit --------------------------------------------------------------------------
+
+    def _fit(self) -> BreathEstimate:
+        s = self.settings
+        n = len(self._t)
+        t_end = self._t[-1] if n else 0.0
+        nothing = BreathEstimate(t_end, BreathPhase.UNKNOWN, 0.0, None, None, None, None)
+        if n < int(s.window_s * s.rate_hz * 0.6):
+            return nothing
+        t = np.asarray(self._t) - t_end  # 0 at the newest sample
+        y = np.asarray(self._p)
+        w = np.exp(t / s.weight_tau_s)
+        sw = np.sqrt(w)  # weighted least squares by scaling rows with √w
+        trend = np.stack([np.ones_like(t), t, t * t], axis=1)
+        # Residual variance after the trend alone: what a breath curve has to explain.
+        beta0, *_ = np.linalg.lstsq(trend * sw[:, None], y * sw, rcond=None)
+        resid0 = y - trend @ beta0
+        var0 = float(np.sum(w * resid0**2))
+        if var0 <= 1e-12:
+            return nothing
+        # All candidate rates at once: weighted normal equations, one small solve each.
+        wt = 2 * math.pi * self._freqs[:, None] * t[None, :]
+        X = np.concatenate(
+            [
+                np.broadcast_to(trend, (len(self._freqs), *trend.shape)),
+                np.stack(
+                    [fn(k * wt) for k in range(1, s.harmonics + 1) for fn in (np.cos, np.sin)],
+                    axis=2,
+                ),
+            ],
+            axis=2,
+        )
+        Xw = X * w[None, :, None]
+        gram = np.einsum("fni,fnj->fij", Xw, X) + 1e-9 * np.eye(X.shape[2])
+        rhs = np.einsum("fni,n->fi", Xw, y)
+        betas = np.linalg.solve(gram, rhs[..., None])[..., 0]
+        resid = y[None, :] - np.einsum("fni,fi->fn", X, betas)
+        variances = np.sum(w[None, :] * resid**2, axis=1)
+        k = int(np.argmin(variances))
+        best = (float(variances[k]), float(self._freqs[k]), betas[k])
+        _, f, _ = best
+        return self._fit_breath_shape(t, y - trend @ beta0, w, var0, f, t_end, trend, y)
+
+    def _fit_breath_shape(
+        self,
+        t: np.ndarray,
+        y: np.ndarray,
+        w: np.ndarray,
+        var0: float,
+        f: float,
+        t_end: float,
+        trend: np.ndarray,
+        y_raw: np.ndarray,
+    ) -> BreathEstimate:
+        """Timing from a breath-shaped template: a half-cosine rise over the in-breath and a
+        half-cosine fall over the (longer) out-breath, at the rate the harmonic fit found.
+
+        Fitting the whole shape, rather than looking for the curve's flat top and bottom,
+        keeps noise from sliding the transitions about.
+        """
+        s = self.settings
+        period = 1.0 / f
+        starts = np.arange(-period, 0.0, s.timing_step_s)  # breath starts (in-breath), rel. t_end
+        # Template and slow trend are fitted together: over a window of one or two breaths a
+        # trend fitted first would swallow part of the breath.
+        to_trend = np.linalg.solve(trend.T @ (trend * w[:, None]), (trend * w[:, None]).T)
+        best = None
+        for r in s.inhale_fractions:
+            tau = np.mod(t[None, :] - starts[:, None], period)
+            rise = r * period
+            g = np.where(
+                tau < rise,
+                -np.cos(np.pi * tau / rise),
+                np.cos(np.pi * (tau - rise) / (period - rise)),
+            )
+            g = g - (g @ to_trend.T) @ trend.T
+            num = g @ (w * y)
+            den = (g * g) @ w
+            # Pressure rises on the in-breath: only a positive amplitude is a breath.
+            score = np.where(num > 0, num * num / den, 0.0)
+            k = int(np.argmax(score))
+            if best is None or score[k] > best[0]:
+                best = (float(score[k]), float(starts[k]), r, float(num[k] / den[k]))
+        score, start, r, amplitude = best
+        explained = min(1.0, score / var0)
+        ripple = 2.0 * amplitude
+        faint = min(1.0, ripple / s.min_ripple_cmh2o)
+        # The recent breath alone always fits a template: ask the same timing to explain
+        # the whole window as well, so irregular breathing is not trusted.
+        consistent = self._uniform_fit(t, y_raw, trend, start, r, period)
+        if ripple > s.max_ripple_cmh2o:
+            faint = 0.0  # swings this large are squeezes, coughs or movement, not breath
+        self._timing = (t_end + start, r * period, period)
+        stable = self._stability(t_end, t_end + start, period)
+        est = BreathEstimate(
+            t=t_end,
+            phase=BreathPhase.UNKNOWN,
+            confidence=max(0.0, min(explained, consistent)) * faint * stable,
+            breaths_per_minute=60.0 * f,
+            ripple_cmh2o=ripple,
+            next_out_s=None,
+            next_in_s=None,
+        )
+        return self._at(est, t_end)
+
+    def _stability(self, t_end: float, start_abs: float, period: float) -> float:
+        """Did the fit made about one breath ago predict this breath's timing?
+
+        A shape can always be fitted to the last breath; only a rhythm that holds from one
+        breath to the next lets the coach time a cue on the coming out-breath.
+        """
+        s = self.settings
+        self._history.append((t_end, start_abs, period))
+        while self._history and self._history[0][0] < t_end - 2.0 * period:
+            self._history.popleft()
+        old = [h for h in self._history if h[0] <= t_end - period]
+        if not old:
+            return 0.0
+        _, old_start, old_period = old[-1]
+        shift = (start_abs - old_start) % period
+        shift = min(shift, period - shift)
+        period_change = abs(period - old_period)
+        return math.exp(-((shift + period_change) / s.timing_tolerance_s) ** 2)
+
+    @staticmethod
+    def _uniform_fit(
+        t: np.ndarray, y: np.ndarray, trend: np.ndarray, start: float, r: float, period: float
+    ) -> float:
+        """Share of the whole window's variance (beyond the trend) that the timing explains."""
+        tau = np.mod(t - start, period)
+        rise = r * period
+        g = np.where(
+            tau < rise, -np.cos(np.pi * tau / rise), np.cos(np.pi * (tau - rise) / (period - rise))
+        )
+        base, *_ = np.linalg.lstsq(trend, y, rcond=None)
+        full, *_ = np.linalg.lstsq(np.column_stack([trend, g]), y, rcond=None)
+        var0 = float(np.sum((y - trend @ base) ** 2))
+        var1 = float(np.sum((y - np.column_stack([trend, g]) @ full) ** 2))
+        return 1.0 - var1 / var0 if var0 > 1e-12 else 0.0
+
+    def _at(self, est: BreathEstimate, now: float) -> BreathEstimate:
+        """Phase at `now` and the next transitions, from the fitted breath timing."""
+        start, inhale_s, period = self._timing
+        cycles = math.floor((now - start) / period)
+        this_start = start + cycles * period
+        into = now - this_start
+        phase = BreathPhase.IN if into < inhale_s else BreathPhase.OUT
+        next_in = this_start + period
+        next_out = this_start + inhale_s if into < inhale_s else next_in + inhale_s
+        return BreathEstimate(
+            t=now,
+            phase=phase,
+            confidence=est.confidence,
+            breaths_per_minute=est.breaths_per_minute,
+            ripple_cmh2o=est.ripple_cmh2o,
+            next_out_s=next_out,
+            next_in_s=next_in,
+        )

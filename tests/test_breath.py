@@ -1,0 +1,104 @@
+"""Breathing read from the probe's resting ripple: phase, rate, and knowing when it is unclear."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from appliance.sensor.breath import BreathDetector, BreathPhase
+
+CONFIDENT = 0.6
+
+
+def breathing(seconds, inhale_s=4.0, exhale_s=6.0, jitter=0.0, ripple=1.8, noise=0.3, rest=30.0, rate_hz=100.0, seed=0):
+    """A resting probe: half-cosine rise on each in-breath, fall on each out-breath (cmH2O)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(0.0, seconds, 1.0 / rate_hz)
+    y = np.zeros_like(t)
+    transitions = []
+    start = 0.0
+    while start < seconds:
+        i = inhale_s * (1 + rng.uniform(-jitter, jitter))
+        e = exhale_s * (1 + rng.uniform(-jitter, jitter))
+        transitions += [(start, BreathPhase.IN), (start + i, BreathPhase.OUT)]
+        m = (t >= start) & (t < start + i)
+        y[m] = ripple * 0.5 * (1 - np.cos(np.pi * (t[m] - start) / i))
+        m = (t >= start + i) & (t < start + i + e)
+        y[m] = ripple * 0.5 * (1 + np.cos(np.pi * (t[m] - start - i) / e))
+        start += i + e
+    return t, rest + y + rng.normal(0.0, noise, len(t)), transitions
+
+
+def follow(t, y, chunk=5):
+    """Feed the detector as the control loop would (every 50 ms); the estimate after each read."""
+    det = BreathDetector()
+    out = []
+    for k in range(0, len(t), chunk):
+        det.add(t[k : k + chunk], y[k : k + chunk])
+        out.append(det.estimate(t[min(k + chunk, len(t)) - 1]))
+    return out
+
+
+@pytest.mark.parametrize(("inhale_s", "exhale_s", "seed"), [(4.0, 6.0, 1), (2.0, 3.0, 2), (6.0, 9.0, 3), (3.0, 4.5, 4)])
+def test_clear_ripple_phase_is_found_within_300_ms_of_each_transition(inhale_s, exhale_s, seed):
+    t, y, truth = breathing(100.0, inhale_s, exhale_s, jitter=0.02, seed=seed)
+    estimates = [e for e in follow(t, y) if 30.0 <= e.t <= 95.0]
+    edges = np.array([w for w, _ in truth])
+    phases = [p for _, p in truth]
+
+    def true_phase(when):
+        return phases[int(np.searchsorted(edges, when, side="right")) - 1]
+
+    # Where the detector is not confident the coach keeps its pace: a fallback, not an error.
+    confident = [e for e in estimates if e.confidence > CONFIDENT]
+    assert len(confident) >= 0.6 * len(estimates)
+    # Where it is, it must say the true phase from 300 ms after each transition on.
+    judged = [e for e in confident if np.min(np.abs(edges - e.t)) > 0.3 or true_phase(e.t - 0.3) is true_phase(e.t)]
+    wrong = [round(e.t, 2) for e in judged if e.phase is not true_phase(e.t)]
+    assert len(wrong) <= 0.02 * len(judged), f"wrong phase at {wrong}"
+
+
+def test_rate_and_next_out_breath_are_predicted():
+    t, y, truth = breathing(80.0, 2.5, 3.5, jitter=0.0, noise=0.2, seed=5)
+    fed = t <= 60.0
+    t, y = t[fed], y[fed]
+    det = BreathDetector()
+    for k in range(0, len(t), 25):  # the control loop asks as the samples arrive
+        det.add(t[k : k + 25], y[k : k + 25])
+        det.estimate()
+    est = det.estimate()
+    assert est.confidence > CONFIDENT
+    assert est.breaths_per_minute == pytest.approx(10.0, abs=0.3)
+    assert est.ripple_cmh2o == pytest.approx(1.8, rel=0.2)
+    outs = [w for w, p in truth if p is BreathPhase.OUT and w > t[-1]]
+    assert est.next_out_s == pytest.approx(outs[0], abs=0.3)
+    later = det.estimate(now=t[-1] + 10.0)  # two breaths on: the prediction carries forward
+    outs_later = [w for w, p in truth if p is BreathPhase.OUT and w > t[-1] + 10.0]
+    assert later.next_out_s == pytest.approx(outs_later[0], abs=0.5)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["irregular", "faint", "no_breath", "contractions"],
+)
+def test_unclear_ripple_is_not_trusted(case):
+    if case == "irregular":
+        t, y, _ = breathing(90.0, 3.0, 4.0, jitter=0.4, seed=7)
+    elif case == "faint":
+        t, y, _ = breathing(90.0, ripple=0.15, noise=0.3, seed=8)
+    elif case == "no_breath":
+        t, y, _ = breathing(90.0, ripple=0.0, noise=0.3, seed=9)
+    else:  # 5 s squeezes of 30 cmH2O every 12 s drown the ripple
+        t, y, _ = breathing(90.0, seed=10)
+        y = y + 30.0 * ((t % 12.0) < 5.0)
+    estimates = follow(t, y)[600:]  # after 30 s
+    confident = np.mean([e.confidence > CONFIDENT for e in estimates])
+    assert confident < 0.2
+
+
+def test_before_a_window_of_breathing_the_phase_is_unknown():
+    t, y, _ = breathing(5.0)
+    det = BreathDetector()
+    det.add(t, y)
+    est = det.estimate()
+    assert est.phase is BreathPhase.UNKNOWN and est.confidence == 0.0
