@@ -406,6 +406,7 @@ class Listener:
         input_device: str | int | None = None,
         state_dir: Path = DEFAULT_STATE_DIR,
         phrase_text: Callable[[str], str] | None = None,
+        vocabulary: Vocabulary | None = None,
     ) -> None:
         self.on_command = on_command
         self.lang = lang
@@ -418,7 +419,7 @@ class Listener:
         self._thread: threading.Thread | None = None
         self._stream = None
         try:
-            vocab = Vocabulary.load(lang)
+            vocab = vocabulary or Vocabulary.load(lang)
             self.detector = CommandDetector(
                 build_engine(engine, lang, vocab, model_dir, state_dir), vocab, rules, monitor, phrase_text
             )
