@@ -18,6 +18,7 @@ from appliance.coach.pacing import Pace
 from appliance.coach.programme import Programme, load_programme
 from appliance.coach.runner import ScriptedCommand, run
 from appliance.coach.session import Calibration, PhraseTiming, Session
+from appliance.config import SensorConfig
 from appliance.events import Event, Feedback, Sink
 from appliance.sensor.simulated import Fault, SimulatedPelvicFloor, profile
 from appliance.store import Store, StoreSink
@@ -74,8 +75,13 @@ def simulate(
     max_seconds: float = 3 * 3600.0,
     auto_start: bool = True,
     timing: PhraseTiming | None = None,
+    via_adc: SensorConfig | None = None,
 ) -> SimulationResult:
-    """Run one session in simulation; with `out_dir`, write appliance.db and timeline.jsonl."""
+    """Run one session in simulation; with `out_dir`, write appliance.db and timeline.jsonl.
+
+    With `via_adc` (a sensor configuration) the coach reads the simulated pelvic floor
+    through the real probe code path: MCP3xxx chip simulator, gpiozero, ADC sampler, Probe.
+    """
     catalogue = Catalogue.load(lang)
     prog = programme if isinstance(programme, Programme) else load_programme(programme, catalogue.keys())
     clock = SimClock()
@@ -98,13 +104,20 @@ def simulate(
     if console is not None:
         sinks.append(ConsoleTimeline(console))
     sinks.extend(extra_sinks)
+    source = floor
+    if via_adc is not None:
+        from appliance.sensor.mcp_sim import ResampledPressure, simulated_adc_probe
+
+        source, *_ = simulated_adc_probe(ResampledPressure(floor), via_adc, clock, seed=seed)
+        closers.append(source.close)
+        sample_rate_hz = source.sample_rate_hz
     session = Session(prog, catalogue, clock, sinks, pace=pace, sample_rate_hz=sample_rate_hz,
                       calibration=calibration, timing=timing)
     full_script = list(script)
     if auto_start:
         full_script.append(ScriptedCommand(START_AT_S, Command.START))
     try:
-        run(session, floor, clock, tick_s=tick_s, script=full_script, max_seconds=max_seconds)
+        run(session, source, clock, tick_s=tick_s, script=full_script, max_seconds=max_seconds)
     finally:
         for close in closers:
             close()

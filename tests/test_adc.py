@@ -96,3 +96,25 @@ def test_open_adc_uses_the_configured_chip_channel_and_spi_device():
 def test_bad_sampling_parameters_are_refused():
     with pytest.raises(ValueError, match="oversample"):
         AdcSampler([counter([1])], SimClock(), rate_hz=200.0, oversample=0)
+
+
+def test_whole_session_through_the_adc_gives_the_direct_paths_repetition_metrics():
+    from appliance.simulation import simulate
+
+    config = SensorConfig(source="adc", chip="MCP3008", sample_rate_hz=100.0, oversample=1)
+    direct = simulate(seed=3, max_seconds=200.0)
+    via = simulate(seed=3, max_seconds=200.0, via_adc=config)
+    reps_direct = [e.data for e in direct.log.of("rep")]
+    reps_via = [e.data for e in via.log.of("rep")]
+    assert len(reps_direct) >= 5 and len(reps_via) == len(reps_direct)
+    cal_d, cal_v = direct.log.of("calibration")[0].data, via.log.of("calibration")[0].data
+    # One MCP3008 LSB is 0.11 cmH2O through the MPX5010 and divider; sensor noise adds a little.
+    assert cal_v["rest_cmh2o"] == pytest.approx(cal_d["rest_cmh2o"], abs=0.5)
+    assert cal_v["mvc_cmh2o"] == pytest.approx(cal_d["mvc_cmh2o"], abs=0.5)
+    for d, v in zip(reps_direct, reps_via, strict=True):
+        assert v["status"] == d["status"]
+        assert v["peak_cmh2o"] == pytest.approx(d["peak_cmh2o"], abs=0.5)
+        assert v["peak_pct"] == pytest.approx(d["peak_pct"], abs=2.0)
+        assert v["time_to_peak_s"] == pytest.approx(d["time_to_peak_s"], abs=0.3)
+        assert v["held_s"] == pytest.approx(d["held_s"], abs=0.5)
+    assert via.session.sample_rate_hz == 100.0

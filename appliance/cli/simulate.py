@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="make the patient get the technique wrong now and then")
     p.add_argument("--programme", default="leaflet", help="programme name or TOML file (default: leaflet)")
     p.add_argument("--quiet", action="store_true", help="do not print the live timeline")
+    p.add_argument("--via-adc", action="store_true",
+                   help="read the simulated pelvic floor through the real probe path: MCP3008/MCP3208 "
+                   "chip simulator, gpiozero, ADC sampler and probe (chip, rate and transfer from "
+                   "the configuration's [sensor])")
     p.set_defaults(func=run)
 
 
@@ -64,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         console=None if args.quiet else sys.stdout,
         extra_sinks=[audio],
         timing=timing,
+        via_adc=config.sensor if args.via_adc else None,
     )
     audio.close(result.duration_s)
     reps = [e.data for e in result.log.of("rep")]
