@@ -289,3 +289,13 @@ def test_every_word_the_help_prompt_teaches_is_a_command_phrase(lang):
     vocab = Vocabulary.load(lang)
     assert len(words) >= 10
     assert [w for w in words if w.lower() not in vocab.phrases] == []
+
+
+def test_without_a_microphone_it_is_said_once_however_often_the_service_retries(caplog):
+    listener = Listener(lambda *a: None, "en", "pocketsphinx", input_device="no such microphone 4711")
+    assert listener.detector is not None  # the recognizer is fine; only the microphone is missing
+    for _ in range(3):
+        assert listener.start() is False
+    assert listener.available is False and listener.reason.startswith("no microphone")
+    assert sum("voice commands off" in r.message for r in caplog.records) == 1
+    listener.stop()

@@ -445,8 +445,9 @@ class Listener:
 
     def _unavailable(self, reason: str) -> None:
         self.available = False
+        if reason != self.reason:  # said once, however often the service retries
+            log.warning("voice commands off (%s); the button drives the device", reason)
         self.reason = reason
-        log.warning("voice commands off (%s); the button drives the device", reason)
 
     def start(self) -> bool:
         """Open the microphone and start listening; False (and `reason`) if it cannot."""
@@ -469,6 +470,8 @@ class Listener:
             self._unavailable(f"no microphone: {exc}")
             return False
         self.available = True
+        if self.reason:
+            log.warning("voice commands on again (microphone open)")
         self.reason = ""
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="voice-listener", daemon=True)
