@@ -76,11 +76,14 @@ def simulate(
     auto_start: bool = True,
     timing: PhraseTiming | None = None,
     via_adc: SensorConfig | None = None,
+    observe: bool = False,
 ) -> SimulationResult:
     """Run one session in simulation; with `out_dir`, write appliance.db and timeline.jsonl.
 
     With `via_adc` (a sensor configuration) the coach reads the simulated pelvic floor
     through the real probe code path: MCP3xxx chip simulator, gpiozero, ADC sampler, Probe.
+    With `observe`, probe status, breath and technique reach the coach as observations
+    (appliance.sensor.technique.ObservedSource; in `extra["observed"]`).
     """
     catalogue = Catalogue.load(lang)
     prog = programme if isinstance(programme, Programme) else load_programme(programme, catalogue.keys())
@@ -113,6 +116,16 @@ def simulate(
         sample_rate_hz = source.sample_rate_hz
     session = Session(prog, catalogue, clock, sinks, pace=pace, sample_rate_hz=sample_rate_hz,
                       calibration=calibration, timing=timing)
+    extra: dict = {}
+    if observe:
+        from appliance.sensor.breath import BreathDetector
+        from appliance.sensor.technique import ObservedSource, TechniqueMonitor
+
+        source = ObservedSource(source, session, BreathDetector(),
+                                TechniqueMonitor(session.observe_warning))
+        session.add_sink(source)
+        extra["observed"] = source
+        closers.insert(0, source.technique.finish)
     full_script = list(script)
     if auto_start:
         full_script.append(ScriptedCommand(START_AT_S, Command.START))
@@ -123,4 +136,4 @@ def simulate(
             close()
         if store is not None:
             store.close()
-    return SimulationResult(session, events, floor, out_dir, session.session_time())
+    return SimulationResult(session, events, floor, out_dir, session.session_time(), extra)

@@ -1,0 +1,298 @@
+"""Technique warnings from the pressure curve: bearing down, holding the breath, abdominal help.
+
+`TechniqueMonitor` hears the coach's phases (it is a `Sink`) and sees the samples; at the
+end of each contraction it judges the repetition. `ObservedSource` wraps the pressure
+source the control loop reads, so the probe's status, the breath and the technique reach
+the coach as observations (`Session.observe_warning`) without the loop knowing about them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from appliance.events import Event, Feedback
+from appliance.sensor.base import PressureSource, ProbeStatus
+from appliance.sensor.breath import BreathDetector
+
+log = logging.getLogger(__name__)
+
+# Which catalogue phrase answers which observation (the leaflet's words).
+WARNING_PHRASES = {
+    "push_down": "caution.no_push",
+    "breath_hold": "caution.breathe",
+    "abdominal": "caution.no_abdomen",
+}
+PROBE_PHRASES = {
+    ProbeStatus.NOT_INSERTED: "probe.not_inserted",
+    ProbeStatus.DISCONNECTED: "probe.disconnected",
+    ProbeStatus.SATURATED: "probe.saturated",
+    ProbeStatus.DRIFTING: "probe.drifting",
+    ProbeStatus.OK: "probe.ok",
+}
+
+RELAXED = ("inhale", "rest", "intro", "calibrate_rest")
+SQUEEZING = ("contract", "hold", "move")
+
+
+@dataclass(frozen=True)
+class TechniqueSettings:
+    """Thresholds tuned on simulated patients (bench/technique.py prints the rates)."""
+
+    slow_rise_s: float = 0.75  # a lift goes from 10 % to 63 % of its plateau faster than this
+    reference_s: float = 6.0  # relaxed seconds before the cue that show the resting breath
+    min_rise_cmh2o: float = 3.0  # below this there is no contraction to judge
+    breath_kept_fraction: float = 0.5  # hold ripple below this share of the resting ripple = held
+    min_rest_ripple: float = 0.08  # cmH2O/s: resting ripple too faint to compare against
+    min_judged_hold_s: float = 8.0  # shorter holds can fall inside one out-breath
+    abdominal_rise_cmh2o: float = 4.0  # abdominal sensor rise that means the belly helped
+    abdominal_fraction: float = 0.3  # ...or this share of the probe's rise, whichever is larger
+
+
+@dataclass
+class RepJudgement:
+    exercise: str | None
+    rep: int | None
+    rise_63_s: float | None = None
+    rest_ripple: float | None = None
+    hold_ripple: float | None = None
+    abdominal_rise: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def ripple_activity(times: np.ndarray, values: np.ndarray) -> float | None:
+    """RMS slope (cmH2O/s) of the pressure in 0.5 s means, after a straight-line trend.
+
+    Breathing moves the probe by about 0.3–0.7 cmH2O/s; a held breath by almost nothing;
+    averaging over half-seconds keeps sensor noise (0.3 cmH2O at 100 Hz) well below that.
+    """
+    if len(times) < 4 or times[-1] - times[0] < 2.0:
+        return None
+    edges = np.arange(times[0], times[-1] + 1e-9, 0.5)
+    idx = np.digitize(times, edges)
+    means_t, means_v = [], []
+    for k in np.unique(idx):
+        sel = idx == k
+        if sel.sum() >= 2:
+            means_t.append(times[sel].mean())
+            means_v.append(values[sel].mean())
+    if len(means_t) < 4:
+        return None
+    mt, mv = np.array(means_t), np.array(means_v)
+    mv = mv - np.polyval(np.polyfit(mt, mv, 1), mt)
+    slopes = np.diff(mv) / np.diff(mt)
+    return float(np.sqrt(np.mean(slopes**2)))
+
+
+class TechniqueMonitor:
+    """Judges each repetition's technique from the probe (and the abdominal channel, if any).
+
+    - push_down (bearing down): the rise after the contract cue is slow and broad (10 % to
+      63 % of the plateau takes longer than `slow_rise_s`; a pelvic floor lift is quicker).
+      A single probe cannot prove straining; this is the pattern the leaflet warns about.
+    - breath_hold: during a hold of at least a breath's length the ripple almost vanishes
+      compared with the resting ripple just before.
+    - abdominal: the abdominal sensor rises with the lift.
+
+    `warn(warning, phrase)` is called for each finding (the session rate-limits speech).
+    """
+
+    def __init__(
+        self,
+        warn: Callable[[str, str], None] | None = None,
+        settings: TechniqueSettings | None = None,
+    ) -> None:
+        self.warn = warn
+        self.settings = settings or TechniqueSettings()
+        self.judgements: list[RepJudgement] = []
+        self._t: list[float] = []
+        self._p: list[float] = []
+        self._abd_t: list[float] = []
+        self._abd_p: list[float] = []
+        self._phases: list[tuple[str, float, float]] = []  # this repetition's (kind, start, end)
+        self._rep_key: tuple | None = None
+        self._session_t0: float | None = None
+
+    # --- Sink ------------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        if event.kind != "phase":
+            return
+        d = event.data
+        key = (d.get("exercise"), d.get("rep"))
+        kind = d["phase"]
+        if key != self._rep_key:
+            self._judge()
+            # Keep the relaxed stretch before this repetition as the resting reference.
+            keep_from = d["start"] - 12.0
+            self._trim(keep_from)
+            self._phases = [p for p in self._phases if p[0] in RELAXED and p[2] > keep_from]
+            self._rep_key = key
+        self._phases.append((kind, float(d["start"]), float(d["end"])))
+
+    def feedback(self, fb: Feedback) -> None:
+        return None
+
+    # --- samples (session seconds) -----------------------------------------------------------
+
+    def add(self, times, cmh2o) -> None:
+        self._t.extend(float(t) for t in times)
+        self._p.extend(float(p) for p in cmh2o)
+
+    def add_abdominal(self, times, cmh2o) -> None:
+        self._abd_t.extend(float(t) for t in times)
+        self._abd_p.extend(float(p) for p in cmh2o)
+
+    def finish(self) -> None:
+        """Judge the last repetition (end of session)."""
+        self._judge()
+        self._rep_key = None
+
+    def _trim(self, before: float) -> None:
+        if self._t and self._t[0] < before:
+            k = int(np.searchsorted(self._t, before))
+            del self._t[:k], self._p[:k]
+        if self._abd_t and self._abd_t[0] < before:
+            k = int(np.searchsorted(self._abd_t, before))
+            del self._abd_t[:k], self._abd_p[:k]
+
+    # --- the judgement -----------------------------------------------------------------------
+
+    def _segment(self, kinds: tuple[str, ...], t, p, after: float = 0.0):
+        spans = [(s, e) for k, s, e in self._phases if k in kinds]
+        if not spans:
+            return np.empty(0), np.empty(0)
+        sel = np.zeros(len(t), bool)
+        for s, e in spans:
+            sel |= (t >= s + after) & (t < e)
+        return t[sel], p[sel]
+
+    def _judge(self) -> None:
+        if self._rep_key is None or not any(k in SQUEEZING for k, _, _ in self._phases):
+            return
+        s = self.settings
+        t, p = np.array(self._t), np.array(self._p)
+        j = RepJudgement(exercise=self._rep_key[0], rep=self._rep_key[1])
+        contract = [(st, e) for k, st, e in self._phases if k == "contract"]
+        rest_t, rest_p = self._segment(RELAXED, t, p)
+        if not contract or len(rest_t) < 10:
+            return
+        cue = contract[0][0]
+        baseline = float(np.median(rest_p[rest_t < cue][-200:])) if np.any(rest_t < cue) else None
+        squeeze_end = max(e for k, _, e in self._phases if k in SQUEEZING)
+        sq = (t >= cue) & (t < squeeze_end)
+        if baseline is None or sq.sum() < 10:
+            return
+        rise = p[sq] - baseline
+        rel = t[sq] - cue
+        # The plateau: the 90th centile of the first 4 s after the cue. The rise time is
+        # from 10 % to 63 % of it, so the patient's reaction time does not count.
+        early = rise[rel < 4.0]
+        if len(early) >= 25:
+            # 0.25 s running mean: a noise spike must not count as the start of the rise.
+            n = max(1, int(round(0.25 * len(early) / max(rel[len(early) - 1], 1e-3))))
+            early = np.convolve(early, np.ones(n) / n, mode="same")
+        plateau = float(np.percentile(early, 90)) if len(early) >= 4 else 0.0
+        if plateau >= s.min_rise_cmh2o:
+            start = np.nonzero(early >= 0.1 * plateau)[0]
+            reached = np.nonzero(early >= 0.63 * plateau)[0]
+            if len(start) and len(reached):
+                j.rise_63_s = float(rel[reached[0]] - rel[start[0]])
+        # Breath during a long hold, against the breath in the relaxed seconds before the cue
+        # (not earlier: the previous release is still settling).
+        before = (rest_t >= cue - s.reference_s) & (rest_t < cue)
+        j.rest_ripple = ripple_activity(rest_t[before], rest_p[before])
+        hold_t, hold_p = self._segment(("hold", "move"), t, p, after=1.0)
+        hold_len = hold_t[-1] - hold_t[0] if len(hold_t) > 1 else 0.0
+        if hold_len >= s.min_judged_hold_s:
+            j.hold_ripple = ripple_activity(hold_t, hold_p)
+        rest_ok = j.rest_ripple is not None and j.rest_ripple >= s.min_rest_ripple
+        if j.rise_63_s is not None and j.rise_63_s > s.slow_rise_s:
+            j.warnings.append("push_down")
+        elif rest_ok and j.hold_ripple is not None and (
+            j.hold_ripple < s.breath_kept_fraction * j.rest_ripple
+        ):
+            j.warnings.append("breath_hold")
+        if self._abd_t:
+            at, ap = np.array(self._abd_t), np.array(self._abd_p)
+            before = (at < cue) & (at >= cue - 5.0)
+            during = (at >= cue + 0.5) & (at < squeeze_end)
+            if before.sum() >= 5 and during.sum() >= 5:
+                j.abdominal_rise = float(np.median(ap[during]) - np.median(ap[before]))
+                limit = max(s.abdominal_rise_cmh2o, s.abdominal_fraction * max(plateau, 0.0))
+                if j.abdominal_rise > limit:
+                    j.warnings.append("abdominal")
+        self.judgements.append(j)
+        for w in j.warnings:
+            log.info("technique: %s in %s rep %s (%s)", w, j.exercise, j.rep, j)
+            if self.warn is not None:
+                self.warn(w, WARNING_PHRASES[w])
+
+
+class ObservedSource:
+    """A `PressureSource` (and `Sink`) that passes samples through and tells the coach what it sees.
+
+    Wraps the source the control loop reads: probe status changes (as `probe` warnings,
+    spoken within the read that sees them), breath (`breath`, fed only while the patient is
+    relaxed), and technique (`technique`). Add it to the session's sinks so it hears the
+    phases. `abdominal` is read from `source.abdominal` when the probe has that channel.
+    """
+
+    def __init__(
+        self,
+        source: PressureSource,
+        session,
+        breath: BreathDetector | None = None,
+        technique: TechniqueMonitor | None = None,
+    ) -> None:
+        self.source = source
+        self.session = session
+        self.breath = breath
+        self.technique = technique
+        self.sample_rate_hz = source.sample_rate_hz
+        self._announced = ProbeStatus.OK
+        self._phase: str | None = None
+        self.probe_events: list[tuple[float, ProbeStatus]] = []
+
+    def emit(self, event: Event) -> None:
+        if event.kind == "phase":
+            self._phase = event.data["phase"]
+        if self.technique is not None:
+            self.technique.emit(event)
+
+    def feedback(self, fb: Feedback) -> None:
+        return None
+
+    @property
+    def status(self) -> ProbeStatus:
+        return self.source.status
+
+    def read_until(self, t: float):
+        times, values = self.source.read_until(t)
+        t0 = self.session.t0
+        session_times = [float(x) - t0 for x in times]
+        # Only relaxed stretches: a squeeze would swamp the few-cmH2O breath ripple.
+        if self.breath is not None and len(times) and (self._phase in RELAXED or self._phase is None):
+            self.breath.add(times, values)
+        if self.technique is not None:
+            self.technique.add(session_times, values)
+            abd = getattr(self.source, "abdominal", None)
+            if abd is not None and len(abd[0]):
+                self.technique.add_abdominal([float(x) - t0 for x in abd[0]], abd[1])
+        status = self.source.status
+        if status is not self._announced:
+            self._announced = status
+            self.probe_events.append((t - t0, status))
+            # "probe" for a fault; its return has its own key so the session's 30 s
+            # repeat limit on warnings never swallows the good news.
+            kind = "probe_ok" if status is ProbeStatus.OK else "probe"
+            self.session.observe_warning(kind, PROBE_PHRASES[status])
+        return times, values
+
+    def close(self) -> None:
+        if self.technique is not None:
+            self.technique.finish()
+        self.source.close()
