@@ -194,3 +194,72 @@ def test_a_session_through_the_spi_adc_path_stores_every_repetition(tmp_path):
     con.close()
     assert all(p is not None and p > 3.0 for p in peaks)  # real squeezes came through the ADC
     assert app.store_sink.errors == 0
+
+
+STIM_RX = '''
+[patient]
+code = "GNT-7-STIM"
+language = "nl"
+programme = "leaflet"
+[reminders]
+enabled = false
+[exercise.awareness]
+repetitions = 2
+[exercise.ex1]
+repetitions = 2
+{disabled}
+[stim]
+enabled = true
+mode = "cyclic"
+work_seconds = 5
+rest_seconds = 10
+cycles = 3
+checked_by = "physio 12"
+checked_on = 2026-05-01
+[stim.contraindications]
+pacemaker = "no"
+pregnancy_or_trying = "no"
+recent_birth_or_pelvic_surgery = "no"
+infection = "no"
+pelvic_cancer = "no"
+epilepsy = "no"
+broken_skin = "no"
+no_sensation = "no"
+metal_implant_or_iud = "no"
+large_prolapse = "no"
+cannot_report_discomfort = "no"
+urinary_retention = "no"
+'''
+
+
+def test_a_prescription_with_stim_runs_the_stim_exercise_and_the_line_ends_low(tmp_path):
+    from datetime import UTC, datetime
+
+    from appliance.config import DeviceConfig
+
+    state = tmp_path / "state"
+    state.mkdir()
+    disabled = "\n".join(f"[exercise.ex{i}]\nenabled = false" for i in range(2, 9))
+    (state / "prescription.toml").write_text(STIM_RX.format(disabled=disabled))
+    app = make(tmp_path, FaultEdges(), auto_start=True,
+               clock=FastClock(wall_start=datetime(2026, 6, 1, 9, 0, tzinfo=UTC)))
+    app.options.programme = None  # the prescription decides, stim included
+    thread = run_in_thread(app)
+    try:
+        thread.join(180)
+    finally:
+        app.signals.stop.set()
+        thread.join(10)
+    ev = events(tmp_path)
+    stim = [e["state"] for e in ev if e["kind"] == "stim" and e.get("state") in ("on", "off")]
+    assert stim == ["on", "off"] * 3
+    order = [e["exercise"] for e in ev if e["kind"] == "exercise" and e["state"] == "started"]
+    assert order == ["awareness", "stim", "ex1"]
+    pin = app.edges.pin_factory.pin(DeviceConfig().controls.stim_pin)
+    assert pin.state is False or pin.state == 0
+    reps, sessions, _ = stored(tmp_path)
+    assert sessions == ["done"]
+    import sqlite3
+
+    codes = sqlite3.connect(state / "appliance.db").execute("SELECT patient_code FROM sessions").fetchall()
+    assert codes == [("GNT-7-STIM",)]

@@ -569,8 +569,12 @@ class Appliance:
 
     def _todays_programme(self, short_set: bool = False) -> Any:
         """The prescription's plan for today (post-op gate, overrides), else the loaded one."""
+        return self._todays_plan(short_set)[0]
+
+    def _todays_plan(self, short_set: bool = False) -> tuple[Any, Any]:
+        """(programme, DayPlan or None): what may be trained today, stim included."""
         if self.rx is None or self.options.programme is not None:
-            return self.programme
+            return self.programme, None
         from appliance.prescription import plan_for_day
         from appliance.reminders import short_set as make_short_set
 
@@ -580,7 +584,12 @@ class Appliance:
             seen = any(s["started_utc"][:10] >= self.rx.unlock_date.isoformat()
                        and s["programme"] == self.rx.programme for s in self.store.sessions())
         plan = plan_for_day(self.rx, today, full_programme_seen_since_unlock=seen)
-        return make_short_set(plan.programme, self.rx.reminders) if short_set else plan.programme
+        programme = make_short_set(plan.programme, self.rx.reminders) if short_set else plan.programme
+        if plan.stim_allowed and not short_set:
+            from appliance.stim import with_stim_exercise
+
+            programme = with_stim_exercise(programme)
+        return programme, plan
 
     def _open_listener(self) -> None:
         assert self.config is not None
@@ -675,7 +684,7 @@ class Appliance:
             self._bank_thread.join(timeout=0.5)
             self.watchdog.tick()
         try:
-            programme = self._todays_programme(short_set)
+            programme, plan = self._todays_plan(short_set)
         except ConfigError as exc:
             log.error("today's programme refused: %s", exc)
             self._announce("device.needs_clinic")
@@ -692,6 +701,7 @@ class Appliance:
         self.store.keep_samples = not self.health.disk_low
         self.store_sink = GuardedStoreSink(
             StoreSink(self.store, self.clock, programme.id, self.lang,
+                      patient_code=self.rx.code if self.rx is not None else None,
                       source="simulation" if self.edges.simulated else "device"))
         # The store first: a repetition is on disk before anyone else hears of it.
         sinks: list[Sink] = [self.store_sink]
@@ -713,10 +723,19 @@ class Appliance:
         if self.events is not None:
             sinks.append(self.events)
         sinks.extend(self.edges.session_sinks())
+        from appliance.progress import JumpCounter
+
+        sinks.append(JumpCounter(self.store_sink.inner))  # ex8: landings counted live
         session = Session(programme, self.catalogue, self.clock, sinks, timing=timing,
                           sample_rate_hz=self.source.sample_rate_hz,
                           calibration=self.options.calibration, volume=self.config.audio.volume)
+        if plan is not None:
+            session.more_phrase = plan.more_phrase
         self.session = session
+        stim_cm = self._open_stim(plan)
+        stim = stim_cm.__enter__()
+        if stim is not None:
+            session.attach_stim(stim)
         session.command(Command.START, source=source)
         self.controls.show(ActivityState.IN_SESSION)
 
@@ -740,6 +759,7 @@ class Appliance:
             run_loop(session, self.source, self.clock, tick_s=self.options.tick_s,
                      on_tick=on_tick, should_stop=should_stop)
         finally:
+            stim_cm.__exit__(None, None, None)  # the stimulation line is low whatever happened
             try:
                 self.store.flush()
             except sqlite3.Error as exc:
@@ -750,6 +770,20 @@ class Appliance:
             self.controls.show(ActivityState.NEEDS_ATTENTION if self._faulty()
                                else ActivityState.READY)
         del audio
+
+    def _open_stim(self, plan: Any) -> Any:
+        """The stim line for this session when today's plan allows it, else a no-op context."""
+        from contextlib import nullcontext
+
+        if plan is None or not plan.stim_allowed or self.rx is None or self.rx.stim is None:
+            return nullcontext(None)
+        from appliance.stim import open_stim, stim_sessions_on
+
+        assert self.config is not None and self.store is not None
+        store = self.store
+        return open_stim(self.config.controls.stim_pin, self.rx.stim,
+                         sessions_on=lambda day: stim_sessions_on(store, day),
+                         pin_factory=self.edges.pin_factory)
 
     # -- faults ------------------------------------------------------------------------------
     def _faulty(self) -> bool:
