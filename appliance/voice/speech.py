@@ -97,6 +97,19 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
     return data.copy(), rate
 
 
+def _agree(a: Rendering, b: Rendering) -> bool:
+    """Two renderings of one request say the same: speech length within 20 ms, keyword too."""
+    a0, a1 = _speech_bounds(a.samples)
+    b0, b1 = _speech_bounds(b.samples)
+    tolerance = 0.02 * a.sample_rate
+    return (
+        a.sample_rate == b.sample_rate
+        and a1 > a0
+        and abs((a1 - a0) - (b1 - b0)) <= tolerance
+        and abs(a.keyword_offset_s - b.keyword_offset_s) <= 0.02
+    )
+
+
 def _speech_bounds(samples: np.ndarray) -> tuple[int, int]:
     """First and one-past-last sample louder than the silence threshold."""
     mag = np.abs(samples.astype(np.float32))
@@ -175,32 +188,44 @@ try:
 except Exception as exc:
     out.write(json.dumps({"ok": False, "fatal": True, "error": repr(exc)}) + "\n"); out.flush()
     raise SystemExit(1)
+import ctypes, wave
 words = []
+chunks = []
 original = driver._onSynth
 def on_synth(wav, numsamples, events):
-    # Word events carry the audio position (ms) the driver does not pass on.
+    # Word events carry the audio position (ms) the driver does not pass on, and the
+    # driver drops the samples that arrive with the end-of-message event (a short
+    # phrase came back empty, a long one clipped): keep every sample here.
     i = 0
     while events[i].type != _espeak.EVENT_LIST_TERMINATED:
         ev = events[i]
         if ev.type == _espeak.EVENT_WORD:
             words.append((ev.text_position - 1, ev.length, ev.audio_position))
         i += 1
+    if numsamples > 0:
+        chunks.append(ctypes.string_at(wav, numsamples * 2))
     return original(wav, numsamples, events)
 _keep = _espeak.SetSynthCallback(on_synth)
 out.write(json.dumps({"ok": True, "ready": True}) + "\n"); out.flush()
 for line in sys.stdin:
     req = json.loads(line)
     words.clear()
+    chunks.clear()
     try:
-        # pyttsx3 applies properties inside runAndWait and swallows a refused voice,
-        # which would speak Dutch text with the previous voice: ask espeak first.
+        # engine.setProperty is queued and applied inside runAndWait: under load the
+        # previous rate was sometimes still in force (a 200-wpm phrase came out at 110),
+        # and a refused voice is swallowed. Set them on the driver, synchronously.
         if _espeak.SetVoiceByName(req["voice"].encode()) != 0:
             raise ValueError("unknown espeak-ng voice " + repr(req["voice"]))
-        engine.setProperty("voice", req["voice"])
-        engine.setProperty("rate", req["rate"])
-        engine.setProperty("volume", req["volume"])
+        driver.setProperty("rate", req["rate"])
+        driver.setProperty("volume", req["volume"])
         engine.save_to_file(req["text"], req["path"])
         engine.runAndWait()
+        with wave.open(req["path"], "wb") as w:  # every sample, not the driver's file
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(22050)  # espeak-ng's voices (the driver assumes it too)
+            w.writeframes(b"".join(chunks))
         out.write(json.dumps({"ok": True, "words": words}) + "\n")
     except Exception as exc:
         out.write(json.dumps({"ok": False, "error": repr(exc)}) + "\n")
@@ -218,6 +243,7 @@ class Pyttsx3Worker:
         self.python = python or sys.executable
         self._proc: subprocess.Popen[str] | None = None
         self.last_pid: int | None = None
+        self._settings: tuple[str, int, float] | None = None
         self.broken: str | None = None  # why pyttsx3 cannot be used at all
 
     def _start(self) -> None:
@@ -250,22 +276,42 @@ class Pyttsx3Worker:
         return json.loads(line)
 
     def render(self, marked: str, voice: str, rate_wpm: int, volume: float) -> Rendering:
-        try:
-            return self._render_once(marked, voice, rate_wpm, volume)
-        except SpeechError as exc:
-            if self.broken or "no audio" not in str(exc):
-                raise
-            # Seen now and then on a loaded machine: the driver hands back an empty
-            # buffer. A second try usually succeeds; otherwise the caller falls back.
-            log.info("pyttsx3 returned no audio for %r; trying once more", marked)
-            return self._render_once(marked, voice, rate_wpm, volume)
+        """Render until two renderings agree (at most three tries), else refuse.
 
-    def _render_once(self, marked: str, voice: str, rate_wpm: int, volume: float) -> Rendering:
+        On a busy machine the pyttsx3 espeak driver now and then hands back an empty
+        buffer, a clipped one, or the phrase at the previous request's rate. Two
+        renderings that agree are taken as right; otherwise the caller falls back.
+        """
+        text, kw_index = split_marker(marked)
+        results: list[Rendering] = []
+        errors: list[str] = []
+        for _ in range(3):
+            try:
+                r = self._synth(text, kw_index, voice, rate_wpm, volume)
+            except SpeechError as exc:
+                if self.broken:
+                    raise
+                errors.append(str(exc))
+                continue
+            for other in results:
+                if _agree(r, other):
+                    return r
+            results.append(r)
+        detail = "; ".join(errors) if errors else "renderings disagree in length or keyword time"
+        raise SpeechError(f"pyttsx3 gave no consistent rendering of {text!r} ({detail})")
+
+    def _synth(self, text: str, kw_index: int | None, voice: str, rate_wpm: int, volume: float) -> Rendering:
         if self.broken:
             raise SpeechError(f"pyttsx3 unavailable: {self.broken}")
-        text, kw_index = split_marker(marked)
+        # A worker per voice, rate and volume: in its espeak driver a changed rate can
+        # take effect a clause late (a phrase came out half at the previous rate), so a
+        # worker never changes them. The bank renders one setting at a time anyway.
+        settings = (voice, int(rate_wpm), float(volume))
+        if self._proc is not None and self._settings != settings:
+            self.close()
         if self._proc is None or self._proc.poll() is not None:
             self._start()
+            self._settings = settings
         assert self._proc is not None and self._proc.stdin is not None
         fd, tmp = tempfile.mkstemp(prefix="appliance-tts-", suffix=".wav")
         os.close(fd)
@@ -277,7 +323,10 @@ class Pyttsx3Worker:
             reply = self._read_reply()
             if not reply.get("ok"):
                 raise SpeechError(f"pyttsx3 failed: {reply.get('error')}")
-            samples, rate = _read_wav(Path(tmp))
+            try:
+                samples, rate = _read_wav(Path(tmp))
+            except (EOFError, wave.Error) as exc:
+                raise SpeechError(f"pyttsx3 wrote no usable audio for {text!r}: {exc}") from None
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
