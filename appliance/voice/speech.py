@@ -28,7 +28,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 KEYWORD_MARK = "^"
-CACHE_FORMAT = 1  # bump when the rendering or its metadata changes meaning
+CACHE_FORMAT = 2  # bump when the rendering or its metadata changes meaning (2: all samples kept)
 VOICES = {"nl": "nl", "en": "en"}  # espeak-ng voice per catalogue language
 SPEECH_PEAK = 0.8  # every clip is normalised to this peak (full scale 1.0)
 SILENCE_FRACTION = 0.02  # below this fraction of the peak counts as silence when trimming
