@@ -291,7 +291,7 @@ class ProbeMonitor:
             return ProbeStatus.DISCONNECTED
         if np.median(cmh2o) >= self._saturation_cmh2o:
             return ProbeStatus.SATURATED
-        if self.expect_inserted and np.median(cmh2o) < lim.insert_min_cmh2o:
+        if self.expect_inserted and np.all(cmh2o < lim.insert_min_cmh2o):
             # Below atmosphere by more than the drift limit is a moved zero, not an empty probe.
             if np.median(cmh2o) > -lim.drift_limit_cmh2o:
                 return ProbeStatus.NOT_INSERTED

@@ -42,11 +42,12 @@ SQUEEZING = ("contract", "hold", "move")
 class TechniqueSettings:
     """Thresholds tuned on simulated patients (bench/technique.py prints the rates)."""
 
-    slow_rise_s: float = 0.75  # a lift goes from 10 % to 63 % of its plateau faster than this
+    slow_rise_s: float = 0.85  # a lift goes from 10 % to 63 % of its plateau faster than this
     reference_s: float = 6.0  # relaxed seconds before the cue that show the resting breath
     min_rise_cmh2o: float = 3.0  # below this there is no contraction to judge
     breath_kept_fraction: float = 0.5  # hold ripple below this share of the resting ripple = held
     min_rest_ripple: float = 0.08  # cmH2O/s: resting ripple too faint to compare against
+    held_ripple_max: float = 0.25  # cmH2O/s: above this the patient is visibly breathing
     min_judged_hold_s: float = 8.0  # shorter holds can fall inside one out-breath
     abdominal_rise_cmh2o: float = 4.0  # abdominal sensor rise that means the belly helped
     abdominal_fraction: float = 0.3  # ...or this share of the probe's rise, whichever is larger
@@ -196,7 +197,10 @@ class TechniqueMonitor:
             n = max(1, int(round(0.25 * len(early) / max(rel[len(early) - 1], 1e-3))))
             early = np.convolve(early, np.ones(n) / n, mode="same")
         plateau = float(np.percentile(early, 90)) if len(early) >= 4 else 0.0
-        if plateau >= s.min_rise_cmh2o:
+        # A squeeze shorter than 4 s ends before a slow push has shown how slow it is, and a
+        # movement (knee lift, squat, hop) adds its own pressure steps to the rise.
+        moving = any(k == "move" for k, _, _ in self._phases)
+        if plateau >= s.min_rise_cmh2o and squeeze_end - cue >= 4.0 and not moving:
             start = np.nonzero(early >= 0.1 * plateau)[0]
             reached = np.nonzero(early >= 0.63 * plateau)[0]
             if len(start) and len(reached):
@@ -214,6 +218,7 @@ class TechniqueMonitor:
             j.warnings.append("push_down")
         elif rest_ok and j.hold_ripple is not None and (
             j.hold_ripple < s.breath_kept_fraction * j.rest_ripple
+            and j.hold_ripple < s.held_ripple_max
         ):
             j.warnings.append("breath_hold")
         if self._abd_t:
