@@ -21,6 +21,7 @@ from appliance.voice.tone import ToneParams, ToneSynth
 log = logging.getLogger(__name__)
 
 RING_SLOTS = 64  # speech items in flight between the coach and the audio thread
+OUTPUT_TAP_S = 3.0  # seconds of rendered output kept for the listener's echo canceller
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,11 @@ class Mixer:
         self._speech = np.zeros(self.max_block)
         self._tmp = np.zeros(self.max_block)
         self._cast = np.zeros(self.max_block)
+        # The rendered output, for the echo canceller: a preallocated ring written by the
+        # audio thread (no allocation), `_tap_end` frames written so far, published after
+        # the samples. float64 like `_mix`, so the copy never needs a cast buffer.
+        self._tap = np.zeros(max(int(OUTPUT_TAP_S * self.sample_rate), 2 * self.max_block))
+        self._tap_end = 0
 
     # -- producer side -----------------------------------------------------------------------
     def set_tone(self, params: ToneParams) -> None:
@@ -171,6 +177,7 @@ class Mixer:
             # Nothing to say and no tone: the common case between contractions.
             out.fill(0.0)
             self.tone.skip_silent(n)
+            self._tap_write(None, n)
             self._frame = block_end
             self._vol = self.volume
             self._duck = 1.0
@@ -242,9 +249,52 @@ class Mixer:
                 out[:, 1:] = out[:, :1]
         else:
             out[:] = mix
+        self._tap_write(mix, n)
         self._duck = duck1
         self._vol = vol1
         self._frame = block_end
+
+    def _tap_write(self, mix: np.ndarray | None, n: int) -> None:
+        """Append n rendered samples (None: silence) to the output ring; audio thread only."""
+        size = self._tap.shape[0]
+        start = self._tap_end % size
+        first = min(n, size - start)
+        if mix is None:
+            self._tap[start : start + first] = 0.0
+            self._tap[: n - first] = 0.0
+        else:
+            self._tap[start : start + first] = mix[:first]
+            self._tap[: n - first] = mix[first:n]
+        self._tap_end += n  # published after the samples are in place
+
+    # -- the rendered output, for the echo canceller (any thread) ---------------------------
+    def output_frame(self) -> int:
+        """Frames rendered so far: the output reference is available up to (not including) it."""
+        return self._tap_end
+
+    def output_reference(self, start_frame: int, stop_frame: int) -> np.ndarray | None:
+        """What the mixer rendered for frames [start_frame, stop_frame), float64, a new array.
+
+        Frames before 0 are silence. None if part of the range is not rendered yet or has
+        already been overwritten (the ring holds `OUTPUT_TAP_S` seconds). Lock-free: the
+        range is checked again after copying, so a copy the audio thread overtook is refused.
+        """
+        start, stop = int(start_frame), int(stop_frame)
+        if stop < start:
+            raise ValueError(f"output_reference: stop_frame {stop} before start_frame {start}")
+        size = self._tap.shape[0]
+        out = np.zeros(stop - start)
+        lo = max(start, 0)
+        if stop > self._tap_end or (lo < stop and lo < self._tap_end - size):
+            return None
+        if lo < stop:
+            a = lo % size
+            first = min(stop - lo, size - a)
+            out[lo - start : lo - start + first] = self._tap[a : a + first]
+            out[lo - start + first :] = self._tap[: stop - lo - first]
+            if lo < self._tap_end - size:  # overwritten while we copied
+                return None
+        return out
 
     def _add_clip(self, dst: np.ndarray, src: np.ndarray) -> None:
         # A mixed-dtype `+=` would allocate numpy's cast buffer on every call; a casting
