@@ -44,6 +44,8 @@ class PatientProfile:
     drift_cmh2o_per_min: float  # slow wander of the baseline (probe temperature, position)
     fault_rate: float  # probability that a repetition goes wrong with one of `faults`
     faults: tuple[Fault, ...] = ()
+    # (in, out) seconds: she breathes at her own rhythm instead of the coach's pace.
+    own_breath_s: tuple[float, float] | None = None
 
 
 PROFILES: dict[str, PatientProfile] = {
@@ -60,6 +62,15 @@ PROFILES: dict[str, PatientProfile] = {
     "postop": PatientProfile("postop", 20.0, 26.0, 0.7, 0.7, 0.6, 0.35, 0.8, 0.005, 0.05,
                              1.5, 0.12, 0.35, 0.5, 0.05, (Fault.GIVE_UP,)),
 }
+# Patients who keep their own breathing rhythm, for cues timed on the breath read from the probe.
+PROFILES.update({
+    "calm_breather": replace(PROFILES["average"], name="calm_breather", own_breath_s=(3.5, 5.5),
+                             breath_irregularity=0.02),
+    "quick_breather": replace(PROFILES["average"], name="quick_breather", own_breath_s=(1.8, 2.7),
+                              breath_irregularity=0.03),
+    "irregular_breather": replace(PROFILES["average"], name="irregular_breather", own_breath_s=(3.0, 4.5),
+                                  breath_irregularity=0.4),
+})
 
 
 def profile(name: str, faults: tuple[Fault, ...] = (), fault_rate: float | None = None) -> PatientProfile:
@@ -104,7 +115,9 @@ class SimulatedPelvicFloor:
         self._inhale_s = inhale_s
         self._exhale_s = exhale_s
         self._breath_start = start
-        self._breath_len = (inhale_s, exhale_s)
+        if patient.own_breath_s is not None:
+            self._inhale_s, self._exhale_s = patient.own_breath_s
+        self._breath_len = (self._inhale_s, self._exhale_s)
         self._rep_key: tuple | None = None
         self.true_breath_transitions: list[tuple[float, str]] = []
         self._status = ProbeStatus.OK
@@ -113,7 +126,8 @@ class SimulatedPelvicFloor:
     # --- Sink: listening to the coach ----------------------------------------------------
 
     def emit(self, event: Event) -> None:
-        if event.kind == "setting" and event.data.get("setting") == "pace":
+        own = self.patient.own_breath_s is not None  # ignores the coach's breathing rhythm
+        if event.kind == "setting" and event.data.get("setting") == "pace" and not own:
             self._inhale_s, self._exhale_s = event.data["value"]
         if event.kind != "phase":
             return
@@ -128,9 +142,9 @@ class SimulatedPelvicFloor:
             self._fault = None
             if self.patient.faults and self._rng.random() < self.patient.fault_rate:
                 self._fault = self._rng.choice(self.patient.faults)
-        if kind == "inhale":
+        if kind == "inhale" and not own:
             self._begin_breath(d["start"])
-        elif kind == "contract" and d.get("on_exhale"):
+        elif kind == "contract" and d.get("on_exhale") and not own:
             self._breath_start = d["start"] - self._inhale_s
             self._breath_len = (self._inhale_s, self._exhale_s)
         self._motion = d.get("motion", "none")
@@ -241,6 +255,7 @@ class SimulatedPelvicFloor:
             self._begin_breath(self._breath_start + inhale + exhale)
             self.true_breath_transitions.append((self._breath_start, "in"))
             inhale, exhale = self._breath_len
+            self.true_breath_transitions.append((self._breath_start + inhale, "out"))
             tau = now - self._breath_start
         a = self.patient.breath_ripple_cmh2o
         if tau < inhale:  # diaphragm descends: abdominal pressure rises
