@@ -79,6 +79,7 @@ class CallbackThread(threading.Thread):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="real seconds to run")
+    parser.add_argument("--tick", type=float, default=0.005, help="control tick in seconds (the device ships 0.005)")
     parser.add_argument("--lang", default="nl")
     parser.add_argument("--block", type=int, default=None, help="override the shipped block size")
     args = parser.parse_args()
@@ -107,7 +108,7 @@ def main() -> None:
 
     cpu0, wall0, main0 = time.process_time(), time.monotonic(), time.thread_time()
     audio.start()
-    run(session, floor, clock, tick_s=0.01, script=[ScriptedCommand(0.5, Command.START)], max_seconds=args.seconds)
+    run(session, floor, clock, tick_s=args.tick, script=[ScriptedCommand(0.5, Command.START)], max_seconds=args.seconds)
     loop_cpu = time.thread_time() - main0
     audio.stop.set()
     audio.join()
@@ -117,7 +118,7 @@ def main() -> None:
     phases = session.state.value
     print(
         f"config: sample_rate={audio_cfg.sample_rate} Hz block_size={audio_cfg.block_size} "
-        f"sensor={sensor_hz:.0f} Hz control_tick=10 ms; {wall:.1f} s real time, state {phases}, "
+        f"sensor={sensor_hz:.0f} Hz control_tick={args.tick * 1000:.0f} ms; {wall:.1f} s real time, state {phases}, "
         f"{spoken} prompts scheduled, {audio.callbacks} audio callbacks ({audio.late} late)"
     )
     print(f"realtime_cpu_fraction={cpu / wall:.4f}")

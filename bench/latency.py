@@ -102,11 +102,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=600.0, help="session seconds to run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--block", type=int, default=None, help="override the shipped block size")
+    parser.add_argument("--tick", type=float, default=0.005, help="control tick in seconds (the device ships 0.005)")
     args = parser.parse_args()
 
     cfg = DeviceConfig()
     sr, block = cfg.audio.sample_rate, args.block or cfg.audio.block_size
-    sensor_hz, tick_s = cfg.sensor.sample_rate_hz, 0.01
+    sensor_hz, tick_s = cfg.sensor.sample_rate_hz, args.tick
     rng = random.Random(args.seed)
 
     catalogue = Catalogue.load("nl")

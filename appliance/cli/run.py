@@ -153,7 +153,7 @@ class RunOptions:
     audio: bool = True
     exit_when_ready: bool = False
     speech_cache: Path | None = None  # default: STATE_DIR/cache/speech
-    tick_s: float = 0.01
+    tick_s: float = 0.005  # 5 ms control tick: the live tone follows within ~14 ms (bench/latency.py)
     idle_tick_s: float = 0.05
 
 

@@ -15,7 +15,7 @@ HELD_FRACTION = 0.8  # "at target" means within 20 % of the level asked: breath 
 class OneEuroFilter:
     """Adaptive low-pass filter; `min_cutoff_hz` sets rest jitter, `beta` the speed-up."""
 
-    def __init__(self, rate_hz: float, min_cutoff_hz: float = 1.5, beta: float = 0.05,
+    def __init__(self, rate_hz: float, min_cutoff_hz: float = 1.5, beta: float = 0.2,
                  d_cutoff_hz: float = 1.0) -> None:
         self.rate_hz = rate_hz
         self.min_cutoff_hz = min_cutoff_hz
