@@ -77,13 +77,15 @@ def simulate(
     timing: PhraseTiming | None = None,
     via_adc: SensorConfig | None = None,
     observe: bool = False,
+    follow_breath: bool = False,
 ) -> SimulationResult:
     """Run one session in simulation; with `out_dir`, write appliance.db and timeline.jsonl.
 
     With `via_adc` (a sensor configuration) the coach reads the simulated pelvic floor
     through the real probe code path: MCP3xxx chip simulator, gpiozero, ADC sampler, Probe.
     With `observe`, probe status, breath and technique reach the coach as observations
-    (appliance.sensor.technique.ObservedSource; in `extra["observed"]`).
+    (appliance.sensor.technique.ObservedSource; in `extra["observed"]`). With `follow_breath`
+    (implies `observe`) the out-breath cues follow the breath read from the probe.
     """
     catalogue = Catalogue.load(lang)
     prog = programme if isinstance(programme, Programme) else load_programme(programme, catalogue.keys())
@@ -117,7 +119,7 @@ def simulate(
     session = Session(prog, catalogue, clock, sinks, pace=pace, sample_rate_hz=sample_rate_hz,
                       calibration=calibration, timing=timing)
     extra: dict = {}
-    if observe:
+    if observe or follow_breath:
         from appliance.sensor.breath import BreathDetector
         from appliance.sensor.technique import ObservedSource, TechniqueMonitor
 
@@ -126,6 +128,10 @@ def simulate(
         session.add_sink(source)
         extra["observed"] = source
         closers.insert(0, source.technique.finish)
+        if follow_breath:
+            from appliance.coach.pacing import BreathFollower
+
+            session.breath_follower = BreathFollower(source.breath)
     full_script = list(script)
     if auto_start:
         full_script.append(ScriptedCommand(START_AT_S, Command.START))

@@ -46,3 +46,33 @@ class Pace:
         check_range(file, "pace.inhale_s", self.inhale_s, MIN_INHALE_S, MAX_INHALE_S)
         check_range(file, "pace.exhale_s", self.exhale_s, MIN_EXHALE_S, MAX_EXHALE_S)
         return self
+
+
+class BreathFollower:
+    """Times the out-breath cue on the patient's own breathing when the probe shows it clearly.
+
+    The session asks, when it plans the in-breath before an out-breath cue, how long that
+    in-breath should last. With a confident breath estimate
+    (`appliance.sensor.breath.BreathDetector`) the answer ends on the patient's next
+    out-breath; otherwise (or if that is far off) the paced length stands.
+    """
+
+    def __init__(self, detector, min_confidence: float = 0.6, max_stretch: float = 1.6) -> None:
+        self.detector = detector
+        self.min_confidence = min_confidence
+        self.max_stretch = max_stretch  # never wait longer than this × the paced in-breath
+        self.decisions: list[tuple[float, bool, float]] = []  # (clock time, followed, seconds)
+
+    def inhale_seconds(self, now: float, paced_s: float, min_s: float) -> float:
+        """Seconds from `now` (clock time) to the cue's transition; at least `min_s`."""
+        est = self.detector.estimate(now)
+        seconds = paced_s
+        followed = False
+        if est.confidence >= self.min_confidence and est.next_out_s is not None and est.period_s:
+            t_out = est.next_out_s
+            while t_out - now < min_s:
+                t_out += est.period_s  # too soon for the cue: the out-breath after
+            if t_out - now <= max(paced_s, min_s) * self.max_stretch:
+                seconds, followed = t_out - now, True
+        self.decisions.append((now, followed, seconds))
+        return seconds

@@ -165,6 +165,8 @@ class Session:
         # on/off itself, the session only feeds it and speaks its cues.
         self.stim: StimController | None = None
         self.probe_ok = False  # set by the control loop from the probe's status
+        # appliance.coach.pacing.BreathFollower: cues on the patient's breath (None = paced).
+        self.breath_follower = None
         self._stim_exercise: int | None = None
         self._emit("session", state="ready")
         self._say_now("session.welcome")
@@ -294,7 +296,10 @@ class Session:
         for i, ph in enumerate(ex.phases):
             dur = self._phase_seconds(ex, ph)
             if ph.kind is PhaseKind.INHALE and i + 1 < len(ex.phases) and ex.phases[i + 1].on_exhale:
-                dur = max(dur, self._inhale_room(ex, ph, ex.phases[i + 1], first))
+                room = self._inhale_room(ex, ph, ex.phases[i + 1], first)
+                dur = max(dur, room)
+                if self.breath_follower is not None:  # the patient's own out-breath, when clear
+                    dur = self.breath_follower.inhale_seconds(self.t0 + start, dur, room)
             pp = PlannedPhase(ph.kind.value, start, start + dur, round(ph.level * ex.target_level_pct, 1),
                               ph.on_exhale, ph.motion)
             phases.append(pp)

@@ -122,7 +122,14 @@ class BreathDetector:
         y = np.asarray(self._p)
         w = np.exp(t / s.weight_tau_s)
         sw = np.sqrt(w)  # weighted least squares by scaling rows with √w
-        trend = np.stack([np.ones_like(t), t, t * t], axis=1)
+        # Each unbroken stretch of samples gets its own level: the coach may feed only the
+        # relaxed moments between squeezes, and the resting level differs a little each time.
+        breaks = np.nonzero(np.diff(t) > 3.0 / s.rate_hz)[0] + 1
+        segment = np.zeros(len(t), int)
+        for b in breaks:
+            segment[b:] += 1
+        levels = (segment[:, None] == np.arange(segment[-1] + 1)[None, :]).astype(float)
+        trend = np.column_stack([levels, t, t * t])
         # Residual variance after the trend alone: what a breath curve has to explain.
         beta0, *_ = np.linalg.lstsq(trend * sw[:, None], y * sw, rcond=None)
         resid0 = y - trend @ beta0
@@ -148,7 +155,16 @@ class BreathDetector:
         resid = y[None, :] - np.einsum("fni,fi->fn", X, betas)
         variances = np.sum(w[None, :] * resid**2, axis=1)
         k = int(np.argmin(variances))
-        best = (float(variances[k]), float(self._freqs[k]), betas[k])
+        f = float(self._freqs[k])
+        if 0 < k < len(variances) - 1:
+            # Between grid rates: the vertex of a parabola through the three best variances, so
+            # the period does not hop by a grid step (0.3 s at 6/min) from one fit to the next.
+            a, b, c = variances[k - 1], variances[k], variances[k + 1]
+            denom = a - 2 * b + c
+            if denom > 0:
+                step = float(self._freqs[k + 1] - self._freqs[k])
+                f += step * 0.5 * (a - c) / denom
+        best = (float(variances[k]), f, betas[k])
         _, f, _ = best
         return self._fit_breath_shape(t, y - trend @ beta0, w, var0, f, t_end, trend, y)
 

@@ -260,11 +260,13 @@ class ObservedSource:
         self.sample_rate_hz = source.sample_rate_hz
         self._announced = ProbeStatus.OK
         self._phase: str | None = None
+        self._phase_start = 0.0
         self.probe_events: list[tuple[float, ProbeStatus]] = []
 
     def emit(self, event: Event) -> None:
         if event.kind == "phase":
             self._phase = event.data["phase"]
+            self._phase_start = self.session.t0 + float(event.data["start"])
         if self.technique is not None:
             self.technique.emit(event)
 
@@ -280,8 +282,13 @@ class ObservedSource:
         t0 = self.session.t0
         session_times = [float(x) - t0 for x in times]
         # Only relaxed stretches: a squeeze would swamp the few-cmH2O breath ripple.
-        if self.breath is not None and len(times) and (self._phase in RELAXED or self._phase is None):
+        # The first seconds of a rest are the release settling, not breathing.
+        relaxed = self._phase is None or (
+            self._phase in RELAXED and (self._phase != "rest" or t - self._phase_start > 1.5)
+        )
+        if self.breath is not None and len(times) and relaxed:
             self.breath.add(times, values)
+            self.breath.estimate()  # a fit now and then keeps the breath-to-breath check alive
         if self.technique is not None:
             self.technique.add(session_times, values)
             abd = getattr(self.source, "abdominal", None)
