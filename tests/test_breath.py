@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from appliance.sensor.breath import BreathDetector, BreathPhase
+from appliance.coach.pacing import BreathFollower
+from appliance.sensor.breath import BreathDetector, BreathEstimate, BreathPhase
+from appliance.simulation import simulate
 
 CONFIDENT = 0.6
 
@@ -102,3 +104,58 @@ def test_before_a_window_of_breathing_the_phase_is_unknown():
     det.add(t, y)
     est = det.estimate()
     assert est.phase is BreathPhase.UNKNOWN and est.confidence == 0.0
+
+
+# --- cues on the patient's own breath -------------------------------------------------------
+
+
+class StubDetector:
+    def __init__(self, confidence, next_out_s, bpm=6.0):
+        self.est = BreathEstimate(0.0, BreathPhase.IN, confidence, bpm, 1.5, next_out_s, None)
+
+    def estimate(self, now=None):
+        return self.est
+
+
+def test_follower_ends_the_in_breath_on_the_patients_out_breath():
+    follower = BreathFollower(StubDetector(0.9, next_out_s=104.0))
+    assert follower.inhale_seconds(100.0, paced_s=4.0, min_s=2.5) == pytest.approx(4.0)
+    follower = BreathFollower(StubDetector(0.9, next_out_s=103.2))
+    assert follower.inhale_seconds(100.0, paced_s=4.0, min_s=2.5) == pytest.approx(3.2)
+    assert follower.decisions[-1][1] is True
+
+
+def test_follower_takes_the_next_out_breath_when_the_first_is_too_soon_for_the_cue():
+    follower = BreathFollower(StubDetector(0.9, next_out_s=101.0, bpm=20.0))  # 3 s breaths
+    assert follower.inhale_seconds(100.0, paced_s=4.0, min_s=2.5) == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize(("confidence", "next_out"), [(0.3, 103.0), (0.9, None), (0.9, 109.0)])
+def test_follower_keeps_the_paced_rhythm_when_the_breath_is_unclear_or_far(confidence, next_out):
+    follower = BreathFollower(StubDetector(confidence, next_out_s=next_out))
+    assert follower.inhale_seconds(100.0, paced_s=4.0, min_s=2.5) == 4.0
+    assert follower.decisions[-1][1] is False
+
+
+def cue_errors(patient):
+    result = simulate(patient=patient, seed=5, max_seconds=600.0, fault_rate=0.0, follow_breath=True)
+    outs = np.array([t for t, k in result.floor.true_breath_transitions if k == "out"])
+    decisions = result.session.breath_follower.decisions
+    # The session starts at clock time 0, so a decision's clock time is its session time.
+    followed = [np.min(np.abs(outs - (now + s))) for now, f, s in decisions if f]
+    paced = [np.min(np.abs(outs - (now + s))) for now, f, s in decisions if not f]
+    return np.array(followed), np.array(paced), len(decisions)
+
+
+@pytest.mark.parametrize("patient", ["quick_breather", "calm_breather"])
+def test_contract_cues_land_on_a_regular_breathers_out_breath(patient):
+    followed, paced, _ = cue_errors(patient)
+    assert len(followed) >= 2
+    assert np.mean(followed <= 0.35) >= 0.8, np.round(followed, 2)
+    assert np.median(followed) < np.median(paced)  # paced cues fall anywhere in her breath
+
+
+def test_an_irregular_breather_gets_the_paced_rhythm():
+    followed, _, decisions = cue_errors("irregular_breather")
+    assert decisions >= 10
+    assert len(followed) <= 0.15 * decisions

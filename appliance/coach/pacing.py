@@ -57,7 +57,7 @@ class BreathFollower:
     out-breath; otherwise (or if that is far off) the paced length stands.
     """
 
-    def __init__(self, detector, min_confidence: float = 0.6, max_stretch: float = 1.6) -> None:
+    def __init__(self, detector, min_confidence: float = 0.75, max_stretch: float = 1.6) -> None:
         self.detector = detector
         self.min_confidence = min_confidence
         self.max_stretch = max_stretch  # never wait longer than this × the paced in-breath

@@ -48,7 +48,7 @@ class BreathSettings:
     weight_tau_s: float = 7.0  # recent breaths count more: rate changes are followed
     min_bpm: float = 4.0
     max_bpm: float = 30.0
-    bpm_step: float = 0.25
+    bpm_step: float = 0.25  # refined between grid points by a parabola
     confident_above: float = 0.6
     min_ripple_cmh2o: float = 0.4  # smaller swings are within sensor and body noise
     max_ripple_cmh2o: float = 8.0  # breathing moves the probe a few cmH2O (CLINICAL.md)
@@ -56,7 +56,7 @@ class BreathSettings:
     inhale_fractions: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55)
     timing_step_s: float = 0.05
     timing_tolerance_s: float = 0.4  # breath-to-breath timing wobble that costs 63 % confidence
-    refit_s: float = 0.25  # between fits the timing is carried forward (a fit costs ~5 ms)
+    refit_s: float = 0.5  # between fits the timing is carried forward (a fit costs ~3 ms)
 
 
 class BreathDetector:
