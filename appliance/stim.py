@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class StimLimits:
     """Limits no prescription can exceed; change them only after clinical review.
 
-    Sources (see /work/shared/CLINICAL.md, "Electrostimulation"):
+    Sources (see the team's CLINICAL.md, "Electrostimulation"):
     - work at most 10 s, rest at least as long as work: clinic trial protocols cycle
       5 s on / 10 s off; on-times beyond 10 s are outside what the leaflet's clinic uses.
     - rest at least 3 s: before every work phase the patient is told and has
