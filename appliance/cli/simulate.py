@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="read the simulated pelvic floor through the real probe path: MCP3008/MCP3208 "
                    "chip simulator, gpiozero, ADC sampler and probe (chip, rate and transfer from "
                    "the configuration's [sensor])")
+    p.add_argument("--observe", action="store_true",
+                   help="let the coach hear the probe's status and the technique warnings "
+                   "(push-down, breath-hold, abdominal) read from the pressure curve")
+    p.add_argument("--follow-breath", action="store_true",
+                   help="time the out-breath cues on the breath read from the probe when it is "
+                   "clear (implies --observe; try --patient calm_breather)")
     p.set_defaults(func=run)
 
 
@@ -69,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         extra_sinks=[audio],
         timing=timing,
         via_adc=config.sensor if args.via_adc else None,
+        observe=args.observe,
+        follow_breath=args.follow_breath,
     )
     audio.close(result.duration_s)
     reps = [e.data for e in result.log.of("rep")]
