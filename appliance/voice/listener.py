@@ -21,6 +21,7 @@ import numpy as np
 
 from appliance.config import DEFAULT_STATE_DIR, ConfigError, DeviceConfig, read_toml
 from appliance.voice.commands import Command
+from appliance.voice.echo_cancel import EchoCanceller, has_reference
 from appliance.voice.engines import (
     SAMPLE_RATE,
     EngineUnavailable,
@@ -260,6 +261,10 @@ class CommandDetector:
     Acts on a stable partial result: when the engine's partial text is exactly a command
     phrase and `settle_s` of silence has followed it, the utterance is closed at once
     (the final result brings word confidences) instead of waiting for Vosk's end-pointer.
+
+    The device's own sound is removed by an echo canceller fed with the mixer's rendered
+    output when the monitor offers it (`Mixer.output_reference`) and `echo_cancel` is on;
+    otherwise by the notch that follows the reported pitch.
     """
 
     def __init__(
@@ -269,6 +274,7 @@ class CommandDetector:
         rules: AcceptanceRules | None = None,
         monitor: PlaybackMonitor | None = None,
         phrase_text: Callable[[str], str] | None = None,
+        echo_cancel: bool = True,
     ) -> None:
         self.engine = engine
         self.vocabulary = vocabulary
@@ -276,6 +282,7 @@ class CommandDetector:
         self.monitor = monitor or Silence()
         self.phrase_text = phrase_text or catalogue_text(vocabulary.lang)
         self.tone = ToneRemover()
+        self.echo = EchoCanceller(self.monitor) if echo_cancel and has_reference(self.monitor) else None
         self.vad = VoiceActivity()
         self.t = 0.0
         self.rejected: list[Rejected] = []
@@ -299,7 +306,19 @@ class CommandDetector:
             self._speaking_until = self.t + self.rules.echo_tail_s
             if phrase:
                 self._note_prompt(phrase)
-        clean = self.tone.process(block, tone_hz, self.t)
+        if self.echo is not None:
+            clean = self.echo.process(block)  # always: the filter keeps following the path
+            if self.echo.delay is None and tone_hz is not None:
+                # Until the canceller has found the delay (the first second of sound), the
+                # notch holds the tone. (The switch skips the notch's 60 ms once.)
+                clean = self.tone.process(block, tone_hz, self.t)
+            elif self.t <= self._speaking_until:
+                # The device's own sentence is judged whole, as the notch leaves it (too long
+                # to be a command): the short filter removes it only in part (~13 dB), and
+                # the fragments it leaves sound like single command words (pulse test).
+                clean = np.asarray(block, dtype=np.float32)
+        else:
+            clean = self.tone.process(block, tone_hz, self.t)
         voiced = self.vad.frames(clean)
         self._utt_voiced_s += float(voiced.sum()) * self.vad.frame / SAMPLE_RATE
         if voiced.any():
@@ -407,6 +426,7 @@ class Listener:
         state_dir: Path = DEFAULT_STATE_DIR,
         phrase_text: Callable[[str], str] | None = None,
         vocabulary: Vocabulary | None = None,
+        echo_cancel: bool = True,
     ) -> None:
         self.on_command = on_command
         self.lang = lang
@@ -421,7 +441,7 @@ class Listener:
         try:
             vocab = vocabulary or Vocabulary.load(lang)
             self.detector = CommandDetector(
-                build_engine(engine, lang, vocab, model_dir, state_dir), vocab, rules, monitor, phrase_text
+                build_engine(engine, lang, vocab, model_dir, state_dir), vocab, rules, monitor, phrase_text, echo_cancel
             )
         except (EngineUnavailable, ConfigError) as exc:
             self._unavailable(f"no recognizer for {lang}: {exc}")
