@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import time
+import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from pulse_fixture import (  # noqa: E402
     voices_for,
 )
 
+from appliance.voice.audio import Mixer  # noqa: E402
 from appliance.voice.commands import Command  # noqa: E402
 from appliance.voice.listener import (  # noqa: E402
     SAMPLE_RATE,
@@ -41,6 +43,7 @@ from appliance.voice.listener import (  # noqa: E402
     blocks,
     build_engine,
 )
+from appliance.voice.tone import ToneCue, ToneParams  # noqa: E402
 
 SR = SAMPLE_RATE
 PAD_S = 0.4
@@ -133,6 +136,84 @@ class GlidingTone:
         return (x + self.peak * np.sin(phase)).astype(np.float32)
 
 
+class MixerTone:
+    """The same gliding tone from a real `Mixer` (22.05 kHz), for the echo canceller.
+
+    The microphone hears the mixer's output resampled to 16 kHz (band-limited, by FFT),
+    `delay_ms` after it was rendered, scaled to the SNR and, with `room`, through a short
+    synthetic room (direct sound plus a 60 ms exponentially decaying diffuse tail, 3 dB
+    below it). The canceller reads the mixer's own ring. `LEAD_S` of tone before the
+    utterance stand for a listener that was already running when the tone started.
+    """
+
+    RATE = 22050
+    BLOCK = 512
+    LEAD_S = 1.5
+
+    def __init__(self, rms: float, delay_ms: float, room: bool, seed: int) -> None:
+        self.mixer = Mixer(self.RATE, volume=1.0)
+        self.sample_rate = self.RATE
+        self.rms = rms
+        self.delay = int(delay_ms * 1e-3 * SR)
+        self.room = room
+        self.seed = seed
+        self._t = 0.0
+
+    @classmethod
+    def _render(cls, mixer: Mixer, stop_frame: int) -> list[np.ndarray]:
+        out = []
+        while mixer.frame_now() < stop_frame:
+            f = mixer.frame_now()
+            mixer.set_tone(ToneParams(float(GlidingTone.hz(f / cls.RATE)), 0.5, ToneCue.FOLLOW))
+            block = np.zeros(cls.BLOCK)
+            mixer.render(block)
+            out.append(block)
+        return out
+
+    # the monitor the listener sees
+    def playback_state(self):
+        return self.mixer.playback_state()
+
+    def output_frame(self) -> int:
+        return self.mixer.output_frame()
+
+    def output_reference(self, start: int, stop: int):
+        return self.mixer.output_reference(start, stop)
+
+    @property
+    def t(self) -> float:
+        return self._t
+
+    @t.setter
+    def t(self, t: float) -> None:
+        # The mixer renders ahead of the microphone by an output buffer.
+        self._t = t
+        self._render(self.mixer, int(t * self.RATE) + 2 * self.BLOCK)
+
+    def add_to(self, x: np.ndarray) -> np.ndarray:
+        """Lead-in + x + 1 s, with the leak of an identical mixer's output over all of it."""
+        lead = int(self.LEAD_S * SR)
+        n = lead + len(x) + SR
+        ref = np.concatenate(self._render(Mixer(self.RATE, volume=1.0), int((n + SR) * self.RATE / SR)))
+        n16 = int(len(ref) * SR / self.RATE)
+        spec = np.fft.rfft(ref)[: n16 // 2 + 1]
+        leak = np.fft.irfft(spec, n16) * n16 / len(ref)
+        if self.room:
+            rng = np.random.default_rng(self.seed)
+            h = np.zeros(int(0.06 * SR))
+            h[0] = 1.0
+            tail = rng.normal(0.0, 1.0, len(h) - 16) * 10 ** (-3 * np.arange(len(h) - 16) / (len(h) - 16))
+            h[16:] = tail * np.sqrt(0.5 / np.sum(tail**2))
+            leak = np.convolve(leak, h)[:n16]
+        leak = np.concatenate([np.zeros(self.delay), leak])[:n]
+        leak *= self.rms / np.sqrt(np.mean(leak[lead:] ** 2))
+        y = np.concatenate([np.zeros(lead), x, np.zeros(SR)])
+        return (y + leak).astype(np.float32)
+
+
+ECHO_CPU = [0.0, 0.0]  # seconds spent in the canceller, seconds of audio it processed
+
+
 def vocabulary(lang: str) -> Vocabulary:
     if lang == "ko":
         return Vocabulary("ko", dict(KOREAN), (), KOREAN_FILLERS)
@@ -150,16 +231,32 @@ def room(x: np.ndarray, db: float, seed: int) -> np.ndarray:
     return (x + noise).astype(np.float32)
 
 
-def run_one(engine, vocab, x: np.ndarray, tone: GlidingTone | None):
+def run_one(engine, vocab, x: np.ndarray, tone: GlidingTone | MixerTone | None):
     """(heard, seconds of compute per block that accepted, total compute seconds)."""
     det = CommandDetector(engine, vocab, monitor=tone)
     heard, accept_compute, total = [], [], 0.0
-    padded = np.concatenate([x, np.zeros(SR, np.float32)])
+    # MixerTone.add_to brought its own lead-in and tail; the lead-in goes to the canceller only.
+    lead = int(MixerTone.LEAD_S * SR) if isinstance(tone, MixerTone) else 0
+    padded = x if lead else np.concatenate([x, np.zeros(SR, np.float32)])
+    if det.echo is not None:
+        process = det.echo.process
+
+        def timed(block):
+            start = time.perf_counter()
+            out = process(block)
+            ECHO_CPU[0] += time.perf_counter() - start
+            ECHO_CPU[1] += len(block) / SR
+            return out
+
+        det.echo.process = timed
     t = 0.0
-    for block in blocks(padded):
+    for i, block in enumerate(blocks(padded)):
         t += len(block) / SR
         if tone is not None:
             tone.t = t
+        if i * len(block) < lead:
+            det.echo.process(block)  # the listener was running before the utterance
+            continue
         start = time.perf_counter()
         got = det.process(block)
         spent = time.perf_counter() - start
@@ -170,7 +267,16 @@ def run_one(engine, vocab, x: np.ndarray, tone: GlidingTone | None):
     return heard, accept_compute, total
 
 
-def measure(engine_name: str, lang: str, model: str | None, n_voices: int, seed: int, room_db: float) -> dict:
+def measure(
+    engine_name: str,
+    lang: str,
+    model: str | None,
+    n_voices: int,
+    seed: int,
+    room_db: float,
+    reference: str = "none",
+    leak_delay_ms: float = 150.0,
+) -> dict:
     vocab = vocabulary(lang)
     t0 = time.perf_counter()
     engine = build_engine(engine_name, "en" if lang == "ko" else lang, vocab, Path(model) if model else None)
@@ -195,7 +301,12 @@ def measure(engine_name: str, lang: str, model: str | None, n_voices: int, seed:
             x = np.concatenate([np.zeros(int(PAD_S * SR), np.float32), speech, np.zeros(int(PAD_S * SR), np.float32)])
             x = room(x, room_db, rng.randrange(1 << 30))
             tone = None
-            if snr_db is not None:
+            if snr_db is not None and reference != "none":
+                # Its own seeds: the shared rng's draws (room noise, sentence voices) stay as without.
+                room_seed = seed + zlib.crc32(f"{phrase}|{voice.label}|{snr_db}".encode())
+                tone = MixerTone(0.1 * 10 ** (-snr_db / 20), leak_delay_ms, reference == "room", room_seed)
+                x = tone.add_to(x)
+            elif snr_db is not None:
                 tone = GlidingTone(0.1 * np.sqrt(2) * 10 ** (-snr_db / 20))
                 x = tone.add_to(x)
             heard, accept_compute, spent = run_one(engine, vocab, x, tone)
@@ -234,6 +345,9 @@ def measure(engine_name: str, lang: str, model: str | None, n_voices: int, seed:
         result["latency_median_ms"] = round(float(np.median(lat)) * 1000)
         result["latency_p90_ms"] = round(float(np.percentile(lat, 90)) * 1000)
     result["rtf"] = round(compute_s / audio_s, 3)
+    result["echo"] = reference
+    if ECHO_CPU[1]:
+        result["echo_cpu_ms_per_s"] = round(1000 * ECHO_CPU[0] / ECHO_CPU[1], 2)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     result["wrong_examples"] = [f"{k} x{v}" for k, v in wrong_examples.most_common(6)]
     result["fa_examples"] = fa_examples[:4]
@@ -271,12 +385,22 @@ def main() -> int:
     parser.add_argument("--room-db", type=float, default=-50.0, help="room noise floor, dBFS RMS (default -50)")
     parser.add_argument("--confusion", nargs="+", metavar="PHRASE", help="print a confusion matrix instead")
     parser.add_argument("--json", action="store_true", help="one JSON line (used per engine in a subprocess)")
+    parser.add_argument(
+        "--reference",
+        choices=("none", "exact", "room"),
+        default="none",
+        help="tone from a real Mixer, removed by the echo canceller from its output: leak exact "
+        "(delayed, scaled) or through a short room; none (default): the notch on the reported pitch",
+    )
+    parser.add_argument("--leak-delay-ms", type=float, default=150.0, help="render-to-microphone delay (reference)")
     args = parser.parse_args()
     if args.confusion:
         confusion(args.confusion, args.voices, args.engine or "pocketsphinx", args.lang or "en", args.model)
         return 0
     if args.engine and args.lang:
-        result = measure(args.engine, args.lang, args.model, args.voices, args.seed, args.room_db)
+        result = measure(
+            args.engine, args.lang, args.model, args.voices, args.seed, args.room_db, args.reference, args.leak_delay_ms
+        )
         print(json.dumps(result, ensure_ascii=False) if args.json else json.dumps(result, indent=1, ensure_ascii=False))
         return 0
     runs = [("pocketsphinx", "en", None)]
@@ -290,6 +414,7 @@ def main() -> int:
         # A process per engine, so peak RSS is that engine's own.
         cmd = [sys.executable, __file__, "--engine", engine, "--lang", lang, "--voices", str(args.voices), "--json"]
         cmd += ["--room-db", str(args.room_db), "--seed", str(args.seed)]
+        cmd += ["--reference", args.reference, "--leak-delay-ms", str(args.leak_delay_ms)]
         if model:
             cmd += ["--model", model]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
@@ -299,6 +424,7 @@ def main() -> int:
             f"  0 dB {r['acc_0dB']:>12s}  wrong(c/10/0) {r['wrong_clean']}/{r['wrong_10dB']}/{r['wrong_0dB']}"
             f"  false accepts {r['false_accepts']}  latency median {r.get('latency_median_ms')} ms"
             f" p90 {r.get('latency_p90_ms')} ms  RTF {r['rtf']}  peak RSS {r['peak_rss_mb']} MB  load {r['load_s']} s"
+            + (f"  echo canceller ({r['echo']}) {r['echo_cpu_ms_per_s']} ms CPU/s" if "echo_cpu_ms_per_s" in r else "")
         )
         if r["wrong_examples"]:
             print(f"    wrong: {'; '.join(r['wrong_examples'])}")

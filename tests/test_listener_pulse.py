@@ -87,7 +87,7 @@ DEVICE = textwrap.dedent(
         vocabulary = Vocabulary(args["lang"], {p: Command(c) for p, c in v["phrases"].items()}, (),
                                 tuple(v["fillers"]))
     listener = Listener(on_command, args["lang"], args["engine"], args.get("model"), monitor=mixer,
-                        input_device="pulse", vocabulary=vocabulary)
+                        input_device="pulse", vocabulary=vocabulary, echo_cancel=args["echo_cancel"])
     assert listener.start(), listener.reason
     if args.get("dump"):
         blocks, hz = [], []
@@ -123,7 +123,9 @@ DEVICE = textwrap.dedent(
     listener.stop()
     out.stop()
     rejected = [(r.t, r.text, r.reason) for r in listener.detector.rejected]
-    say(coach_commands=coach.events, rejected=rejected)
+    echo = listener.detector.echo
+    say(coach_commands=coach.events, rejected=rejected, echo_delay=echo.delay if echo else None,
+        echo_delay_changes=echo.delay_changes if echo else None)
     if args.get("dump"):
         np.save(args["dump"], np.concatenate(blocks))
         np.save(args["dump"] + ".hz.npy", np.array(hz))
@@ -160,6 +162,8 @@ def run_device(
             "out_latency": float(os.environ.get("VOICE_TEST_OUT_LATENCY", "0.15")),
             "dump": os.environ.get("VOICE_TEST_DUMP"),
             "vocabulary": vocabulary,
+            # The echo canceller on the mixer's own output (VOICE_TEST_ECHO=0: the notch).
+            "echo_cancel": os.environ.get("VOICE_TEST_ECHO", "1") != "0",
         }
         # A real microphone never gives digital silence: a -50 dBFS room under everything.
         room = np.random.default_rng(1).normal(0, 10 ** (-50 / 20), 120 * 16000).astype(np.float32)
@@ -246,6 +250,10 @@ def test_english_commands_over_the_device_tone_drive_the_coach_and_its_own_promp
         f"of {said}; rejected {result['summary']['rejected']}"
     )
     # pocketsphinx on synthetic voices under a 0 dB gliding tone: bench/voice.py has the figures.
+    if os.environ.get("VOICE_TEST_ECHO", "1") != "0":
+        # The canceller found the loudspeaker-to-microphone delay through PulseAudio.
+        assert result["summary"]["echo_delay"] is not None, result["summary"]
+        detail += f"; echo delay {result['summary']['echo_delay']} ({result['summary']['echo_delay_changes']} changes)"
     assert len(wrong) <= 1, detail
     assert len(right) >= 5, detail
     # Every heard command reached the coach as a voice command.
