@@ -69,3 +69,25 @@ def test_a_catalogue_with_two_markers_in_one_phrase_is_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         Catalogue.load("xx", tmp_path)
     assert "cue.bad" in str(err.value) and "xx.toml" in str(err.value)
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_no_short_prompt_is_or_contains_a_voice_command(catalogues, lang):
+    """The device must never say what it listens for: its own short prompts echo back."""
+    import re
+
+    from appliance.voice.listener import Vocabulary
+
+    commands = {" ".join(p.split()) for p in Vocabulary.load(lang).phrases}
+    offenders = []
+    for key in catalogues[lang].phrases:
+        if key.startswith("selftest."):
+            continue  # the self-test asks the patient to say a command on purpose
+        words = re.sub(r"[^\w' ]+", " ", catalogues[lang].text(key).lower()).split()
+        if len(words) > 4:
+            continue  # longer prompts are guarded by the listener's speaking rule
+        text = " " + " ".join(words) + " "
+        hits = [c for c in commands if f" {c} " in text]
+        if hits:
+            offenders.append((key, hits))
+    assert offenders == []
