@@ -2,10 +2,13 @@
 
 The mixer keeps its rendered output (`Mixer.output_reference`). The canceller pulls it,
 resamples it to the listener's 16 kHz, finds the bulk delay between that reference and
-the microphone by cross-correlation (GCC-PHAT, re-checked while it runs) and subtracts
-the leak with a short block-NLMS adaptive filter (time domain, two small matrix products
-per 5 ms), which also learns the loudspeaker/room/microphone colouring as it goes. Unlike the notch, it leaves the
-low speech band alone: it only removes what is correlated with the reference.
+the microphone by cross-correlation (GCC-PHAT^0.7, re-checked every second while the
+reference sounds) and subtracts the leak with a short block-NLMS adaptive filter (time
+domain, two small matrix products per 5 ms) that follows the gliding tone's path. Unlike
+the notch, it leaves the low speech band alone: it removes only what correlates with the
+reference. Measured: a gliding tone 37+ dB down, ~20 dB through a short room; a prompt
+only ~13 dB (the filter is tuned to the tone), which is why the listener judges the
+device's own sentences uncancelled.
 """
 
 from __future__ import annotations
