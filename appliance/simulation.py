@@ -120,18 +120,11 @@ def simulate(
                       calibration=calibration, timing=timing)
     extra: dict = {}
     if observe or follow_breath:
-        from appliance.sensor.breath import BreathDetector
-        from appliance.sensor.technique import ObservedSource, TechniqueMonitor
+        from appliance.sensor.technique import observe as observe_source
 
-        source = ObservedSource(source, session, BreathDetector(),
-                                TechniqueMonitor(session.observe_warning))
-        session.add_sink(source)
+        source = observe_source(source, session, follow_breath)
         extra["observed"] = source
         closers.insert(0, source.technique.finish)
-        if follow_breath:
-            from appliance.coach.pacing import BreathFollower
-
-            session.breath_follower = BreathFollower(source.breath)
     full_script = list(script)
     if auto_start:
         full_script.append(ScriptedCommand(START_AT_S, Command.START))

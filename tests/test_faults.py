@@ -390,7 +390,8 @@ def test_probe_disconnected_mid_session_is_spoken_and_the_session_goes_on(tmp_pa
     app = make(tmp_path, edges)
     assert app.main() == 0
     assert "probe" in warnings(tmp_path)
-    assert said(tmp_path).count("device.probe") == 1  # once, not every tick
+    assert said(tmp_path).count("probe.disconnected") == 1  # once, not every tick
+    assert said(tmp_path).count("probe.ok") == 1  # and its return is spoken too
     reps, sessions, _ = stored(tmp_path)
     assert sessions == ["done"]
     assert len(reps) == REPS_IN_SHORT

@@ -249,3 +249,52 @@ def test_slower_and_faster_change_the_breath_within_bounds(average_session):
     for _ in range(20):
         pace = pace.faster() or pace
     assert pace.inhale_s >= 3.0 and pace.exhale_s >= 4.0 and pace.faster() is None
+
+
+class UnpluggedFor:
+    """The simulated floor read through a probe that reads nothing sane for a while."""
+
+    def __init__(self, floor, bad_from, bad_until):
+        from appliance.sensor.base import ProbeStatus
+
+        self.floor, self.bad = floor, (bad_from, bad_until)
+        self.sample_rate_hz = floor.sample_rate_hz
+        self._now = 0.0
+        self._status = ProbeStatus
+
+    def read_until(self, t):
+        self._now = t
+        return self.floor.read_until(t)
+
+    @property
+    def status(self):
+        bad = self.bad[0] <= self._now < self.bad[1]
+        return self._status.DISCONNECTED if bad else self._status.OK
+
+    def close(self):
+        pass
+
+
+def test_an_unplugged_probe_silences_the_tone_and_marks_its_repetitions_but_the_session_goes_on():
+    from appliance.coach.runner import run
+
+    clock = SimClock()
+    cat = Catalogue.load("nl")
+    floor = SimulatedPelvicFloor(profile("average", fault_rate=0.0), seed=0)
+    log, trace = EventLog(), StrengthTrace()
+    prog = load_programme("leaflet", cat.keys()).only("ex1")
+    session = Session(prog, cat, clock, [log, floor, trace])
+    bad_from, bad_until = 130.0, 170.0
+    run(session, UnpluggedFor(floor, bad_from, bad_until), clock,
+        script=[ScriptedCommand(1.0, Command.START)])
+    assert session.state is State.DONE
+    rep_events = [e.data for e in log.of("rep")]
+    assert len(rep_events) == 8
+    for r in rep_events:
+        overlaps = r["t_start"] < bad_until and r["t_end"] > bad_from
+        assert r["biofeedback"] is (not overlaps)
+    assert any(not r["biofeedback"] for r in rep_events)
+    during = [p for t, p in trace.points if bad_from + 0.01 < t < bad_until]
+    after = [p for t, p in trace.points if t > bad_until + 20]
+    assert during and max(during) == 0.0
+    assert max(after) > 30.0

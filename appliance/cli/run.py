@@ -329,6 +329,7 @@ class Health:
     disk_low: bool = False
     store_error: str | None = None
     probe_bad_since: float | None = None
+    probe_logged: bool = False
     spoken: list[str] = field(default_factory=list)
 
 
@@ -731,6 +732,11 @@ class Appliance:
                           calibration=self.options.calibration, volume=self.config.audio.volume)
         if plan is not None:
             session.more_phrase = plan.more_phrase
+        # Probe status, breath and technique reach the coach as observations; the
+        # out-breath cues follow the patient's own breathing when the probe shows it clearly.
+        from appliance.sensor.technique import observe
+
+        self.source = observe(self.source, session, follow_breath=True)
         self.session = session
         stim_cm = self._open_stim(plan)
         stim = stim_cm.__enter__()
@@ -815,16 +821,15 @@ class Appliance:
         status = getattr(self.source, "status", ProbeStatus.OK)
         if status in (ProbeStatus.OK,):
             self.health.probe_bad_since = None
+            self.health.probe_logged = False
             return
         if self.health.probe_bad_since is None:
             self.health.probe_bad_since = now
-        elif now - self.health.probe_bad_since >= PROBE_FAULT_S:
-            # The session itself limits a repeated warning to one per 30 s.
-            if self.session is not None:
-                before = len(self.health.spoken)
-                self._announce("device.probe", warning="probe")
-                if len(self.health.spoken) > before:
-                    log.warning("probe fault: %s", status.value)
+        elif now - self.health.probe_bad_since >= PROBE_FAULT_S and not self.health.probe_logged:
+            # The observed source has already said which fault it is (probe.<status>);
+            # here it is logged once and shown on the LED.
+            self.health.probe_logged = True
+            log.warning("probe fault: %s", status.value)
 
     def _check_speaker(self, now: float) -> None:
         out = self.output

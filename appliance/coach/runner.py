@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from appliance.clock import Clock
 from appliance.coach.session import Session
-from appliance.sensor.base import PressureSource, ProbeStatus
+from appliance.sensor.base import PressureSource
 from appliance.voice.commands import Command
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def run(session: Session, source: PressureSource, clock: Clock, tick_s: float = 
         while i < len(pending) and pending[i].t <= st:
             session.command(pending[i].command, source="script")
             i += 1
-        session.probe_ok = getattr(source, "status", None) is ProbeStatus.OK  # a stim interlock
+        session.probe_status = getattr(source, "status", None)  # biofeedback and stim depend on it
         session.tick(t, times, values)
         if on_tick is not None:
             on_tick(t)

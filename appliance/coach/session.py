@@ -18,6 +18,7 @@ from appliance.clock import Clock
 from appliance.coach.pacing import Pace
 from appliance.coach.programme import Exercise, Motion, PhaseKind, Programme
 from appliance.events import Event, Feedback, Sink
+from appliance.sensor.base import ProbeStatus
 from appliance.sensor.signal import ContractionDetector, OneEuroFilter, RepRecorder, oxford_band
 from appliance.stim import STIM_EXERCISE_ID, StimContext, StimController, StimState
 from appliance.voice.commands import Command
@@ -90,6 +91,7 @@ class Segment:
     phase_index: int = -1
     prompt_index: int = 0
     recorder: RepRecorder = field(default_factory=RepRecorder)
+    probe_fault: bool = False  # the probe failed during this segment: metrics are not the patient's
 
     @property
     def end(self) -> float:
@@ -164,7 +166,7 @@ class Session:
         # The stimulation line (appliance.stim), attached with attach_stim(); it decides
         # on/off itself, the session only feeds it and speaks its cues.
         self.stim: StimController | None = None
-        self.probe_ok = False  # set by the control loop from the probe's status
+        self.probe_status: ProbeStatus | None = None  # set by the control loop each tick
         # appliance.coach.pacing.BreathFollower: cues on the patient's breath (None = paced).
         self.breath_follower = None
         self._stim_exercise: int | None = None
@@ -182,6 +184,19 @@ class Session:
         if 0 <= self.exercise_index < len(self.programme.exercises):
             return self.programme.exercises[self.exercise_index]
         return None
+
+    @property
+    def probe_ok(self) -> bool:
+        """The probe is inserted and reading sane: a stimulation interlock (unknown is not ok)."""
+        return self.probe_status is ProbeStatus.OK
+
+    @property
+    def biofeedback(self) -> bool:
+        """Whether the live tone may follow the probe: not when it reads nothing sane.
+
+        A saturated probe still shows a squeeze (too strong), so its tone stays.
+        """
+        return self.probe_status in (None, ProbeStatus.OK, ProbeStatus.SATURATED)
 
     @property
     def strength_pct(self) -> float:
@@ -217,7 +232,11 @@ class Session:
         phase = self._segment.current if self._segment and self.state is not State.PAUSED else None
         active = bool(phase and phase.asks_contraction)
         target = phase.level_pct if phase and phase.kind != "calibrate_squeeze" else 0.0
-        fb = Feedback(t, self._strength_pct, target, active and self.state is State.EXERCISING, self._pressure)
+        feedback_ok = self.biofeedback
+        if not feedback_ok and self._segment is not None and self._segment.kind == "rep":
+            self._segment.probe_fault = True  # this repetition was guided without biofeedback
+        fb = Feedback(t, self._strength_pct if feedback_ok else 0.0, target,
+                      active and self.state is State.EXERCISING and feedback_ok, self._pressure)
         for sink in self.sinks:
             sink.feedback(fb)
 
@@ -491,7 +510,8 @@ class Session:
         ex = self.programme.exercises[seg.exercise_index]
         m = seg.recorder.metrics(self.calibration.mvc_cmh2o, 1.0 / self.sample_rate_hz)
         data = dict(exercise=ex.id, exercise_index=seg.exercise_index, rep=seg.rep, status=status,
-                    target_pct=ex.target_level_pct, t_start=round(seg.start, 3), t_end=round(t, 3), **m.__dict__)
+                    target_pct=ex.target_level_pct, t_start=round(seg.start, 3), t_end=round(t, 3),
+                    biofeedback=not seg.probe_fault, **m.__dict__)
         self.reps.append(data)
         self._emit("rep", **data)
         # Track baseline drift: the end of a complete, relaxed rest is the new zero.
