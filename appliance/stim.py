@@ -809,3 +809,13 @@ def open_stim(
         controller.shutdown(controller._last_tick or 0.0, "closed")
         watchdog.stop()
         line.close()
+
+
+def drive_low(pin: int, pin_factory: Any = None) -> None:
+    """Claim the stim pin as an output, drive it low, release it (after any exit).
+
+    Used by `appliance stim-off`, the service's ExecStopPost: when `appliance run`
+    died without its handlers (SIGKILL, watchdog kill), the kernel may leave the line
+    as it was; this drives it low before the external pull-down takes over.
+    """
+    StimLine(pin, pin_factory=pin_factory).close()

@@ -425,3 +425,27 @@ class _SpyLine:
 
     def off(self) -> None:
         self.is_active = False
+
+
+def test_stim_off_drives_a_line_a_dead_process_left_high_low():
+    """The service's ExecStopPost: after SIGKILL the pin may still be high; stim-off lowers it."""
+    import argparse
+
+    from gpiozero.pins.mock import MockFactory
+
+    from appliance.cli.stim_off import run as stim_off
+
+    factory = MockFactory()
+    left = factory.pin(PIN)
+    left.function = "output"
+    left.state = True  # what a killed process may leave behind
+    assert factory.pin(PIN).state
+    assert stim_off(argparse.Namespace(pin=PIN, config=None), pin_factory=factory) == 0
+    assert factory.pin(PIN).state is False or factory.pin(PIN).state == 0
+
+
+def test_the_service_unit_drives_the_stim_line_low_after_any_exit():
+    from pathlib import Path
+
+    unit = (Path(__file__).parent.parent / "systemd" / "appliance.service").read_text()
+    assert "ExecStopPost=/opt/appliance/venv/bin/appliance stim-off" in unit
