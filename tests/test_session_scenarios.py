@@ -45,9 +45,11 @@ def test_exercise_2_has_ten_repetitions_each_holding_over_three_breaths(average_
     holds = [p for p in phases(average_session, "ex2") if p["phase"] == "hold"]
     assert len(holds) == 10
     assert all(p["end"] - p["start"] == pytest.approx(3 * breath) for p in holds)
-    for r in reps(average_session, "ex2"):
+    ex2 = reps(average_session, "ex2")
+    for r in ex2:
         assert r["hold_asked_s"] == pytest.approx(3 * breath, abs=0.05)
-        assert r["held_s"] > 0.5 * r["hold_asked_s"]
+    # the average patient gives up now and then (5 % of repetitions), mostly she holds
+    assert sum(r["held_s"] > 0.5 * r["hold_asked_s"] for r in ex2) >= 8
 
 
 class StrengthTrace:

@@ -137,6 +137,8 @@ class SimulatedPelvicFloor:
         end = max(d["end"], start + 0.2)
         level = d.get("level_pct", 0.0) / 100.0
         rep_key = (d.get("exercise"), d.get("rep"))
+        if kind.startswith("calibrate"):
+            rep_key = (kind, d["start"])  # each of the three maximal squeezes goes right or wrong alone
         if rep_key != self._rep_key:
             self._rep_key = rep_key
             self._fault = None
