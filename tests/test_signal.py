@@ -72,6 +72,7 @@ def test_repetition_metrics_in_the_clinics_terms():
     assert m.held_s == pytest.approx(5.0, abs=0.02) and m.hold_asked_s == pytest.approx(5.0, abs=0.02)
     assert m.release_complete and m.steadiness_pct == pytest.approx(0.0)
     assert m.onset_s == pytest.approx(0.25, abs=0.02)
+    assert m.time_to_peak_s == pytest.approx(0.9, abs=0.02)  # 90 % of the plateau on a 1 s ramp
     weak = _rep(hold_pct=40, release_to=20)
     assert weak.held_s == 0.0 and not weak.release_complete
 

@@ -93,7 +93,7 @@ class RepMetrics:
 
     peak_cmh2o: float  # highest squeeze above the rest baseline
     peak_pct: float  # the same as % of MVC
-    time_to_peak_s: float  # from the contract cue to the peak
+    time_to_peak_s: float  # from the contract cue until 90 % of the peak is reached (a plateau's argmax is noise)
     held_s: float  # seconds at or above 80 % of the level asked for (the tolerance band), in hold/move phases
     hold_asked_s: float  # seconds of hold/move asked for
     steadiness_pct: float  # standard deviation of strength during the holds (%MVC); lower is steadier
@@ -119,6 +119,10 @@ class RepRecorder:
         self.pct.append(pct)
         self.target.append(hold_target_pct)
         self.relaxing.append(relaxing)
+
+    def _reach(self, level: float, start: float, default: float) -> float:
+        """When the strength first reaches `level` after `start`."""
+        return next((t for t, p in zip(self.t, self.pct, strict=True) if t >= start and p >= level), default)
 
     def metrics(self, mvc_cmh2o: float, dt: float, onset_pct: float = 15.0) -> RepMetrics:
         if not self.pct:
@@ -147,7 +151,7 @@ class RepRecorder:
         return RepMetrics(
             peak_cmh2o=round(peak_pct * mvc_cmh2o / 100.0, 2),
             peak_pct=round(peak_pct, 1),
-            time_to_peak_s=round(max(0.0, self.t[peak_i] - start), 2),
+            time_to_peak_s=round(max(0.0, self._reach(0.9 * peak_pct, start, self.t[peak_i]) - start), 2),
             held_s=round(held, 2),
             hold_asked_s=round(asked, 2),
             steadiness_pct=round(sd, 2),
