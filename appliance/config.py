@@ -11,6 +11,7 @@ import dataclasses
 import tomllib
 import types
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +45,19 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(path, "(syntax)", str(exc), "not valid TOML") from None
     except OSError as exc:
         raise ConfigError(path, "(file)", str(path), f"cannot be read: {exc.strerror}") from None
+
+
+def check_known_keys(table: dict[str, Any], known: Iterable[str],
+                     error: Callable[[str, Any, str], Exception], what: str = "key", hint: str = "") -> None:
+    """Refuse the first key of `table` not in `known`; `error(key, value, reason)` builds the exception.
+
+    One wording for every TOML file the device reads (configuration, programmes,
+    prescriptions, stimulation), so a typo reads the same wherever it is made.
+    """
+    known = set(known)
+    for key in table:
+        if key not in known:
+            raise error(key, table[key], f"unknown {what} (known: {', '.join(sorted(known))}){hint}")
 
 
 def check_range(file: str | Path, key: str, value: float, lo: float | None, hi: float | None) -> None:
@@ -118,10 +132,8 @@ def load_dataclass(cls: type[T], data: dict[str, Any], file: str | Path, prefix:
     """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            full = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(file, full, data[key], f"unknown key (known: {', '.join(sorted(names))})")
+    check_known_keys(data, names,
+                     lambda key, value, reason: ConfigError(file, f"{prefix}.{key}" if prefix else key, value, reason))
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:

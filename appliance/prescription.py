@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from appliance.coach.pacing import MAX_EXHALE_S, MAX_INHALE_S, MIN_EXHALE_S, MIN_INHALE_S, Pace
 from appliance.coach.programme import Exercise, PhaseKind, Programme, load_programme, with_overrides
-from appliance.config import ConfigError, bounded, load_dataclass, read_toml
+from appliance.config import ConfigError, bounded, check_known_keys, load_dataclass, read_toml
 
 PRESCRIPTION_FILE = "prescription.toml"
 POSTOP_AWARENESS_WEEKS = 6  # leaflet: "De eerste 6 weken na operatie ... bewustwording"
@@ -205,16 +205,12 @@ def _exercise_overrides(table: Any, programme: Programme, file: str | Path) -> d
 
 
 def parse_prescription(data: dict[str, Any], file: str | Path) -> Prescription:
-    for key in data:
-        if key not in _TOP_TABLES:
-            raise ConfigError(file, key, data[key], f"unknown table (known: {', '.join(_TOP_TABLES)})")
+    check_known_keys(data, _TOP_TABLES, lambda k, v, r: ConfigError(file, k, v, r), what="table")
     patient = data.get("patient")
     if not isinstance(patient, dict):
         raise ConfigError(file, "patient", patient, "the file needs a [patient] table with a code")
-    for key in patient:
-        if key not in _PATIENT_KEYS:
-            raise ConfigError(file, f"patient.{key}", patient[key],
-                              f"unknown key (known: {', '.join(_PATIENT_KEYS)}); names never go here")
+    check_known_keys(patient, _PATIENT_KEYS, lambda k, v, r: ConfigError(file, f"patient.{k}", v, r),
+                     hint="; names never go here")
     code = patient.get("code")
     if not isinstance(code, str) or not CODE_PATTERN.match(code):
         raise ConfigError(file, "patient.code", code,

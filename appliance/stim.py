@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from appliance.config import ConfigError
+from appliance.config import ConfigError, check_known_keys
 from appliance.events import Event
 from appliance.voice.commands import Command
 
@@ -159,10 +159,7 @@ def parse_stim_prescription(table: dict[str, Any], file: str | Path) -> StimPres
     lim = HARD_LIMITS
     if not isinstance(table, dict):
         raise ConfigError(file, "stim", table, "must be a table")
-    for key in table:
-        if key not in _STIM_KEYS:
-            raise ConfigError(file, f"stim.{key}", table[key],
-                              f"unknown key (known: {', '.join(_STIM_KEYS)})")
+    check_known_keys(table, _STIM_KEYS, lambda k, v, r: ConfigError(file, f"stim.{k}", v, r))
     enabled = table.get("enabled", False)
     if not isinstance(enabled, bool):
         raise ConfigError(file, "stim.enabled", enabled, "must be true or false")

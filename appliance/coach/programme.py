@@ -11,7 +11,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from appliance.config import ConfigError, read_toml
+from appliance.config import ConfigError, check_known_keys, read_toml
 
 PROGRAMME_DIR = Path(__file__).parent / "programmes"
 
@@ -186,9 +186,7 @@ def _phase(table: Any, index: int, where: _Where, known: set[str] | None) -> Pha
     where = _Where(where.file, where.exercise, f"{key}.")
     if not isinstance(table, dict):
         raise where.error(key, table, "must be a table")
-    for k in table:
-        if k not in _PHASE_KEYS:
-            raise where.error(f"{key}.{k}", table[k], f"unknown key (known: {', '.join(sorted(_PHASE_KEYS))})")
+    check_known_keys(table, _PHASE_KEYS, where.error)
     kind = _enum(PhaseKind, _get(table, "kind", str, where), f"{key}.kind", where)
     seconds = _number(table, "seconds", where, 0.2, 600.0, None)
     breaths = table.get("breaths")
@@ -222,9 +220,7 @@ def _exercise(table: Any, index: int, file: Path | str, known: set[str] | None) 
     if not isinstance(ex_id, str) or not ex_id:
         raise ConfigError(file, f"exercise[{index}].id", ex_id, "every exercise needs an id (text)")
     where = _Where(file, ex_id)
-    for k in table:
-        if k not in _EXERCISE_KEYS:
-            raise where.error(k, table[k], f"unknown key (known: {', '.join(sorted(_EXERCISE_KEYS))})")
+    check_known_keys(table, _EXERCISE_KEYS, where.error)
     title = _get(table, "title", str, where)
     _check_phrase(title, "title", where, known)
     phases_raw = _get(table, "phase", list, where)
