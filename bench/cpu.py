@@ -21,9 +21,9 @@ import numpy as np
 from appliance.coach.programme import load_programme
 from appliance.coach.runner import ScriptedCommand, run
 from appliance.coach.session import Calibration, Session
+from appliance.commands import Command
 from appliance.config import DeviceConfig
 from appliance.sensor.simulated import SimulatedPelvicFloor, profile
-from appliance.voice.commands import Command
 from appliance.voice.output import AudioSink, prepare_speech
 from appliance.voice.phrases import Catalogue
 from appliance.voice.speech import RenderedTiming

@@ -25,11 +25,11 @@ import numpy as np
 from appliance.clock import SimClock
 from appliance.coach.programme import load_programme
 from appliance.coach.session import Calibration, Session
+from appliance.commands import Command
 from appliance.config import DeviceConfig
 from appliance.events import Event, Feedback
 from appliance.sensor.base import ProbeStatus
 from appliance.voice.audio import Mixer
-from appliance.voice.commands import Command
 from appliance.voice.phrases import Catalogue
 from appliance.voice.tone import ToneMapping, ToneShaper
 

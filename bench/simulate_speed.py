@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.simulation import simulate
+from appliance.simulation.session import simulate
 
 
 def main() -> None:

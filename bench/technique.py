@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 
 from appliance.sensor import simulated
 from appliance.sensor.simulated import Fault
-from appliance.simulation import simulate
+from appliance.simulation.session import simulate
 
 TRUTH: dict[tuple, str] = {}
 _original_emit = simulated.SimulatedPelvicFloor.emit

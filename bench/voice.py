@@ -36,8 +36,8 @@ from pulse_fixture import (  # noqa: E402
     voices_for,
 )
 
+from appliance.commands import Command  # noqa: E402
 from appliance.voice.audio import Mixer  # noqa: E402
-from appliance.voice.commands import Command  # noqa: E402
 from appliance.voice.listener import (  # noqa: E402
     SAMPLE_RATE,
     CommandDetector,

@@ -6,9 +6,9 @@ import shutil
 from datetime import date
 from pathlib import Path
 
-from appliance.clinic import enroll
-from appliance.clinic_sim import simulate_lending
+from appliance.clinic.enrolment import enroll
 from appliance.coach.programme import load_programme
+from appliance.simulation.lending import simulate_lending
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "prescription.toml"
 CODE = "GNT-2026-0042"

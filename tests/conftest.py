@@ -2,7 +2,7 @@
 
 import pytest
 
-from appliance.simulation import simulate
+from appliance.simulation.session import simulate
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.voice.commands import Command
+from appliance.commands import Command
 
 SAMPLE_RATE = 16000
 

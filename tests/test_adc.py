@@ -99,7 +99,7 @@ def test_bad_sampling_parameters_are_refused():
 
 
 def test_whole_session_through_the_adc_gives_the_direct_paths_repetition_metrics():
-    from appliance.simulation import simulate
+    from appliance.simulation.session import simulate
 
     config = SensorConfig(source="adc", chip="MCP3008", sample_rate_hz=100.0, oversample=1)
     direct = simulate(seed=3, max_seconds=200.0)

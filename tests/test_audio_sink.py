@@ -12,7 +12,7 @@ import pytest
 
 from appliance.config import AudioConfig
 from appliance.events import Event, Feedback
-from appliance.simulation import simulate
+from appliance.simulation.session import simulate
 from appliance.voice.audio import Mixer, WavSink, frames_for
 from appliance.voice.output import AudioSink, rate_for_pace, wav_audio
 from appliance.voice.speech import Clip

@@ -7,7 +7,7 @@ import pytest
 
 from appliance.coach.pacing import BreathFollower
 from appliance.sensor.breath import BreathDetector, BreathEstimate, BreathPhase
-from appliance.simulation import simulate
+from appliance.simulation.session import simulate
 
 CONFIDENT = 0.6
 

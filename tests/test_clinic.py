@@ -10,7 +10,7 @@ import pytest
 from clinic_fixture import CODE, filled_state_dir, prescription_file
 
 from appliance.cli import main
-from appliance.clinic import ClinicRefusal, current_enrolment, enroll, export, status
+from appliance.clinic.enrolment import ClinicRefusal, current_enrolment, enroll, export, status
 from appliance.config import ConfigError
 
 

@@ -7,15 +7,15 @@ import time
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
+from appliance.commands import Command
 from appliance.config import ControlsConfig
-from appliance.controls import (
+from appliance.device.controls import (
     LED_PATTERNS,
     ActivityState,
     Controls,
     Press,
     command_for_press,
 )
-from appliance.voice.commands import Command
 
 BUTTON, LED_PIN = 17, 27
 LONG_S = 0.25

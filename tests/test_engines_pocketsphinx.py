@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pulse_fixture import FLITE_EN, have_tools, normalize_level, synthesize, voices_for
 
-from appliance.voice.commands import Command
+from appliance.commands import Command
 from appliance.voice.engines import PocketsphinxEngine
 from appliance.voice.listener import CommandDetector, Vocabulary, build_engine, detect_in_samples
 

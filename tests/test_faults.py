@@ -27,9 +27,9 @@ import pytest
 from appliance.cli.run import Appliance, RunOptions, SimulatedEdges
 from appliance.clock import SimClock
 from appliance.coach.session import Calibration
+from appliance.device.service import Notifier, Signals
 from appliance.events import Event, Feedback
 from appliance.sensor.base import ProbeStatus
-from appliance.service import Notifier, Signals
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = REPO / "tests" / "data" / "short_programme.toml"

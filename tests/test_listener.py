@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from appliance.commands import Command
 from appliance.config import ConfigError, DeviceConfig, VoiceConfig
-from appliance.voice.commands import Command
 from appliance.voice.engines import Hypothesis, WordHit
 from appliance.voice.listener import (
     LANGUAGES,

@@ -81,7 +81,7 @@ DEVICE = textwrap.dedent(
 
     vocabulary = None
     if args.get("vocabulary"):  # a test language (Korean) has no catalogue file
-        from appliance.voice.commands import Command
+        from appliance.commands import Command
         from appliance.voice.listener import Vocabulary
         v = args["vocabulary"]
         vocabulary = Vocabulary(args["lang"], {p: Command(c) for p, c in v["phrases"].items()}, (),

@@ -25,7 +25,7 @@ FILLERS = list(KOREAN_FILLERS)
 def test_korean_commands_through_vosk_over_the_tone_and_none_from_the_prompts(tmp_path):
     rng = random.Random(9)
     voices = list(ESPEAK_KO)  # espeak's female Korean variant (ko+f2) is not understood even offline
-    from appliance.voice.commands import Command
+    from appliance.commands import Command
 
     picks = [(p, Command(c), rng.choice(voices)) for p, c in KOREAN.items()]
     picks += [(p, Command(c), rng.choice(voices)) for p, c in rng.sample(sorted(KOREAN.items()), 2)]

@@ -9,7 +9,7 @@ import pytest
 
 from appliance.coach.programme import PhaseKind, load_programme
 from appliance.config import ConfigError
-from appliance.prescription import (
+from appliance.patient.prescription import (
     load_prescription,
     parse_prescription,
     plan_for_day,

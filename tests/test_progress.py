@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from clinic_fixture import filled_state_dir
 
-from appliance.clinic import current_prescription, db_path
-from appliance.prescription import parse_prescription
-from appliance.progress import (
+from appliance.clinic.enrolment import current_prescription, db_path
+from appliance.patient.prescription import parse_prescription
+from appliance.patient.progress import (
     Perfect,
     count_jumps,
     load_sessions,

@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from appliance.clinic_sim import run_session
 from appliance.clock import SimClock
 from appliance.coach.runner import ScriptedCommand
-from appliance.prescription import Reminders, parse_prescription, plan_for_day
-from appliance.reminders import Answer, ReminderClock, short_set
-from appliance.simulation import EventLog
+from appliance.commands import Command
+from appliance.patient.prescription import Reminders, parse_prescription, plan_for_day
+from appliance.patient.reminders import Answer, ReminderClock, short_set
+from appliance.simulation.lending import run_session
+from appliance.simulation.session import EventLog
 from appliance.store import Store
-from appliance.voice.commands import Command
 from appliance.voice.phrases import Catalogue
 
 BRUSSELS = ZoneInfo("Europe/Brussels")
@@ -112,7 +112,7 @@ def test_asking_for_more_in_the_postop_weeks_gets_the_explanation_not_a_skip():
     rx = parse_prescription({"patient": {"code": "GNT-2026-0042", "surgery_date": date(2026, 3, 2)}}, "rx.toml")
     plan = plan_for_day(rx, date(2026, 3, 10))
     from appliance.coach.session import Session
-    from appliance.simulation import simulate
+    from appliance.simulation.session import simulate
 
     result = simulate(programme=plan.programme, patient="postop",
                       script=[ScriptedCommand(120.0, Command.NEXT)], auto_start=True)

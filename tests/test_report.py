@@ -11,7 +11,7 @@ import pytest
 from clinic_fixture import CODE, filled_state_dir
 
 from appliance.cli import main
-from appliance.clinic import status
+from appliance.clinic.enrolment import status
 
 
 @pytest.fixture(scope="module")

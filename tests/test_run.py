@@ -26,7 +26,7 @@ from test_faults import (
 def test_reminder_is_spoken_when_idle_but_not_at_night_and_stick_outcomes_are_spoken(tmp_path):
     from datetime import UTC, datetime
 
-    from appliance.service import post_announcement
+    from appliance.device.service import post_announcement
 
     clock = FastClock(wall_start=datetime(2026, 3, 2, 9, 30, tzinfo=UTC))
     app = make(tmp_path, FaultEdges(), auto_start=False, clock=clock)

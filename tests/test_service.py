@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.service import Notifier, Signals, WatchdogFeeder
+from appliance.device.service import Notifier, Signals, WatchdogFeeder
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_signals_set_flags_in_a_real_process(tmp_path):
     script = textwrap.dedent(
         """
         import os, signal, sys, time
-        from appliance.service import Signals
+        from appliance.device.service import Signals
         s = Signals(); s.install()
         print("up", flush=True)
         deadline = time.monotonic() + 10
@@ -129,7 +129,7 @@ def test_take_reads_a_request_once():
 
 
 def test_announcements_are_taken_once_in_order(tmp_path):
-    from appliance.service import post_announcement, take_announcements
+    from appliance.device.service import post_announcement, take_announcements
 
     assert take_announcements(tmp_path) == []
     post_announcement(tmp_path, "clinic.enrolled")

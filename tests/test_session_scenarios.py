@@ -10,10 +10,10 @@ from appliance.coach.pacing import Pace
 from appliance.coach.programme import load_programme
 from appliance.coach.runner import ScriptedCommand
 from appliance.coach.session import Session, State
+from appliance.commands import Command
 from appliance.events import Feedback
 from appliance.sensor.simulated import PROFILES, SimulatedPelvicFloor, profile
-from appliance.simulation import EventLog, simulate
-from appliance.voice.commands import Command
+from appliance.simulation.session import EventLog, simulate
 from appliance.voice.phrases import Catalogue, EstimatedTiming
 
 

@@ -23,6 +23,7 @@ from appliance.clock import SimClock
 from appliance.coach.programme import load_programme
 from appliance.coach.runner import ScriptedCommand, run
 from appliance.coach.session import Calibration, Session
+from appliance.commands import Command
 from appliance.config import ConfigError
 from appliance.events import Event
 from appliance.sensor.simulated import SimulatedPelvicFloor, profile
@@ -40,7 +41,6 @@ from appliance.stim import (
     with_stim_exercise,
 )
 from appliance.store import Store, StoreSink
-from appliance.voice.commands import Command
 from appliance.voice.phrases import Catalogue
 
 PIN = 22

@@ -18,6 +18,7 @@ from datetime import date, timedelta
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from appliance.commands import Command
 from appliance.config import ConfigError
 from appliance.stim import (
     CONTRAINDICATIONS,
@@ -29,7 +30,6 @@ from appliance.stim import (
     StimMode,
     parse_stim_prescription,
 )
-from appliance.voice.commands import Command
 
 SEQUENCES = int(os.environ.get("STIM_SEQUENCES", 100_000))
 TODAY = date(2026, 3, 2)

@@ -12,7 +12,7 @@ from appliance.sensor.base import ProbeStatus
 from appliance.sensor.mcp_sim import simulated_adc_probe
 from appliance.sensor.simulated import Fault
 from appliance.sensor.technique import ObservedSource, TechniqueMonitor
-from appliance.simulation import simulate
+from appliance.simulation.session import simulate
 
 
 def judged(result):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from clinic_fixture import CODE, filled_state_dir, prescription_file
 
-from appliance.clinic import current_enrolment, status
-from appliance.usbstick import STICK_EXPORT_DIR, STICK_KEY_FILE, StickAction, handle_stick, pair
+from appliance.clinic.enrolment import current_enrolment, status
+from appliance.clinic.usbstick import STICK_EXPORT_DIR, STICK_KEY_FILE, StickAction, handle_stick, pair
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import pytest
 from clinic_fixture import CODE, copy_state, filled_state_dir, prescription_file
 
 from appliance.cli import main
-from appliance.clinic import DEVICE_FILES, enroll, fingerprints, patient_files, scan_file, status, wipe
+from appliance.clinic.enrolment import DEVICE_FILES, enroll, fingerprints, patient_files, scan_file, status, wipe
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _refusal(fn):
     def wrapped(args):
-        from appliance.clinic import ClinicRefusal
+        from appliance.clinic.enrolment import ClinicRefusal
 
         try:
             return fn(args)
@@ -66,7 +66,7 @@ def _refusal(fn):
 
 @_refusal
 def run_enroll(args: argparse.Namespace) -> int:
-    from appliance.clinic import enroll
+    from appliance.clinic.enrolment import enroll
 
     e = enroll(args.state_dir, args.prescription)
     print(f"enrolled {e.code} (since {e.since_utc:%Y-%m-%d %H:%M} UTC); prescription in {args.state_dir}")
@@ -75,7 +75,7 @@ def run_enroll(args: argparse.Namespace) -> int:
 
 @_refusal
 def run_status(args: argparse.Namespace) -> int:
-    from appliance.clinic import status
+    from appliance.clinic.enrolment import status
 
     for line in status(args.state_dir).lines():
         print(line)
@@ -84,7 +84,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 @_refusal
 def run_export(args: argparse.Namespace) -> int:
-    from appliance.clinic import export
+    from appliance.clinic.enrolment import export
 
     files = export(args.state_dir, args.out, with_report=not args.no_report)
     print(f"exported {len(files)} files to {files[0].parent}")
@@ -95,8 +95,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 @_refusal
 def run_report(args: argparse.Namespace) -> int:
-    from appliance import report
-    from appliance.clinic import current_enrolment, current_prescription, db_path
+    from appliance.clinic import report
+    from appliance.clinic.enrolment import current_enrolment, current_prescription, db_path
 
     enrolment = current_enrolment(args.state_dir)
     if enrolment is None:
@@ -116,7 +116,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 @_refusal
 def run_wipe(args: argparse.Namespace) -> int:
-    from appliance.clinic import status, wipe
+    from appliance.clinic.enrolment import status, wipe
 
     st = status(args.state_dir)
     who = st.code or "an unenrolled patient"
@@ -133,7 +133,7 @@ def run_wipe(args: argparse.Namespace) -> int:
 
 @_refusal
 def run_pair(args: argparse.Namespace) -> int:
-    from appliance.usbstick import pair
+    from appliance.clinic.usbstick import pair
 
     print(pair(args.state_dir, args.stick))
     return 0
@@ -141,12 +141,12 @@ def run_pair(args: argparse.Namespace) -> int:
 
 @_refusal
 def run_stick(args: argparse.Namespace) -> int:
-    from appliance.usbstick import handle_stick
+    from appliance.clinic.usbstick import handle_stick
 
     outcome = handle_stick(args.stick, args.state_dir, now=datetime.now(UTC))
     print(f"{outcome.action.value}: {outcome.detail} (says {outcome.phrase or 'nothing'})", file=sys.stdout)
     if outcome.phrase:
-        from appliance.service import post_announcement
+        from appliance.device.service import post_announcement
 
         # The running appliance holds the speaker; it says the outcome within a second.
         post_announcement(args.state_dir, outcome.phrase)

@@ -29,12 +29,12 @@ from typing import Any, TextIO
 
 from appliance.cli.common import UserError, add_common_args
 from appliance.clock import Clock, RealClock
+from appliance.commands import Command
 from appliance.config import ConfigError, ControlsConfig, DeviceConfig, load_device_config
-from appliance.controls import ActivityState, Controls
+from appliance.device.controls import ActivityState, Controls
+from appliance.device.service import Notifier, Signals, WatchdogFeeder, take_announcements
 from appliance.events import Event, Feedback, Sink
 from appliance.sensor.base import ProbeStatus
-from appliance.service import Notifier, Signals, WatchdogFeeder, take_announcements
-from appliance.voice.commands import Command
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ class Appliance:
         self._samples_dropped_seen = 0
         self._speaker_since: float | None = None
         self._last_reminder_day: str | None = None
-        self.rx: Any = None  # appliance.prescription.Prescription
+        self.rx: Any = None  # appliance.patient.prescription.Prescription
         self.reminder_clock: Any = None
         self._pending_reminder: tuple[Any, float] | None = None
         self._timer_reminder = threading.Event()  # SIGUSR1 from appliance-reminder.timer
@@ -552,8 +552,8 @@ class Appliance:
 
     def _load_prescription(self) -> None:
         """The patient's prescription (enrolled by the clinic stick), if there is one."""
-        from appliance.prescription import load_prescription, prescription_path
-        from appliance.reminders import ReminderClock
+        from appliance.patient.prescription import load_prescription, prescription_path
+        from appliance.patient.reminders import ReminderClock
 
         self.rx = self.reminder_clock = None
         path = prescription_path(self.options.state_dir)
@@ -576,8 +576,8 @@ class Appliance:
         """(programme, DayPlan or None): what may be trained today, stim included."""
         if self.rx is None or self.options.programme is not None:
             return self.programme, None
-        from appliance.prescription import plan_for_day
-        from appliance.reminders import short_set as make_short_set
+        from appliance.patient.prescription import plan_for_day
+        from appliance.patient.reminders import short_set as make_short_set
 
         today = self.clock.wall().astimezone(self.rx.tz).date()
         seen = False
@@ -661,7 +661,7 @@ class Appliance:
             reminder, asked_at = self._pending_reminder
             self._pending_reminder = None
             if self.clock.now() - asked_at <= REMINDER_ANSWER_S and self.reminder_clock:
-                from appliance.reminders import Answer
+                from appliance.patient.reminders import Answer
 
                 answer, phrase = self.reminder_clock.answer(reminder, cmd, _utc(self.clock))
                 if phrase:
@@ -724,7 +724,7 @@ class Appliance:
         if self.events is not None:
             sinks.append(self.events)
         sinks.extend(self.edges.session_sinks())
-        from appliance.progress import JumpCounter
+        from appliance.patient.progress import JumpCounter
 
         sinks.append(JumpCounter(self.store_sink.inner))  # ex8: landings counted live
         session = Session(programme, self.catalogue, self.clock, sinks, timing=timing,

@@ -237,7 +237,7 @@ class SelfTest:
         return CommandDetector(engine, vocab, rules)
 
     def check_microphone(self) -> CheckResult:
-        from appliance.voice.commands import Command
+        from appliance.commands import Command
         from appliance.voice.listener import SAMPLE_RATE, detect_in_samples
 
         if not self.config.voice.enabled:
@@ -279,7 +279,7 @@ class SelfTest:
 
     def _synthesised_start(self, rate: int) -> np.ndarray:
         """The word for START in this language, spoken by the TTS, at the recogniser's rate."""
-        from appliance.voice.commands import Command
+        from appliance.commands import Command
         from appliance.voice.listener import Vocabulary
         from appliance.voice.speech import SpeechRenderer
 

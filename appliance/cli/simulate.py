@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from appliance.cli.common import device_config
     from appliance.coach.runner import ScriptedCommand
-    from appliance.simulation import simulate
+    from appliance.simulation.session import simulate
 
     config = device_config(args)
     try:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from appliance.clock import Clock
 from appliance.coach.session import Session
+from appliance.commands import Command
 from appliance.sensor.base import PressureSource
-from appliance.voice.commands import Command
 
 log = logging.getLogger(__name__)
 

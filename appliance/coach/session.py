@@ -17,11 +17,11 @@ from typing import Protocol
 from appliance.clock import Clock
 from appliance.coach.pacing import Pace
 from appliance.coach.programme import Exercise, Motion, PhaseKind, Programme
+from appliance.commands import Command
 from appliance.events import Event, Feedback, Sink
 from appliance.sensor.base import ProbeStatus
 from appliance.sensor.signal import ContractionDetector, OneEuroFilter, RepRecorder, oxford_band
 from appliance.stim import STIM_EXERCISE_ID, StimContext, StimController, StimState
-from appliance.voice.commands import Command
 from appliance.voice.phrases import Catalogue
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class Session:
         self._last_warning: dict[str, float] = {}
         self._exercise_done: set[int] = set()
         # Said instead of moving on when the patient asks for more than the programme allows
-        # (the post-operative weeks: appliance.prescription.DayPlan.more_phrase).
+        # (the post-operative weeks: appliance.patient.prescription.DayPlan.more_phrase).
         self.more_phrase: str | None = None
         # The stimulation line (appliance.stim), attached with attach_stim(); it decides
         # on/off itself, the session only feeds it and speaks its cues.

@@ -19,8 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
+from appliance.commands import Command
 from appliance.config import DEFAULT_STATE_DIR, ConfigError, DeviceConfig, read_toml
-from appliance.voice.commands import Command
 from appliance.voice.echo_cancel import EchoCanceller, has_reference
 from appliance.voice.engines import (
     SAMPLE_RATE,

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from appliance.events import Event, Feedback
-from appliance.prescription import ExerciseOverride, Prescription
+from appliance.patient.prescription import ExerciseOverride, Prescription
 
 log = logging.getLogger(__name__)
 

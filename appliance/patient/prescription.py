@@ -73,7 +73,7 @@ class Reminders:
 
 @dataclass(frozen=True)
 class Progression:
-    """The weekly progression rule (see appliance.progress); the clinician may switch it off."""
+    """The weekly progression rule (see appliance.patient.progress); the clinician may switch it off."""
 
     enabled: bool = True
     step_pct: float = bounded(5.0, 0.0, 20.0)  # target rise after a week that met it

@@ -20,9 +20,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from appliance.commands import Command
 from appliance.config import ConfigError, check_known_keys
 from appliance.events import Event
-from appliance.voice.commands import Command
 
 log = logging.getLogger(__name__)
 

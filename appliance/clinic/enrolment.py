@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from appliance.config import ConfigError
-from appliance.prescription import PRESCRIPTION_FILE, Prescription, load_prescription, prescription_path
+from appliance.patient.prescription import PRESCRIPTION_FILE, Prescription, load_prescription, prescription_path
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "appliance.db"
 ENROLMENT_FILE = "enrolment.json"
 EXPORT_DIR = "exports"
-CLINIC_KEY_FILE = "clinic.key"  # appliance.usbstick: the paired clinic's key (a hash of it)
+CLINIC_KEY_FILE = "clinic.key"  # appliance.clinic.usbstick: the paired clinic's key (a hash of it)
 # Files that belong to the unit, not to the patient; wipe keeps them (and scans them).
 DEVICE_FILES = frozenset({CLINIC_KEY_FILE, "probe.toml", "models", "speech"})
 DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
@@ -185,7 +185,7 @@ def status(state_dir: Path) -> Status:
 
 def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_report: bool = True) -> list[Path]:
     """Write the patient's data for the clinic into `out_dir/<code>-<date>/`; returns the files."""
-    from appliance import report
+    from appliance.clinic import report
 
     state_dir = Path(state_dir)
     enrolment = current_enrolment(state_dir)

@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from appliance.coach.programme import PhaseKind  # noqa: E402
-from appliance.prescription import Prescription, prescribed_programme  # noqa: E402
-from appliance.progress import (  # noqa: E402
+from appliance.patient.prescription import Prescription, prescribed_programme  # noqa: E402
+from appliance.patient.progress import (  # noqa: E402
     PERFECT_PROGRAMME,
     Week,
     load_sessions,

@@ -19,9 +19,9 @@ from datetime import datetime
 from enum import Enum
 from pathlib import Path
 
-from appliance.clinic import CLINIC_KEY_FILE, ClinicRefusal, enroll, export
+from appliance.clinic.enrolment import CLINIC_KEY_FILE, ClinicRefusal, enroll, export
 from appliance.config import ConfigError
-from appliance.prescription import PRESCRIPTION_FILE
+from appliance.patient.prescription import PRESCRIPTION_FILE
 
 log = logging.getLogger(__name__)
 

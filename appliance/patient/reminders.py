@@ -15,8 +15,8 @@ from enum import Enum
 from zoneinfo import ZoneInfo
 
 from appliance.coach.programme import Programme
-from appliance.prescription import Reminders, in_range, parse_hhmm, quiet_ranges
-from appliance.voice.commands import Command
+from appliance.commands import Command
+from appliance.patient.prescription import Reminders, in_range, parse_hhmm, quiet_ranges
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from appliance.clock import SimClock
 from appliance.coach.programme import Programme, load_programme
 from appliance.coach.runner import ScriptedCommand, run
 from appliance.coach.session import Session
+from appliance.commands import Command
 from appliance.events import Sink
-from appliance.progress import PERFECT_PROGRAMME, JumpCounter, assess_perfect, store_perfect
+from appliance.patient.progress import PERFECT_PROGRAMME, JumpCounter, assess_perfect, store_perfect
 from appliance.sensor.simulated import PROFILES, SimulatedPelvicFloor
 from appliance.store import Store, StoreSink
-from appliance.voice.commands import Command
 from appliance.voice.phrases import Catalogue
 
 log = logging.getLogger(__name__)

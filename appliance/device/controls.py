@@ -25,8 +25,8 @@ from enum import Enum
 from gpiozero import LED, PWMLED, Button
 from gpiozero.exc import GPIOZeroError
 
+from appliance.commands import Command
 from appliance.config import ControlsConfig
-from appliance.voice.commands import Command
 
 log = logging.getLogger(__name__)
 

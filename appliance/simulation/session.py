@@ -18,12 +18,12 @@ from appliance.coach.pacing import Pace
 from appliance.coach.programme import Programme, load_programme
 from appliance.coach.runner import ScriptedCommand, run
 from appliance.coach.session import Calibration, PhraseTiming, Session
+from appliance.commands import Command
 from appliance.config import SensorConfig
 from appliance.events import Event, Feedback, Sink
 from appliance.sensor.simulated import Fault, SimulatedPelvicFloor, profile
+from appliance.simulation.timeline import ConsoleTimeline, TimelineWriter
 from appliance.store import Store, StoreSink
-from appliance.timeline import ConsoleTimeline, TimelineWriter
-from appliance.voice.commands import Command
 from appliance.voice.phrases import Catalogue
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""The clinic: enrolment and wipe, the physiotherapist's report, the USB stick."""

@@ -1,0 +1,1 @@
+"""The device: supervisor, edges (real and simulated), session wiring, health, service, controls."""
