@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -52,21 +53,39 @@ class SimClock:
         self._start = float(start)
         self._wall_start = wall_start or datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
         self._lock = threading.Lock()
+        self._observers: list[Callable[[float], None]] = []
 
     def now(self) -> float:
         return self._t
+
+    def on_advance(self, observer: Callable[[float], None]) -> None:
+        """Call `observer(now)` whenever time moves: what a sound card or a microphone would
+        do in real time (consume audio, hear the patient) happens in step with the clock."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: Callable[[float], None]) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def _moved(self) -> None:
+        for observer in tuple(self._observers):
+            observer(self._t)
 
     def advance(self, seconds: float) -> float:
         if seconds < 0:
             raise ValueError(f"SimClock cannot run backwards (advance {seconds})")
         with self._lock:
             self._t += seconds
-            return self._t
+        self._moved()
+        return self._t
 
     def sleep_until(self, t: float) -> None:
         with self._lock:
-            if t > self._t:
+            moved = t > self._t
+            if moved:
                 self._t = float(t)
+        if moved:
+            self._moved()
 
     def wall(self) -> datetime:
         return self._wall_start + timedelta(seconds=self._t - self._start)
