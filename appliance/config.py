@@ -8,6 +8,7 @@ device configuration, the programme and the prescription loaders.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -20,17 +21,24 @@ T = TypeVar("T")
 
 DEFAULT_CONFIG_PATH = Path("/etc/appliance/appliance.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/appliance")
+MAX_TOML_BYTES = 1024 * 1024  # configurations, programmes and prescriptions are a few KiB
 
 
 class ConfigError(ValueError):
-    """A configuration value that cannot be used; names file, key and value."""
+    """A configuration value that cannot be used; names file, key and value.
 
-    def __init__(self, file: str | Path, key: str, value: Any, reason: str) -> None:
+    `shown` replaces the value in the message when the value itself must not be
+    written anywhere (a patient code: refusals reach the journal, outside the wipe's
+    reach); `value` still holds it for the caller.
+    """
+
+    def __init__(self, file: str | Path, key: str, value: Any, reason: str, shown: str | None = None) -> None:
         self.file = str(file)
         self.key = key
         self.value = value
         self.reason = reason
-        super().__init__(f"{self.file}: {key} = {value!r}: {reason}")
+        self.shown = shown
+        super().__init__(f"{self.file}: {key} = {repr(value) if shown is None else shown}: {reason}")
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -38,13 +46,27 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            raw = fh.read(MAX_TOML_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(path, "(file)", str(path), "file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "(syntax)", str(exc), "not valid TOML") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "(file)", str(path), "is a directory, not a file") from None
     except OSError as exc:
         raise ConfigError(path, "(file)", str(path), f"cannot be read: {exc.strerror}") from None
+    if len(raw) > MAX_TOML_BYTES:
+        raise ConfigError(path, "(file)", str(path), f"is larger than {MAX_TOML_BYTES // 1024} KiB; "
+                          "not a configuration file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "(file)", str(path), f"is not UTF-8 text (byte {exc.start}); "
+                          "not a TOML file") from None
+    try:
+        return tomllib.loads(text.removeprefix("\ufeff"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "(syntax)", str(exc), "not valid TOML") from None
+    except RecursionError:
+        raise ConfigError(path, "(syntax)", str(path), "nested too deeply to be a TOML file") from None
 
 
 def check_known_keys(table: dict[str, Any], known: Iterable[str],
@@ -60,8 +82,30 @@ def check_known_keys(table: dict[str, Any], known: Iterable[str],
             raise error(key, table[key], f"unknown {what} (known: {', '.join(sorted(known))}){hint}")
 
 
-def check_range(file: str | Path, key: str, value: float, lo: float | None, hi: float | None) -> None:
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+def check_number(file: str | Path, key: str, value: Any, whole: bool = False) -> float | int:
+    """`value` as a finite number, or `ConfigError`: refuses text, true/false, nan and infinity.
+
+    Every number the device reads goes through here (via `check_range` or
+    `load_dataclass`): NaN passes every `<`/`>` comparison, so a range check alone
+    lets it through.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(file, key, value, "must be a whole number" if whole else "must be a number")
+    if whole and not isinstance(value, int):
+        raise ConfigError(file, key, value, "must be a whole number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(file, key, value, "must be a finite number (not nan or inf)")
+    return value
+
+
+def check_range(file: str | Path, key: str, value: Any, lo: float | None, hi: float | None) -> None:
+    """Refuse `value` unless it is a finite number within [lo, hi] (either bound may be None)."""
+    check_number(file, key, value)
+    if (lo is not None and not value >= lo) or (hi is not None and not value <= hi):
+        if lo is None:
+            raise ConfigError(file, key, value, f"must be at most {hi}")
+        if hi is None:
+            raise ConfigError(file, key, value, f"must be at least {lo}")
         raise ConfigError(file, key, value, f"must be between {lo} and {hi}")
 
 
@@ -107,13 +151,9 @@ def _coerce(file: str | Path, key: str, tp: Any, value: Any) -> Any:
             raise ConfigError(file, key, value, "must be true or false")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(file, key, value, "must be a number")
-        return float(value)
+        return float(check_number(file, key, value))
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(file, key, value, "must be a whole number")
-        return value
+        return check_number(file, key, value, whole=True)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(file, key, value, "must be text")
@@ -146,6 +186,10 @@ def load_dataclass(cls: type[T], data: dict[str, Any], file: str | Path, prefix:
         meta = f.metadata
         if isinstance(value, int | float) and not isinstance(value, bool):
             check_range(file, full, value, meta.get("min"), meta.get("max"))
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                if isinstance(item, int | float) and not isinstance(item, bool):
+                    check_range(file, f"{full}[{i}]", item, meta.get("min"), meta.get("max"))
         if "choices" in meta and value not in meta["choices"]:
             raise ConfigError(file, full, value, f"must be one of {', '.join(map(repr, meta['choices']))}")
         kwargs[f.name] = value
@@ -180,7 +224,7 @@ class SensorConfig:
     source: str = choice("simulated", "simulated", "adc")
     chip: str = choice("MCP3008", "MCP3008", "MCP3208")
     channel: int = bounded(0, 0, 7)
-    abdominal_channel: int | None = None
+    abdominal_channel: int | None = bounded(None, 0, 7)
     vref: float = bounded(3.3, 1.0, 5.5)
     spi_port: int = bounded(0, 0, 1)
     spi_device: int = bounded(0, 0, 1)
@@ -202,8 +246,8 @@ class VoiceConfig:
 
 @dataclass(frozen=True)
 class ControlsConfig:
-    button_pin: int | None = 17
-    led_pin: int | None = 27
+    button_pin: int | None = bounded(17, 0, 27)
+    led_pin: int | None = bounded(27, 0, 27)
     stim_pin: int = bounded(22, 0, 27)
 
 
@@ -219,10 +263,77 @@ class DeviceConfig:
     source: str = "(defaults)"
 
 
+# --- Pins (BCM numbers) -------------------------------------------------------------------
+
+# docs/stimulation.md: GPIO 0-8 come out of reset with pull-ups (the line would float
+# high through boot), 7-11 are SPI0 (the probe's ADC), 2/3 I2C, 14/15 the UART.
+FORBIDDEN_STIM_PINS: dict[int, str] = {
+    **{p: "has a pull-up at reset (GPIO 0-8), so the line could float high through boot" for p in range(0, 9)},
+    **{p: "is an SPI0 pin (GPIO 7-11, the probe's ADC)" for p in (9, 10, 11)},
+    14: "is the UART's TX pin (GPIO 14/15)",
+    15: "is the UART's RX pin (GPIO 14/15)",
+}
+# SPI bus pins: (MISO, MOSI, SCLK) and the chip-select pin per spi_device.
+SPI_BUS_PINS: dict[int, tuple[int, int, int]] = {0: (9, 10, 11), 1: (19, 20, 21)}
+SPI_CS_PINS: dict[int, tuple[int, ...]] = {0: (8, 7), 1: (18, 17, 16)}
+# Longest audio block: the feedback tone must follow the squeeze within tens of ms.
+MAX_BLOCK_SECONDS = 0.1
+
+
+def spi_pins(sensor: SensorConfig) -> dict[int, str]:
+    """The BCM pins the ADC's SPI bus uses, each with what it is (empty unless source = "adc")."""
+    if sensor.source != "adc":
+        return {}
+    miso, mosi, sclk = SPI_BUS_PINS[sensor.spi_port]
+    cs = SPI_CS_PINS[sensor.spi_port][sensor.spi_device]
+    bus = f"SPI{sensor.spi_port}"
+    return {miso: f"{bus} MISO (the ADC)", mosi: f"{bus} MOSI (the ADC)", sclk: f"{bus} SCLK (the ADC)",
+            cs: f"{bus} chip select {sensor.spi_device} (sensor.spi_device)"}
+
+
+def check_device_config(cfg: DeviceConfig, file: str | Path) -> None:
+    """Refuse combinations of keys that each pass alone: pin clashes, silent tones, sluggish audio.
+
+    Called by `load_device_config`; every refusal names file, key and value.
+    """
+    audio, sensor, controls = cfg.audio, cfg.sensor, cfg.controls
+    if not audio.tone_rest_hz < audio.tone_target_hz:
+        raise ConfigError(file, "audio.tone_rest_hz", audio.tone_rest_hz,
+                          f"must be below audio.tone_target_hz ({audio.tone_target_hz:g}): the tone rises "
+                          "with the squeeze")
+    nyquist = audio.sample_rate / 2
+    if not audio.tone_target_hz < nyquist:
+        raise ConfigError(file, "audio.tone_target_hz", audio.tone_target_hz,
+                          f"must be below half of audio.sample_rate ({nyquist:g} Hz), or it cannot be played")
+    if audio.block_size / audio.sample_rate > MAX_BLOCK_SECONDS:
+        raise ConfigError(file, "audio.block_size", audio.block_size,
+                          f"is {1000 * audio.block_size / audio.sample_rate:.0f} ms at audio.sample_rate = "
+                          f"{audio.sample_rate}; at most {1000 * MAX_BLOCK_SECONDS:.0f} ms, or the tone lags "
+                          "the squeeze")
+    if sensor.abdominal_channel is not None and sensor.abdominal_channel == sensor.channel:
+        raise ConfigError(file, "sensor.abdominal_channel", sensor.abdominal_channel,
+                          "is also sensor.channel; the abdominal sensor needs a channel of its own")
+    stim = controls.stim_pin
+    if stim in FORBIDDEN_STIM_PINS:
+        raise ConfigError(file, "controls.stim_pin", stim,
+                          f"GPIO{stim} {FORBIDDEN_STIM_PINS[stim]}; see docs/stimulation.md (default 22)")
+    used: dict[int, str] = {}
+    for pin, what in spi_pins(sensor).items():
+        used[pin] = f"sensor.spi_port/spi_device: {what}"
+    for key in ("stim_pin", "button_pin", "led_pin"):
+        pin = getattr(controls, key)
+        if pin is None:
+            continue
+        if pin in used:
+            raise ConfigError(file, f"controls.{key}", pin, f"GPIO{pin} is already {used[pin]}; each pin has one use")
+        used[pin] = f"controls.{key}"
+
+
 def load_device_config(path: str | Path | None) -> DeviceConfig:
     """Load the device configuration; `None` means built-in defaults."""
     if path is None:
         return DeviceConfig()
     data = read_toml(path)
     cfg = load_dataclass(DeviceConfig, {k: v for k, v in data.items()}, path)
+    check_device_config(cfg, path)
     return dataclasses.replace(cfg, source=str(path))

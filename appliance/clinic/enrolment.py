@@ -21,6 +21,7 @@ import numpy as np
 
 from appliance.config import ConfigError
 from appliance.patient.prescription import PRESCRIPTION_FILE, Prescription, load_prescription, prescription_path
+from appliance.store import Salvaged, diagnose, salvage
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,13 @@ ENROLMENT_FILE = "enrolment.json"
 EXPORT_DIR = "exports"
 CLINIC_KEY_FILE = "clinic.key"  # appliance.clinic.usbstick: the paired clinic's key (a hash of it)
 # Files that belong to the unit, not to the patient; wipe keeps them (and scans them).
-DEVICE_FILES = frozenset({CLINIC_KEY_FILE, "probe.toml", "models", "speech"})
+# "cache" holds the rendered catalogue phrases (cache/speech): the same on every unit.
+# appliance.db.reserve: appliance.store's preallocated reserve for a full disk (zeros, no patient data).
+DEVICE_FILES = frozenset({CLINIC_KEY_FILE, "probe.toml", "models", "speech", "cache", "appliance.db.reserve"})
+# Rendered speech, relative to the state directory: kept, except phrases that are not in
+# the catalogues (those could carry patient words; see `_patient_speech`).
+SPEECH_DIRS = ("speech", "cache/speech")
+PRIVATE_MODE = 0o600  # patient data: the owner (the service user) only
 DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
@@ -87,6 +94,11 @@ def patient_files(state_dir: Path) -> list[Path]:
         return []
     out = []
     for entry in sorted(state_dir.iterdir()):
+        if entry.name == "cache" and entry.is_dir() and not entry.is_symlink():
+            # Only cache/speech is the unit's; anything else in the cache is the patient's.
+            out.extend(p for p in sorted(entry.rglob("*"))
+                       if (p.is_file() or p.is_symlink()) and not _in_speech_dir(state_dir, p))
+            continue
         if entry.name in DEVICE_FILES:
             continue
         if entry.is_dir() and not entry.is_symlink():
@@ -94,6 +106,11 @@ def patient_files(state_dir: Path) -> list[Path]:
         else:
             out.append(entry)
     return out
+
+
+def _in_speech_dir(state_dir: Path, path: Path) -> bool:
+    rel = path.relative_to(state_dir).as_posix()
+    return any(rel == d or rel.startswith(d + "/") for d in SPEECH_DIRS)
 
 
 def enroll(state_dir: Path, prescription_file: Path, now: datetime | None = None) -> Enrolment:
@@ -104,6 +121,10 @@ def enroll(state_dir: Path, prescription_file: Path, now: datetime | None = None
     """
     state_dir = Path(state_dir)
     rx = load_prescription(prescription_file)  # ConfigError names file, key and value
+    try:
+        data = Path(prescription_file).read_bytes()  # the bytes just validated, installed as they are
+    except OSError as exc:
+        raise ClinicRefusal(f"{prescription_file}: cannot be read ({exc.strerror})") from None
     current = current_enrolment(state_dir)
     if current is not None and current.code != rx.code:
         raise ClinicRefusal(f"patient {current.code} is enrolled on this device since "
@@ -118,7 +139,7 @@ def enroll(state_dir: Path, prescription_file: Path, now: datetime | None = None
             raise ClinicRefusal(f"the device still holds patient files ({leftovers[0].name}, ...); "
                                 "wipe it before enrolling")
     state_dir.mkdir(parents=True, exist_ok=True)
-    _write_private(prescription_path(state_dir), Path(prescription_file).read_bytes())
+    _write_private(prescription_path(state_dir), data)
     enrolment = current or Enrolment(rx.code, (now or datetime.now(UTC)).astimezone(UTC))
     _write_private(state_dir / ENROLMENT_FILE, enrolment.to_json().encode())
     log.info("patient enrolled")  # never the code: journald is outside the wipe's reach
@@ -126,11 +147,20 @@ def enroll(state_dir: Path, prescription_file: Path, now: datetime | None = None
 
 
 def _write_private(path: Path, data: bytes) -> None:
+    """Write atomically, readable by the state directory's owner (the service user) only.
+
+    Run as root (`sudo appliance clinic enroll`), the file is handed to the owner and group
+    of the state directory, so the service, which does not run as root, can read it.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_MODE)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
         fh.flush()
+        if os.geteuid() == 0:
+            owner = path.parent.stat()
+            os.fchown(fh.fileno(), owner.st_uid, owner.st_gid)
+        os.fchmod(fh.fileno(), PRIVATE_MODE)  # whatever the umask
         os.fsync(fh.fileno())
     os.replace(tmp, path)
 
@@ -144,16 +174,19 @@ class Status:
     repetitions: int
     patient_bytes: int
     last_session_utc: str | None
+    database_damaged: str | None = None  # why the device cannot use its database, and what is readable
 
     def lines(self) -> list[str]:
+        damaged = [f"DATABASE DAMAGED: {self.database_damaged}"] if self.database_damaged else []
         if self.code is None:
             head = ["no patient enrolled"]
             if self.sessions:
                 head.append(f"but {self.sessions} sessions of an unenrolled patient are stored: wipe them")
-            return head + [f"patient data: {self.patient_bytes / 1024:.0f} KiB"]
+            return head + damaged + [f"patient data: {self.patient_bytes / 1024:.0f} KiB"]
         return [
             f"patient: {self.code}",
             f"enrolled since: {self.since_utc:%Y-%m-%d %H:%M} UTC",
+            *damaged,
             f"sessions: {self.sessions} ({self.sessions_done} completed), {self.repetitions} repetitions",
             f"last session: {self.last_session_utc or 'none yet'}",
             f"storage used by patient data: {self.patient_bytes / 1024:.0f} KiB",
@@ -161,17 +194,23 @@ class Status:
 
 
 def status(state_dir: Path) -> Status:
+    """Who is enrolled and what is stored; a damaged database is read as far as it can be."""
     state_dir = Path(state_dir)
     enrolment = current_enrolment(state_dir)
-    sessions = _sessions(state_dir)
+    damage = diagnose(db_path(state_dir))
     reps = 0
-    if sessions:
-        db = sqlite3.connect(f"file:{db_path(state_dir)}?mode=ro", uri=True)
-        try:
-            reps = db.execute("SELECT COUNT(*) FROM repetitions").fetchone()[0]
-        finally:
-            db.close()
-    size = sum(p.stat().st_size for p in patient_files(state_dir) if p.is_file())
+    if damage is None:
+        sessions = _sessions(state_dir)
+        if sessions:
+            db = sqlite3.connect(f"file:{db_path(state_dir)}?mode=ro", uri=True)
+            try:
+                reps = db.execute("SELECT COUNT(*) FROM repetitions").fetchone()[0]
+            finally:
+                db.close()
+    else:
+        found = salvage(db_path(state_dir))
+        sessions, reps = found.sessions, found.count("repetitions")
+    size = sum(p.stat().st_size for p in patient_files(state_dir) + _patient_speech(state_dir) if p.is_file())
     return Status(
         code=enrolment.code if enrolment else None,
         since_utc=enrolment.since_utc if enrolment else None,
@@ -179,19 +218,33 @@ def status(state_dir: Path) -> Status:
         sessions_done=sum(s["status"] == "done" for s in sessions),
         repetitions=reps,
         patient_bytes=size,
-        last_session_utc=sessions[-1]["started_utc"] if sessions else None,
+        last_session_utc=max(s["started_utc"] for s in sessions) if sessions else None,
+        database_damaged=(f"{damage.reason}; {found.describe()} (`clinic export` writes them)"
+                          if damage is not None else None),
     )
 
 
+DAMAGE_NOTE_FILE = "database-damaged.txt"  # in an export made from a damaged database: what was recovered
+
+
 def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_report: bool = True) -> list[Path]:
-    """Write the patient's data for the clinic into `out_dir/<code>-<date>/`; returns the files."""
+    """Write the patient's data for the clinic into `out_dir/<code>-<date>/`; returns the files.
+
+    From a damaged database the readable rows are exported (`appliance.store.salvage`) and
+    DAMAGE_NOTE_FILE says in one sentence what was damaged and how much was recovered.
+    """
     from appliance.clinic import report
 
     state_dir = Path(state_dir)
     enrolment = current_enrolment(state_dir)
     if enrolment is None:
         raise ClinicRefusal("no patient is enrolled on this device; nothing to export")
-    if not db_path(state_dir).exists() or not _sessions(state_dir):
+    damage = diagnose(db_path(state_dir))
+    found = salvage(db_path(state_dir)) if damage is not None else None
+    if found is not None and not found.sessions:
+        raise ClinicRefusal(f"the database {db_path(state_dir)} {damage.reason}, and no session of patient "
+                            f"{enrolment.code} could be read from it; nothing to export (the file is kept)")
+    if found is None and (not db_path(state_dir).exists() or not _sessions(state_dir)):
         raise ClinicRefusal(f"patient {enrolment.code} has no stored sessions yet; nothing to export")
     out_dir = Path(out_dir)
     if out_dir.resolve().is_relative_to(state_dir.resolve()):
@@ -200,11 +253,53 @@ def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_rep
     target = out_dir / f"{enrolment.code}-{now:%Y%m%d-%H%M}"
     target.mkdir(parents=True, exist_ok=True)
     rx = current_prescription(state_dir)
-    files = report.write_tables(db_path(state_dir), target, enrolment.code, rx)
-    shutil.copyfile(prescription_path(state_dir), target / PRESCRIPTION_FILE)
-    files.append(target / PRESCRIPTION_FILE)
-    if with_report:
-        files.extend(report.write_report(db_path(state_dir), target, enrolment.code, rx))
+    if found is None:
+        files = report.write_tables(db_path(state_dir), target, enrolment.code, rx)
+        shutil.copyfile(prescription_path(state_dir), target / PRESCRIPTION_FILE)
+        files.append(target / PRESCRIPTION_FILE)
+        if with_report:
+            files.extend(report.write_report(db_path(state_dir), target, enrolment.code, rx))
+        return files
+    return _export_salvaged(found, damage.reason, target, enrolment.code, rx, with_report, prescription_path(state_dir))
+
+
+def _export_salvaged(found: Salvaged, reason: str, target: Path, code: str, rx: Prescription | None, with_report: bool,
+                     rx_file: Path) -> list[Path]:
+    """The export of what a damaged database still holds; the tables come out whatever the rows are."""
+    import csv
+    import tempfile
+
+    from appliance.clinic import report
+
+    note = (f"The database was damaged ({reason}); {found.describe()} from it, and this export holds "
+            f"those {found.count('sessions')} sessions and {found.count('repetitions')} repetitions.")
+    log.warning("export from a damaged database: %s", found.describe())
+    with tempfile.TemporaryDirectory(prefix="appliance-export-") as tmp:
+        source = found.write_database(Path(tmp) / "salvaged.db")
+        try:
+            files = report.write_tables(source, target, code, rx)
+        except Exception as exc:  # noqa: BLE001 - damaged rows the tables cannot shape: write them raw
+            log.warning("salvaged rows written as they are (%s)", exc)
+            files = []
+            for table, name in (("sessions", "sessions.csv"), ("repetitions", "repetitions.csv")):
+                rows = found.rows.get(table, ())
+                with (target / name).open("w", newline="") as fh:
+                    w = csv.writer(fh)
+                    if rows:
+                        w.writerow(rows[0].keys())
+                        w.writerows(r.values() for r in rows)
+                files.append(target / name)
+        if rx_file.is_file():
+            shutil.copyfile(rx_file, target / PRESCRIPTION_FILE)
+            files.append(target / PRESCRIPTION_FILE)
+        if with_report:
+            try:
+                files.extend(report.write_report(source, target, code, rx))
+            except Exception as exc:  # noqa: BLE001 - the tables are what counts from a damaged file
+                log.warning("no report from the salvaged rows: %s", exc)
+                note += f" No report could be drawn from them ({type(exc).__name__})."
+    (target / DAMAGE_NOTE_FILE).write_text(note + "\n", encoding="utf-8")
+    files.append(target / DAMAGE_NOTE_FILE)
     return files
 
 
@@ -370,20 +465,51 @@ def _catalogue_texts() -> set[str]:
 
 
 def _patient_speech(state_dir: Path) -> list[Path]:
-    """Cached speech whose text is not a catalogue phrase could carry patient words."""
-    speech = Path(state_dir) / "speech"
-    if not speech.is_dir():
-        return []
-    known = _catalogue_texts()
-    out = []
-    for meta in speech.rglob("*.json"):
+    """Cached speech whose text is not a catalogue phrase could carry patient words.
+
+    The rendered catalogue phrases (the phrase cache, STATE_DIR/cache/speech) are the
+    same on every unit and stay; a rendering without readable metadata, or whose text is
+    not in a catalogue, goes. Leftover temporary files of an interrupted rendering go too.
+    """
+    known: set[str] | None = None
+    out: list[Path] = []
+    for rel in SPEECH_DIRS:
+        speech = Path(state_dir) / rel
+        if not speech.is_dir() or speech.is_symlink():
+            continue
+        for path in sorted(speech.rglob("*")):
+            if path.is_dir() and not path.is_symlink():
+                continue
+            if path.suffix == ".wav" and path.with_suffix(".json").is_file():
+                continue  # decided with its metadata
+            if path.suffix != ".json" or path.is_symlink():
+                out.append(path)  # a WAV without metadata, a .tmp, a link: nothing vouches for it
+                continue
+            if known is None:
+                known = _catalogue_texts()
+            try:
+                text = json.loads(path.read_text(encoding="utf-8")).get("text")
+            except (OSError, ValueError, AttributeError):
+                text = None
+            if text not in known:
+                out += [path, path.with_suffix(".wav")]
+    return [p for p in out if p.exists() or p.is_symlink()]
+
+
+def _remove_empty_dirs(state_dir: Path) -> None:
+    """Remove the patient's (now empty) folders; the unit's own folders stay."""
+    if not state_dir.exists():
+        return
+    for entry in sorted(state_dir.rglob("*"), reverse=True):
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        parts = entry.relative_to(state_dir).parts
+        if parts[0] in DEVICE_FILES and (parts[0] != "cache" or len(parts) == 1 or parts[1] == "speech"):
+            continue  # the unit's folders (models, speech, cache/speech)
         try:
-            text = json.loads(meta.read_text()).get("text")
-        except (OSError, ValueError):
-            text = None
-        if text not in known:
-            out += [meta, meta.with_suffix(".wav")]
-    return [p for p in out if p.exists()]
+            entry.rmdir()
+        except OSError:
+            pass  # not empty: what is left is scanned and reported
 
 
 def wipe(state_dir: Path) -> WipeReport:
@@ -400,12 +526,7 @@ def wipe(state_dir: Path) -> WipeReport:
     for path in patient_files(state_dir) + _patient_speech(state_dir):
         report.removed_bytes += _shred(path)
         report.removed.append(path)
-    for entry in sorted(state_dir.iterdir(), reverse=True) if state_dir.exists() else []:
-        if entry.is_dir() and entry.name not in DEVICE_FILES:
-            for sub in sorted(entry.rglob("*"), reverse=True):
-                if sub.is_dir():
-                    sub.rmdir()
-            entry.rmdir()
+    _remove_empty_dirs(state_dir)
     remaining = [p for p in sorted(state_dir.rglob("*"))] if state_dir.exists() else []
     report.kept = [p for p in remaining if p.is_file()]
     scan(remaining, fp, report)

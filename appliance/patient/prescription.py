@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from appliance.coach.pacing import MAX_EXHALE_S, MAX_INHALE_S, MIN_EXHALE_S, MIN_INHALE_S, Pace
-from appliance.coach.programme import Exercise, PhaseKind, Programme, load_programme, with_overrides
+from appliance.coach.programme import PROGRAMME_DIR, Exercise, PhaseKind, Programme, load_programme, with_overrides
 from appliance.config import ConfigError, bounded, check_known_keys, load_dataclass, read_toml
 
 PRESCRIPTION_FILE = "prescription.toml"
@@ -27,8 +28,18 @@ POSTOP_TARGET_CAP_PCT = 30.0  # awareness at low intensity, whatever the overrid
 
 # Letters, digits and dashes with at least one digit: a clinic's study or file number.
 # A name ("JANSSENS") has no digit and is refused, so no name ever reaches the device.
-CODE_PATTERN = re.compile(r"^(?=.*[0-9])[A-Z0-9][A-Z0-9-]{3,23}$")
-HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+# Always used with fullmatch: `$` alone also matches before a trailing newline.
+CODE_PATTERN = re.compile(r"(?=.*[0-9])[A-Z0-9][A-Z0-9-]{3,23}")
+HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
+# A shipped programme's name (appliance/coach/programmes/<name>.toml); never a path.
+PROGRAMME_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# Dates the clinic writes: nothing before this, nothing more than two years ahead, so the
+# service's date arithmetic (+ 12 weeks) can never overflow and a typo (9999) is caught.
+EARLIEST_DATE = date(1990, 1, 1)
+FUTURE_DATE_YEARS = 2
+# A refused value in these keys could identify the patient; the refusal goes to the
+# journal, which the wipe cannot reach, so it names the key and the fault, not the value.
+NOT_SHOWN = "(value not shown: it may identify the patient)"
 
 
 @dataclass(frozen=True)
@@ -127,17 +138,35 @@ _PATIENT_KEYS = ("code", "language", "programme", "surgery_date", "catheter_remo
 
 
 def parse_hhmm(file: str | Path, key: str, value: Any) -> time:
-    if not isinstance(value, str) or not HHMM.match(value):
+    if not isinstance(value, str) or not HHMM.fullmatch(value):
         raise ConfigError(file, key, value, "must be a time of day as \"HH:MM\" (24 h)")
     return time(int(value[:2]), int(value[3:]))
 
 
-def _date(file: str | Path, key: str, value: Any) -> date | None:
+def _date(file: str | Path, key: str, value: Any, today: date | None = None, future_days: int | None = None
+          ) -> date | None:
+    """A date the clinic wrote, within `EARLIEST_DATE` .. today + 2 years (or + `future_days`)."""
     if value is None:
         return None
     if isinstance(value, datetime) or not isinstance(value, date):
         raise ConfigError(file, key, value, "must be a date (YYYY-MM-DD, unquoted)")
+    check_date(file, key, value, today, future_days)
     return value
+
+
+def check_date(file: str | Path, key: str, value: date, today: date | None = None,
+               future_days: int | None = None) -> None:
+    today = today or date.today()
+    latest = (today + timedelta(days=future_days) if future_days is not None
+              else today.replace(year=today.year + FUTURE_DATE_YEARS, day=min(today.day, 28)))
+    if not EARLIEST_DATE <= value <= latest:
+        raise ConfigError(file, key, value, f"must be between {EARLIEST_DATE} and {latest} "
+                          + ("(it cannot be in the future)" if future_days is not None else "(a typo?)"))
+
+
+def visible(text: str) -> str:
+    """`text` without invisible characters (zero-width spaces, controls, marks, spaces)."""
+    return "".join(c for c in text if unicodedata.category(c)[0] not in "CZM")
 
 
 def quiet_ranges(rem: Reminders, file: str | Path = "(prescription)") -> list[tuple[time, time]]:
@@ -204,30 +233,58 @@ def _exercise_overrides(table: Any, programme: Programme, file: str | Path) -> d
     return out
 
 
-def parse_prescription(data: dict[str, Any], file: str | Path) -> Prescription:
-    check_known_keys(data, _TOP_TABLES, lambda k, v, r: ConfigError(file, k, v, r), what="table")
+def shipped_programmes() -> list[str]:
+    return sorted(p.stem for p in PROGRAMME_DIR.glob("*.toml"))
+
+
+def _programme(file: str | Path, name: Any) -> Programme:
+    """Only a programme shipped in appliance/coach/programmes/, by name: never a path."""
+    shipped = shipped_programmes()
+    if not isinstance(name, str) or not PROGRAMME_NAME.fullmatch(name) or name not in shipped:
+        raise ConfigError(file, "patient.programme", name,
+                          f"must be the name of a shipped programme ({', '.join(shipped)}), not a path")
+    try:
+        return load_programme(name)
+    except ConfigError as exc:
+        raise ConfigError(file, "patient.programme", name, f"cannot be loaded ({exc.reason})") from None
+
+
+def _code_fault(code: Any) -> str | None:
+    """What is wrong with a patient code, in words that do not repeat it; None if it is fine."""
+    if not isinstance(code, str):
+        return "is required" if code is None else "must be text"
+    if code != code.strip():
+        return "has spaces or a line break around it"
+    if any(not c.isprintable() for c in code):
+        return "contains control or invisible characters"
+    if not CODE_PATTERN.fullmatch(code):
+        return (f"must be a pseudonymous code of 4-24 capitals, digits and dashes with at least one "
+                f"digit, never a name (this one has {len(code)} characters)")
+    return None
+
+
+def parse_prescription(data: dict[str, Any], file: str | Path, today: date | None = None) -> Prescription:
+    """Validate a prescription table; `today` (default: the local date) bounds its dates."""
+    check_known_keys(data, _TOP_TABLES, lambda k, v, r: ConfigError(file, k, v, r, shown=NOT_SHOWN),
+                     what="table")
     patient = data.get("patient")
     if not isinstance(patient, dict):
-        raise ConfigError(file, "patient", patient, "the file needs a [patient] table with a code")
-    check_known_keys(patient, _PATIENT_KEYS, lambda k, v, r: ConfigError(file, f"patient.{k}", v, r),
+        raise ConfigError(file, "patient", patient, "the file needs a [patient] table with a code",
+                          shown=None if patient is None else NOT_SHOWN)
+    check_known_keys(patient, _PATIENT_KEYS,
+                     lambda k, v, r: ConfigError(file, f"patient.{k}", v, r, shown=NOT_SHOWN),
                      hint="; names never go here")
     code = patient.get("code")
-    if not isinstance(code, str) or not CODE_PATTERN.match(code):
-        raise ConfigError(file, "patient.code", code,
-                          "must be a pseudonymous code of 4-24 capitals, digits and dashes with at "
-                          "least one digit (never a name)")
+    fault = _code_fault(code)
+    if fault is not None:
+        raise ConfigError(file, "patient.code", code, fault, shown=None if code is None else NOT_SHOWN)
     lang = patient.get("language", "nl")
     if lang not in ("nl", "en"):
         raise ConfigError(file, "patient.language", lang, "must be one of 'nl', 'en'")
     prog_name = patient.get("programme", "leaflet")
-    if not isinstance(prog_name, str):
-        raise ConfigError(file, "patient.programme", prog_name, "must be a programme name")
-    try:
-        programme = load_programme(prog_name)
-    except ConfigError as exc:
-        raise ConfigError(file, "patient.programme", prog_name, f"cannot be loaded ({exc.reason})") from None
-    surgery = _date(file, "patient.surgery_date", patient.get("surgery_date"))
-    catheter = _date(file, "patient.catheter_removal_date", patient.get("catheter_removal_date"))
+    programme = _programme(file, prog_name)
+    surgery = _date(file, "patient.surgery_date", patient.get("surgery_date"), today)
+    catheter = _date(file, "patient.catheter_removal_date", patient.get("catheter_removal_date"), today)
     if surgery and catheter and catheter < surgery:
         raise ConfigError(file, "patient.catheter_removal_date", catheter, "is before the surgery date")
     breathing = load_dataclass(Breathing, data.get("breathing", {}), file, prefix="breathing")
@@ -238,16 +295,33 @@ def parse_prescription(data: dict[str, Any], file: str | Path) -> Prescription:
             raise ConfigError(file, f"reminders.short_set[{i}]", ex_id, "is not an exercise of the programme")
     progression = load_dataclass(Progression, data.get("progression", {}), file, prefix="progression")
     overrides = _exercise_overrides(data.get("exercise", {}), programme, file)
-    stim = _parse_stim(data.get("stim", {}), file, surgery or catheter)
+    disabled = {ex_id for ex_id, ov in overrides.items() if not ov.enabled}
+    if {e.id for e in programme.exercises} <= disabled:
+        raise ConfigError(file, "exercise", f"all {len(disabled)} exercises enabled = false",
+                          "leaves no exercise to train; enable at least one")
+    for i, ex_id in enumerate(reminders.short_set):
+        if ex_id in disabled:
+            raise ConfigError(file, f"reminders.short_set[{i}]", ex_id,
+                              f"is disabled in [exercise.{ex_id}]; the reminder's short set cannot offer it")
+    stim = _parse_stim(data.get("stim", {}), file, surgery or catheter, today)
     return Prescription(code=code, language=lang, programme=prog_name, surgery_date=surgery,
                         catheter_removal_date=catheter, breathing=breathing, reminders=reminders,
                         progression=progression, exercises=overrides, stim=stim, source=str(file))
 
 
-def _parse_stim(table: Any, file: str | Path, surgery: date | None) -> Any:
+def _parse_stim(table: Any, file: str | Path, surgery: date | None, today: date | None = None) -> Any:
     from appliance.stim import parse_stim_prescription
 
     stim = parse_stim_prescription(table, file)
+    if stim.surgery_or_birth_date is not None:
+        check_date(file, "stim.surgery_or_birth_date", stim.surgery_or_birth_date, today)
+    if stim.checked_on is not None:
+        # The checklist was answered on a past day (a day's grace for time zones).
+        check_date(file, "stim.checked_on", stim.checked_on, today, future_days=1)
+    if stim.enabled and not visible(stim.checked_by):
+        raise ConfigError(file, "stim.checked_by", stim.checked_by,
+                          "breaks the rule: the clinician who answered the checklist signs it "
+                          "(invisible characters are no signature)")
     if surgery is not None and (stim.surgery_or_birth_date is None or stim.surgery_or_birth_date < surgery):
         # The stim engine's own 12-week lockout then counts from the same day as ours.
         stim = replace(stim, surgery_or_birth_date=surgery)
