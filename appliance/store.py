@@ -1,22 +1,36 @@
 """Patient data on the device: SQLite in WAL mode, one commit per finished repetition.
 
 A power cut can lose at most the repetition in progress; everything the coach has
-announced as completed is on disk. Timestamps are UTC wall-clock (ISO 8601).
+announced as completed is on disk. Timestamps are UTC wall-clock (ISO 8601). A file
+that cannot be used raises StoreDamaged at open; salvage() reads what is left of it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
+import shutil
 import sqlite3
-from collections.abc import Iterable
+import stat
+import struct
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 SCHEMA_VERSION = 1
+RESERVE_SUFFIX = ".reserve"  # beside the database: "appliance.db.reserve"
+RESERVE_BYTES = 2 * 1024 * 1024  # a day of repetitions many times over; samples are not kept once it is used
+LOCK_TIMEOUT_S = 5.0  # a lock held longer than this at open is one that never unlocks
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -98,25 +112,420 @@ def to_json(data: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False, default=_plain)
 
 
-class Store:
-    """The device's database. One writer (the coach); commits per repetition."""
+class StoreDamaged(Exception):
+    """The database file cannot be used as it is: the device needs the clinic.
 
-    def __init__(self, path: str | Path) -> None:
+    Nothing is written to a file that raised this; `salvage(path)` reads what is left.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed repetition survives a power cut, not only a crash.
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(SCHEMA)
-        self._migrate()
-        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self.reason = reason
+        super().__init__(f"the database {self.path} {reason}")
+
+    def __reduce__(self):  # picklable with its two arguments (multiprocessing, the fuzz bench)
+        return (type(self), (self.path, self.reason))
+
+
+def _damage_reason(exc: sqlite3.Error, lock_timeout_s: float) -> str:
+    """What an SQLite error at open says about the file, in the clinic's words."""
+    text = str(exc)
+    low = text.lower()
+    if "not a database" in low:
+        return f"is not an SQLite database (damaged or overwritten: {text})"
+    if "malformed" in low or "corrupt" in low:
+        return f"has corrupt pages ({text})"
+    if "locked" in low or "busy" in low:
+        return f"is locked by another process and did not unlock within {lock_timeout_s:g} s"
+    if "i/o" in low:
+        return f"cannot be read ({text}: the SD card may be failing)"
+    if "readonly" in low or "read-only" in low:
+        return f"cannot be written ({text})"
+    if _is_full(exc):  # type: ignore[arg-type]
+        return "cannot be opened because the disk is full"
+    return f"cannot be used ({text})"
+
+
+def _file_problem(path: Path) -> str | None:
+    """A database path that is not a readable regular file (or absent: a new database)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not a database file"
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO or device would block or mislead SQLite; never open one.
+        return "is not a regular file"
+    try:
+        with path.open("rb") as fh:
+            fh.read(100)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return None
+
+
+@functools.cache
+def expected_columns() -> dict[str, tuple[str, ...]]:
+    """Each table's columns in the order this version creates them (read from SQLite itself)."""
+    mem = sqlite3.connect(":memory:")
+    try:
+        mem.executescript(SCHEMA)
+        tables = [r[0] for r in mem.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY rowid")]
+        return {t: tuple(r[1] for r in mem.execute(f'PRAGMA table_info("{t}")')) for t in tables}
+    finally:
+        mem.close()
+
+
+def _schema_version(db: sqlite3.Connection) -> int | None:
+    """The schema version the file says it was written with; None for a new or pre-meta file."""
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise
+    if row is None:
+        return None
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise ValueError(f"has an unreadable schema version {row[0]!r} in its meta table") from None
+
+
+def _check_readable(db: sqlite3.Connection, lock_timeout_s: float) -> str | None:
+    """Corrupt pages or a schema from a newer version; None when the file reads well."""
+    found = [r[0] for r in db.execute("PRAGMA quick_check")]
+    if found != ["ok"]:
+        more = f" and {len(found) - 1} more problems" if len(found) > 1 else ""
+        return f"has corrupt pages (quick_check: {found[0] if found else 'no answer'}{more})"
+    try:
+        version = _schema_version(db)
+    except ValueError as exc:
+        return str(exc)
+    if version is not None and version > SCHEMA_VERSION:
+        return (f"was written by a newer version of the appliance (schema {version}, this one knows "
+                f"{SCHEMA_VERSION}); it is not written to")
+    return None
+
+
+def diagnose(path: str | Path, lock_timeout_s: float = LOCK_TIMEOUT_S) -> StoreDamaged | None:
+    """Why `Store(path)` would refuse the file, found without writing it; None if it is usable.
+
+    Used by the clinic's status and export to decide whether to salvage.
+    """
+    path = Path(path)
+    problem = _file_problem(path)
+    if problem:
+        return StoreDamaged(path, problem)
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=lock_timeout_s)
+    except sqlite3.Error as exc:
+        return StoreDamaged(path, _damage_reason(exc, lock_timeout_s))
+    try:
+        problem = _check_readable(db, lock_timeout_s)
+    except sqlite3.Error as exc:
+        problem = _damage_reason(exc, lock_timeout_s)
+    finally:
+        db.close()
+    return StoreDamaged(path, problem) if problem else None
+
+
+# --- salvage ------------------------------------------------------------------------------
+
+SALVAGE_MAX_GAP = 1 << 16  # rowids point-read one by one across one damaged stretch
+SALVAGE_MAX_JUMP = 1 << 24  # how far past a damaged stretch a table is searched for more rows
+
+
+@dataclass(frozen=True)
+class Salvaged:
+    """What could be read from a database file, table by table, row by row.
+
+    `rows` holds only rows that fit this version's schema (types, NOT NULL, readable
+    timestamps and event data), so the clinic's tables and report can be made from them.
+    """
+
+    path: Path
+    damage: str | None  # why Store(path) refuses the file; None when it is usable
+    rows: dict[str, tuple[dict[str, Any], ...]]
+    read_errors: dict[str, int]  # damaged stretches met while reading each table
+    rejected: dict[str, int]  # rows read but unusable (wrong type, missing value)
+    missing_tables: tuple[str, ...]
+
+    @property
+    def sessions(self) -> list[dict[str, Any]]:
+        return list(self.rows.get("sessions", ()))
+
+    @property
+    def repetitions(self) -> list[dict[str, Any]]:
+        return list(self.rows.get("repetitions", ()))
+
+    def count(self, table: str) -> int:
+        return len(self.rows.get(table, ()))
+
+    def describe(self) -> str:
+        """One sentence for the clinic: what was recovered."""
+        parts = [f"{self.count('sessions')} sessions", f"{self.count('repetitions')} repetitions",
+                 f"{self.count('events')} events", f"{self.count('samples')} pressure samples"]
+        text = "recovered " + ", ".join(parts)
+        lost = sorted({t for t, n in self.read_errors.items() if n} | {t for t, n in self.rejected.items() if n}
+                      | set(self.missing_tables))
+        if lost:
+            text += f"; rows are missing from {', '.join(lost)}"
+        return text
+
+    def write_database(self, dest: str | Path) -> Path:
+        """A fresh database with this version's schema holding the salvaged rows (for export)."""
+        dest = Path(dest)
+        db = sqlite3.connect(dest, isolation_level=None)
+        try:
+            db.executescript(SCHEMA)
+            db.execute("BEGIN")
+            for table, rows in self.rows.items():
+                for row in rows:
+                    cols = ", ".join(f'"{c}"' for c in row)
+                    db.execute(f'INSERT OR IGNORE INTO "{table}" ({cols}) VALUES ({",".join("?" * len(row))})',
+                               tuple(row.values()))
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        return dest
+
+
+@functools.cache
+def _column_rules() -> dict[str, dict[str, tuple[str, bool]]]:
+    """table -> column -> (declared type, NOT NULL), from this version's schema."""
+    mem = sqlite3.connect(":memory:")
+    try:
+        mem.executescript(SCHEMA)
+        return {t: {r[1]: (r[2].upper(), bool(r[3]) or bool(r[5])) for r in mem.execute(f'PRAGMA table_info("{t}")')}
+                for t in expected_columns()}
+    finally:
+        mem.close()
+
+
+def _fits(table: str, row: dict[str, Any]) -> bool:
+    """A salvaged row this version can use: right types, required values present, readable text."""
+    rules = _column_rules()[table]
+    for column, (kind, required) in rules.items():
+        value = row.get(column)
+        if value is None:
+            if required:
+                return False
+            continue
+        if kind == "TEXT" and not isinstance(value, str):
+            return False
+        if kind == "INTEGER" and not isinstance(value, int):
+            return False
+        if kind == "REAL" and (not isinstance(value, int | float) or value != value):
+            return False
+        if column.endswith("_utc"):
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                return False
+    if table == "events":
+        try:
+            return isinstance(json.loads(row["data"]), dict)
+        except ValueError:
+            return False
+    return True
+
+
+def _pad_truncated(copy: Path) -> None:
+    """Give a truncated copy back the length its header claims, as zero pages.
+
+    SQLite refuses a file shorter than its header says; padded, the lost pages read as
+    damaged pages (stepped over) and every page before the cut can be read.
+    """
+    with copy.open("r+b") as fh:
+        header = fh.read(100)
+        if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+            return
+        (page_size,) = struct.unpack(">H", header[16:18])
+        page_size = 65536 if page_size == 1 else page_size
+        (pages,) = struct.unpack(">I", header[28:32])
+        size = fh.seek(0, os.SEEK_END)
+        claimed = pages * page_size
+        if size < claimed <= 1 << 32:
+            fh.truncate(claimed)  # sparse: no disk used for the zeros
+
+
+def _open_copy(path: Path, workdir: Path) -> sqlite3.Connection:
+    """A connection to a copy of the file and its WAL (the last repetitions may be only there)."""
+    copy = workdir / "salvage.db"
+    shutil.copyfile(path, copy)
+    _pad_truncated(copy)
+    wal = Path(f"{path}-wal")
+    if wal.is_file() and not wal.is_symlink():
+        shutil.copyfile(wal, Path(f"{copy}-wal"))
+    return sqlite3.connect(copy, isolation_level=None)
+
+
+def _read_table(db: sqlite3.Connection, table: str, columns: list[str]) -> tuple[dict[int, tuple], int]:
+    """Rows by rowid, skipping damaged stretches of the B-tree; returns (rows, stretches skipped)."""
+    select = f'SELECT rowid, {", ".join(chr(34) + c + chr(34) for c in columns)} FROM "{table}"'  # noqa: S608
+    rows: dict[int, tuple] = {}
+    errors = 0
+    start = -(1 << 63)
+    while True:
+        try:
+            for r in db.execute(select + " WHERE rowid >= ? ORDER BY rowid", (start,)):
+                if r[0] >= start:
+                    rows[r[0]] = r[1:]
+                    start = r[0] + 1
+            return rows, errors
+        except sqlite3.DatabaseError:
+            errors += 1
+        # Find where the table can be read again, then point-read the rows in between.
+        jump, resume = 1, None
+        while jump <= SALVAGE_MAX_JUMP and start + jump < (1 << 63):
+            try:
+                first = db.execute(select + " WHERE rowid >= ? ORDER BY rowid LIMIT 1", (start + jump,)).fetchone()
+            except sqlite3.DatabaseError:
+                jump *= 2
+                continue
+            resume = max(first[0], start + jump) if first else start + jump  # damaged keys never go back
+            break
+        end = resume if resume is not None else start + SALVAGE_MAX_GAP
+        for rowid in range(start, min(end, start + SALVAGE_MAX_GAP)):
+            try:
+                got = db.execute(select + " WHERE rowid = ?", (rowid,)).fetchone()
+            except sqlite3.DatabaseError:
+                continue
+            if got:
+                rows[rowid] = got[1:]
+        if resume is None:
+            return rows, errors
+        start = resume
+
+
+def salvage(path: str | Path) -> Salvaged:
+    """Read every row that is still readable from a (damaged) database; never raises.
+
+    Read-only for the file itself: the file and its WAL are copied to a temporary folder
+    and read there (when even that fails, the file is read in place, read-only). Each of
+    this version's tables is read row by row by rowid, stepping over damaged pages.
+    """
+    path = Path(path)
+    damage = diagnose(path)
+    empty = Salvaged(path, damage.reason if damage else None, {}, {}, {}, tuple(expected_columns()))
+    if _file_problem(path) or not path.is_file():
+        return empty
+    rows: dict[str, tuple[dict[str, Any], ...]] = {}
+    read_errors: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    missing: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="appliance-salvage-") as tmp:
+        try:
+            db = _open_copy(path, Path(tmp))
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("cannot copy %s for salvage (%s); reading it in place", path, exc)
+            try:
+                db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+            except sqlite3.Error:
+                return empty
+        try:
+            for table, wanted in expected_columns().items():
+                try:
+                    have = {r[1] for r in db.execute(f'PRAGMA table_info("{table}")')}
+                except sqlite3.DatabaseError:
+                    have = set()
+                columns = [c for c in wanted if c in have]
+                if not columns:
+                    missing.append(table)
+                    continue
+                try:
+                    found, errors = _read_table(db, table, columns)
+                except sqlite3.DatabaseError:  # e.g. a WITHOUT ROWID table of a foreign schema
+                    found, errors = {}, 1
+                usable = []
+                for values in found.values():
+                    row = dict(zip(columns, values, strict=True))
+                    if _fits(table, row):
+                        usable.append(row)
+                rows[table] = tuple(usable)
+                read_errors[table] = errors
+                rejected[table] = len(found) - len(usable)
+        finally:
+            db.close()
+    return Salvaged(path, damage.reason if damage else None, rows, read_errors, rejected, tuple(missing))
+
+
+class Store:
+    """The device's database. One writer (the coach); commits per repetition.
+
+    Opening checks the file (`StoreDamaged` for every way it cannot be used) and keeps
+    `reserve_bytes` of the disk in a reserve file beside it. When SQLite reports the disk
+    full, the reserve is released and the write retried: completed repetitions are still
+    stored, pressure samples are dropped from then on, and `disk_full` is True for the
+    supervisor to say so. The reserve comes back when the space does.
+    """
+
+    def __init__(self, path: str | Path, lock_timeout_s: float = LOCK_TIMEOUT_S,
+                 reserve_bytes: int = RESERVE_BYTES) -> None:
+        self.path = Path(path)
+        self.reserve_path = self.path.with_name(self.path.name + RESERVE_SUFFIX)
+        self.reserve_bytes = reserve_bytes
+        self.lock_timeout_s = lock_timeout_s
         self._pending_events: list[tuple] = []
         self._pending_samples: list[tuple] = []
         self.samples_dropped = 0
         self.events_dropped = 0
         self.keep_samples = True
+        self.disk_full = False
+        problem = _file_problem(self.path)
+        if problem:
+            raise StoreDamaged(self.path, problem)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreDamaged(self.path, f"has no usable directory ({exc.strerror or exc})") from None
+        # Read-only first: a damaged or newer file is refused before a byte of it is written.
+        damage = diagnose(self.path, lock_timeout_s)
+        if damage is not None and self._full_disk_at_open():
+            damage = diagnose(self.path, lock_timeout_s)  # the reserve made room for SQLite's -shm
+        if damage is not None:
+            raise damage
+        try:
+            self.db = self._connect()
+        except sqlite3.OperationalError as exc:
+            # A full disk at open: the reserve (from an earlier start) makes the room.
+            if not _is_full(exc) or not self._release_reserve(exc):
+                raise StoreDamaged(self.path, _damage_reason(exc, lock_timeout_s)) from None
+            self.disk_full = True
+            try:
+                self.db = self._connect()
+            except sqlite3.Error as again:
+                raise StoreDamaged(self.path, _damage_reason(again, lock_timeout_s)) from None
+        except sqlite3.Error as exc:
+            raise StoreDamaged(self.path, _damage_reason(exc, lock_timeout_s)) from None
+        if not self.disk_full:
+            self._make_reserve()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.lock_timeout_s)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed repetition survives a power cut, not only a crash.
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self.db = db
+            db.executescript(SCHEMA)
+            self._migrate()
+            self._check_schema()
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            # Proves the write lock can be had now, not at the first repetition.
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("COMMIT")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def _migrate(self) -> None:
         """Add repetition metrics that a database written by an older version lacks."""
@@ -127,12 +536,117 @@ class Store:
                 self.db.execute(f"ALTER TABLE repetitions ADD COLUMN {column} {kind}")
                 log.info("database %s: added repetitions.%s", self.path, column)
 
+    def _check_schema(self) -> None:
+        """A table this version writes to must have every column it writes (a foreign file may not)."""
+        for table, columns in expected_columns().items():
+            have = {row[1] for row in self.db.execute(f'PRAGMA table_info("{table}")')}
+            missing = [c for c in columns if c not in have]
+            if missing:
+                raise StoreDamaged(self.path, f"has a table {table} without the column(s) {', '.join(missing)}")
+
+    # --- the reserve ----------------------------------------------------------------------
+
+    def _make_reserve(self) -> bool:
+        """Set the reserve aside when there is room for it and as much again; True if it is there."""
+        if self.reserve_bytes <= 0:
+            return False
+        try:
+            if self.reserve_path.is_file() and self.reserve_path.stat().st_size >= self.reserve_bytes:
+                return True
+            if shutil.disk_usage(self.reserve_path.parent).free < 2 * self.reserve_bytes:
+                return False
+        except OSError as exc:
+            log.warning("cannot check the storage reserve %s: %s", self.reserve_path, exc)
+            return False
+        tmp = self.reserve_path.with_name(self.reserve_path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                try:
+                    os.posix_fallocate(fd, 0, self.reserve_bytes)
+                except OSError as exc:
+                    if exc.errno == 28:  # ENOSPC: no room after all
+                        raise
+                    # A file system without fallocate: real zeros hold the blocks just as well.
+                    block = b"\0" * 65536
+                    for _ in range(0, self.reserve_bytes, len(block)):
+                        os.write(fd, block)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.reserve_path)
+        except OSError as exc:
+            log.warning("cannot set the storage reserve aside: %s", exc)
+            tmp.unlink(missing_ok=True)
+            return False
+        log.info("storage reserve of %d KiB set aside in %s", self.reserve_bytes // 1024, self.reserve_path)
+        return True
+
+    def _full_disk_at_open(self) -> bool:
+        """The disk is too full even to open the file (SQLite's -shm): release the reserve; True if released."""
+        try:
+            if shutil.disk_usage(self.path.parent).free >= 64 * 1024:
+                return False
+        except OSError:
+            return False
+        if not self._release_reserve(OSError(28, "no space left on the device at open")):
+            return False
+        self.disk_full = True
+        return True
+
+    def _release_reserve(self, exc: Exception) -> bool:
+        """Delete the reserve so the write that found the disk full can be retried; True if it was there."""
+        try:
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            log.error("cannot release the storage reserve %s: %s", self.reserve_path, err)
+            return False
+        log.error("disk full (%s): storage reserve released; repetitions are kept, samples no longer", exc)
+        return True
+
+    def _disk_became_full(self, exc: Exception) -> bool:
+        """The disk is full: samples stop, the reserve makes room; True if a retry can succeed."""
+        self.disk_full = True
+        if self._pending_samples:
+            log.warning("disk full: dropping %d samples", len(self._pending_samples))
+            self.samples_dropped += len(self._pending_samples)
+            self._pending_samples.clear()
+        return self._release_reserve(exc)
+
+    def _space_back(self) -> None:
+        """After a full disk: when the reserve can be set aside again, samples are kept again."""
+        if self.disk_full and self._make_reserve():
+            self.disk_full = False
+            log.info("disk space is back: storage reserve restored, samples are kept again")
+
+    def _write(self, transaction: Callable[[], T]) -> T:
+        """Run one write; on a full disk release the reserve and run it once more."""
+        try:
+            return self._attempt(transaction)
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                raise
+            self._disk_became_full(exc)
+        return self._attempt(transaction)
+
+    def _attempt(self, transaction: Callable[[], T]) -> T:
+        try:
+            return transaction()
+        except sqlite3.Error:
+            # SQLite may or may not have rolled back a transaction that failed on a full disk.
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+
     def mark_interrupted(self) -> int:
         """Sessions still 'running' in the file were cut off (power cut, crash): say so."""
-        with self.db:
-            self.db.execute("BEGIN")
-            n = self.db.execute("UPDATE sessions SET status='interrupted' WHERE status='running'").rowcount
-        return n
+        def update() -> int:
+            with self.db:
+                self.db.execute("BEGIN")
+                return self.db.execute("UPDATE sessions SET status='interrupted' WHERE status='running'").rowcount
+        return self._write(update)
 
     def close(self) -> None:
         try:
@@ -144,31 +658,32 @@ class Store:
 
     def start_session(self, when: datetime, programme: str, lang: str, patient_code: str | None = None,
                       source: str = "device") -> int:
-        cur = self.db.execute(
+        return self._write(lambda: int(self.db.execute(
             "INSERT INTO sessions(started_utc, programme, lang, patient_code, source) VALUES (?,?,?,?,?)",
             (when.isoformat(), programme, lang, patient_code, source),
-        )
-        return int(cur.lastrowid)
+        ).lastrowid))
 
     def set_calibration(self, session_id: int, rest: float, mvc: float, band: str) -> None:
-        self.db.execute("UPDATE sessions SET rest_cmh2o=?, mvc_cmh2o=?, oxford_band=? WHERE id=?",
-                        (rest, mvc, band, session_id))
+        self._write(lambda: self.db.execute("UPDATE sessions SET rest_cmh2o=?, mvc_cmh2o=?, oxford_band=? WHERE id=?",
+                                            (rest, mvc, band, session_id)))
 
     def start_exercise(self, session_id: int, exercise: str, position: int, when: datetime) -> int:
-        cur = self.db.execute(
+        return self._write(lambda: int(self.db.execute(
             "INSERT INTO exercises(session_id, exercise, position, started_utc) VALUES (?,?,?,?)",
             (session_id, exercise, position, when.isoformat()),
-        )
-        return int(cur.lastrowid)
+        ).lastrowid))
 
     def end_exercise(self, row: int, status: str, when: datetime) -> None:
-        self.db.execute("UPDATE exercises SET status=?, ended_utc=? WHERE id=?", (status, when.isoformat(), row))
+        self._write(lambda: self.db.execute("UPDATE exercises SET status=?, ended_utc=? WHERE id=?",
+                                            (status, when.isoformat(), row)))
 
     def event(self, session_id: int, t: float, kind: str, data: dict[str, Any]) -> None:
         self._pending_events.append((session_id, float(t), kind, to_json(data)))
 
     def sample(self, session_id: int, t: float, cmh2o: float, pct: float) -> None:
-        if self.keep_samples:
+        if self.disk_full:
+            self.samples_dropped += 1  # counted: the supervisor hears of the full disk by this too
+        elif self.keep_samples:
             self._pending_samples.append((session_id, t, cmh2o, pct))
 
     def add_repetition(self, session_id: int, exercise_row: int, exercise: str, rep: int, status: str,
@@ -176,45 +691,56 @@ class Store:
                        metrics: dict[str, Any]) -> int:
         """Store one repetition and everything pending before it, in one transaction.
 
-        On a full disk SQLite may roll the whole transaction back; the repetition is then
-        written again on its own, and the pending events and samples are dropped.
+        On a full disk SQLite may roll the whole transaction back; the reserve is then
+        released and the repetition written again with its events (samples dropped), and
+        if even that does not fit, on its own.
         """
         row = (session_id, exercise_row, exercise, rep, status, when.isoformat(), t_start, t_end, target_pct,
                *(_sql_value(metrics.get(k)) for k in REP_METRICS))
         sql = ("INSERT INTO repetitions(session_id, exercise_row, exercise, rep, status, ended_utc, t_start,"
                " t_end, target_pct, " + ", ".join(REP_METRICS) + ")"
                " VALUES (" + ",".join("?" * len(row)) + ")")
-        try:
+
+        def insert(with_pending: bool) -> int:
             with self.db:
                 self.db.execute("BEGIN")
                 cur = self.db.execute(sql, row)
-                self._write_pending()
+                if with_pending:
+                    self._write_pending()
             return int(cur.lastrowid)
+
+        self._space_back()
+        try:
+            return self._write(lambda: insert(True))
         except sqlite3.OperationalError as exc:
             if not _is_full(exc):
                 raise
             self._drop_pending(exc)
-        with self.db:
-            self.db.execute("BEGIN")
-            cur = self.db.execute(sql, row)
-        return int(cur.lastrowid)
+        return self._attempt(lambda: insert(False))
 
     def end_session(self, session_id: int, status: str, when: datetime) -> None:
         self.flush()
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.execute("UPDATE exercises SET status=?, ended_utc=? WHERE session_id=? AND status='running'",
-                            ("stopped" if status != "done" else "finished", when.isoformat(), session_id))
-            self.db.execute("UPDATE sessions SET status=?, ended_utc=? WHERE id=?",
-                            (status, when.isoformat(), session_id))
+
+        def update() -> None:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.execute("UPDATE exercises SET status=?, ended_utc=? WHERE session_id=? AND status='running'",
+                                ("stopped" if status != "done" else "finished", when.isoformat(), session_id))
+                self.db.execute("UPDATE sessions SET status=?, ended_utc=? WHERE id=?",
+                                (status, when.isoformat(), session_id))
+        self._write(update)
+        self._space_back()
 
     def flush(self) -> None:
         if not (self._pending_events or self._pending_samples):
             return
-        try:
+
+        def write() -> None:
             with self.db:
                 self.db.execute("BEGIN")
                 self._write_pending()
+        try:
+            self._write(write)
         except sqlite3.OperationalError as exc:
             if not _is_full(exc):
                 raise
@@ -240,12 +766,15 @@ class Store:
                 raise  # the caller sees it (a full disk that rolled back everything: rewrite)
             self.db.execute("ROLLBACK TO pending")
             self.db.execute("RELEASE pending")
+            self._disk_became_full(exc)
             self._drop_pending(exc)
         else:
             self._pending_events.clear()
             self._pending_samples.clear()
 
     def _drop_pending(self, exc: Exception) -> None:
+        if not (self._pending_events or self._pending_samples):
+            return
         log.warning("disk full: dropping %d events and %d samples (%s)", len(self._pending_events),
                     len(self._pending_samples), exc)
         self.events_dropped += len(self._pending_events)

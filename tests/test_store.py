@@ -90,9 +90,11 @@ def test_on_a_full_disk_the_repetition_is_kept_and_its_samples_are_dropped(tmp_p
         store.sample(sid, i / 10, 30.0 + i % 7, 10.0)
     store.event(sid, 1.0, "phase", {"phase": "hold", "padding": "x" * 5000})
     store.add_repetition(sid, ex, "ex1", 1, "complete", when, 0.0, 10.0, 60.0, {"peak_pct": 58.0})
-    assert store.samples_dropped == 20000 and store.events_dropped == 1
-    assert sqlite3.connect(tmp_path / "full.db").execute("SELECT rep, peak_pct FROM repetitions").fetchall() == [
-        (1, 58.0)]
+    assert store.samples_dropped == 20000 and store.disk_full
+    other = sqlite3.connect(tmp_path / "full.db")
+    assert other.execute("SELECT rep, peak_pct FROM repetitions").fetchall() == [(1, 58.0)]
+    # Samples go first; the event is kept when it still fits, and counted when it does not.
+    assert other.execute("SELECT count(*) FROM events").fetchone()[0] + store.events_dropped == 1
 
 
 def test_sessions_cut_off_by_a_power_cut_are_marked_interrupted(tmp_path):
