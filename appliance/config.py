@@ -329,11 +329,29 @@ def check_device_config(cfg: DeviceConfig, file: str | Path) -> None:
         used[pin] = f"controls.{key}"
 
 
+def parse_device_config(data: dict[str, Any], file: str | Path) -> DeviceConfig:
+    """The configuration from a TOML table (as read from `file`), field and cross checks done."""
+    cfg = load_dataclass(DeviceConfig, {k: v for k, v in data.items() if k != "source"}, file)
+    if "source" in data:
+        raise ConfigError(file, "source", data["source"], "is not a configuration key (known: "
+                          "audio, controls, language, sensor, voice)")
+    check_device_config(cfg, file)
+    return dataclasses.replace(cfg, source=str(file))
+
+
 def load_device_config(path: str | Path | None) -> DeviceConfig:
     """Load the device configuration; `None` means built-in defaults."""
     if path is None:
         return DeviceConfig()
-    data = read_toml(path)
-    cfg = load_dataclass(DeviceConfig, {k: v for k, v in data.items()}, path)
-    check_device_config(cfg, path)
-    return dataclasses.replace(cfg, source=str(path))
+    return parse_device_config(read_toml(path), path)
+
+
+def numbers(obj: Any, prefix: str = "") -> Iterable[tuple[str, float, float | None, float | None]]:
+    """Every number field of a configuration dataclass: (dotted key, value, min, max)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(value):
+            yield from numbers(value, key)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield key, value, f.metadata.get("min"), f.metadata.get("max")
