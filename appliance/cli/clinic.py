@@ -84,12 +84,15 @@ def run_status(args: argparse.Namespace) -> int:
 
 @_refusal
 def run_export(args: argparse.Namespace) -> int:
-    from appliance.clinic.enrolment import export
+    from appliance.clinic.enrolment import DAMAGE_NOTE_FILE, export
 
     files = export(args.state_dir, args.out, with_report=not args.no_report)
     print(f"exported {len(files)} files to {files[0].parent}")
     for f in files:
         print(f"  {f.name}")
+    damaged = [f for f in files if f.name == DAMAGE_NOTE_FILE]
+    if damaged:  # the one sentence: what was damaged, how many rows were recovered
+        print(damaged[0].read_text(encoding="utf-8").strip(), file=sys.stderr)
     return 0
 
 
