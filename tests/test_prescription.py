@@ -108,3 +108,96 @@ def test_no_surgery_date_means_no_gate():
     plan = plan_for_day(rx, date(2026, 1, 5))
     assert not plan.postop and plan.announce == ()
     assert plan.programme.exercises == prescribed_programme(rx, load_programme("leaflet")).exercises
+
+
+# --- Issue 13 item 6: prescriptions accepted at enroll that broke the service later --------
+
+TODAY = date(2026, 3, 2)
+CHECKLIST = {k: "no" for k in __import__("appliance.stim", fromlist=["x"]).CONTRAINDICATIONS}
+
+
+def refusal(tables, today=TODAY):
+    data = {"patient": {"code": "GNT-0042"}, **tables}
+    if "patient" in tables:
+        data["patient"] = {"code": "GNT-0042", **tables["patient"]}
+    with pytest.raises(ConfigError) as err:
+        parse_prescription(data, "rx.toml", today=today)
+    return err.value
+
+
+def stim(**changes):
+    return {"stim": {"enabled": True, "session_minutes": 10, "contraindications": CHECKLIST,
+                     "checked_by": "kine-07", "checked_on": date(2026, 3, 1), **changes}}
+
+
+@pytest.mark.parametrize(
+    ("tables", "key", "value"),
+    [
+        # 9999-12-31 + 6 weeks overflows at every session start: a crash loop.
+        ({"patient": {"surgery_date": date(9999, 12, 31)}}, "patient.surgery_date", date(9999, 12, 31)),
+        ({"patient": {"catheter_removal_date": date(9999, 12, 31)}}, "patient.catheter_removal_date",
+         date(9999, 12, 31)),
+        ({"patient": {"surgery_date": date(1, 1, 1)}}, "patient.surgery_date", date(1, 1, 1)),
+        (stim(surgery_or_birth_date=date(9999, 12, 31)), "stim.surgery_or_birth_date", date(9999, 12, 31)),
+        (stim(checked_on=date(9999, 1, 1)), "stim.checked_on", date(9999, 1, 1)),
+        (stim(checked_on=date(2026, 3, 10)), "stim.checked_on", date(2026, 3, 10)),  # next week
+        (stim(checked_by="\u200b"), "stim.checked_by", "\u200b"),  # a zero-width space is no signature
+        (stim(checked_by="\u2060\ufeff \u00a0"), "stim.checked_by", "\u2060\ufeff \u00a0"),
+        ({"patient": {"programme": "../../etc/appliance/other.toml"}}, "patient.programme",
+         "../../etc/appliance/other.toml"),
+        ({"patient": {"programme": "/tmp/evil.toml"}}, "patient.programme", "/tmp/evil.toml"),
+        ({"patient": {"programme": "leaflet.toml"}}, "patient.programme", "leaflet.toml"),
+        ({"patient": {"programme": "nope"}}, "patient.programme", "nope"),
+    ],
+)
+def test_values_that_broke_the_service_later_are_refused_at_load(tables, key, value):
+    err = refusal(tables)
+    assert (err.file, err.key, err.value) == ("rx.toml", key, value)
+
+
+def test_dates_near_today_and_a_signed_checklist_load():
+    data = {"patient": {"code": "GNT-0042", "surgery_date": date(2026, 1, 5)}, **stim()}
+    rx = parse_prescription(data, "rx.toml", today=TODAY)
+    assert rx.stim.enabled and rx.stim_allowed_from == date(2026, 3, 30)
+    planned = parse_prescription({"patient": {"code": "GNT-0042", "surgery_date": date(2027, 6, 1)}},
+                                 "rx.toml", today=TODAY)
+    assert planned.unlock_date == date(2027, 7, 13)  # a planned surgery: fine
+
+
+def test_every_exercise_disabled_is_refused_at_load():
+    off = {ex.id: {"enabled": False} for ex in load_programme("leaflet").exercises}
+    err = refusal({"exercise": off})
+    assert err.key == "exercise" and "no exercise" in err.reason
+
+
+def test_a_short_set_of_a_disabled_exercise_is_refused():
+    err = refusal({"exercise": {"ex1": {"enabled": False}}})  # the default short set is ex1
+    assert (err.key, err.value) == ("reminders.short_set[0]", "ex1")
+
+
+@pytest.mark.parametrize("code", ["GNT-0042\n", " GNT-0042", "GNT-0042 ", "GNT-\u200b0042", "GNT-00\x0742",
+                                  "GNT-0042\r\n", "G" * 30 + "1"])
+def test_a_patient_code_with_invisible_or_surrounding_characters_is_refused_without_repeating_it(code):
+    err = refusal({"patient": {"code": code}})
+    assert err.key == "patient.code" and err.value == code
+    assert code.strip() not in str(err)  # the refusal goes to the journal, which the wipe cannot reach
+
+
+def test_names_in_the_patient_table_are_refused_without_repeating_them():
+    err = refusal({"patient": {"name": "Marie Janssens"}})
+    assert err.key == "patient.name" and "Janssens" not in str(err)
+
+
+@pytest.mark.parametrize("key", ["rest_between_reps_s", "move_seconds", "hold_seconds", "target_pct_mvc"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_overrides_are_refused(key, value):
+    ex = "ex7" if key == "move_seconds" else "ex2"
+    err = refusal({"exercise": {ex: {key: value}}})
+    assert err.key == f"exercise.{ex}.{key}" and "finite" in err.reason
+
+
+@pytest.mark.parametrize(("table", "key"), [("breathing", "inhale_s"), ("reminders", "snooze_minutes"),
+                                            ("progression", "step_pct")])
+def test_non_finite_numbers_elsewhere_are_refused(table, key):
+    err = refusal({table: {key: float("nan")}})
+    assert err.key == f"{table}.{key}"

@@ -456,11 +456,14 @@ def _shred(path: Path) -> int:
 
 def _catalogue_texts() -> set[str]:
     from appliance.voice.phrases import LANGUAGES, Catalogue
+    from appliance.voice.speech import marked_text
 
     texts: set[str] = set()
     for lang in LANGUAGES:
         cat = Catalogue.load(lang)
+        # marked_text is what SpeechRenderer stores as a cached rendering's "text"
         texts |= {cat.raw(k) for k in cat.keys()} | {cat.text(k) for k in cat.keys()}
+        texts |= {marked_text(cat, k) for k in cat.keys()}
     return texts
 
 
