@@ -124,7 +124,13 @@ def run_wipe(args: argparse.Namespace) -> int:
     st = status(args.state_dir)
     who = st.code or "an unenrolled patient"
     if not args.yes:
-        answer = input(f"wipe every trace of {who} ({st.sessions} sessions) from {args.state_dir}? [y/N] ")
+        if not sys.stdin or not sys.stdin.isatty():
+            raise UserError("there is no terminal to confirm the wipe on; run it from a terminal, "
+                            "or add --yes to wipe without asking")
+        try:
+            answer = input(f"wipe every trace of {who} ({st.sessions} sessions) from {args.state_dir}? [y/N] ")
+        except EOFError:
+            answer = ""
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing wiped")
             return 1
@@ -138,7 +144,15 @@ def run_wipe(args: argparse.Namespace) -> int:
 def run_pair(args: argparse.Namespace) -> int:
     from appliance.clinic.usbstick import pair
 
-    print(pair(args.state_dir, args.stick))
+    if not Path(args.stick).is_dir():
+        raise UserError(f"{args.stick} is not a folder; give the folder where the clinic stick is mounted")
+    try:
+        print(pair(args.state_dir, args.stick))
+    except UnicodeDecodeError:
+        raise UserError(f"{Path(args.stick) / 'appliance-clinic.key'} is not a text key file "
+                        "(not UTF-8); copy the clinic's key file again") from None
+    except OSError as exc:
+        raise UserError(f"{exc.filename or args.stick}: cannot pair ({exc.strerror})") from None
     return 0
 
 
