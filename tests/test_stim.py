@@ -449,3 +449,157 @@ def test_the_service_unit_drives_the_stim_line_low_after_any_exit():
 
     unit = (Path(__file__).parent.parent / "systemd" / "appliance.service").read_text()
     assert "ExecStopPost=/opt/appliance/venv/bin/appliance stim-off" in unit
+
+
+# --- stim-off whatever the configuration says (issue 13 item 4) ---------------------------
+
+
+def _left_high(factory: MockFactory, pin: int):
+    left = factory.pin(pin)
+    left.function = "output"
+    left.state = True  # what a killed process may leave behind
+    return left
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("typo", b"[controls]\nstim_pinn = 22\n"),
+    ("not_utf8", b"[controls]\nbutton_pin = 17 # \xff\xfe\n"),
+    ("not_toml", b"[controls\nstim_pin = 22\n"),
+    ("bad_value", b"[controls]\nstim_pin = \"twenty-two\"\n"),
+    ("missing", None),
+])
+def test_stim_off_falls_back_to_the_documented_pin_when_the_configuration_is_bad(
+        tmp_path, capsys, name, content) -> None:
+    import argparse
+
+    from appliance.cli.stim_off import run as stim_off
+    from appliance.config import ControlsConfig
+
+    default = ControlsConfig().stim_pin
+    assert default == 22  # docs/stimulation.md: GPIO22
+    path = tmp_path / "appliance.toml"
+    if content is not None:
+        path.write_bytes(content)
+    factory = MockFactory()
+    try:
+        _left_high(factory, default)
+        code = stim_off(argparse.Namespace(pin=None, config=path), pin_factory=factory)
+        err = capsys.readouterr().err
+        assert code == 0
+        assert factory.pin(default).state is False
+        assert "fell back to the documented stim pin GPIO22" in err and str(path) in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    finally:
+        factory.reset()
+
+
+def test_stim_off_uses_the_stim_pin_it_can_still_read_from_a_refused_configuration(
+        tmp_path, capsys) -> None:
+    import argparse
+
+    from appliance.cli.stim_off import run as stim_off
+
+    path = tmp_path / "appliance.toml"
+    path.write_text("[controls]\nstim_pin = 23\nled_pinn = 27\n")  # a typo elsewhere
+    factory = MockFactory()
+    try:
+        _left_high(factory, 23)
+        assert stim_off(argparse.Namespace(pin=None, config=path), pin_factory=factory) == 0
+        assert factory.pin(23).state is False
+        assert "used its [controls] stim_pin = 23" in capsys.readouterr().err
+    finally:
+        factory.reset()
+
+
+def test_stim_off_exits_non_zero_only_when_no_pin_could_be_driven(tmp_path, capsys) -> None:
+    import argparse
+
+    from appliance.cli.stim_off import run as stim_off
+
+    class NoPins(MockFactory):
+        def pin(self, spec, **kw):
+            raise OSError(16, "Device or resource busy")
+
+    factory = NoPins()
+    assert stim_off(argparse.Namespace(pin=None, config=tmp_path / "none.toml"),
+                    pin_factory=factory) == 1
+    err = capsys.readouterr().err
+    assert "could not drive GPIO22 low" in err and "Traceback" not in err
+
+
+# --- sessions per local day (issue 13 item 9) ---------------------------------------------
+
+
+def test_stim_sessions_are_counted_per_local_day_of_the_prescription(tmp_path) -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    brussels = ZoneInfo("Europe/Brussels")
+    store = Store(tmp_path / "appliance.db")
+    # 00:30 in Brussels on 2 March is 23:30 UTC on 1 March
+    when = datetime(2026, 3, 2, 0, 30, tzinfo=brussels).astimezone(UTC)
+    sid = store.start_session(when, "leaflet", "nl", source="simulation")
+    store.event(sid, 1.0, "stim", {"state": "begin", "reason": "", "mode": "cyclic",
+                                   "work_phase": 0})
+    store.flush()
+    try:
+        assert stim_sessions_on(store, date(2026, 3, 2), brussels) == 1
+        assert stim_sessions_on(store, date(2026, 3, 1), brussels) == 0
+        assert stim_sessions_on(store, date(2026, 3, 1)) == 1  # tz=None: the UTC day, as before
+        ctrl = StimController(_SpyLine(), parse_stim_prescription(table(), "rx.toml"),
+                              sessions_on=lambda d: stim_sessions_on(store, d, brussels))
+        assert ctrl.refusal(date(2026, 3, 2)) == "daily_limit"
+        assert ctrl.refusal(date(2026, 3, 1)) == ""
+    finally:
+        store.close()
+
+
+# --- open_stim with an opened line ----------------------------------------------------------
+
+
+class _FedLine(_SpyLine):
+    """A line that takes a feed, like the device's `RelayedLine`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feeds = 0
+        self.closed = False
+        self.tripped = False
+
+    def feed(self) -> None:
+        self.feeds += 1
+
+    def close(self) -> None:
+        self.is_active = False
+        self.closed = True
+
+
+def test_open_stim_takes_an_opened_line_feeds_it_every_tick_and_closes_it(clock) -> None:
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    fed = _FedLine()
+    try:
+        with open_stim(fed, parse_stim_prescription(table(), "rx.toml")) as ctrl:
+            ctrl.begin(clock.now(), TODAY)
+            drive(ctrl, clock, 3.5, ACTIVE)
+            assert fed.is_active and fed.feeds == 350
+            fed.tripped = True  # the relay dropped the line by itself
+            drive(ctrl, clock, 0.01, ACTIVE)
+            assert not fed.is_active and ctrl.state is StimState.WAITING
+            assert ctrl.reason == "watchdog" and not fed.tripped
+        assert fed.closed
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def test_the_stim_package_imports_the_coach_only_in_exercise() -> None:
+    from pathlib import Path
+
+    package = Path(__file__).parent.parent / "appliance" / "stim"
+    importing = sorted(p.name for p in package.glob("*.py")
+                       if "appliance.coach" in p.read_text().replace("`appliance.coach`", ""))
+    assert importing == ["exercise.py"]
+    out = subprocess.run([sys.executable, "-c", "import sys, appliance.stim; "
+                          "print(any(m.startswith('appliance.coach') for m in sys.modules))"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False"
