@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from appliance.cli import main
-from appliance.cli.calibrate import CalibrationProcedure
-from appliance.cli.common import UserError
 from appliance.clock import SimClock
 from appliance.config import SensorConfig
+from appliance.device.calibration import CalibrationError, CalibrationProcedure
 from appliance.sensor.mcp_sim import ResampledPressure, simulated_adc_probe
 from appliance.sensor.probe import load_probe_calibration
 from appliance.sensor.signal import oxford_band
@@ -67,7 +66,7 @@ def test_atmosphere_zero_removes_a_sensor_offset():
 
 def test_a_probe_never_inserted_is_reminded_then_refused():
     proc, said, probe = procedure(insert=False)
-    with pytest.raises(UserError, match="not inserted"):
+    with pytest.raises(CalibrationError, match="not inserted"):
         proc.run()
     assert said.count("probe.insert_failed") >= 3
     assert "calibrate.squeeze" not in said
@@ -76,7 +75,7 @@ def test_a_probe_never_inserted_is_reminded_then_refused():
 
 def test_a_disconnected_probe_is_refused_at_once():
     proc, said, probe = procedure(unplugged=True)
-    with pytest.raises(UserError, match="disconnected"):
+    with pytest.raises(CalibrationError, match="disconnected"):
         proc.run()
     assert said == ["probe.atmosphere"]
     probe.close()
@@ -90,3 +89,27 @@ def test_bad_two_point_argument_is_one_clear_sentence(tmp_path, capsys):
 def test_calibrate_without_a_probe_configured_says_so(tmp_path, capsys):
     assert main(["calibrate", "--state-dir", str(tmp_path)]) == 2
     assert "sensor.source" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arg", ["nan:50", "0:inf", "50:0"])
+def test_two_point_pressures_that_are_not_finite_or_not_rising_are_one_sentence(tmp_path, capsys, arg):
+    assert main(["calibrate", "--two-point", arg, "--state-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--two-point" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_binary_configuration_is_one_sentence(tmp_path, capsys):
+    cfg = tmp_path / "appliance.toml"
+    cfg.write_bytes(bytes(range(256)))
+    assert main(["calibrate", "--simulate", "average", "--config", str(cfg), "--state-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(cfg) in err and len(err.splitlines()) == 1
+
+
+def test_the_command_line_modules_only_parse_and_print():
+    from pathlib import Path
+
+    import appliance.cli as cli
+
+    sizes = {p.name: len(p.read_text().splitlines()) for p in Path(cli.__file__).parent.glob("*.py")}
+    assert sizes["calibrate.py"] <= 200 and sizes["selftest.py"] <= 200, sizes

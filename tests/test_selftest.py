@@ -6,8 +6,8 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from appliance.cli import main
-from appliance.cli.selftest import SelfTest, Status
 from appliance.config import DeviceConfig, SensorConfig, VoiceConfig
+from appliance.device.selftest import SelfTest, Status
 
 
 def test_simulated_selftest_passes_and_hears_start_with_the_english_recogniser(tmp_path, capsys):
