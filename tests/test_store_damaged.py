@@ -31,7 +31,9 @@ def fill(path: Path, sessions: int = 6, reps: int = 10, samples_per_rep: int = 4
             store.event(sid, r * 10.0, "phase", {"phase": "hold", "start": r * 10.0, "end": r * 10 + 5.0})
             store.add_repetition(sid, ex, "ex1", r, "complete", WHEN + timedelta(days=s), r * 10.0, r * 10 + 9.0,
                                  60.0, {"peak_pct": 50.0 + r + s / 10, "peak_cmh2o": 20.5, "held_s": 5.0,
-                                        "hold_asked_s": 5.0})
+                                        "hold_asked_s": 5.0, "steadiness_pct": 3.25, "time_to_peak_s": 1.1,
+                                        "onset_s": 0.4, "mean_hold_pct": 55.5, "release_complete": True,
+                                        "contractions": 1})
         store.end_exercise(ex, "finished", WHEN + timedelta(days=s))
         store.end_session(sid, "done", WHEN + timedelta(days=s))
     store.close()
