@@ -59,7 +59,7 @@ def trial(how: str, report: Path) -> float:
         os.kill(proc.pid, HOW[how])
         end = since + 3.0
         while time.monotonic() < end:
-            rows = [line.split() for line in report.read_text().splitlines()]
+            rows = [line.split() for line in report.read_text().split("\n")[:-1]]  # whole lines
             drops = [float(t) for t, v in rows if v == "0" and float(t) > since]
             if drops:
                 return drops[0] - since

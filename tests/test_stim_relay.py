@@ -92,10 +92,20 @@ def pin_changes(report: Path) -> list[tuple[float, int]]:
     if not report.exists():
         return []
     out = []
-    for row in report.read_text().splitlines():
+    for row in report.read_text().split("\n")[:-1]:  # complete lines only: the relay may be mid-write
         t, v = row.split()
         out.append((float(t), int(v)))
     return out
+
+
+def wait_high(report: Path, timeout: float = 0.15) -> bool:
+    """The relay's pin went high (within the lease: nothing feeds it here)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if [v for _, v in pin_changes(report)] == [1]:
+            return True
+        time.sleep(0.002)
+    return False
 
 
 def low_after(report: Path, since: float, timeout: float = 3.0) -> float | None:
@@ -190,7 +200,7 @@ def test_close_leaves_the_line_low_and_the_relay_gone(tmp_path) -> None:
     report = tmp_path / "pin.txt"
     line = open_relayed_line(22, mock_report=report)
     line.on(5.0)
-    line.feed()
+    assert wait_high(report)
     line.close()
     assert [v for _, v in pin_changes(report)] == [1, 0]
     assert line._process.returncode == 0
@@ -205,7 +215,7 @@ def test_a_relay_terminated_by_sigterm_drops_the_line_and_the_control_side_refus
     line = open_relayed_line(22, mock_report=report)
     try:
         line.on(5.0)
-        time.sleep(0.05)
+        assert wait_high(report)
         line._process.terminate()
         line._process.wait(5)
         assert [v for _, v in pin_changes(report)] == [1, 0]
