@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 
 from appliance.cli.common import add_common_args, device_config
@@ -59,20 +60,28 @@ def choose_pin(args: argparse.Namespace) -> tuple[int, str]:
                              f"fell back to the documented stim pin GPIO{DEFAULT_PIN}")
 
 
-def run(args: argparse.Namespace, pin_factory=None) -> int:
+def _drive_low(pin: int, pin_factory) -> None:
+    from gpiozero.exc import PinFactoryFallback
+
     from appliance.stim import drive_low
 
+    with warnings.catch_warnings():  # gpiozero's multi-line notes of each library it tried
+        warnings.simplefilter("ignore", PinFactoryFallback)
+        drive_low(pin, pin_factory=pin_factory)
+
+
+def run(args: argparse.Namespace, pin_factory=None) -> int:
     pin, fallback = choose_pin(args)
     if fallback:
         print(fallback, file=sys.stderr)
     try:
-        drive_low(pin, pin_factory=pin_factory)
+        _drive_low(pin, pin_factory)
     except Exception as exc:  # noqa: BLE001 -- one sentence, never a traceback
         print(f"stim-off: could not drive GPIO{pin} low: {exc}", file=sys.stderr)
         if pin == DEFAULT_PIN:
             return 1
         try:  # the configured pin failed: the documented one is the last resort
-            drive_low(DEFAULT_PIN, pin_factory=pin_factory)
+            _drive_low(DEFAULT_PIN, pin_factory)
         except Exception as exc2:  # noqa: BLE001
             print(f"stim-off: could not drive GPIO{DEFAULT_PIN} low either: {exc2}", file=sys.stderr)
             return 1
