@@ -22,6 +22,9 @@ class BreathPhase(Enum):
     UNKNOWN = "unknown"
 
 
+COARSE_STEPS = 4  # the breath template's first scan, in timing steps
+
+
 @dataclass(frozen=True)
 class BreathEstimate:
     """What the detector believes at time `t`."""
@@ -191,9 +194,10 @@ class BreathDetector:
         # Template and slow trend are fitted together: over a window of one or two breaths a
         # trend fitted first would swallow part of the breath.
         to_trend = np.linalg.solve(trend.T @ (trend * w[:, None]), (trend * w[:, None]).T)
-        best = None
-        for r in s.inhale_fractions:
-            tau = np.mod(t[None, :] - starts[:, None], period)
+        wy = w * y
+
+        def scan(candidates: np.ndarray, r: float) -> tuple[float, float, float]:
+            tau = np.mod(t[None, :] - candidates[:, None], period)
             rise = r * period
             g = np.where(
                 tau < rise,
@@ -201,13 +205,25 @@ class BreathDetector:
                 np.cos(np.pi * (tau - rise) / (period - rise)),
             )
             g = g - (g @ to_trend.T) @ trend.T
-            num = g @ (w * y)
+            num = g @ wy
             den = (g * g) @ w
             # Pressure rises on the in-breath: only a positive amplitude is a breath.
             score = np.where(num > 0, num * num / den, 0.0)
             k = int(np.argmax(score))
-            if best is None or score[k] > best[0]:
-                best = (float(score[k]), float(starts[k]), r, float(num[k] / den[k]))
+            return float(score[k]), float(candidates[k]), float(num[k] / den[k])
+
+        # Coarse to fine: the score is smooth in the start time (the template slides), so a
+        # scan at four timing steps and a fine scan around its best find the same start at a
+        # quarter of the cost (the fit runs every half second on a Pi Zero).
+        coarse = s.timing_step_s * COARSE_STEPS
+        best = None
+        for r in s.inhale_fractions:
+            _, c_start, _ = scan(starts[::COARSE_STEPS], r)
+            fine = np.arange(c_start - coarse, c_start + coarse + 1e-9, s.timing_step_s)
+            fine = fine[(fine >= -period) & (fine < 0.0)]
+            score, start, amplitude = scan(fine if len(fine) else starts, r)
+            if best is None or score > best[0]:
+                best = (score, start, r, amplitude)
         score, start, r, amplitude = best
         explained = min(1.0, score / var0)
         ripple = 2.0 * amplitude

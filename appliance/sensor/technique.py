@@ -308,18 +308,3 @@ class ObservedSource:
         if self.technique is not None:
             self.technique.finish()
         self.source.close()
-
-
-def observe(source: PressureSource, session, follow_breath: bool = False) -> ObservedSource:
-    """Wrap `source` so the session hears probe status, breath and technique warnings.
-
-    The wrapper is added to the session's sinks (it needs the phases); with
-    `follow_breath` the out-breath cues follow the breath read from the probe.
-    """
-    from appliance.coach.pacing import BreathFollower
-
-    observed = ObservedSource(source, session, BreathDetector(), TechniqueMonitor(session.observe_warning))
-    session.add_sink(observed)
-    if follow_breath:
-        session.breath_follower = BreathFollower(observed.breath)
-    return observed

@@ -1,38 +1,39 @@
-"""A whole session against the simulated pelvic floor, as the device would run it.
+"""One session of the device on a simulated clock: `appliance simulate`.
 
-`simulate()` wires the same coach, store and sinks as the device, with a `SimClock`
-and `SimulatedPelvicFloor` in place of the real clock and probe. Used by
-`appliance simulate`, the scenario tests and the benchmarks.
+`simulate()` runs the device's supervisor (`appliance.device.appliance.Appliance`) on
+`SimulatedEdges`: the simulated patient behind the probe (directly or through the ADC
+path), mock GPIO pins, a speaker that renders to `session.wav`, and a patient who says
+"start" after the device says it is ready. The same configuration, health checks,
+prescription, day plan, stimulation, observations, breath following and 5 ms tick
+as the device. Used by `appliance simulate`, the scenario tests and the benchmarks.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from appliance.clock import SimClock
 from appliance.coach.pacing import Pace
 from appliance.coach.programme import Programme, load_programme
-from appliance.coach.runner import ScriptedCommand, run
+from appliance.coach.runner import ScriptedCommand
 from appliance.coach.session import Calibration, PhraseTiming, Session
-from appliance.commands import Command
-from appliance.config import SensorConfig
 from appliance.events import Event, Feedback, Sink
-from appliance.sensor.simulated import Fault, SimulatedPelvicFloor, profile
+from appliance.sensor.simulated import Fault, SimulatedPelvicFloor
 from appliance.simulation.timeline import ConsoleTimeline, TimelineWriter
-from appliance.store import Store, StoreSink
-from appliance.voice.phrases import Catalogue
 
 log = logging.getLogger(__name__)
 
-START_AT_S = 2.0  # the simulated patient says "start" two seconds after the welcome
+START_AT_S = 2.0  # the simulated patient says "start" two seconds after the device is ready
+DB_FILES = ("appliance.db", "appliance.db-wal", "appliance.db-shm")
 
 
 class EventLog:
-    """Keeps every event in memory (tests and benchmarks read it)."""
+    """Keeps every event of the session in memory (tests and benchmarks read it)."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
@@ -55,84 +56,120 @@ class SimulationResult:
     out_dir: Path | None
     duration_s: float
     extra: dict = field(default_factory=dict)
+    appliance: Any = None  # the supervisor that ran it (appliance.device.appliance.Appliance)
+
+
+class SimulationError(Exception):
+    """The simulated device could not run a session (it said why on its speaker and log)."""
 
 
 def simulate(
     out_dir: Path | None = None,
-    lang: str = "nl",
+    lang: str | None = "nl",
     patient: str = "average",
     seed: int = 0,
     script: Sequence[ScriptedCommand] = (),
-    programme: Programme | str = "leaflet",
+    programme: Programme | str | None = "leaflet",
     faults: Sequence[Fault] = (),
     fault_rate: float | None = None,
     console: TextIO | None = None,
     extra_sinks: Sequence[Sink] = (),
-    tick_s: float = 0.01,
+    tick_s: float | None = None,
     sample_rate_hz: float = 100.0,
     calibration: Calibration | None = None,
     pace: Pace | None = None,
     max_seconds: float = 3 * 3600.0,
     auto_start: bool = True,
     timing: PhraseTiming | None = None,
-    via_adc: SensorConfig | None = None,
-    observe: bool = False,
-    follow_breath: bool = False,
+    via_adc: bool | Any = None,
+    observe: bool = True,
+    follow_breath: bool = True,
+    *,
+    state_dir: Path | None = None,
+    config_path: Path | None = None,
+    wav_path: Path | None = None,
+    audio: bool | None = None,
+    speech_cache: Path | None = None,
 ) -> SimulationResult:
-    """Run one session in simulation; with `out_dir`, write appliance.db and timeline.jsonl.
+    """Run the device for one session on a simulated clock.
 
-    With `via_adc` (a sensor configuration) the coach reads the simulated pelvic floor
-    through the real probe code path: MCP3xxx chip simulator, gpiozero, ADC sampler, Probe.
-    With `observe`, probe status, breath and technique reach the coach as observations
-    (appliance.sensor.technique.ObservedSource; in `extra["observed"]`). With `follow_breath`
-    (implies `observe`) the out-breath cues follow the breath read from the probe.
+    With `state_dir` the device uses the patient enrolled there (prescription, plan of the
+    day, post-op gate, stimulation, language) and stores into its database; `programme=None`
+    then means "what the prescription says". Without it the state is `out_dir` (a fresh
+    database, the leaflet's defaults) or a temporary directory. `out_dir` also gets
+    timeline.jsonl. `wav_path` (or `audio=True`) renders the spoken phrases and the tone,
+    and the coach times its prompts on them; otherwise phrase durations are estimated.
+    `via_adc` reads the floor through the real probe code path (MCP3xxx chip simulator,
+    gpiozero, ADC sampler, probe) with the configuration's `[sensor]`. The device always
+    observes the probe and follows the breath; `observe`/`follow_breath` are kept for the
+    callers that name them, and `tick_s` defaults to the device's.
     """
-    catalogue = Catalogue.load(lang)
-    prog = programme if isinstance(programme, Programme) else load_programme(programme, catalogue.keys())
-    clock = SimClock()
-    floor = SimulatedPelvicFloor(profile(patient, tuple(faults), fault_rate), seed=seed,
-                                 sample_rate_hz=sample_rate_hz)
+    from appliance.device.appliance import Appliance, RunOptions
+    from appliance.device.edges import SimulatedEdges, SimulatedPatient
+    from appliance.device.wiring import CONTROL_TICK_S
+
+    if not observe or not follow_breath:
+        log.info("simulate: the device always observes the probe and follows the breath")
+    temp = None
+    if state_dir is None:
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for stale in DB_FILES:
+                (out_dir / stale).unlink(missing_ok=True)
+            state_dir = out_dir
+        else:
+            temp = tempfile.TemporaryDirectory(prefix="appliance-sim-")
+            state_dir = Path(temp.name)
     events = EventLog()
     sinks: list[Sink] = [events]
-    closers = []
-    store = None
+    timeline = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("appliance.db", "appliance.db-wal", "appliance.db-shm"):
-            (out_dir / stale).unlink(missing_ok=True)
-        store = Store(out_dir / "appliance.db")
-        sinks.insert(0, StoreSink(store, clock, prog.id, lang, source="simulation"))
         timeline = TimelineWriter(out_dir / "timeline.jsonl")
         sinks.append(timeline)
-        closers.append(timeline.close)
-    sinks.append(floor)
-    if console is not None:
-        sinks.append(ConsoleTimeline(console))
     sinks.extend(extra_sinks)
-    source = floor
-    if via_adc is not None:
-        from appliance.sensor.mcp_sim import ResampledPressure, simulated_adc_probe
-
-        source, *_ = simulated_adc_probe(ResampledPressure(floor), via_adc, clock, seed=seed)
-        closers.append(source.close)
-        sample_rate_hz = source.sample_rate_hz
-    session = Session(prog, catalogue, clock, sinks, pace=pace, sample_rate_hz=sample_rate_hz,
-                      calibration=calibration, timing=timing)
-    extra: dict = {}
-    if observe or follow_breath:
-        from appliance.sensor.technique import observe as observe_source
-
-        source = observe_source(source, session, follow_breath)
-        extra["observed"] = source
-        closers.insert(0, source.technique.finish)
-    full_script = list(script)
-    if auto_start:
-        full_script.append(ScriptedCommand(START_AT_S, Command.START))
+    room: list[Sink] = [ConsoleTimeline(console)] if console is not None else []
+    clock = SimClock()
+    edges = SimulatedEdges(SimulatedPatient(patient, seed, tuple(faults), fault_rate, sample_rate_hz),
+                           clock=clock, wav_path=wav_path, via_adc=via_adc or False,
+                           start_after_ready=auto_start, start_after_ready_s=START_AT_S,
+                           extra_sinks=sinks, room_sinks=room)
+    options = RunOptions(
+        config_path=config_path,
+        state_dir=state_dir,
+        programme=programme if isinstance(programme, str) else None,
+        programme_file=programme if isinstance(programme, Programme) else None,
+        sessions=1,
+        calibration=calibration,
+        audio=bool(wav_path) if audio is None else audio,
+        speech_cache=speech_cache,
+        tick_s=tick_s or CONTROL_TICK_S,
+        script=tuple(script),
+        max_session_s=max_seconds,
+        serve_until=clock.now() + max_seconds + 600.0,
+        timing=timing,
+        language=lang,
+        pace=pace,
+    )
+    device = Appliance(options, edges)
     try:
-        run(session, source, clock, tick_s=tick_s, script=full_script, max_seconds=max_seconds)
+        device.main()
     finally:
-        for close in closers:
-            close()
-        if store is not None:
-            store.close()
-    return SimulationResult(session, events, floor, out_dir, session.session_time(), extra)
+        edges.close()
+        if timeline is not None:
+            timeline.close()
+        if temp is not None:
+            temp.cleanup()
+    record = device.records[-1] if device.records else None
+    if record is None:
+        raise SimulationError(f"the simulated device ran no session: {device.health.needs_clinic or 'not started'}")
+    extra = {"observed": record.source, "perfect": record.perfect}
+    return SimulationResult(record.session, events, edges.floors[-1], out_dir, record.session.session_time(),
+                            extra, device)
+
+
+def load_named_programme(name: str, lang: str = "nl") -> Programme:
+    """A programme by name or file, checked against the catalogue (for callers outside the device)."""
+    from appliance.voice.phrases import Catalogue
+
+    return load_programme(name, Catalogue.load(lang).keys())

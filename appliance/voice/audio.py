@@ -153,6 +153,10 @@ class Mixer:
             speech_phrase=phrase,
         )
 
+    def has_queued_speech(self) -> bool:
+        """A clip is scheduled but has not started yet (the WAV writer plays it out at the end)."""
+        return self._ring_w != self._ring_r or bool(self._pending)
+
     def prepare(self, block: int) -> None:
         """Precompute per-block-length tables outside the audio thread."""
         self.tone.prepare(min(block, self.max_block))

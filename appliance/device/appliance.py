@@ -1,0 +1,790 @@
+"""The supervisor: the device from power-on to power-off, on real or simulated edges.
+
+`Appliance(options, edges)` loads the configuration, opens the edges, says it is ready
+(or that it needs the clinic), and then runs the idle loop: commands from the button
+and the voice, reminders at the prescription's local times, health checks, and a
+session whenever the patient asks for one. Every session follows the prescription on
+disk at that moment (`appliance.patient.today`) and is built by
+`appliance.device.wiring.build_session`. `appliance run` gives it `DeviceEdges`;
+`appliance simulate` gives it `SimulatedEdges` on a `SimClock`: the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import tomllib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from appliance.clock import Clock
+from appliance.coach.pacing import Pace
+from appliance.coach.runner import ScriptedCommand
+from appliance.coach.session import Calibration, PhraseTiming, Session, State
+from appliance.commands import Command
+from appliance.config import ConfigError, ControlsConfig, DeviceConfig, load_device_config
+from appliance.device.controls import ActivityState, Controls
+from appliance.device.edges import Edges
+from appliance.device.health import Health, HealthChecks, file_signature
+from appliance.device.service import Notifier, Signals, WatchdogFeeder
+from appliance.device.sinks import EventWriter, GuardedStoreSink
+from appliance.device.wiring import CONTROL_TICK_S, SessionParts, build_session
+from appliance.events import Event, Sink
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "appliance.db"
+REMINDER_HOURS = range(8, 21)  # without a prescription: never remind at night
+REMINDER_CHECK_S = 20.0
+REMINDER_ANSWER_S = 120.0  # "start" or "later" within this long answers the reminder
+DEVICE_PHRASES = (
+    "device.ready",
+    "device.needs_clinic",
+    "device.no_microphone",
+    "device.microphone_back",
+    "device.no_voice_model",
+    "device.speaker_back",
+    "device.disk_full",
+    "device.probe",
+    "device.reminder",
+    "device.goodbye",
+    "device.clinic_changed",
+)
+
+
+@dataclass
+class RunOptions:
+    config_path: Path | None
+    state_dir: Path
+    programme: str | None = None  # None: the prescription's plan for today, else the leaflet
+    auto_start: bool = False
+    sessions: int | None = None  # stop serving after this many sessions
+    calibration: Calibration | None = None
+    events: str | TextIO | None = None
+    audio: bool = True
+    exit_when_ready: bool = False
+    speech_cache: Path | None = None  # default: STATE_DIR/cache/speech
+    tick_s: float = CONTROL_TICK_S
+    idle_tick_s: float = 0.05
+    script: Sequence[ScriptedCommand] = ()  # commands at session seconds (simulate --say)
+    max_session_s: float = 4 * 3600.0
+    serve_until: float | None = None  # stop serving at this clock time (a simulated lending period)
+    timing: PhraseTiming | None = None  # phrase durations to use instead of the rendered ones
+    programme_file: Any = None  # a Programme object instead of a name (tests)
+    language: str | None = None  # instead of the configuration's
+    pace: Pace | None = None  # instead of the prescription's breathing
+    on_session_end: Callable[[Session], None] | None = None
+
+
+@dataclass
+class SessionRecord:
+    """What a finished session left behind (the simulation reports it)."""
+
+    session: Session
+    source: Any
+    programme: str
+    perfect: dict | None = None
+    said_before: tuple[str, ...] = ()
+
+
+class Appliance(HealthChecks):
+    """The service: configuration, edges, announcements, the idle loop and sessions."""
+
+    def __init__(self, options: RunOptions, edges: Edges, notifier: Notifier | None = None,
+                 signals: Signals | None = None) -> None:
+        self.options = options
+        self.edges = edges
+        self.clock: Clock = edges.clock
+        self.notifier = notifier or Notifier(env={})
+        self.signals = signals or Signals()
+        self.watchdog = WatchdogFeeder(self.notifier)
+        self.commands: queue.Queue[tuple[Command, str]] = queue.Queue()
+        self.health = Health()
+        self.config: DeviceConfig | None = None
+        self.lang = "nl"
+        self.t0 = self.clock.now()
+        self.sessions_run = 0
+        self.records: list[SessionRecord] = []
+        self.session: Session | None = None
+        self.source: Any = None
+        self.store: Any = None
+        self.store_sink: GuardedStoreSink | None = None
+        self.controls: Controls | None = None
+        self.listener: Any = None
+        self.mixer: Any = None
+        self.output: Any = None
+        self.bank: Any = None
+        self.idle_audio: Any = None
+        self.events = EventWriter(options.events) if options.events else None
+        self.catalogue: Any = None
+        self.programme: Any = None
+        self.ready_after_s: float | None = None
+        self._bank_thread: threading.Thread | None = None
+        self._next_health = 0.0
+        self._next_disk = 0.0
+        self._next_mic_retry = 0.0
+        self._samples_dropped_seen = 0
+        self._speaker_since: float | None = None
+        self._last_reminder_day: str | None = None
+        self.rx: Any = None  # appliance.patient.prescription.Prescription
+        self.reminder_clock: Any = None
+        self._pending_reminder: tuple[Any, float] | None = None
+        self._timer_reminder = threading.Event()  # SIGUSR1 from appliance-reminder.timer
+        self._next_reminder_check = 0.0
+        self._problems: dict[str, str] = {}  # "config", "prescription", "store" -> why
+        self._watched: tuple | None = None  # the prescription's and database's signatures
+        self._clinic_changed = False
+        self._last_set: datetime | None = None
+        self._last_set_known = False
+        self._room: list[Sink] = list(edges.room_sinks())
+
+    # -- public --------------------------------------------------------------------------
+    def command(self, cmd: Command, source: str = "button") -> None:
+        """Hand a command to the loop (any thread): button, voice, tests."""
+        self.commands.put((cmd, source))
+
+    @property
+    def last_session(self) -> Session | None:
+        return self.records[-1].session if self.records else None
+
+    def main(self) -> int:
+        try:
+            self.start()
+            if self.options.exit_when_ready:
+                return 0
+            self.serve()
+            return 0
+        finally:
+            self.shutdown()
+
+    def start(self) -> None:
+        """Load the configuration, open the edges, say ready (or "needs the clinic")."""
+        self.notifier.status("starting")
+        self.config = self._load_config()
+        cfg = self.config or DeviceConfig()
+        self.controls = Controls(cfg.controls if self.config else ControlsConfig(),
+                                 self.command, pin_factory=self.edges.pin_factory)
+        if self.config is not None:
+            self._open_store()
+            self._load_prescription()
+            self._watched = self._clinic_signature()
+        self._open_audio(cfg)
+        if self.config is not None:
+            self._load_programme()
+        if self.health.needs_clinic:
+            self._say_needs_clinic()
+            self._ready(f"needs the clinic: {self.health.needs_clinic}")
+            return
+        self._open_listener()
+        self._announce("device.ready")
+        self._announce_voice_faults()
+        self._show(ActivityState.READY)
+        self._ready("ready")
+        self._prepare_phrases_in_background()
+
+    def serve(self) -> None:
+        """The idle loop: commands, signals, reminders, health; sessions run from here."""
+        next_t = self.clock.now()
+        if self.options.auto_start and self.config is not None:
+            self.command(Command.START, "auto")
+        while not self.signals.stop.is_set():
+            next_t += self.options.idle_tick_s
+            self.clock.sleep_until(next_t)
+            now = self.clock.now()
+            if now - next_t > 1.0:
+                next_t = now
+            self._idle_tick(now)
+            if self.options.sessions is not None and self.sessions_run >= self.options.sessions:
+                break
+            if self.options.serve_until is not None and now >= self.options.serve_until:
+                break
+
+    def shutdown(self) -> None:
+        self.notifier.stopping("stopping")
+        if self.controls is not None:
+            self.controls.show(ActivityState.OFF)
+            self.controls.close()
+        if self.listener is not None:
+            self.listener.stop()
+        if self.output is not None:
+            self.output.stop()
+        self._close_store()
+        if self.events is not None:
+            self.events.close()
+        self.notifier.close()
+
+    # -- the idle loop ---------------------------------------------------------------------
+    def _idle_tick(self, now: float) -> None:
+        self.watchdog.tick()
+        if Signals.take(self.signals.reload):
+            self._reload()
+        if Signals.take(self.signals.reminder):
+            self._timer_reminder.set()
+            self._next_reminder_check = now
+        if now >= self._next_reminder_check:
+            self._next_reminder_check = now + REMINDER_CHECK_S
+            self._remind()
+        self._check_health(now, in_session=False)
+        while not self.commands.empty():
+            cmd, source = self.commands.get_nowait()
+            self._idle_command(cmd, source)
+
+    def _show(self, state: ActivityState) -> None:
+        if self.controls is not None:
+            self.controls.show(state)
+
+    # -- start-up pieces -----------------------------------------------------------------
+    def _problem(self, part: str, why: str | None) -> None:
+        """Record (or clear) why a part needs the clinic; the first one is what is reported."""
+        if why is None:
+            self._problems.pop(part, None)
+        else:
+            self._problems[part] = why
+        self.health.needs_clinic = next(iter(self._problems.values()), None)
+
+    def _load_config(self) -> DeviceConfig | None:
+        path = self.options.config_path
+        try:
+            config = load_device_config(path)
+        except ConfigError as exc:
+            self._problem("config", str(exc))
+            self.lang = _language_hint(path)
+            log.error("configuration refused, needs the clinic: %s", exc)
+            return None
+        self._problem("config", None)
+        return config
+
+    def _ready(self, status: str) -> None:
+        self.ready_after_s = process_age_s()
+        self.notifier.ready(status)
+        log.warning("%s (%.2f s after process start)", status, self.ready_after_s or -1.0)
+        self._emit_service("service", state="ready", status=status, ready_after_s=self.ready_after_s)
+
+    def _open_audio(self, cfg: DeviceConfig) -> None:
+        """The speaker (always watched) and, unless audio is off, the rendered phrases."""
+        if self.config is not None:
+            # The patient's language is the prescription's; the configuration's without one.
+            self.lang = self.options.language or (self.rx.language if self.rx is not None else cfg.language)
+        from appliance.voice.audio import Mixer
+        from appliance.voice.phrases import Catalogue
+
+        self.catalogue = Catalogue.load(self.lang)
+        if self.output is not None:  # reopened after a reload
+            self.output.stop()
+        self.mixer = Mixer(cfg.audio.sample_rate, volume=cfg.audio.volume)
+        try:
+            self.output = self.edges.audio_output(self.mixer, cfg)
+        except Exception as exc:  # no PortAudio at all: silence, watched like a missing card
+            log.error("audio output unavailable: %s", exc)
+            self.output = None
+        self._speaker_since = self.clock.now()
+        if not self.options.audio:
+            return
+        try:
+            from appliance.voice.output import AudioSink
+            from appliance.voice.speech import PhraseBank, SpeechRenderer
+            from appliance.voice.tone import ToneMapping, ToneShaper
+
+            renderer = SpeechRenderer(self.options.speech_cache
+                                      or self.options.state_dir / "cache" / "speech")
+            self.bank = PhraseBank(self.catalogue, renderer, lang=self.lang,
+                                   rate_wpm=cfg.audio.speech_rate_wpm,
+                                   sample_rate=cfg.audio.sample_rate, volume=1.0)
+            self.bank.prepare([k for k in DEVICE_PHRASES if self.catalogue.has(k)])
+            shaper = ToneShaper(ToneMapping(cfg.audio.tone_rest_hz, cfg.audio.tone_target_hz),
+                                always_on=False)
+            self.idle_audio = AudioSink(self.mixer, self.bank, shaper, output=None,
+                                        base_rate_wpm=cfg.audio.speech_rate_wpm)
+        except Exception as exc:  # speech is not worth dying for: log, carry on in silence
+            log.error("speech unavailable: %s", exc)
+            self.bank = self.idle_audio = None
+
+    def _prepare_phrases_in_background(self) -> None:
+        if self.bank is None:
+            return
+
+        def work() -> None:
+            try:
+                self.bank.prepare()
+            except Exception as exc:
+                log.error("rendering phrases failed: %s", exc)
+
+        self._bank_thread = threading.Thread(target=work, name="phrase-render", daemon=True)
+        self._bank_thread.start()
+
+    def _open_store(self) -> None:
+        from appliance.store import Store, StoreDamaged
+
+        self._close_store()
+        try:
+            self.store = Store(self.options.state_dir / DB_NAME)
+            # Sessions a power cut interrupted stay 'running' in the file; say what they were.
+            n = self.store.mark_interrupted()
+        except (StoreDamaged, sqlite3.Error, OSError) as exc:
+            # Nothing is written to a damaged file: the clinic salvages it (clinic export).
+            self.store = None
+            self._problem("store", f"the database cannot be used: {exc}")
+            log.error("database refused, needs the clinic: %s", exc)
+            return
+        self._problem("store", None)
+        self._last_set_known = False
+        if n:
+            log.warning("%d session(s) interrupted by a power cut or crash", n)
+
+    def _close_store(self) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.close()
+        except sqlite3.Error as exc:
+            log.error("closing the store: %s", exc)
+        self.store = None
+
+    def _load_programme(self) -> None:
+        from appliance.coach.programme import load_programme
+
+        if self.options.programme_file is not None:
+            self.programme = self.options.programme_file
+            return
+        try:
+            self.programme = load_programme(self.options.programme or "leaflet", self.catalogue.keys())
+        except ConfigError as exc:
+            self._problem("programme", str(exc))
+            log.error("programme refused, needs the clinic: %s", exc)
+
+    def _load_prescription(self) -> None:
+        """The patient's prescription (enrolled by the clinic), as it is on disk now."""
+        from appliance.patient.prescription import load_prescription, prescription_path
+        from appliance.patient.reminders import ReminderClock
+
+        path = prescription_path(self.options.state_dir)
+        old = self.rx
+        self.rx = None
+        if not path.exists():
+            self.reminder_clock = None
+            self._problem("prescription", None)
+            return
+        try:
+            self.rx = load_prescription(path)
+            if old is None or old.reminders != self.rx.reminders or self.reminder_clock is None:
+                self.reminder_clock = ReminderClock(self.rx.reminders, self.rx.source)
+        except ConfigError as exc:
+            # Training without the prescription the clinic meant could harm (post-op limits).
+            self.rx = self.reminder_clock = None
+            self._problem("prescription", str(exc))
+            log.error("prescription refused, needs the clinic: %s", exc)
+            return
+        self._problem("prescription", None)
+
+    def _clinic_signature(self) -> tuple:
+        from appliance.patient.prescription import prescription_path
+
+        db = file_signature(self.options.state_dir / DB_NAME)
+        return (file_signature(prescription_path(self.options.state_dir)), db[:2] if db else None)
+
+    def _follow_clinic(self) -> None:
+        """After an enroll, a stick or a wipe: reopen the database, re-read the prescription."""
+        was = self.health.needs_clinic
+        self._open_store()
+        self._load_prescription()
+        self._watched = self._clinic_signature()
+        if self.health.needs_clinic and self.health.needs_clinic != was:
+            self._say_needs_clinic()
+        elif was and not self.health.needs_clinic and self.config is not None:
+            self._back_to_ready("ready after the clinic's change")
+
+    def _open_listener(self) -> None:
+        assert self.config is not None
+
+        def heard(cmd: Command, text: str = "", confidence: float = 1.0) -> None:
+            self.command(cmd, "voice")
+
+        try:
+            self.listener = self.edges.listener(self.config, self.options.state_dir, heard,
+                                                MixerMonitor(self.mixer))
+        except Exception as exc:
+            log.error("voice listener failed: %s", exc)
+            self.listener = None
+        if self.listener is None:
+            if self.config.voice.enabled:
+                self.health.microphone = "no listener"
+            return
+        if getattr(self.listener, "detector", True) is None:
+            self.health.microphone = f"model: {self.listener.reason}"
+            return
+        if not self.listener.start():
+            self.health.microphone = self.listener.reason or "no microphone"
+            from appliance.device.health import RETRY_MICROPHONE_S
+
+            self._next_mic_retry = self.clock.now() + RETRY_MICROPHONE_S
+
+    def _announce_voice_faults(self) -> None:
+        problem = self.health.microphone
+        if problem is None:
+            return
+        self._announce("device.no_voice_model" if problem.startswith("model") else
+                       "device.no_microphone")
+
+    # -- saying things -------------------------------------------------------------------
+    def _announce(self, phrase: str, warning: str | None = None) -> None:
+        """Speak a device phrase: through the session if one runs, else directly."""
+        self.health.spoken.append(phrase)
+        log.warning("saying %s", phrase)
+        if self.session is not None and warning is not None:
+            self.session.observe_warning(warning, phrase)
+            return
+        t = self.clock.now() - self.t0
+        data = {"phrase": phrase, "text": self.catalogue.text(phrase) if self.catalogue else "",
+                "lang": self.lang, "at": round(t, 3)}
+        event = Event(t, "say", data)
+        if self.idle_audio is not None:
+            try:
+                self.idle_audio.emit(event)
+            except Exception as exc:
+                log.error("cannot say %s: %s", phrase, exc)
+        if self.events is not None:
+            self.events.emit(event)
+        for sink in self._room:
+            sink.emit(event)
+        if self.session is not None and self.store_sink is not None:
+            self.store_sink.emit(Event(self.session.session_time(), "say", data))
+
+    def _say_needs_clinic(self) -> None:
+        self._announce("device.needs_clinic")
+        self._show(ActivityState.NEEDS_ATTENTION)
+        self.notifier.status(f"needs the clinic: {self.health.needs_clinic}")
+
+    def _back_to_ready(self, status: str) -> None:
+        if self.listener is None:
+            self._open_listener()
+        self._announce("device.ready")
+        self._announce_voice_faults()
+        self._show(ActivityState.READY)
+        self.notifier.status("ready")
+        self._emit_service("service", state="ready", status=status)
+        self._prepare_phrases_in_background()
+
+    def _emit_service(self, kind: str, **data: Any) -> None:
+        if self.events is not None:
+            self.events.emit(Event(self.clock.now() - self.t0, kind, data))
+
+    # -- commands and sessions -------------------------------------------------------------
+    def _idle_command(self, cmd: Command, source: str) -> None:
+        if self.config is None or self.health.needs_clinic:
+            if cmd in (Command.STATUS, Command.START, Command.HELP):
+                self._announce("device.needs_clinic")
+            return
+        short = False
+        if self._pending_reminder is not None and cmd in (Command.START, Command.LATER):
+            reminder, asked_at = self._pending_reminder
+            self._pending_reminder = None
+            if self.clock.now() - asked_at <= REMINDER_ANSWER_S and self.reminder_clock:
+                from appliance.patient.reminders import Answer
+
+                answer, phrase = self.reminder_clock.answer(reminder, cmd, _utc(self.clock))
+                if phrase:
+                    self._say_if_known(phrase)
+                short = answer is Answer.START
+        if cmd is Command.START:
+            self._run_session(source, short_set=short)
+        elif cmd in (Command.STATUS, Command.HELP):
+            self._announce("device.ready")
+
+    def _todays_plan(self, short_set: bool) -> Any:
+        """What to train now: the prescription on disk now, this week's targets, the day's gates."""
+        from appliance.patient.progress import load_sessions
+        from appliance.patient.today import todays_plan
+
+        rx = self.rx
+        sessions = load_sessions(self.store.path) if rx is not None else []
+        today = self.clock.wall().astimezone(rx.tz if rx is not None else None).date()
+        return todays_plan(rx, self.programme, today, sessions, short_set=short_set,
+                           fixed_programme=self.options.programme is not None
+                           or self.options.programme_file is not None)
+
+    def _wait_for_phrases(self) -> None:
+        while self._bank_thread is not None and self._bank_thread.is_alive():
+            # Clips must be ready before the coach speaks (first boot renders them all);
+            # the loop is alive meanwhile, so the watchdog is fed.
+            self._bank_thread.join(timeout=0.5)
+            self.watchdog.tick()
+
+    def _run_session(self, source: str, short_set: bool = False) -> None:
+        assert self.config is not None
+        self._wait_for_phrases()
+        self._follow_clinic_now()
+        if self.health.needs_clinic or self.store is None:
+            self._say_needs_clinic()
+            return
+        try:
+            plan = self._todays_plan(short_set)
+        except (ConfigError, ValueError, sqlite3.Error) as exc:
+            log.error("today's programme refused: %s", exc)
+            self._announce("device.needs_clinic")
+            return
+        t0 = self.clock.now()
+        try:
+            probe = self.edges.pressure_source(self.config, self.clock, self.options.state_dir, t0)
+        except Exception as exc:
+            log.error("probe unavailable: %s", exc)
+            self._announce("device.probe")
+            self._show(ActivityState.NEEDS_ATTENTION)
+            return
+        session = self._build(plan, probe)
+        self.session = session
+        with self._open_stim(plan) as stim:
+            if stim is not None:
+                session.attach_stim(stim)
+            session.command(Command.START, source=source)
+            self._show(ActivityState.IN_SESSION)
+            try:
+                self._control_loop(session)
+            finally:
+                self._after_session(session, plan)
+
+    def _build(self, plan: Any, probe: Any) -> Session:
+        """The session for this plan through the one wiring (appliance.device.wiring)."""
+        from appliance.store import StoreSink
+
+        assert self.config is not None
+        self.store.keep_samples = not self.health.disk_low
+        self.store_sink = GuardedStoreSink(
+            StoreSink(self.store, self.clock, plan.programme.id, self.lang,
+                      patient_code=self.rx.code if self.rx is not None else None,
+                      source=self.edges.name))
+        audio, timing = self._session_audio()
+        extra: list[Sink] = []
+        if self.events is not None:
+            extra.append(self.events)
+        extra.extend(self.edges.session_sinks())
+        extra.extend(self._room)
+        programme = plan.programme
+        if plan.announce:
+            programme = replace(programme, intro=tuple(plan.announce) + tuple(programme.intro))
+        pace = self.options.pace or plan.pace
+        built = build_session(programme, self.catalogue, self.clock, SessionParts(
+            source=probe, store=self.store_sink, audio=audio, timing=self.options.timing or timing,
+            sinks=extra, pace=pace, calibration=self.options.calibration,
+            volume=self.config.audio.volume,
+            more_phrase=plan.day.more_phrase if plan.day is not None else None))
+        self.source = built.source
+        return built.session
+
+    def _session_audio(self) -> tuple[Any, Any]:
+        if self.bank is None:
+            return None, None
+        from appliance.voice.output import AudioSink
+        from appliance.voice.speech import RenderedTiming
+        from appliance.voice.tone import ToneMapping, ToneShaper
+
+        assert self.config is not None
+        a = self.config.audio
+        audio = AudioSink(self.mixer, self.bank,
+                          ToneShaper(ToneMapping(a.tone_rest_hz, a.tone_target_hz), always_on=a.tone_always_on),
+                          output=None, base_rate_wpm=a.speech_rate_wpm)
+        return audio, RenderedTiming(self.bank)
+
+    def _control_loop(self, session: Session) -> None:
+        from appliance.coach.runner import run as run_loop
+
+        def on_tick(now: float) -> None:
+            self.watchdog.tick()
+            while not self.commands.empty():
+                cmd, src = self.commands.get_nowait()
+                session.command(cmd, source=src)
+            self._check_health(now, in_session=True)
+            if self.controls is not None and self.controls.state is not ActivityState.NEEDS_ATTENTION:
+                self.controls.show(ActivityState.PAUSED if session.state is State.PAUSED
+                                   else ActivityState.IN_SESSION)
+
+        def should_stop() -> bool:
+            if self.signals.stop.is_set() and not session.finished:
+                session.command(Command.STOP, source="service")
+            return self.signals.stop.is_set()
+
+        run_loop(session, self.source, self.clock, tick_s=self.options.tick_s, script=self.options.script,
+                 max_seconds=self.options.max_session_s, on_tick=on_tick, should_stop=should_stop)
+
+    def _after_session(self, session: Session, plan: Any) -> None:
+        try:
+            self.store.flush()
+        except sqlite3.Error as exc:
+            log.error("flushing the store: %s", exc)
+        self.source.close()
+        record = SessionRecord(session, self.source, plan.programme.id, said_before=tuple(plan.announce))
+        self.session = None
+        self.sessions_run += 1
+        self._last_set_known = False
+        if plan.perfect and self.store_sink is not None and not self._clinic_changed:
+            record.perfect = self._score_perfect(session)
+        self.records.append(record)
+        self._show(ActivityState.NEEDS_ATTENTION if self.health.faulty else ActivityState.READY)
+        if self._clinic_changed:
+            self._clinic_changed = False
+            self._announce("device.clinic_changed")
+            self._follow_clinic()
+        if self.options.on_session_end is not None:
+            self.options.on_session_end(session)
+
+    def _score_perfect(self, session: Session) -> dict | None:
+        """The weekly PERFECT assessment: scored, stored with its session, told in a sentence or two."""
+        from appliance.patient.progress import assess_perfect, load_sessions, perfect_summary, store_perfect
+
+        sid = self.store_sink.session_id if self.store_sink is not None else None
+        if sid is None or session.state.value != "done":
+            return None
+        try:
+            result = assess_perfect(self.store.path, sid)
+            if result is None:
+                return None
+            before = [s["perfect"] for s in load_sessions(self.store.path) if s["perfect"] and s["id"] != sid]
+            store_perfect(self.store.path, sid, result)
+        except sqlite3.Error as exc:
+            log.error("storing the PERFECT assessment: %s", exc)
+            return None
+        from appliance.patient.progress import Perfect
+
+        previous = Perfect(**before[-1]) if before else None
+        for phrase in perfect_summary(result, previous):
+            self._say_if_known(phrase)
+        return result.as_dict()
+
+    def _follow_clinic_now(self) -> None:
+        """At every session start: the prescription and database as they are on disk now."""
+        sig = self._clinic_signature()
+        if sig != self._watched:
+            self._follow_clinic()
+        else:
+            self._load_prescription()  # cheap, and a same-second rewrite keeps its mtime
+
+    def _open_stim(self, plan: Any) -> AbstractContextManager[Any]:
+        """The stim line for this session when today's plan allows it, else a no-op context."""
+        if not plan.stim_allowed or self.rx is None or self.rx.stim is None:
+            return nullcontext(None)
+        from appliance.stim import open_stim, stim_sessions_on
+
+        assert self.config is not None and self.store is not None
+        store, tz = self.store, self.rx.tz
+
+        def sessions_on(day: Any) -> int:
+            try:
+                return stim_sessions_on(store, day, tz)
+            except (sqlite3.Error, TypeError) as exc:
+                log.error("cannot count today's stimulation sessions (%s): no stimulation", exc)
+                return 10**6  # cannot count: refuse rather than exceed the daily limit
+        line = self.edges.stim_line(self.config.controls.stim_pin)
+        return open_stim(line, self.rx.stim, sessions_on=sessions_on)
+
+    # -- signals -------------------------------------------------------------------------------
+    def _reload(self) -> None:
+        """SIGHUP: the clinic fixed the configuration or the prescription. Leave "needs the
+        clinic" if all is good now; a running appliance keeps its configuration."""
+        if self.session is not None:
+            return
+        if self.config is not None and "config" not in self._problems:
+            self._follow_clinic()
+            return
+        fresh = self._load_config()
+        if fresh is None:
+            self._say_needs_clinic()
+            return
+        self.config = fresh
+        self._open_audio(self.config)
+        if self.controls is not None:
+            self.controls.close()
+        self.controls = Controls(self.config.controls, self.command, pin_factory=self.edges.pin_factory)
+        self._open_store()
+        self._load_programme()
+        self._load_prescription()
+        self._watched = self._clinic_signature()
+        if self.health.needs_clinic:
+            self._say_needs_clinic()
+            return
+        self._back_to_ready("ready after reload")
+
+    def _remind(self) -> None:
+        """A reminder, if one is due: the prescription's times (checked every 20 s and on
+        SIGUSR1 from appliance-reminder.timer), else the timer's own times by day."""
+        if self.config is None or self.session is not None or self.health.needs_clinic:
+            return
+        if self.reminder_clock is not None:
+            r = self.reminder_clock.due(_utc(self.clock), self._last_set_utc())
+            if r is not None:
+                for phrase in r.phrases:
+                    self._say_if_known(phrase)
+                self._pending_reminder = (r, self.clock.now())
+                self._emit_service("reminder", slot=r.slot, local=r.local.isoformat())
+            return
+        if not Signals.take(self._timer_reminder):
+            return
+        wall = self.clock.wall().astimezone()
+        day = wall.date().isoformat()
+        if wall.hour not in REMINDER_HOURS or self._last_reminder_day == day + str(wall.hour // 12):
+            return
+        self._last_reminder_day = day + str(wall.hour // 12)
+        self._announce("device.reminder")
+
+    def _last_set_utc(self) -> datetime | None:
+        if self.store is None:
+            return None
+        if not self._last_set_known:
+            try:
+                ended = [s["ended_utc"] for s in self.store.sessions() if s.get("ended_utc")]
+            except sqlite3.Error as exc:
+                log.error("reading the sessions: %s", exc)
+                ended = []
+            self._last_set = datetime.fromisoformat(max(ended)) if ended else None
+            self._last_set_known = True
+        return self._last_set
+
+    def _say_if_known(self, phrase: str) -> None:
+        if self.catalogue is not None and self.catalogue.has(phrase):
+            self._announce(phrase)
+        else:
+            log.warning("phrase %r is not in the %s catalogue; not said", phrase, self.lang)
+
+
+class MixerMonitor:
+    """The listener's `PlaybackMonitor` (a 4-tuple) from the mixer's `PlaybackState`."""
+
+    def __init__(self, mixer: Any) -> None:
+        self.mixer = mixer
+
+    def playback_state(self) -> tuple[float | None, float, bool, str | None]:
+        if self.mixer is None:
+            return (None, 0.0, False, None)
+        s = self.mixer.playback_state()
+        return (s.tone_hz, s.tone_amplitude, s.speaking, s.speech_phrase)
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (from /proc), for the start -> ready figure."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _utc(clock: Clock) -> datetime:
+    return clock.wall().astimezone(UTC)
+
+
+def _language_hint(path: Path | None) -> str:
+    """The language to say "needs the clinic" in, from a file that may not even parse."""
+    if path is None:
+        return "nl"
+    try:
+        with open(path, "rb") as fh:
+            lang = tomllib.load(fh).get("language")
+    except (OSError, tomllib.TOMLDecodeError, ValueError):
+        return "nl"
+    return lang if lang in ("nl", "en") else "nl"

@@ -1,0 +1,82 @@
+"""How one session is put together: the only place a coach `Session` is built.
+
+The device, `appliance simulate`, the lending simulation, the scenario tests and the
+benchmarks all come through `build_session`, so what is measured is what is shipped:
+the same sinks in the same order, the probe's observations, breath following, the
+live tone, stimulation and the control tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from appliance.clock import Clock
+from appliance.coach.pacing import BreathFollower, Pace
+from appliance.coach.programme import Programme
+from appliance.coach.session import Calibration, PhraseTiming, Session
+from appliance.events import Sink
+from appliance.patient.progress import JumpCounter
+from appliance.sensor.base import PressureSource
+from appliance.sensor.breath import BreathDetector
+from appliance.sensor.technique import ObservedSource, TechniqueMonitor
+from appliance.store import StoreSink
+from appliance.voice.phrases import Catalogue
+
+CONTROL_TICK_S = 0.005  # 5 ms: the live tone follows within ~14 ms (bench/latency.py)
+
+
+@dataclass
+class SessionParts:
+    """What goes into a session besides the programme; each part optional but the source."""
+
+    source: PressureSource
+    store: StoreSink | None = None  # first: a repetition is on disk before anyone else hears of it
+    audio: Sink | None = None  # the voice and the tone (appliance.voice.output.AudioSink)
+    timing: PhraseTiming | None = None  # measured phrase durations (else estimated)
+    sinks: Sequence[Sink] = field(default_factory=tuple)  # event log, timeline, tests' probes
+    pace: Pace | None = None
+    calibration: Calibration | None = None
+    volume: float = 0.8
+    more_phrase: str | None = None  # what to answer "more" with (post-op weeks)
+    follow_breath: bool = True
+
+
+@dataclass
+class BuiltSession:
+    session: Session
+    source: ObservedSource  # read this in the control loop: it tells the coach what it sees
+
+
+def build_session(programme: Programme, catalogue: Catalogue, clock: Clock, parts: SessionParts) -> BuiltSession:
+    """A session with the device's sinks in the device's order and its observations.
+
+    Order: the store, the jump counter (it writes into the store), the audio, the
+    pressure source when it listens (the simulated floor hears the phases), the other
+    sinks, then the observer of the probe. The probe's status, breath and technique reach
+    the coach as observations, and the out-breath cues follow the patient's breathing
+    when the probe shows it clearly (`follow_breath`).
+    """
+    sinks: list[Sink] = []
+    if parts.store is not None:
+        sinks.append(parts.store)
+        sinks.append(JumpCounter(_inner_store(parts.store)))  # ex8: landings counted live
+    if parts.audio is not None:
+        sinks.append(parts.audio)
+    if hasattr(parts.source, "emit"):
+        sinks.append(parts.source)  # type: ignore[arg-type]
+    sinks.extend(parts.sinks)
+    session = Session(programme, catalogue, clock, sinks, timing=parts.timing, pace=parts.pace,
+                      sample_rate_hz=parts.source.sample_rate_hz, calibration=parts.calibration,
+                      volume=parts.volume)
+    session.more_phrase = parts.more_phrase
+    observed = ObservedSource(parts.source, session, BreathDetector(), TechniqueMonitor(session.observe_warning))
+    session.add_sink(observed)
+    if parts.follow_breath:
+        session.breath_follower = BreathFollower(observed.breath)
+    return BuiltSession(session, observed)
+
+
+def _inner_store(sink: Sink) -> StoreSink:
+    inner = getattr(sink, "inner", sink)
+    return inner  # type: ignore[return-value]

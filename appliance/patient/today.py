@@ -1,0 +1,127 @@
+"""What may be trained today: the prescription's plan with this week's targets, the
+post-operative gate, the weekly PERFECT assessment, stimulation and short sets.
+
+Pure decisions over the prescription and the stored sessions; the supervisor asks
+`todays_plan(...)` at the start of every session, so it always follows the
+prescription on disk and the progress stored so far.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
+from zoneinfo import ZoneInfo
+
+from appliance.coach.pacing import Pace
+from appliance.coach.programme import PhaseKind, Programme, load_programme
+from appliance.patient.prescription import DayPlan, Prescription, plan_for_day, prescribed_programme
+from appliance.patient.progress import (
+    PERFECT_PROGRAMME,
+    Week,
+    local_day,
+    progressed_prescription,
+    week_phrases,
+    weekly_progress,
+)
+from appliance.patient.reminders import short_set as make_short_set
+
+STIM_EXERCISE_ID = "stim"
+
+
+@dataclass(frozen=True)
+class TodaysPlan:
+    """The session the device runs now, and what it says before it."""
+
+    programme: Programme
+    day: DayPlan | None  # None: no prescription (the leaflet's defaults)
+    announce: tuple[str, ...] = ()  # phrase keys said before the session starts
+    pace: Pace | None = None  # the prescription's breathing, else the programme's
+    perfect: bool = False  # the weekly PERFECT assessment, scored when it ends
+    short_set: bool = False
+    week: Week | None = None  # this week's targets (None without a prescription)
+
+    @property
+    def stim_allowed(self) -> bool:
+        return self.day is not None and self.day.stim_allowed and not self.short_set and not self.perfect
+
+
+def with_stim_exercise(programme: Programme, after: str = "awareness") -> Programme:
+    """The programme with the stim exercise (coach/programmes/stim.toml) after `after`.
+
+    Only when the prescription enables stim today (`DayPlan.stim_allowed`); the
+    controller still checks every interlock itself. At the start if `after` is absent.
+    """
+    stim = load_programme("stim").exercise(STIM_EXERCISE_ID)
+    exercises = [e for e in programme.exercises if e.id != STIM_EXERCISE_ID]
+    ids = [e.id for e in exercises]
+    at = ids.index(after) + 1 if after in ids else 0
+    return replace(programme, exercises=(*exercises[:at], stim, *exercises[at:]))
+
+
+def training_weeks(sessions: list[dict], rx: Prescription, today: date | None = None) -> tuple[list[Week], date, date]:
+    """The lending period in calendar weeks (Monday first), with the progression rule applied:
+    the weeks' targets are what the device trains at, and what the report draws."""
+    tz = rx.tz
+    days = [local_day(s["started_utc"], tz) for s in sessions]
+    if today is not None:
+        days.append(today)
+    if not days:
+        raise ValueError("no sessions and no day given")
+    first, last = min(days), max(days)
+    first = first - timedelta(days=first.weekday())
+    prog = prescribed_programme(rx)
+    base = {e.id: e.target_pct_mvc for e in prog.exercises}
+    walk = None
+    if any(e.id == "ex7" for e in prog.exercises):
+        walk = sum(p.seconds or 0.0 for p in prog.exercise("ex7").phases if p.kind is PhaseKind.MOVE)
+    return weekly_progress(sessions, rx, first, last, base, walk), first, last
+
+
+def perfect_due(sessions: list[dict], rx: Prescription, today: date) -> bool:
+    """The weekly PERFECT assessment is on the prescription's weekday, once a week,
+    never in the post-operative weeks (no maximal squeezes then)."""
+    if today.weekday() != rx.progression.perfect_weekday:
+        return False
+    if rx.unlock_date is not None and today < rx.unlock_date:
+        return False
+    week_start = today - timedelta(days=today.weekday())
+    return not any(s["programme"] == PERFECT_PROGRAMME and local_day(s["started_utc"], rx.tz) >= week_start
+                   for s in sessions)
+
+
+def todays_plan(rx: Prescription | None, default: Programme, today: date, sessions: list[dict],
+                short_set: bool = False, fixed_programme: bool = False) -> TodaysPlan:
+    """The session to run now.
+
+    Without a prescription (or with a programme named on the command line) it is `default`.
+    With one: the weekly PERFECT assessment if it is due (the day's first full session),
+    else the prescription's programme at this week's targets through the post-operative
+    gate, with the stim exercise when stimulation is allowed today; a reminder's short
+    set is the prescribed short-set exercises of that programme.
+    """
+    if rx is None or fixed_programme:
+        prog = make_short_set(default, rx.reminders) if (short_set and rx is not None) else default
+        return TodaysPlan(prog, None, short_set=short_set)
+    weeks, _, _ = training_weeks(sessions, rx, today)
+    week = weeks[-1] if weeks else None
+    current = progressed_prescription(rx, weeks)
+    if not short_set and perfect_due(sessions, rx, today):
+        return TodaysPlan(load_programme(PERFECT_PROGRAMME), None, pace=rx.breathing.pace, perfect=True, week=week)
+    unlock = rx.unlock_date
+    seen = unlock is not None and any(local_day(s["started_utc"], rx.tz) >= unlock and s["programme"] == rx.programme
+                                      for s in sessions)
+    day = plan_for_day(current, today, full_programme_seen_since_unlock=seen)
+    announce: tuple[str, ...] = ()
+    if not short_set and _first_of_week(sessions, rx.tz, today):
+        announce = tuple(week_phrases(weeks))
+    programme = day.programme
+    if short_set:
+        programme = make_short_set(programme, rx.reminders)
+    elif day.stim_allowed:
+        programme = with_stim_exercise(programme)
+    return TodaysPlan(programme, day, announce, rx.breathing.pace, short_set=short_set, week=week)
+
+
+def _first_of_week(sessions: list[dict], tz: ZoneInfo, today: date) -> bool:
+    week_start = today - timedelta(days=today.weekday())
+    return not any(local_day(s["started_utc"], tz) >= week_start for s in sessions)
