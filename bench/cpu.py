@@ -1,8 +1,9 @@
 """CPU cost of the real-time path: sensor loop + coach + tone + mixer, in real time.
 
 Runs a session in real time (a real monotonic clock): the simulated pelvic floor delivers
-samples at the sensor rate, the control loop ticks every 10 ms (Session.tick, AudioSink
-feedback and speech scheduling), and an audio thread pulls the mixer in callback-sized
+samples at the sensor rate, the control loop ticks every 5 ms (Session.tick, AudioSink
+feedback and speech scheduling, the store, the probe's breath and technique observers:
+the session is built by the device's own `build_session`), and an audio thread pulls the mixer in callback-sized
 blocks on the device's schedule (as PortAudio would; there is no sound card here). The
 calibration is given, so the exercises (tone on, prompts spoken) start after the intro.
 
@@ -13,17 +14,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 from appliance.coach.programme import load_programme
 from appliance.coach.runner import ScriptedCommand, run
-from appliance.coach.session import Calibration, Session
+from appliance.coach.session import Calibration
 from appliance.commands import Command
 from appliance.config import DeviceConfig
+from appliance.device.sinks import GuardedStoreSink
+from appliance.device.wiring import SessionParts, build_session
 from appliance.sensor.simulated import SimulatedPelvicFloor, profile
+from appliance.store import Store, StoreSink
 from appliance.voice.output import AudioSink, prepare_speech
 from appliance.voice.phrases import Catalogue
 from appliance.voice.speech import RenderedTiming
@@ -98,24 +104,28 @@ def main() -> None:
     programme = load_programme("leaflet", catalogue.keys())
     clock = SessionClock()
     floor = SimulatedPelvicFloor(profile("average"), seed=0, sample_rate_hz=sensor_hz)
-    session = Session(
-        programme,
-        catalogue,
-        clock,
-        [sink, floor],
-        timing=RenderedTiming(bank),
-        sample_rate_hz=sensor_hz,
-        calibration=Calibration(20.0, 35.0),
-    )
+    # The device's wiring (appliance.device.wiring): the store first, the jump counter, the
+    # voice and tone, the floor, and the probe's observers (breath, technique) with breath
+    # following, as `appliance run` builds every session.
+    tmp = tempfile.TemporaryDirectory(prefix="bench-cpu-")
+    store = Store(Path(tmp.name) / "appliance.db")
+    store_sink = GuardedStoreSink(StoreSink(store, clock, programme.id, args.lang, source="bench"))
+    built = build_session(programme, catalogue, clock, SessionParts(
+        source=floor, store=store_sink, audio=sink, timing=RenderedTiming(bank),
+        calibration=Calibration(20.0, 35.0)))
+    session = built.session
     audio = CallbackThread(sink, audio_cfg.block_size)
 
     cpu0, wall0, main0 = time.process_time(), time.monotonic(), time.thread_time()
     audio.start()
-    run(session, floor, clock, tick_s=args.tick, script=[ScriptedCommand(0.5, Command.START)], max_seconds=args.seconds)
+    run(session, built.source, clock, tick_s=args.tick, script=[ScriptedCommand(0.5, Command.START)],
+        max_seconds=args.seconds)
     loop_cpu = time.thread_time() - main0
     audio.stop.set()
     audio.join()
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    store.close()
+    tmp.cleanup()
 
     spoken = len(sink.spoken)
     phases = session.state.value

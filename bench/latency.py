@@ -24,9 +24,10 @@ import numpy as np
 
 from appliance.clock import SimClock
 from appliance.coach.programme import load_programme
-from appliance.coach.session import Calibration, Session
+from appliance.coach.session import Calibration
 from appliance.commands import Command
 from appliance.config import DeviceConfig
+from appliance.device.wiring import SessionParts, build_session
 from appliance.events import Event, Feedback
 from appliance.sensor.base import ProbeStatus
 from appliance.voice.audio import Mixer
@@ -117,14 +118,11 @@ def main() -> None:
     shaper = ToneShaper(ToneMapping(cfg.audio.tone_rest_hz, cfg.audio.tone_target_hz))
     tone = ToneOnly(mixer, shaper)
     probe = StepProbe(sensor_hz)
-    session = Session(
-        programme,
-        catalogue,
-        clock,
-        [tone],
-        sample_rate_hz=sensor_hz,
-        calibration=Calibration(REST_CMH2O, MVC_CMH2O),
-    )
+    # The device's wiring: the probe's observers (breath, technique) and breath following
+    # run on every tick, as in `appliance run`; the tone sink stands in for the voice.
+    built = build_session(programme, catalogue, clock, SessionParts(
+        source=probe, sinks=[tone], calibration=Calibration(REST_CMH2O, MVC_CMH2O)))
+    session = built.session
     session.command(Command.START, source="bench")
 
     total = int(args.seconds * sr)
@@ -140,7 +138,7 @@ def main() -> None:
         while next_tick <= now:
             t = session.t0 + next_tick
             clock.sleep_until(t)
-            times, values = probe.read_until(t)
+            times, values = built.source.read_until(t)
             session.tick(t, times, values)
             ph = tone.phase
             fb = tone.ticks[-1]

@@ -1,17 +1,47 @@
-"""Shared by the clinic tests: a state directory filled with simulated weeks of one patient."""
+"""Shared by the clinic tests: a state directory filled by the device itself.
+
+`filled_state_dir` enrolls a patient and runs the device on a simulated clock over the
+lending period (`appliance.simulation.lending.simulate_days`, as `appliance simulate
+--days` does): the main session at the patient's time, short sets on reminders, the
+weekly PERFECT on Mondays, this week's targets. The prescription keeps the main session
+short (ex1, ex7, ex8) so weeks simulate in seconds; each lending is simulated once per
+test run and copied for every test that asks for it.
+"""
 
 from __future__ import annotations
 
+import atexit
 import shutil
-from datetime import date
+import tempfile
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from appliance.clinic.enrolment import enroll
-from appliance.coach.programme import load_programme
-from appliance.simulation.lending import simulate_lending
+from appliance.simulation.lending import simulate_days
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "prescription.toml"
 CODE = "GNT-2026-0042"
+SHORT_LENDING_DAYS, LONG_LENDING_DAYS = 2, 14
+# A main session a physiotherapist might prescribe to a patient who knows her floor:
+# the squeeze and hold, walking, and jumping; two reminders a day for a short set.
+FIXTURE_RX = """
+[exercise.awareness]
+enabled = false
+[exercise.ex2]
+enabled = false
+[exercise.ex3]
+enabled = false
+[exercise.ex4]
+enabled = false
+[exercise.ex5]
+enabled = false
+[exercise.ex6]
+enabled = false
+"""
+
+_cache: dict[tuple, Path] = {}
+_cache_root = Path(tempfile.mkdtemp(prefix="clinic-fixture-"))
+atexit.register(shutil.rmtree, _cache_root, True)
 
 
 def prescription_file(tmp: Path, code: str = CODE, extra: str = "") -> Path:
@@ -23,28 +53,33 @@ def prescription_file(tmp: Path, code: str = CODE, extra: str = "") -> Path:
     return path
 
 
-def filled_state_dir(tmp: Path, days: int = 21, code: str = CODE, first_day: date = date(2026, 3, 2)) -> Path:
-    """Enrolled, then `days` of training: one or two short sets a day, a weekly PERFECT."""
+def _lending_prescription(tmp: Path, code: str) -> Path:
+    path = prescription_file(tmp, code, FIXTURE_RX)
+    text = path.read_text()
+    text = text.replace('times = ["08:30", "11:00", "14:00", "17:30", "20:30"]', 'times = ["08:30", "17:30"]')
+    text = text.replace("enabled = false                  # no jumping until the clinic says so", "enabled = true")
+    path.write_text(text)
+    return path
+
+
+def filled_state_dir(tmp: Path, days: int = LONG_LENDING_DAYS, code: str = CODE,
+                     first_day: date = date(2026, 3, 2)) -> Path:
+    """Enrolled, then at least `days` of training by the device (2 or 14 days are simulated)."""
+    length = SHORT_LENDING_DAYS if days <= SHORT_LENDING_DAYS else LONG_LENDING_DAYS
+    if days > LONG_LENDING_DAYS:
+        raise ValueError(f"the fixture simulates at most {LONG_LENDING_DAYS} days")
+    key = (length, code, first_day)
+    if key not in _cache:
+        built = _cache_root / f"{code}-{first_day}-{length}"
+        enroll(built, _lending_prescription(_cache_root, code), datetime.combine(first_day, datetime.min.time(), UTC))
+        simulate_days(built, length, first_day=first_day, patient="weak", seed=1)
+        # What the service writes next to the database: a log and a timeline of the last session.
+        (built / "logs").mkdir(exist_ok=True)
+        (built / "logs" / "appliance.log").write_text(f"session for {code} finished\n")
+        (built / "timeline.jsonl").write_text('{"kind": "rep", "peak_cmh2o": 12.34}\n')
+        _cache[key] = built
     state = tmp / "state"
-    enroll(state, prescription_file(tmp, code))
-    lp = load_programme("leaflet")
-    short, moving = lp.only("ex1"), lp.only("ex7", "ex8")
-
-    def plan(day, i):
-        out = [("08:30", short)]
-        if i % 2:
-            out.append(("17:30", short))
-        if i % 7 == 0:
-            out.append(("10:00", "perfect"))
-        if i % 7 == 3:
-            out.append(("19:00", moving))
-        return out
-
-    simulate_lending(state, code, first_day, days, plan, patient="weak")
-    # What the service writes next to the database: a log and a timeline of the last session.
-    (state / "logs").mkdir(exist_ok=True)
-    (state / "logs" / "appliance.log").write_text(f"session for {code} finished\n")
-    (state / "timeline.jsonl").write_text('{"kind": "rep", "peak_cmh2o": 12.34}\n')
+    shutil.copytree(_cache[key], state)
     return state
 
 

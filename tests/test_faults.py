@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.cli.run import Appliance, RunOptions, SimulatedEdges
 from appliance.clock import SimClock
 from appliance.coach.session import Calibration
+from appliance.device.appliance import Appliance, RunOptions
+from appliance.device.edges import SimulatedEdges
 from appliance.device.service import Notifier, Signals
 from appliance.events import Event, Feedback
 from appliance.sensor.base import ProbeStatus
@@ -202,7 +203,8 @@ def make(tmp_path: Path, edges: FaultEdges, auto_start: bool = True, voice_extra
         events=str(tmp_path / "events.jsonl"),
         audio=False,
     )
-    return Appliance(options, edges, clock or FastClock(), Notifier({}), Signals())
+    edges.clock = clock or FastClock()
+    return Appliance(options, edges, Notifier({}), Signals())
 
 
 def events(tmp_path: Path) -> list[dict]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -35,7 +35,7 @@ def test_jumps_are_counted_from_landing_spikes_not_from_breathing():
 
 
 def test_a_simulated_jumping_exercise_stores_its_jump_count(tmp_path):
-    state = filled_state_dir(tmp_path, days=4)  # day 3 holds ex7 + ex8
+    state = filled_state_dir(tmp_path, days=2)  # Monday's PERFECT, Tuesday's main session has ex8
     jumps = [j for s in load_sessions(db_path(state)) for j in s["jumps"]]
     assert len(jumps) == 2  # two repetitions of ex8
     assert all(abs(j["jumps"] - 30) <= 1 for j in jumps)  # a landing every 0.5 s for 15 s
@@ -94,3 +94,46 @@ def test_perfect_summary_is_one_or_two_sentences_that_follow_the_change():
     assert perfect_summary(worse, before) == ["perfect.summary.lower", "perfect.summary.focus_power"]
     same = Perfect(31.0, "moderate", 10.0, 10, 10)
     assert perfect_summary(same, Perfect(30.0, "moderate", 10.0, 10, 10)) == ["perfect.summary.same"]
+
+
+def test_two_weeks_on_the_device_train_every_day_remind_on_time_and_progress_as_the_report_says(tmp_path):
+    """`simulate --days 14` through the device: sessions every day, short sets at the
+    prescribed local reminder times, PERFECT on both Mondays, and the targets stored with
+    week two's repetitions are the ones the progression rule gives (the report's)."""
+    from zoneinfo import ZoneInfo
+
+    from appliance.patient.progress import local_day
+    from appliance.patient.today import training_weeks
+
+    state = filled_state_dir(tmp_path, days=14)
+    rx = current_prescription(state)
+    tz = ZoneInfo("Europe/Brussels")
+    sessions = load_sessions(db_path(state))
+    days = {local_day(s["started_utc"], tz) for s in sessions}
+    assert days == {date(2026, 3, 2) + timedelta(days=i) for i in range(14)}
+    perfect_days = sorted(local_day(s["started_utc"], tz) for s in sessions if s["perfect"])
+    assert perfect_days == [date(2026, 3, 2), date(2026, 3, 9)]
+    plans = _plans(state)
+    short_starts = {datetime.fromisoformat(s["started_utc"]).astimezone(tz).strftime("%H:%M")[:4]
+                    for s in sessions if plans.get(s["id"], {}).get("short_set")}
+    assert short_starts <= {"08:3", "17:3"} and short_starts  # 08:30 and 17:30 local, answered at once
+    weeks, _, _ = training_weeks(sessions, rx)
+    assert len(weeks) == 2
+    week2 = [s for s in sessions if local_day(s["started_utc"], tz) >= date(2026, 3, 9) and not s["perfect"]]
+    stored = {r["exercise"]: r["target_pct"] for s in week2 for r in s["reps"]}
+    for ex, pct in stored.items():
+        assert pct == pytest.approx(weeks[1].targets[ex]), ex
+    for ex in weeks[0].progressed:
+        if ex in stored and ex != "ex7":
+            assert stored[ex] > weeks[0].targets[ex]
+
+
+def _plans(state):
+    import json
+    import sqlite3
+
+    con = sqlite3.connect(db_path(state))
+    try:
+        return {sid: json.loads(d) for sid, d in con.execute("SELECT session_id, data FROM events WHERE kind='plan'")}
+    finally:
+        con.close()

@@ -5,14 +5,13 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from appliance.clinic.enrolment import enroll
 from appliance.clock import SimClock
 from appliance.coach.runner import ScriptedCommand
 from appliance.commands import Command
 from appliance.patient.prescription import Reminders, parse_prescription, plan_for_day
-from appliance.patient.reminders import Answer, ReminderClock, short_set
-from appliance.simulation.lending import run_session
-from appliance.simulation.session import EventLog
-from appliance.store import Store
+from appliance.patient.reminders import Answer, ReminderClock
+from appliance.simulation.session import EventLog, simulate
 from appliance.voice.phrases import Catalogue
 
 BRUSSELS = ZoneInfo("Europe/Brussels")
@@ -69,43 +68,42 @@ def test_a_reminder_is_given_once_and_skipped_after_a_recent_set():
 
 def test_six_weeks_after_surgery_day_by_day(tmp_path):
     """Awareness only (capped) until the unlock date, unlocked and announced on it, reminders
-    at 08:30 local time before and after the change to summer time on 29 March."""
+    at 08:30 local time before and after the change to summer time on 29 March. The
+    sessions are the device's own (`simulate --state-dir`, the enrolled prescription)."""
+    rx_file = tmp_path / "rx.toml"
+    rx_file.write_text('[patient]\ncode = "GNT-2026-0042"\nsurgery_date = 2026-03-02\n'
+                       '[reminders]\nshort_set = ["ex1", "awareness"]\n')
+    state = tmp_path / "state"
+    enroll(state, rx_file, datetime(2026, 3, 2, 8, tzinfo=UTC))
     rx = parse_prescription({"patient": {"code": "GNT-2026-0042", "surgery_date": date(2026, 3, 2)},
                              "reminders": {"short_set": ["ex1", "awareness"]}}, "rx.toml")
     assert rx.unlock_date == date(2026, 4, 13)
-    cat = Catalogue.load("nl")
-    clock = SimClock()
-    store = Store(tmp_path / "appliance.db")
     reminders = ReminderClock(rx.reminders)
-    seen_full = False
     morning_utc = {}
-    for i in range(43):  # 2 March .. 13 April
+    for i in range(43):  # 2 March .. 13 April: the reminders' local times, every day
         day = date(2026, 3, 2) + timedelta(days=i)
         first = reminders.slots_on(day)[0]
         morning_utc[day] = first.due_utc
-        clock.set_wall(first.due_utc)
         assert reminders.due(first.due_utc + timedelta(seconds=5)) == first
-        plan = plan_for_day(rx, day, full_programme_seen_since_unlock=seen_full)
-        prog = short_set(plan.programme, rx.reminders)
-        log = EventLog()
-        session, _ = run_session(store, clock, prog, cat, rx.code, patient="postop", seed=i, extra_sinks=[log])
-        said = [e.data["phrase"] for e in log.of("say")]
-        exercises = {e.data["exercise"] for e in log.of("exercise")}
+    # The device's sessions on the days that matter: in the post-op weeks, on the day before
+    # the unlock, on it (announced once), and the day after (not announced again).
+    for day in (date(2026, 3, 3), date(2026, 3, 31), date(2026, 4, 12), date(2026, 4, 13), date(2026, 4, 14)):
+        result = simulate(state_dir=state, patient="postop", seed=day.day, lang=None, max_seconds=420.0,
+                          start_wall=datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=9))
+        said = [e.data["phrase"] for e in result.log.of("say")]
+        exercises = {e.data["exercise"] for e in result.log.of("exercise")}
         if day < rx.unlock_date:
-            assert plan.postop and not plan.stim_allowed
             assert exercises == {"awareness"}
-            assert all(r["target_pct"] <= 30.0 for r in session.reps)
-            assert "postop.unlocked" not in said
-        else:
-            assert not plan.postop
-            assert "ex1" in exercises
+            assert all(r["target_pct"] <= 30.0 for r in result.session.reps)
+            assert "postop.unlocked" not in said and "calibrate.squeeze" not in said
+            assert "calibrate.squeeze_gentle" in said  # no maximal squeeze after surgery
+        elif day == rx.unlock_date:
             assert said.count("postop.unlocked") == 1
-            assert any(r["target_pct"] >= 60.0 for r in session.reps)
-            seen_full = True
-    store.close()
+            assert "ex1" in exercises or "awareness" in exercises
+        else:
+            assert "postop.unlocked" not in said
     assert morning_utc[date(2026, 3, 28)].hour == 7 and morning_utc[date(2026, 3, 29)].hour == 6
     assert all(d.astimezone(BRUSSELS).strftime("%H:%M") == "08:30" for d in morning_utc.values())
-    assert plan_for_day(rx, date(2026, 4, 14), full_programme_seen_since_unlock=seen_full).announce == ()
 
 
 def test_asking_for_more_in_the_postop_weeks_gets_the_explanation_not_a_skip():

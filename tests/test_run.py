@@ -54,8 +54,8 @@ def test_the_listener_understands_what_the_mixer_says_it_plays():
     # reports a dataclass; `appliance run` passes MixerMonitor between them.
     import numpy as np
 
-    from appliance.cli.run import MixerMonitor
     from appliance.config import DeviceConfig, VoiceConfig
+    from appliance.device.appliance import MixerMonitor
     from appliance.voice.audio import Mixer
     from appliance.voice.listener import CommandDetector, Vocabulary, build_engine
 

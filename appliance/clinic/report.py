@@ -25,8 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
-from appliance.coach.programme import PhaseKind  # noqa: E402
-from appliance.patient.prescription import Prescription, prescribed_programme  # noqa: E402
+from appliance.patient.prescription import Prescription  # noqa: E402
 from appliance.patient.progress import (  # noqa: E402
     PERFECT_PROGRAMME,
     Week,
@@ -34,8 +33,8 @@ from appliance.patient.progress import (  # noqa: E402
     local_day,
     rep_met,
     sets_per_day,
-    weekly_progress,
 )
+from appliance.patient.today import training_weeks  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -148,17 +147,14 @@ def fhir_bundle(sessions: list[dict], code: str, rx: Prescription | None) -> dic
 # --- The PDF --------------------------------------------------------------------------------
 
 def _weeks(sessions: list[dict], rx: Prescription | None, tz: ZoneInfo) -> tuple[list[Week], date, date]:
+    """The lending period's calendar weeks, with the targets the device trained at: the
+    same rule, applied by the same function (appliance.patient.today), as on the device."""
     days = [local_day(s["started_utc"], tz) for s in sessions]
     first, last = min(days), max(days)
     first = first - timedelta(days=first.weekday())  # calendar weeks start on Monday
     if rx is None:
         return [], first, last
-    prog = prescribed_programme(rx)
-    base = {e.id: e.target_pct_mvc for e in prog.exercises}
-    walk = None
-    if any(e.id == "ex7" for e in prog.exercises):
-        walk = sum(p.seconds or 0.0 for p in prog.exercise("ex7").phases if p.kind is PhaseKind.MOVE)
-    return weekly_progress(sessions, rx, first, last, base, walk), first, last
+    return training_weeks(sessions, rx)
 
 
 def _header(fig, code: str, rx: Prescription | None, first: date, last: date, title: str) -> None:

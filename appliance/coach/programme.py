@@ -88,6 +88,9 @@ class Programme:
     exercises: tuple[Exercise, ...]
     outro: tuple[str, ...]
     source: str = ""
+    # The calibration's squeeze as %MVC: 100 asks for a maximal squeeze; lower asks for a
+    # gentle one and takes it as this share of the MVC (after surgery: no maximal effort).
+    reference_squeeze_pct: float = 100.0
 
     def exercise(self, exercise_id: str) -> Exercise:
         for ex in self.exercises:
@@ -285,6 +288,7 @@ def parse_programme(data: dict, file: Path | str, known_phrases: set[str] | None
         exercises=exercises,
         outro=_phrases(head, "outro", where, known_phrases),
         source=str(file),
+        reference_squeeze_pct=_number(head, "reference_squeeze_pct", where, 10.0, 100.0, 100.0),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import date, tzinfo
 from enum import Enum
 from typing import Protocol
 
@@ -163,6 +164,8 @@ class Session:
         # Said instead of moving on when the patient asks for more than the programme allows
         # (the post-operative weeks: appliance.patient.prescription.DayPlan.more_phrase).
         self.more_phrase: str | None = None
+        self.outcome: str | None = None
+        self.tz: tzinfo | None = None  # the patient's time zone: stimulation counts local days
         # The stimulation line (appliance.stim), attached with attach_stim(); it decides
         # on/off itself, the session only feeds it and speaks its cues.
         self.stim: StimController | None = None
@@ -388,21 +391,31 @@ class Session:
         end = max(at + tail_s, t + 0.5)
         return Segment(kind, t, [PlannedPhase(kind, t, end)], prompts, self.exercise_index)
 
+    def _calibration_phrase(self, key: str) -> str:
+        """The maximal calibration's phrase, or its gentle form when the programme asks for one."""
+        gentle = f"{key}_gentle"
+        if self.programme.reference_squeeze_pct < 100.0 and self.cat.has(gentle):
+            return gentle
+        return key
+
     def _plan_calibration(self, t: float) -> Segment:
-        speech = self._plan_speech("intro", ["calibrate.intro"], t, tail_s=0.2)
+        speech = self._plan_speech("intro", [self._calibration_phrase("calibrate.intro")], t, tail_s=0.2)
+        level = self.programme.reference_squeeze_pct
+        squeeze_key = self._calibration_phrase("calibrate.squeeze")
+        again_key = self._calibration_phrase("calibrate.again")
         t = speech.end
         phases = [PlannedPhase("calibrate_rest", t, t + CALIBRATION_REST_S)]
         prompts = speech.prompts + [Prompt(t + 0.1, "calibrate.rest")]
         start = t + CALIBRATION_REST_S
         for i in range(CALIBRATION_SQUEEZES):
-            phases.append(PlannedPhase("calibrate_squeeze", start, start + CALIBRATION_SQUEEZE_S, 100.0))
+            phases.append(PlannedPhase("calibrate_squeeze", start, start + CALIBRATION_SQUEEZE_S, level))
             phases.append(PlannedPhase("calibrate_release", start + CALIBRATION_SQUEEZE_S,
                                        start + CALIBRATION_SQUEEZE_S + CALIBRATION_RECOVER_S))
-            squeeze_at = start - self.timing.keyword_offset("calibrate.squeeze")
+            squeeze_at = start - self.timing.keyword_offset(squeeze_key)
             if i:
-                again_at = squeeze_at - GAP_S - self.timing.duration("calibrate.again")
-                prompts.append(Prompt(again_at, "calibrate.again"))
-            prompts.append(Prompt(squeeze_at, "calibrate.squeeze"))
+                again_at = squeeze_at - GAP_S - self.timing.duration(again_key)
+                prompts.append(Prompt(again_at, again_key))
+            prompts.append(Prompt(squeeze_at, squeeze_key))
             prompts.append(Prompt(start + CALIBRATION_SQUEEZE_S + 0.05, "calibrate.squeeze_release"))
             start += CALIBRATION_SQUEEZE_S + CALIBRATION_RECOVER_S
         self._busy_until = max(self._busy_until, start)
@@ -483,7 +496,7 @@ class Session:
         self.state = State.EXERCISING
         ex = self.exercise
         while ex is not None and ex.id == STIM_EXERCISE_ID and (
-                self.stim is None or self.stim.refusal(self.clock.wall().date())):
+                self.stim is None or self.stim.refusal(self.local_day())):
             self.exercise_index += 1  # no stim today: the exercise is left out, unannounced
             ex = self.exercise
         if ex is None:
@@ -495,14 +508,15 @@ class Session:
     def _finish_calibration(self) -> None:
         rest = _median(self._calib_rest[-int(5 * self.sample_rate_hz):]) if self._calib_rest else self._pressure
         peaks = [p - rest for p in self._calib_peaks]
-        mvc = max(peaks) if peaks else 0.0
+        # A gentle reference squeeze is taken as its share of the MVC (post-op weeks).
+        mvc = max(peaks) * 100.0 / self.programme.reference_squeeze_pct if peaks else 0.0
         if mvc < MIN_MVC_CMH2O:
             self._emit("warning", warning="no_squeeze", phrase="status.low", mvc_cmh2o=round(mvc, 2))
             mvc = MIN_MVC_CMH2O
         self.calibration = Calibration(round(rest, 2), round(mvc, 2))
         self._emit("calibration", rest_cmh2o=self.calibration.rest_cmh2o, mvc_cmh2o=self.calibration.mvc_cmh2o,
                    oxford_band=self.calibration.oxford_band, squeezes_cmh2o=[round(p, 2) for p in peaks])
-        self._say_now("calibrate.done")
+        self._say_now(self._calibration_phrase("calibrate.done"))
 
     def _record_rep(self, seg: Segment, status: str, t: float) -> None:
         if seg.kind != "rep" or seg.recorder.contract_at is None or self.calibration is None:
@@ -537,6 +551,7 @@ class Session:
         if self.stim is not None:
             self.stim.shutdown(self.session_time(), f"session_{status}")
         self.state = State.DONE
+        self.outcome = status  # "done", "stopped"...: how the session ended
         self._segment = None
         self._emit("session", state=status)
 
@@ -698,6 +713,10 @@ class Session:
 
     # --- stimulation ----------------------------------------------------------------------
 
+    def local_day(self) -> date:
+        """Today in the prescription's time zone (`tz`, set by the wiring), else the device's."""
+        return self.clock.wall().astimezone(self.tz).date()
+
     def attach_stim(self, controller: StimController) -> None:
         """Run the stim exercise with this controller: its events go to the sinks."""
         self.stim = controller
@@ -714,7 +733,7 @@ class Session:
             and seg.kind == "rep"
         if running and self._stim_exercise != self.exercise_index:
             self._stim_exercise = self.exercise_index  # pauses and repeats stay one stim session
-            stim.begin(t, self.clock.wall().date())
+            stim.begin(t, self.local_day())
         elif not in_exercise and self._stim_exercise is not None:
             self._stim_exercise = None
             stim.end(t)

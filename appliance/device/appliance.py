@@ -539,6 +539,12 @@ class Appliance(HealthChecks):
             return
         session = self._build(plan, probe)
         self.session = session
+        # What was applied, stored with the session: the report draws these, not a replay.
+        targets = {e.id: e.target_pct_mvc for e in plan.programme.exercises}
+        self.store_sink.emit(Event(0.0, "plan", {"short_set": plan.short_set, "perfect": plan.perfect,
+                                                 "postop": bool(plan.day and plan.day.postop),
+                                                 "stim": plan.stim_allowed, "targets": targets,
+                                                 "announce": list(plan.announce)}))
         with self._open_stim(plan) as stim:
             if stim is not None:
                 session.attach_stim(stim)
@@ -573,7 +579,8 @@ class Appliance(HealthChecks):
             source=probe, store=self.store_sink, audio=audio, timing=self.options.timing or timing,
             sinks=extra, pace=pace, calibration=self.options.calibration,
             volume=self.config.audio.volume,
-            more_phrase=plan.day.more_phrase if plan.day is not None else None))
+            more_phrase=plan.day.more_phrase if plan.day is not None else None,
+            tz=self.rx.tz if self.rx is not None else None))
         self.source = built.source
         return built.session
 
@@ -638,7 +645,7 @@ class Appliance(HealthChecks):
         from appliance.patient.progress import assess_perfect, load_sessions, perfect_summary, store_perfect
 
         sid = self.store_sink.session_id if self.store_sink is not None else None
-        if sid is None or session.state.value != "done":
+        if sid is None or session.outcome != "done":
             return None
         try:
             result = assess_perfect(self.store.path, sid)

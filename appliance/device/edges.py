@@ -334,7 +334,7 @@ class SimulatedEdges:
                  clock: Clock | None = None, wav_path: Path | None = None, via_adc: Any = False,
                  start_after_ready: bool = True, start_after_ready_s: float = 2.0,
                  adherence: Adherence | None = None, extra_sinks: Sequence[Sink] = (),
-                 room_sinks: Sequence[Sink] = ()) -> None:
+                 room_sinks: Sequence[Sink] = (), strength: Callable[[], float] | None = None) -> None:
         from gpiozero.pins.mock import MockFactory, MockPWMPin
 
         self.clock: Clock = clock or SimClock()
@@ -347,6 +347,7 @@ class SimulatedEdges:
         self.adherence = adherence
         self.extra_sinks = list(extra_sinks)
         self.extra_room = list(room_sinks)
+        self.strength = strength  # the patient's strength now (grows over a lending period)
         self.rng = np.random.default_rng(self.patient.seed + 7919)
         self.sessions = 0
         self.speaker: SimulatedSpeaker | None = None
@@ -364,6 +365,8 @@ class SimulatedEdges:
         return self.patient.floors
 
     def pressure_source(self, config: DeviceConfig, clock: Clock, state_dir: Path, t0: float) -> PressureSource:
+        if self.strength is not None:
+            self.patient.strength = self.strength()
         floor = self.patient.floor(self.sessions)
         self.sessions += 1
         source: Any = SessionTimeSource(floor, t0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import tzinfo
 
 from appliance.clock import Clock
 from appliance.coach.pacing import BreathFollower, Pace
@@ -40,6 +41,7 @@ class SessionParts:
     volume: float = 0.8
     more_phrase: str | None = None  # what to answer "more" with (post-op weeks)
     follow_breath: bool = True
+    tz: tzinfo | None = None  # the prescription's time zone (stimulation counts its local days)
 
 
 @dataclass
@@ -70,6 +72,7 @@ def build_session(programme: Programme, catalogue: Catalogue, clock: Clock, part
                       sample_rate_hz=parts.source.sample_rate_hz, calibration=parts.calibration,
                       volume=parts.volume)
     session.more_phrase = parts.more_phrase
+    session.tz = parts.tz
     observed = ObservedSource(parts.source, session, BreathDetector(), TechniqueMonitor(session.observe_warning))
     session.add_sink(observed)
     if parts.follow_breath:

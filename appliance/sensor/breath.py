@@ -139,24 +139,29 @@ class BreathDetector:
         var0 = float(np.sum(w * resid0**2))
         if var0 <= 1e-12:
             return nothing
-        # All candidate rates at once: weighted normal equations, one small solve each.
+        # All candidate rates at once: weighted normal equations, one small solve each. The
+        # trend's block of the normal equations is the same for every rate, and at the
+        # solution the weighted residual is y'Wy - beta'X'Wy: no design matrix per rate.
         wt = 2 * math.pi * self._freqs[:, None] * t[None, :]
-        X = np.concatenate(
-            [
-                np.broadcast_to(trend, (len(self._freqs), *trend.shape)),
-                np.stack(
-                    [fn(k * wt) for k in range(1, s.harmonics + 1) for fn in (np.cos, np.sin)],
-                    axis=2,
-                ),
-            ],
-            axis=2,
-        )
-        Xw = X * w[None, :, None]
-        gram = np.einsum("fni,fnj->fij", Xw, X) + 1e-9 * np.eye(X.shape[2])
-        rhs = np.einsum("fni,n->fi", Xw, y)
+        harmonics = [fn(k * wt) for k in range(1, s.harmonics + 1) for fn in (np.cos, np.sin)]
+        n_f, p = len(self._freqs), trend.shape[1]
+        m = p + len(harmonics)
+        wy = w * y
+        trend_w = trend * w[:, None]
+        gram = np.empty((n_f, m, m))
+        gram[:, :p, :p] = trend.T @ trend_w
+        rhs = np.empty((n_f, m))
+        rhs[:, :p] = trend.T @ wy
+        for i, h in enumerate(harmonics):
+            cross = h @ trend_w  # (rates, trend columns)
+            gram[:, :p, p + i] = cross
+            gram[:, p + i, :p] = cross
+            for j in range(i, len(harmonics)):
+                gram[:, p + i, p + j] = gram[:, p + j, p + i] = (h * harmonics[j]) @ w
+            rhs[:, p + i] = h @ wy
+        gram += 1e-9 * np.eye(m)
         betas = np.linalg.solve(gram, rhs[..., None])[..., 0]
-        resid = y[None, :] - np.einsum("fni,fi->fn", X, betas)
-        variances = np.sum(w[None, :] * resid**2, axis=1)
+        variances = float(y @ wy) - np.sum(betas * rhs, axis=1)
         k = int(np.argmin(variances))
         f = float(self._freqs[k])
         if 0 < k < len(variances) - 1:

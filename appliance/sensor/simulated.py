@@ -151,7 +151,7 @@ class SimulatedPelvicFloor:
             self._breath_len = (self._inhale_s, self._exhale_s)
         self._motion = d.get("motion", "none")
         self._breath_holding = False
-        if kind in ("calibrate_squeeze",):
+        if kind == "calibrate_squeeze" and level >= 0.999:
             target = 1.0  # a maximal effort: everything they have
         else:
             target = min(level * self.patient.target_gain, self.patient.effort_ceiling)

@@ -14,6 +14,7 @@ import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -69,7 +70,7 @@ def simulate(
     patient: str = "average",
     seed: int = 0,
     script: Sequence[ScriptedCommand] = (),
-    programme: Programme | str | None = "leaflet",
+    programme: Programme | str | None = None,
     faults: Sequence[Fault] = (),
     fault_rate: float | None = None,
     console: TextIO | None = None,
@@ -90,12 +91,13 @@ def simulate(
     wav_path: Path | None = None,
     audio: bool | None = None,
     speech_cache: Path | None = None,
+    start_wall: datetime | None = None,
 ) -> SimulationResult:
     """Run the device for one session on a simulated clock.
 
     With `state_dir` the device uses the patient enrolled there (prescription, plan of the
-    day, post-op gate, stimulation, language) and stores into its database; `programme=None`
-    then means "what the prescription says". Without it the state is `out_dir` (a fresh
+    day, post-op gate, stimulation, language) and stores into its database; `programme`
+    (a name or a Programme) overrides the prescription's plan. Without it the state is `out_dir` (a fresh
     database, the leaflet's defaults) or a temporary directory. `out_dir` also gets
     timeline.jsonl. `wav_path` (or `audio=True`) renders the spoken phrases and the tone,
     and the coach times its prompts on them; otherwise phrase durations are estimated.
@@ -129,7 +131,7 @@ def simulate(
         sinks.append(timeline)
     sinks.extend(extra_sinks)
     room: list[Sink] = [ConsoleTimeline(console)] if console is not None else []
-    clock = SimClock()
+    clock = SimClock(wall_start=start_wall)
     edges = SimulatedEdges(SimulatedPatient(patient, seed, tuple(faults), fault_rate, sample_rate_hz),
                            clock=clock, wav_path=wav_path, via_adc=via_adc or False,
                            start_after_ready=auto_start, start_after_ready_s=START_AT_S,

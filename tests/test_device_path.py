@@ -1,0 +1,206 @@
+"""`appliance simulate` is the device on a simulated clock: the supervisor, the patient's
+prescription and plan of the day, the post-op gate, stimulation and the one wiring."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import numpy as np
+
+from appliance.cli import main
+from appliance.clinic.enrolment import enroll
+from appliance.coach.programme import load_programme
+from appliance.commands import Command
+from appliance.device.appliance import Appliance, RunOptions
+from appliance.device.edges import SimulatedEdges, SimulatedPatient
+from appliance.simulation.session import simulate
+
+REPO = Path(__file__).resolve().parents[1]
+
+STIM_RX = """
+[patient]
+code = "GNT-7-STIM"
+language = "nl"
+programme = "leaflet"
+[reminders]
+enabled = false
+[exercise.awareness]
+repetitions = 2
+[exercise.ex1]
+repetitions = 2
+[exercise.ex2]
+enabled = false
+[exercise.ex3]
+enabled = false
+[exercise.ex4]
+enabled = false
+[exercise.ex5]
+enabled = false
+[exercise.ex6]
+enabled = false
+[exercise.ex7]
+enabled = false
+[exercise.ex8]
+enabled = false
+[stim]
+enabled = true
+mode = "cyclic"
+work_seconds = 5
+rest_seconds = 10
+cycles = 3
+checked_by = "physio 12"
+checked_on = 2026-05-01
+[stim.contraindications]
+pacemaker = "no"
+pregnancy_or_trying = "no"
+recent_birth_or_pelvic_surgery = "no"
+infection = "no"
+pelvic_cancer = "no"
+epilepsy = "no"
+broken_skin = "no"
+no_sensation = "no"
+metal_implant_or_iud = "no"
+large_prolapse = "no"
+cannot_report_discomfort = "no"
+urinary_retention = "no"
+"""
+
+
+def enrolled(tmp_path: Path, text: str, when: datetime) -> Path:
+    state = tmp_path / "state"
+    rx = tmp_path / "rx.toml"
+    rx.write_text(text)
+    enroll(state, rx, when)
+    return state
+
+
+def test_the_coach_session_is_built_in_one_place_outside_the_tests():
+    found = []
+    for path in [*(REPO / "appliance").rglob("*.py"), *(REPO / "bench").rglob("*.py")]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"(?<![\w.])Session\(", line) and not line.lstrip().startswith(("#", "class ")):
+                found.append(f"{path.relative_to(REPO)}:{n}")
+    assert found == ["appliance/device/wiring.py:" + found[0].rsplit(":", 1)[1]] and len(found) == 1, found
+
+
+def test_the_simulated_patient_reacts_alike_in_the_first_and_the_fifth_session(tmp_path):
+    """A lending period's later sessions used to meet a patient three times quicker."""
+    edges = SimulatedEdges(SimulatedPatient("average", seed=4), start_after_ready=True)
+    onsets: list[list[float]] = []
+
+    def next_session(session) -> None:
+        onsets.append([r["onset_s"] for r in session.reps if r.get("onset_s") is not None])
+        edges.say_at(edges.clock.now() + 5.0, Command.START)
+
+    options = RunOptions(config_path=None, state_dir=tmp_path, audio=False, sessions=5,
+                         programme_file=load_programme("leaflet").only("ex1"), on_session_end=next_session)
+    Appliance(options, edges).main()
+    assert len(onsets) == 5 and all(len(o) >= 8 for o in onsets)
+    first, fifth = np.mean(onsets[0]), np.mean(onsets[4])
+    assert 0.3 < first < 1.2 and abs(fifth - first) < 0.2, (first, fifth)
+
+
+def test_simulate_state_dir_ten_days_after_surgery_trains_awareness_at_most_30_pct(tmp_path, capsys):
+    text = '[patient]\ncode = "GNT-2026-0042"\nsurgery_date = 2026-03-02\n[reminders]\nenabled = false\n'
+    state = enrolled(tmp_path, text, datetime(2026, 3, 3, 9, tzinfo=UTC))
+    result = simulate(state_dir=state, patient="postop", seed=2, start_wall=datetime(2026, 3, 12, 8, tzinfo=UTC),
+                      lang=None)
+    exercises = {e.data["exercise"] for e in result.log.of("exercise")}
+    assert exercises == {"awareness"}
+    assert result.session.reps and all(r["target_pct"] <= 30.0 for r in result.session.reps)
+    con = sqlite3.connect(state / "appliance.db")
+    try:
+        (code, programme), = con.execute("SELECT patient_code, programme FROM sessions").fetchall()
+        levels = [json.loads(d).get("level_pct") for (d,) in
+                  con.execute("SELECT data FROM events WHERE kind = 'phase'")]
+    finally:
+        con.close()
+    assert code == "GNT-2026-0042" and programme == "postop"
+    assert max(x for x in levels if x is not None) <= 30.0
+    # The command line does the same for a physiotherapist.
+    out = tmp_path / "out"
+    assert main(["simulate", "--state-dir", str(state), "--out", str(out), "--quiet", "--no-audio"]) == 0
+    assert "stored in" in capsys.readouterr().out
+    kinds = [json.loads(line)["kind"] for line in (out / "timeline.jsonl").read_text().splitlines()]
+    assert "rep" in kinds
+
+
+def test_simulate_state_dir_with_stimulation_prescribed_shows_the_stim_exercise_on_and_off(tmp_path):
+    state = enrolled(tmp_path, STIM_RX, datetime(2026, 6, 1, 8, tzinfo=UTC))
+    result = simulate(state_dir=state, seed=3, start_wall=datetime(2026, 6, 2, 9, tzinfo=UTC), lang=None)
+    exercises = [e.data["exercise"] for e in result.log.of("exercise") if e.data.get("state") == "started"]
+    assert "stim" in exercises
+    line = [e.data["state"] for e in result.log.of("stim") if e.data.get("state") in ("on", "off")]
+    assert line[:2] == ["on", "off"] and line.count("on") == 3 and line[-1] == "off"
+    lines = result.appliance.edges.stim_lines
+    assert lines and not any(x.is_active for x in lines)
+
+
+def test_without_stimulation_in_the_prescription_the_line_is_never_driven(tmp_path):
+    state = enrolled(tmp_path, STIM_RX.replace("[stim]\nenabled = true", "[stim]\nenabled = false"),
+                     datetime(2026, 6, 1, 8, tzinfo=UTC))
+    result = simulate(state_dir=state, seed=3, start_wall=datetime(2026, 6, 2, 9, tzinfo=UTC), lang=None)
+    assert "stim" not in {e.data["exercise"] for e in result.log.of("exercise")}
+    assert not [e for e in result.log.of("stim") if e.data.get("state") == "on"]
+    assert result.appliance.edges.stim_lines == []
+
+
+def test_a_new_prescription_on_disk_is_obeyed_at_the_next_session_without_a_restart(tmp_path):
+    """The clinic switches stimulation off (a new contraindication); the running device obeys."""
+    state = enrolled(tmp_path, STIM_RX, datetime(2026, 6, 1, 8, tzinfo=UTC))
+    edges = SimulatedEdges(SimulatedPatient("average", seed=5), start_after_ready=True,
+                           clock=None)
+    edges.clock.set_wall(datetime(2026, 6, 2, 9, tzinfo=UTC))
+    stims: list[int] = []
+
+    def between(session) -> None:
+        stims.append(sum(1 for e in edges_log.events if e.kind == "stim" and e.data.get("state") == "on"))
+        if len(stims) == 1:  # the clinic's new prescription lands while the device waits
+            changed = STIM_RX.replace('pregnancy_or_trying = "no"', 'pregnancy_or_trying = "yes"')
+            changed = changed.replace("[stim]\nenabled = true", "[stim]\nenabled = false")
+            (state / "prescription.toml").write_text(changed)
+            edges.say_at(edges.clock.now() + 5.0, Command.START)
+
+    from appliance.simulation.session import EventLog
+
+    edges_log = EventLog()
+    edges.extra_sinks.append(edges_log)
+    options = RunOptions(config_path=None, state_dir=state, audio=False, sessions=2, on_session_end=between)
+    Appliance(options, edges).main()
+    assert stims[0] == 3 and stims[1] == 3  # the second session drove nothing more
+    assert date(2026, 6, 2) == edges.clock.wall().date()
+
+
+def test_a_prescription_changed_during_a_session_stops_it_cleanly_and_says_why(tmp_path):
+    state = enrolled(tmp_path, STIM_RX, datetime(2026, 6, 1, 8, tzinfo=UTC))
+    from appliance.events import Event, Feedback
+
+    class Clinic:
+        """Rewrites the prescription (as `clinic enroll` does) at the first repetition."""
+
+        done = False
+
+        def emit(self, event: Event) -> None:
+            if event.kind == "rep" and not self.done:
+                self.done = True
+                (state / "prescription.toml").write_text(STIM_RX.replace("repetitions = 2", "repetitions = 3"))
+
+        def feedback(self, fb: Feedback) -> None:
+            return None
+
+    result = simulate(state_dir=state, seed=3, start_wall=datetime(2026, 6, 2, 9, tzinfo=UTC), lang=None,
+                      extra_sinks=[Clinic()])
+    assert result.session.outcome == "stopped"
+    said = result.appliance.health.spoken
+    assert "device.clinic_changed" in said
+    con = sqlite3.connect(state / "appliance.db")
+    try:
+        statuses = [s for (s,) in con.execute("SELECT status FROM sessions")]
+    finally:
+        con.close()
+    assert statuses == ["stopped"]
+    assert not any(x.is_active for x in result.appliance.edges.stim_lines)
