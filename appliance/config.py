@@ -8,6 +8,7 @@ device configuration, the programme and the prescription loaders.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import tomllib
 import types
@@ -15,9 +16,12 @@ import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 DEFAULT_CONFIG_PATH = Path("/etc/appliance/appliance.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/appliance")
@@ -124,7 +128,7 @@ def _coerce(file: str | Path, key: str, tp: Any, value: Any) -> Any:
             except ConfigError as exc:
                 errors.append(exc.reason)
         raise ConfigError(file, key, value, " or ".join(errors))
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(file, key, value, "must be a table")
         return load_dataclass(tp, value, file, prefix=key)
@@ -140,7 +144,7 @@ def _coerce(file: str | Path, key: str, tp: Any, value: Any) -> Any:
         return dict(value)
     if tp is Any:
         return value
-    if isinstance(tp, type) and issubclass(tp, __import__("enum").Enum):
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)
         except ValueError:

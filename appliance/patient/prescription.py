@@ -14,12 +14,15 @@ import unicodedata
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from appliance.coach.pacing import MAX_EXHALE_S, MAX_INHALE_S, MIN_EXHALE_S, MIN_INHALE_S, Pace
 from appliance.coach.programme import PROGRAMME_DIR, Exercise, PhaseKind, Programme, load_programme, with_overrides
 from appliance.config import ConfigError, bounded, check_known_keys, load_dataclass, read_toml
+
+if TYPE_CHECKING:
+    from appliance.stim.prescription import StimPrescription
 
 PRESCRIPTION_FILE = "prescription.toml"
 POSTOP_AWARENESS_WEEKS = 6  # leaflet: "De eerste 6 weken na operatie ... bewustwording"
@@ -108,7 +111,7 @@ class Prescription:
     reminders: Reminders = field(default_factory=Reminders)
     progression: Progression = field(default_factory=Progression)
     exercises: dict[str, ExerciseOverride] = field(default_factory=dict)
-    stim: Any = None  # appliance.stim.StimPrescription
+    stim: StimPrescription | None = None
     source: str = "(defaults)"
 
     @property
@@ -278,6 +281,7 @@ def parse_prescription(data: dict[str, Any], file: str | Path, today: date | Non
     fault = _code_fault(code)
     if fault is not None:
         raise ConfigError(file, "patient.code", code, fault, shown=None if code is None else NOT_SHOWN)
+    assert isinstance(code, str)  # _code_fault refuses anything else
     lang = patient.get("language", "nl")
     if lang not in ("nl", "en"):
         raise ConfigError(file, "patient.language", lang, "must be one of 'nl', 'en'")
@@ -309,7 +313,7 @@ def parse_prescription(data: dict[str, Any], file: str | Path, today: date | Non
                         progression=progression, exercises=overrides, stim=stim, source=str(file))
 
 
-def _parse_stim(table: Any, file: str | Path, surgery: date | None, today: date | None = None) -> Any:
+def _parse_stim(table: Any, file: str | Path, surgery: date | None, today: date | None = None) -> StimPrescription:
     from appliance.stim import parse_stim_prescription
 
     stim = parse_stim_prescription(table, file)

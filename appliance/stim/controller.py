@@ -205,18 +205,23 @@ class StimController:
         if tripped:
             for x in tripped:
                 x.tripped = False
-            return self._interrupt(now, "watchdog")
+            self._interrupt(now, "watchdog")
+            return None
         gap = 0.0 if previous is None else now - previous
         if gap < 0 or gap > HARD_LIMITS.watchdog_seconds:
-            return self._interrupt(now, "clock_jump")
+            self._interrupt(now, "clock_jump")
+            return None
         if not ctx.exercise_active:
-            return self._interrupt(now, "not_in_exercise")
+            self._interrupt(now, "not_in_exercise")
+            return None
         if not ctx.probe_ok:
-            return self._interrupt(now, "probe")
+            self._interrupt(now, "probe")
+            return None
         session_end = self._begun_at + rx.session_seconds
         cycles_used = rx.cycles is not None and self.work_phases >= rx.cycles
         if now >= session_end or (cycles_used and self.state is not StimState.WORK):
-            return self._finish(now)
+            self._finish(now)
+            return None
 
         cyclic = rx.mode is StimMode.CYCLIC
         announce = HARD_LIMITS.announce_seconds
@@ -229,7 +234,8 @@ class StimController:
         if self.state is StimState.WAITING or (cyclic and self.state is StimState.REST):
             # tell the patient; work may start 3 s later and not before the rest is over
             if cyclic and self._rest_until + rx.work_seconds > session_end:
-                return self._finish(now)
+                self._finish(now)
+                return None
             if cyclic and now < self._rest_until - max(announce, self.announce_lead(PHRASE_BEGINS)):
                 return None
             # the cue is spoken now; at least 3 s (or until its keyword) before any work
@@ -244,7 +250,8 @@ class StimController:
                 self.state = StimState.ARMED
                 self._below_seen = ctx.strength_pct < rx.trigger_pct
             elif self._work_at + rx.work_seconds > session_end:
-                return self._finish(now)
+                self._finish(now)
+                return None
             else:
                 self._start_work(now, self._work_at, rx)
             return None
@@ -345,7 +352,9 @@ def open_stim(
     closed. Call from the main thread after any other SIGTERM/SIGINT handler is
     installed (these chain to it).
     """
-    if isinstance(line, int) and not isinstance(line, bool):
+    if isinstance(line, bool):
+        raise TypeError("open_stim needs a Line or a BCM pin number, not a bool")
+    if isinstance(line, int):
         line = StimLine(line, pin_factory=pin_factory)
     install_exit_handlers(line)
     watchdog = StimWatchdog(line).start() if isinstance(line, StimLine) else None

@@ -142,9 +142,9 @@ def parse_stim_prescription(table: dict[str, Any], file: str | Path) -> StimPres
     checklist = table.get("contraindications")
     if checklist is not None and not isinstance(checklist, dict):
         raise ConfigError(file, "stim.contraindications", checklist, "must be a table")
-    for key in checklist or {}:
+    for key, answer in (checklist or {}).items():
         if key not in CONTRAINDICATIONS:
-            raise ConfigError(file, f"stim.contraindications.{key}", checklist[key],
+            raise ConfigError(file, f"stim.contraindications.{key}", answer,
                               f"unknown item (known: {', '.join(CONTRAINDICATIONS)})")
     if enabled:
         if checklist is None:
