@@ -31,6 +31,9 @@ SCHEMA_VERSION = 1
 RESERVE_SUFFIX = ".reserve"  # beside the database: "appliance.db.reserve"
 RESERVE_BYTES = 2 * 1024 * 1024  # a day of repetitions many times over; samples are not kept once it is used
 LOCK_TIMEOUT_S = 5.0  # a lock held longer than this at open is one that never unlocks
+# What reading a damaged file can raise: CPython's sqlite3 raises UnicodeDecodeError when
+# SQLite's own error message quotes schema text that is no longer UTF-8.
+UNREADABLE = (sqlite3.Error, UnicodeDecodeError)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -127,8 +130,10 @@ class StoreDamaged(Exception):
         return (type(self), (self.path, self.reason))
 
 
-def _damage_reason(exc: sqlite3.Error, lock_timeout_s: float) -> str:
+def _damage_reason(exc: sqlite3.Error | UnicodeDecodeError, lock_timeout_s: float) -> str:
     """What an SQLite error at open says about the file, in the clinic's words."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "has a damaged schema (SQLite's description of it is not even text)"
     text = str(exc)
     low = text.lower()
     if "not a database" in low:
@@ -208,6 +213,29 @@ def _check_readable(db: sqlite3.Connection, lock_timeout_s: float) -> str | None
     if version is not None and version > SCHEMA_VERSION:
         return (f"was written by a newer version of the appliance (schema {version}, this one knows "
                 f"{SCHEMA_VERSION}); it is not written to")
+    return _schema_problem(db)
+
+
+def _schema_problem(db: sqlite3.Connection) -> str | None:
+    """A schema this version cannot write to as it is (found read-only, before any migration)."""
+    kinds = {name: kind for kind, name in db.execute("SELECT type, name FROM sqlite_master")}
+    triggers = sorted(name for name, kind in kinds.items() if kind == "trigger")
+    if triggers:
+        return f"has a trigger {triggers[0]} that this appliance never creates (a foreign schema)"
+    for table, columns in expected_columns().items():
+        if table not in kinds:
+            continue  # created at open
+        if kinds[table] != "table":
+            return f"has a {kinds[table]} where the table {table} belongs"
+        info = list(db.execute(f'PRAGMA table_info("{table}")'))
+        have = {row[1] for row in info}
+        migratable = REP_METRICS if table == "repetitions" else ()
+        missing = [c for c in columns if c not in have and c not in migratable]
+        if missing:
+            return f"has a table {table} without the column(s) {', '.join(missing)}"
+        required = [row[1] for row in info if row[1] not in columns and row[3] and row[4] is None]
+        if required:
+            return f"has a table {table} with the foreign required column(s) {', '.join(required)}"
     return None
 
 
@@ -224,11 +252,11 @@ def diagnose(path: str | Path, lock_timeout_s: float = LOCK_TIMEOUT_S) -> StoreD
         return None
     try:
         db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=lock_timeout_s)
-    except sqlite3.Error as exc:
+    except UNREADABLE as exc:
         return StoreDamaged(path, _damage_reason(exc, lock_timeout_s))
     try:
         problem = _check_readable(db, lock_timeout_s)
-    except sqlite3.Error as exc:
+    except UNREADABLE as exc:
         problem = _damage_reason(exc, lock_timeout_s)
     finally:
         db.close()
@@ -239,6 +267,7 @@ def diagnose(path: str | Path, lock_timeout_s: float = LOCK_TIMEOUT_S) -> StoreD
 
 SALVAGE_MAX_GAP = 1 << 16  # rowids point-read one by one across one damaged stretch
 SALVAGE_MAX_JUMP = 1 << 24  # how far past a damaged stretch a table is searched for more rows
+SALVAGE_MISS_RUN = 2048  # rowids missing in a row (several pages' worth) after which a lost table end is given up
 
 
 @dataclass(frozen=True)
@@ -278,6 +307,16 @@ class Salvaged:
             text += f"; rows are missing from {', '.join(lost)}"
         return text
 
+    def _stand_in_sessions(self) -> list[dict[str, Any]]:
+        """Sessions whose row was lost but whose repetitions were read: so the export keeps them."""
+        known = {s["id"] for s in self.rows.get("sessions", ())}
+        first: dict[int, str] = {}
+        for r in self.rows.get("repetitions", ()):
+            if r["session_id"] not in known:
+                first[r["session_id"]] = min(first.get(r["session_id"], r["ended_utc"]), r["ended_utc"])
+        return [{"id": sid, "started_utc": when, "status": "lost", "programme": "unknown", "lang": "",
+                 "source": "salvage"} for sid, when in sorted(first.items())]
+
     def write_database(self, dest: str | Path) -> Path:
         """A fresh database with this version's schema holding the salvaged rows (for export)."""
         dest = Path(dest)
@@ -285,6 +324,9 @@ class Salvaged:
         try:
             db.executescript(SCHEMA)
             db.execute("BEGIN")
+            for row in self._stand_in_sessions():
+                db.execute("INSERT INTO sessions(id, started_utc, status, programme, lang, source)"
+                           " VALUES (:id, :started_utc, :status, :programme, :lang, :source)", row)
             for table, rows in self.rows.items():
                 for row in rows:
                     cols = ", ".join(f'"{c}"' for c in row)
@@ -352,6 +394,9 @@ def _pad_truncated(copy: Path) -> None:
         size = fh.seek(0, os.SEEK_END)
         claimed = pages * page_size
         if size < claimed <= 1 << 32:
+            # A page cut part-way keeps its header but loses the cells at its end: it could
+            # yield rows half made of zeros. It goes whole, so it reads as a damaged page.
+            fh.truncate(size - size % page_size)
             fh.truncate(claimed)  # sparse: no disk used for the zeros
 
 
@@ -379,26 +424,32 @@ def _read_table(db: sqlite3.Connection, table: str, columns: list[str]) -> tuple
                     rows[r[0]] = r[1:]
                     start = r[0] + 1
             return rows, errors
-        except sqlite3.DatabaseError:
+        except UNREADABLE:
             errors += 1
         # Find where the table can be read again, then point-read the rows in between.
         jump, resume = 1, None
         while jump <= SALVAGE_MAX_JUMP and start + jump < (1 << 63):
             try:
                 first = db.execute(select + " WHERE rowid >= ? ORDER BY rowid LIMIT 1", (start + jump,)).fetchone()
-            except sqlite3.DatabaseError:
+            except UNREADABLE:
                 jump *= 2
                 continue
             resume = max(first[0], start + jump) if first else start + jump  # damaged keys never go back
             break
         end = resume if resume is not None else start + SALVAGE_MAX_GAP
+        misses = 0
         for rowid in range(start, min(end, start + SALVAGE_MAX_GAP)):
             try:
                 got = db.execute(select + " WHERE rowid = ?", (rowid,)).fetchone()
-            except sqlite3.DatabaseError:
-                continue
+            except UNREADABLE:
+                got = None
             if got:
                 rows[rowid] = got[1:]
+                misses = 0
+                continue
+            misses += 1
+            if resume is None and misses >= SALVAGE_MISS_RUN:
+                break  # the end of the table is lost: a run of missing rows longer than pages hold
         if resume is None:
             return rows, errors
         start = resume
@@ -423,17 +474,17 @@ def salvage(path: str | Path) -> Salvaged:
     with tempfile.TemporaryDirectory(prefix="appliance-salvage-") as tmp:
         try:
             db = _open_copy(path, Path(tmp))
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, *UNREADABLE) as exc:
             log.warning("cannot copy %s for salvage (%s); reading it in place", path, exc)
             try:
                 db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
-            except sqlite3.Error:
+            except UNREADABLE:
                 return empty
         try:
             for table, wanted in expected_columns().items():
                 try:
                     have = {r[1] for r in db.execute(f'PRAGMA table_info("{table}")')}
-                except sqlite3.DatabaseError:
+                except UNREADABLE:
                     have = set()
                 columns = [c for c in wanted if c in have]
                 if not columns:
@@ -441,7 +492,7 @@ def salvage(path: str | Path) -> Salvaged:
                     continue
                 try:
                     found, errors = _read_table(db, table, columns)
-                except sqlite3.DatabaseError:  # e.g. a WITHOUT ROWID table of a foreign schema
+                except UNREADABLE:  # e.g. a WITHOUT ROWID table of a foreign schema
                     found, errors = {}, 1
                 usable = []
                 for values in found.values():
@@ -500,9 +551,9 @@ class Store:
             self.disk_full = True
             try:
                 self.db = self._connect()
-            except sqlite3.Error as again:
+            except UNREADABLE as again:
                 raise StoreDamaged(self.path, _damage_reason(again, lock_timeout_s)) from None
-        except sqlite3.Error as exc:
+        except UNREADABLE as exc:
             raise StoreDamaged(self.path, _damage_reason(exc, lock_timeout_s)) from None
         if not self.disk_full:
             self._make_reserve()
@@ -517,7 +568,6 @@ class Store:
             self.db = db
             db.executescript(SCHEMA)
             self._migrate()
-            self._check_schema()
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             # Proves the write lock can be had now, not at the first repetition.
             db.execute("BEGIN IMMEDIATE")
@@ -535,14 +585,6 @@ class Store:
                 kind = "INTEGER" if column in ("release_complete", "contractions") else "REAL"
                 self.db.execute(f"ALTER TABLE repetitions ADD COLUMN {column} {kind}")
                 log.info("database %s: added repetitions.%s", self.path, column)
-
-    def _check_schema(self) -> None:
-        """A table this version writes to must have every column it writes (a foreign file may not)."""
-        for table, columns in expected_columns().items():
-            have = {row[1] for row in self.db.execute(f'PRAGMA table_info("{table}")')}
-            missing = [c for c in columns if c not in have]
-            if missing:
-                raise StoreDamaged(self.path, f"has a table {table} without the column(s) {', '.join(missing)}")
 
     # --- the reserve ----------------------------------------------------------------------
 

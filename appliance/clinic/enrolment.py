@@ -21,7 +21,7 @@ import numpy as np
 
 from appliance.config import ConfigError
 from appliance.patient.prescription import PRESCRIPTION_FILE, Prescription, load_prescription, prescription_path
-from appliance.store import Salvaged, diagnose, salvage
+from appliance.store import UNREADABLE, Salvaged, StoreDamaged, diagnose, salvage
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,10 @@ def _sessions(state_dir: Path) -> list[dict]:
     db.row_factory = sqlite3.Row
     try:
         return [dict(r) for r in db.execute("SELECT * FROM sessions ORDER BY id")]
-    except sqlite3.OperationalError:  # no schema yet
-        return []
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # no schema yet
+            return []
+        raise  # a row that cannot be read is not "no sessions" (status and export salvage it)
     finally:
         db.close()
 
@@ -200,14 +202,17 @@ def status(state_dir: Path) -> Status:
     damage = diagnose(db_path(state_dir))
     reps = 0
     if damage is None:
-        sessions = _sessions(state_dir)
-        if sessions:
-            db = sqlite3.connect(f"file:{db_path(state_dir)}?mode=ro", uri=True)
-            try:
-                reps = db.execute("SELECT COUNT(*) FROM repetitions").fetchone()[0]
-            finally:
-                db.close()
-    else:
+        try:
+            sessions = _sessions(state_dir)
+            if sessions:
+                db = sqlite3.connect(f"file:{db_path(state_dir)}?mode=ro", uri=True)
+                try:
+                    reps = db.execute("SELECT COUNT(*) FROM repetitions").fetchone()[0]
+                finally:
+                    db.close()
+        except UNREADABLE as exc:  # pages intact, a value in them not (a flipped byte in a text)
+            damage = StoreDamaged(db_path(state_dir), f"has rows that cannot be read ({exc})")
+    if damage is not None:
         found = salvage(db_path(state_dir))
         sessions, reps = found.sessions, found.count("repetitions")
     size = sum(p.stat().st_size for p in patient_files(state_dir) + _patient_speech(state_dir) if p.is_file())
@@ -240,12 +245,16 @@ def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_rep
     if enrolment is None:
         raise ClinicRefusal("no patient is enrolled on this device; nothing to export")
     damage = diagnose(db_path(state_dir))
+    if damage is None:
+        try:
+            if not db_path(state_dir).exists() or not _sessions(state_dir):
+                raise ClinicRefusal(f"patient {enrolment.code} has no stored sessions yet; nothing to export")
+        except UNREADABLE as exc:  # pages intact, a value in them not (a flipped byte in a text)
+            damage = StoreDamaged(db_path(state_dir), f"has rows that cannot be read ({exc})")
     found = salvage(db_path(state_dir)) if damage is not None else None
-    if found is not None and not found.sessions:
+    if found is not None and not (found.sessions or found.repetitions):
         raise ClinicRefusal(f"the database {db_path(state_dir)} {damage.reason}, and no session of patient "
                             f"{enrolment.code} could be read from it; nothing to export (the file is kept)")
-    if found is None and (not db_path(state_dir).exists() or not _sessions(state_dir)):
-        raise ClinicRefusal(f"patient {enrolment.code} has no stored sessions yet; nothing to export")
     out_dir = Path(out_dir)
     if out_dir.resolve().is_relative_to(state_dir.resolve()):
         raise ClinicRefusal("export into the device's own state directory is refused (wipe would erase it)")
@@ -254,12 +263,16 @@ def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_rep
     target.mkdir(parents=True, exist_ok=True)
     rx = current_prescription(state_dir)
     if found is None:
-        files = report.write_tables(db_path(state_dir), target, enrolment.code, rx)
-        shutil.copyfile(prescription_path(state_dir), target / PRESCRIPTION_FILE)
-        files.append(target / PRESCRIPTION_FILE)
-        if with_report:
-            files.extend(report.write_report(db_path(state_dir), target, enrolment.code, rx))
-        return files
+        try:
+            files = report.write_tables(db_path(state_dir), target, enrolment.code, rx)
+            shutil.copyfile(prescription_path(state_dir), target / PRESCRIPTION_FILE)
+            files.append(target / PRESCRIPTION_FILE)
+            if with_report:
+                files.extend(report.write_report(db_path(state_dir), target, enrolment.code, rx))
+            return files
+        except UNREADABLE as exc:  # pages intact, a value in them not (a flipped byte in a text)
+            damage = StoreDamaged(db_path(state_dir), f"has rows that cannot be read ({exc})")
+            found = salvage(db_path(state_dir))
     return _export_salvaged(found, damage.reason, target, enrolment.code, rx, with_report, prescription_path(state_dir))
 
 
@@ -272,7 +285,7 @@ def _export_salvaged(found: Salvaged, reason: str, target: Path, code: str, rx: 
     from appliance.clinic import report
 
     note = (f"The database was damaged ({reason}); {found.describe()} from it, and this export holds "
-            f"those {found.count('sessions')} sessions and {found.count('repetitions')} repetitions.")
+            f"those {found.count('repetitions')} repetitions.")
     log.warning("export from a damaged database: %s", found.describe())
     with tempfile.TemporaryDirectory(prefix="appliance-export-") as tmp:
         source = found.write_database(Path(tmp) / "salvaged.db")
