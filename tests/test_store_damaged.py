@@ -215,3 +215,15 @@ def test_a_text_that_is_no_longer_utf8_does_not_stop_status_or_export(tmp_path):
     csv_rows = (files[0].parent / "repetitions.csv").read_text().strip().splitlines()
     assert len(csv_rows) - 1 == len(stored) - 1
     assert DAMAGE_NOTE_FILE in {f.name for f in files}
+
+
+@pytest.mark.parametrize("damage", ["garbage", "corrupt body"])
+def test_the_clinic_can_wipe_a_device_whose_database_is_damaged(tmp_path, capsys, damage):
+    state, _ = enrolled_with_damaged_db(tmp_path, DAMAGE[damage])
+    assert main(["clinic", "wipe", "--yes", "--state-dir", str(state)]) == 0
+    assert "found no trace of the patient" in capsys.readouterr().out
+    assert not db_path(state).exists()
+    enroll(state, prescription_file(tmp_path, "GNT-2026-0099"))  # ready for the next patient
+    store = Store(db_path(state), reserve_bytes=0)
+    assert store.sessions() == []
+    store.close()

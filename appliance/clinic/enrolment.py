@@ -376,15 +376,19 @@ def fingerprints(state_dir: Path, extra_codes: Iterable[str] = ()) -> Fingerprin
         codes.add(enrolment.code)
     values: set[float] = set()
     path = db_path(state_dir)
-    if path.exists():
-        db = sqlite3.connect(path)
+    if path.is_file():
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             codes |= {r[0] for r in db.execute("SELECT DISTINCT patient_code FROM sessions") if r[0]}
             for sql in ("SELECT DISTINCT cmh2o FROM samples", "SELECT DISTINCT pct FROM samples",
                         "SELECT DISTINCT peak_cmh2o FROM repetitions", "SELECT DISTINCT mvc_cmh2o FROM sessions"):
                 values |= {float(r[0]) for r in db.execute(sql) if r[0] is not None}
-        except sqlite3.OperationalError:
-            pass
+        except UNREADABLE:  # a damaged file: what can still be read of it must not survive either
+            found = salvage(path)
+            codes |= {s["patient_code"] for s in found.sessions if s.get("patient_code")}
+            for table, column in (("samples", "cmh2o"), ("samples", "pct"), ("repetitions", "peak_cmh2o"),
+                                  ("sessions", "mvc_cmh2o")):
+                values |= {float(r[column]) for r in found.rows.get(table, ()) if r.get(column) is not None}
         finally:
             db.close()
     # A whole number is stored by SQLite as an integer and is too common to be a trace.
@@ -535,7 +539,8 @@ def wipe(state_dir: Path) -> WipeReport:
     fp = fingerprints(state_dir)
     report.fingerprints = fp.describe()
     db = db_path(state_dir)
-    if db.exists():
+    # A damaged database cannot be cleared row by row; it is shredded whole with the other files.
+    if db.is_file() and diagnose(db) is None:
         report.db_rows_deleted = _clear_database(db)
         # The database as it is now, free pages included, must already be clean.
         scan([p for p in (Path(f"{db}{s}") for s in DB_SUFFIXES) if p.exists()], fp, report)
