@@ -7,23 +7,55 @@ to the coach through `Sink`; none of them calls back into the coach.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
+
+
+class EventKind(StrEnum):
+    """Every kind of event any part emits; docs/interfaces.md lists each one's fields.
+
+    A `StrEnum`: `event.kind == "say"` holds, and JSON and the store get the plain string.
+    """
+
+    SESSION = "session"  # the coach: ready, started, paused, resumed, snoozed, stopped, done
+    CALIBRATION = "calibration"  # the coach: rest and MVC, measured or carried over
+    EXERCISE = "exercise"  # the coach: an exercise started, finished or skipped
+    PHASE = "phase"  # the coach (and the calibration procedure): a phase of the plan begins
+    SAY = "say"  # the coach or the supervisor: a phrase to be spoken
+    REP = "rep"  # the coach: one repetition's metrics
+    COMMAND = "command"  # the coach: a command heard and whether it was accepted
+    WARNING = "warning"  # the coach: a technique, probe or calibration warning
+    SETTING = "setting"  # the coach: pace or volume changed
+    STIM = "stim"  # appliance.stim.controller: the stimulation line's state
+    SERVICE = "service"  # the supervisor: the device is ready
+    REMINDER = "reminder"  # the supervisor: a reminder fired
+    PLAN = "plan"  # the supervisor: what today's plan applied (stored with the session)
+    JUMPS = "jumps"  # appliance.patient.progress: hops counted in one hop phase
+    PERFECT = "perfect"  # appliance.patient.progress: the weekly PERFECT assessment
 
 
 @dataclass(frozen=True)
 class Event:
     """Something the coach decided or observed, at session time `t` (seconds).
 
-    Kinds used: `session`, `phase`, `say`, `rep`, `command`, `warning`, `exercise`,
-    `calibration`, `setting`, `stim`, `probe`.
+    `kind` is an `EventKind` (a plain string naming one is converted; any other string
+    is refused with ValueError: a kind nobody documented is a programming error).
     """
 
     t: float
-    kind: str
+    kind: EventKind
     data: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, EventKind):
+            try:
+                object.__setattr__(self, "kind", EventKind(self.kind))
+            except ValueError:
+                known = ", ".join(k.value for k in EventKind)
+                raise ValueError(f"unknown event kind {self.kind!r} (known: {known})") from None
+
     def as_json(self) -> dict[str, Any]:
-        return {"t": round(self.t, 3), "kind": self.kind, **self.data}
+        return {"t": round(self.t, 3), "kind": self.kind.value, **self.data}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,253 @@
+"""What the patient can say, in which state: the session's command table.
+
+`COMMANDS` maps (state, command) to a handler; every pair that is not in it answers
+"not now" (`session.not_now`) and is refused. A handler returns whether the command
+was accepted; it may still refuse (the slowest pace, the loudest volume...).
+`Commanding` holds the handlers and is mixed into `appliance.coach.session.Session`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from appliance.coach.kinds import RUNNING, SegmentKind, State
+from appliance.commands import Command
+from appliance.events import EventKind
+
+if TYPE_CHECKING:
+    from appliance.coach.pacing import Pace
+    from appliance.coach.plan import Calibration, Segment
+    from appliance.coach.programme import Exercise, Programme
+    from appliance.voice.phrases import Catalogue
+
+VOLUME_STEP, MIN_VOLUME, MAX_VOLUME = 0.1, 0.2, 1.0
+
+
+class Commanding:
+    """The command handlers of `Session` (which owns the state they change)."""
+
+    state: State
+    pace: Pace
+    volume: float
+    programme: Programme
+    cat: Catalogue
+    calibration: Calibration | None
+    more_phrase: str | None
+    exercise_index: int
+    reps: list[dict]
+    _paused_from: State | None
+    _segment: Segment | None
+    _busy_until: float
+    _calib_rest: list[float]
+    _calib_peaks: list[float]
+    _exercise_done: set[int]
+
+    if TYPE_CHECKING:  # provided by Session and Planning
+        @property
+        def exercise(self) -> Exercise | None: ...
+        def session_time(self, now: float | None = None) -> float: ...
+        def _say_now(self, key: str) -> None: ...
+        def _emit(self, kind: EventKind, **data: object) -> None: ...
+        def _abort_segment(self, t: float) -> None: ...
+        def _end(self, status: str) -> None: ...
+        def _begin(self, seg: Segment) -> None: ...
+        def _plan_rep(self, t: float) -> Segment: ...
+        def _plan_calibration(self, t: float) -> Segment: ...
+        def _plan_speech(self, kind: SegmentKind, keys: Sequence[str], t: float,
+                         tail_s: float = 0.8) -> Segment: ...
+        def _next_exercise_intro(self, t: float) -> None: ...
+
+    def _command(self, cmd: Command) -> bool:
+        handler = COMMANDS.get((self.state, cmd), Commanding._not_now)
+        return handler(self, cmd, self.session_time())
+
+    # --- answers that change nothing ------------------------------------------------------
+
+    def _not_now(self, cmd: Command, t: float) -> bool:
+        self._say_now("session.not_now")
+        return False
+
+    def _already_running(self, cmd: Command, t: float) -> bool:
+        self._say_now("session.already_running")
+        return False
+
+    def _already_paused(self, cmd: Command, t: float) -> bool:
+        self._say_now("session.paused")
+        return False
+
+    def _help(self, cmd: Command, t: float) -> bool:
+        self._say_now("session.help")
+        return True
+
+    def _status(self, cmd: Command, t: float) -> bool:
+        self._say_now(self._status_phrase())
+        return True
+
+    def _status_phrase(self) -> str:
+        recent = [r for r in self.reps[-3:] if r["status"] == "complete"]
+        if not recent:
+            return "status.none_yet"
+        held = sum(r["held_s"] for r in recent) / max(1e-9, sum(r["hold_asked_s"] for r in recent))
+        peak = sum(r["peak_pct"] / max(1.0, r["target_pct"]) for r in recent) / len(recent)
+        if held >= 0.8 or (peak >= 0.95 and not any(r["hold_asked_s"] for r in recent)):
+            return "status.good"
+        if peak >= 0.7:
+            return "status.almost"
+        return "status.low"
+
+    # --- settings (any state) -------------------------------------------------------------
+
+    def _pace(self, cmd: Command, t: float) -> bool:
+        slower = cmd is Command.SLOWER
+        new = self.pace.slower() if slower else self.pace.faster()
+        if new is None:
+            self._say_now("session.slowest" if slower else "session.fastest")
+            return False
+        self.pace = new
+        self._emit(EventKind.SETTING, setting="pace", value=[new.inhale_s, new.exhale_s])
+        self._say_now("session.slower" if slower else "session.faster")
+        return True
+
+    def _volume(self, cmd: Command, t: float) -> bool:
+        louder = cmd is Command.LOUDER
+        step = VOLUME_STEP if louder else -VOLUME_STEP
+        new_volume = round(min(MAX_VOLUME, max(MIN_VOLUME, self.volume + step)), 2)
+        if new_volume == self.volume:
+            self._say_now("session.loudest" if louder else "session.softest")
+            return False
+        self.volume = new_volume
+        self._emit(EventKind.SETTING, setting="volume", value=new_volume)
+        self._say_now("session.louder" if louder else "session.softer")
+        return True
+
+    # --- starting, pausing, stopping ------------------------------------------------------
+
+    def _later(self, cmd: Command, t: float) -> bool:
+        self._say_now("session.later")
+        self._emit(EventKind.SESSION, state="snoozed")
+        return True
+
+    def _start(self, cmd: Command, t: float) -> bool:
+        self._emit(EventKind.SESSION, state="started", programme=self.programme.id, lang=self.cat.lang)
+        self._segment = None
+        intro = self._plan_speech(SegmentKind.INTRO, ["session.start", *self.programme.intro], t, tail_s=0.3)
+        if self.calibration is None:
+            self.state = State.CALIBRATING
+            cal = self._plan_calibration(intro.end)
+            cal.prompts[:0] = intro.prompts
+            cal.phases[:0] = intro.phases
+            cal.start = t
+            self._begin(cal)
+        else:
+            self.state = State.EXERCISING
+            self._emit(EventKind.CALIBRATION, rest_cmh2o=self.calibration.rest_cmh2o,
+                       mvc_cmh2o=self.calibration.mvc_cmh2o, oxford_band=self.calibration.oxford_band)
+            intro.kind = SegmentKind.GREETING
+            self._begin(intro)
+        return True
+
+    def _pause(self, cmd: Command, t: float) -> bool:
+        self._abort_segment(t)
+        self._paused_from = self.state
+        self.state = State.PAUSED
+        self._emit(EventKind.SESSION, state="paused")
+        self._say_now("session.paused")
+        return True
+
+    def _resume(self, cmd: Command, t: float) -> bool:
+        self.state = self._paused_from or State.EXERCISING
+        self._emit(EventKind.SESSION, state="resumed")
+        self._say_now("session.resumed")
+        if self.state is State.CALIBRATING:
+            self._calib_rest, self._calib_peaks = [], []
+            self._begin(self._plan_calibration(self._busy_until))
+        elif self.exercise is None:
+            self._next_exercise_intro(self._busy_until)
+        else:
+            self._begin(self._plan_rep(self._busy_until + 0.3))
+        return True
+
+    def _stop(self, cmd: Command, t: float) -> bool:
+        self._abort_segment(t)
+        self._say_now("session.stopped")
+        self._end("stopped")
+        return True
+
+    # --- moving through the programme -----------------------------------------------------
+
+    def _paused_in_calibration(self) -> bool:
+        """The programme cannot be moved through before the calibration is done."""
+        return self.state is State.PAUSED and self._paused_from is State.CALIBRATING
+
+    def _past_the_prescription(self, cmd: Command) -> bool:
+        """'Next' on the last exercise when the day's plan allows no more (post-op weeks)."""
+        return (bool(self.more_phrase) and cmd is Command.NEXT and self.state is State.EXERCISING
+                and self.exercise_index >= len(self.programme.exercises) - 1)
+
+    def _move(self, cmd: Command, t: float) -> bool:
+        if self._paused_in_calibration():
+            return self._not_now(cmd, t)
+        if self._past_the_prescription(cmd):
+            assert self.more_phrase is not None
+            self._say_now(self.more_phrase)
+            return False
+        if cmd is Command.REPEAT:
+            return self._repeat(t)
+        self._abort_segment(t)
+        self.state = State.EXERCISING
+        if cmd is Command.NEXT:
+            self._skip_exercise()
+        elif self.exercise_index == 0:
+            self._say_now("session.first_exercise")
+        else:
+            self._say_now("session.back")
+            self.exercise_index -= 1
+        self._next_exercise_intro(self._busy_until)
+        return True
+
+    def _skip_exercise(self) -> None:
+        ex = self.exercise
+        if ex is not None and self.exercise_index not in self._exercise_done:
+            self._emit(EventKind.EXERCISE, exercise=ex.id, index=self.exercise_index, state="skipped")
+        self._say_now("session.skip")
+        self.exercise_index = min(self.exercise_index + 1, len(self.programme.exercises))
+
+    def _repeat(self, t: float) -> bool:
+        if self.exercise is None or (self._segment is None and self.state is not State.PAUSED):
+            self._say_now("session.nothing_to_repeat")
+            return False
+        self._abort_segment(t)
+        self.state = State.EXERCISING
+        self._say_now("session.repeat")
+        self._begin(self._plan_rep(self._busy_until + 0.3))
+        return True
+
+
+Handler = Callable[[Commanding, Command, float], bool]
+
+
+def _in(states: frozenset[State] | set[State], commands: tuple[Command, ...], handler: Handler
+        ) -> dict[tuple[State, Command], Handler]:
+    return {(s, c): handler for s in states for c in commands}
+
+
+_EVERY_STATE = frozenset(State)
+_ON_THE_WAY = RUNNING | {State.PAUSED}  # a session that has started and not ended
+
+# (state, command) -> handler; any other pair answers "not now" and is refused.
+COMMANDS: Mapping[tuple[State, Command], Handler] = {
+    **_in(_EVERY_STATE, (Command.HELP,), Commanding._help),
+    **_in(_EVERY_STATE, (Command.STATUS,), Commanding._status),
+    **_in(_EVERY_STATE, (Command.SLOWER, Command.FASTER), Commanding._pace),
+    **_in(_EVERY_STATE, (Command.LOUDER, Command.SOFTER), Commanding._volume),
+    (State.IDLE, Command.START): Commanding._start,
+    (State.IDLE, Command.LATER): Commanding._later,
+    **_in({State.PAUSED}, (Command.START, Command.RESUME), Commanding._resume),
+    **_in(RUNNING, (Command.START, Command.RESUME), Commanding._already_running),
+    **_in(RUNNING, (Command.PAUSE,), Commanding._pause),
+    (State.PAUSED, Command.PAUSE): Commanding._already_paused,
+    **_in(_ON_THE_WAY, (Command.STOP,), Commanding._stop),
+    **_in({State.EXERCISING, State.PAUSED}, (Command.NEXT, Command.PREVIOUS, Command.REPEAT),
+          Commanding._move),
+}
