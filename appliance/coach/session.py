@@ -19,7 +19,8 @@ from datetime import date, tzinfo
 
 from appliance.clock import Clock
 from appliance.coach.commanding import MAX_VOLUME, MIN_VOLUME, VOLUME_STEP, Commanding
-from appliance.coach.kinds import RELAXING, RUNNING, SegmentKind, SessionPhase, State
+from appliance.coach.kinds import RUNNING, SegmentKind, SessionPhase, State
+from appliance.coach.measuring import MIN_MVC_CMH2O, Measuring, _peak_of_mean
 from appliance.coach.pacing import Pace
 from appliance.coach.plan import (
     CALIBRATION_RECOVER_S,
@@ -50,11 +51,10 @@ __all__ = [  # the names other modules import from here
 
 log = logging.getLogger(__name__)
 
-MIN_MVC_CMH2O = 3.0  # below this no squeeze was seen; %MVC would explode
 WARNING_REPEAT_S = 30.0  # the same technique warning at most this often
 
 
-class Session(Planning, Commanding):
+class Session(Planning, Measuring, Commanding):
     """One session of a programme for one patient.
 
     Drive it with `tick(now, times, values)` at the control rate and `command(cmd)`
@@ -218,31 +218,6 @@ class Session(Planning, Commanding):
         for sink in self.sinks:
             sink.feedback(fb)
 
-    def _take_samples(self, times: Iterable[float], values: Iterable[float]) -> None:
-        seg = self._segment
-        cal = self.calibration
-        phase = seg.current if seg is not None and self.state is not State.PAUSED else None
-        kind = phase.kind if phase else None
-        rec = seg.recorder if seg is not None and seg.kind is SegmentKind.REP and phase else None
-        hold_target = phase.level_pct if phase and phase.holding else 0.0
-        relaxing = kind in RELAXING
-        filt = self._filter
-        for ts, v in zip(times, values, strict=False):
-            p = filt(v)
-            self._pressure = p
-            if cal is not None:
-                self._strength_pct = (p - cal.rest_cmh2o) * 100.0 / cal.mvc_cmh2o
-                if self._detector.update(ts, self._strength_pct) and rec is not None:
-                    rec.contractions += 1
-            if rec is not None:
-                rec.add(ts - self.t0, self._strength_pct, hold_target, relaxing)
-                if kind is SessionPhase.REST:
-                    self._rest_tail.append(p)
-            elif kind is SessionPhase.CALIBRATE_REST:
-                self._calib_rest.append(p)
-            elif kind is SessionPhase.CALIBRATE_SQUEEZE:
-                self._calib_window.append(p)
-
     # --- running the plan -----------------------------------------------------------------
 
     def _begin(self, seg: Segment) -> None:
@@ -342,38 +317,6 @@ class Session(Planning, Commanding):
         self.rep = 1
         self._begin(self._plan_speech(SegmentKind.INTRO, [ex.title, *ex.intro], t))
 
-    def _finish_calibration(self) -> None:
-        rest = _median(self._calib_rest[-int(5 * self.sample_rate_hz):]) if self._calib_rest else self._pressure
-        peaks = [p - rest for p in self._calib_peaks]
-        # A gentle reference squeeze is taken as its share of the MVC (post-op weeks).
-        mvc = max(peaks) * 100.0 / self.programme.reference_squeeze_pct if peaks else 0.0
-        if mvc < MIN_MVC_CMH2O:
-            self._emit(EventKind.WARNING, warning="no_squeeze", phrase="status.low", mvc_cmh2o=round(mvc, 2))
-            mvc = MIN_MVC_CMH2O
-        self.calibration = Calibration(round(rest, 2), round(mvc, 2))
-        self._emit(EventKind.CALIBRATION, rest_cmh2o=self.calibration.rest_cmh2o,
-                   mvc_cmh2o=self.calibration.mvc_cmh2o, oxford_band=self.calibration.oxford_band,
-                   squeezes_cmh2o=[round(p, 2) for p in peaks])
-        self._say_now(self._calibration_phrase("calibrate.done"))
-
-    def _record_rep(self, seg: Segment, status: str, t: float) -> None:
-        if seg.kind is not SegmentKind.REP or seg.recorder.contract_at is None or self.calibration is None:
-            return
-        assert seg.exercise_index is not None
-        ex = self.programme.exercises[seg.exercise_index]
-        m = seg.recorder.metrics(self.calibration.mvc_cmh2o, 1.0 / self.sample_rate_hz)
-        data = dict(exercise=ex.id, exercise_index=seg.exercise_index, rep=seg.rep, status=status,
-                    target_pct=ex.target_level_pct, t_start=round(seg.start, 3), t_end=round(t, 3),
-                    biofeedback=not seg.probe_fault, **m.__dict__)
-        self.reps.append(data)
-        self._emit(EventKind.REP, **data)
-        # Track baseline drift: the end of a complete, relaxed rest is the new zero.
-        if status == "complete" and m.release_complete and len(self._rest_tail) > self.sample_rate_hz:
-            tail = self._rest_tail[-int(2 * self.sample_rate_hz):]
-            new_rest = sum(tail) / len(tail)
-            cal = self.calibration
-            self.calibration = Calibration(round(0.8 * cal.rest_cmh2o + 0.2 * new_rest, 3), cal.mvc_cmh2o)
-
     def _abort_segment(self, t: float) -> None:
         """Leave the current segment; a repetition already contracting is kept (partial
         before its rest, complete in it)."""
@@ -470,20 +413,3 @@ AFTER_SEGMENT: dict[SegmentKind, Callable[[Session, Segment, float], None]] = {
     SegmentKind.GREETING: Session._after_greeting,
     SegmentKind.CLOSING: Session._after_closing,
 }
-
-
-def _median(values: list[float]) -> float:
-    s = sorted(values)
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
-def _peak_of_mean(values: list[float], width: int) -> float:
-    """The highest moving average of `width` samples: a peak that noise cannot fake."""
-    width = max(1, min(width, len(values)))
-    acc = sum(values[:width])
-    best = acc
-    for i in range(width, len(values)):
-        acc += values[i] - values[i - width]
-        best = max(best, acc)
-    return best / width

@@ -1,0 +1,122 @@
+"""What the session measures: samples into strength, the calibration, a repetition's metrics.
+
+`Measuring` is the part of `appliance.coach.session.Session` that reads the probe's
+samples during the planned phases and turns them into the `calibration` and `rep`
+events. It is mixed into `Session`, which owns the state below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from appliance.coach.kinds import RELAXING, SegmentKind, SessionPhase, State
+from appliance.coach.plan import Calibration, Segment
+from appliance.events import EventKind
+from appliance.sensor.signal import ContractionDetector, OneEuroFilter
+
+if TYPE_CHECKING:
+    from appliance.coach.programme import Programme
+
+MIN_MVC_CMH2O = 3.0  # below this no squeeze was seen; %MVC would explode
+
+
+class Measuring:
+    """Samples, calibration and repetition metrics of `Session`."""
+
+    programme: Programme
+    state: State
+    calibration: Calibration | None
+    sample_rate_hz: float
+    t0: float
+    reps: list[dict]
+    _segment: Segment | None
+    _filter: OneEuroFilter
+    _detector: ContractionDetector
+    _pressure: float
+    _strength_pct: float
+    _calib_rest: list[float]
+    _calib_peaks: list[float]
+    _calib_window: list[float]
+    _rest_tail: list[float]
+
+    if TYPE_CHECKING:  # provided by Session and Planning
+        def _emit(self, kind: EventKind, **data: object) -> None: ...
+        def _say_now(self, key: str) -> None: ...
+        def _calibration_phrase(self, key: str) -> str: ...
+
+    def _take_samples(self, times: Iterable[float], values: Iterable[float]) -> None:
+        seg = self._segment
+        cal = self.calibration
+        phase = seg.current if seg is not None and self.state is not State.PAUSED else None
+        kind = phase.kind if phase else None
+        rec = seg.recorder if seg is not None and seg.kind is SegmentKind.REP and phase else None
+        hold_target = phase.level_pct if phase and phase.holding else 0.0
+        relaxing = kind in RELAXING
+        filt = self._filter
+        for ts, v in zip(times, values, strict=False):
+            p = filt(v)
+            self._pressure = p
+            if cal is not None:
+                self._strength_pct = (p - cal.rest_cmh2o) * 100.0 / cal.mvc_cmh2o
+                if self._detector.update(ts, self._strength_pct) and rec is not None:
+                    rec.contractions += 1
+            if rec is not None:
+                rec.add(ts - self.t0, self._strength_pct, hold_target, relaxing)
+                if kind is SessionPhase.REST:
+                    self._rest_tail.append(p)
+            elif kind is SessionPhase.CALIBRATE_REST:
+                self._calib_rest.append(p)
+            elif kind is SessionPhase.CALIBRATE_SQUEEZE:
+                self._calib_window.append(p)
+
+
+    def _finish_calibration(self) -> None:
+        rest = _median(self._calib_rest[-int(5 * self.sample_rate_hz):]) if self._calib_rest else self._pressure
+        peaks = [p - rest for p in self._calib_peaks]
+        # A gentle reference squeeze is taken as its share of the MVC (post-op weeks).
+        mvc = max(peaks) * 100.0 / self.programme.reference_squeeze_pct if peaks else 0.0
+        if mvc < MIN_MVC_CMH2O:
+            self._emit(EventKind.WARNING, warning="no_squeeze", phrase="status.low", mvc_cmh2o=round(mvc, 2))
+            mvc = MIN_MVC_CMH2O
+        self.calibration = Calibration(round(rest, 2), round(mvc, 2))
+        self._emit(EventKind.CALIBRATION, rest_cmh2o=self.calibration.rest_cmh2o,
+                   mvc_cmh2o=self.calibration.mvc_cmh2o, oxford_band=self.calibration.oxford_band,
+                   squeezes_cmh2o=[round(p, 2) for p in peaks])
+        self._say_now(self._calibration_phrase("calibrate.done"))
+
+    def _record_rep(self, seg: Segment, status: str, t: float) -> None:
+        if seg.kind is not SegmentKind.REP or seg.recorder.contract_at is None or self.calibration is None:
+            return
+        assert seg.exercise_index is not None
+        ex = self.programme.exercises[seg.exercise_index]
+        m = seg.recorder.metrics(self.calibration.mvc_cmh2o, 1.0 / self.sample_rate_hz)
+        data = dict(exercise=ex.id, exercise_index=seg.exercise_index, rep=seg.rep, status=status,
+                    target_pct=ex.target_level_pct, t_start=round(seg.start, 3), t_end=round(t, 3),
+                    biofeedback=not seg.probe_fault, **m.__dict__)
+        self.reps.append(data)
+        self._emit(EventKind.REP, **data)
+        # Track baseline drift: the end of a complete, relaxed rest is the new zero.
+        if status == "complete" and m.release_complete and len(self._rest_tail) > self.sample_rate_hz:
+            tail = self._rest_tail[-int(2 * self.sample_rate_hz):]
+            new_rest = sum(tail) / len(tail)
+            cal = self.calibration
+            self.calibration = Calibration(round(0.8 * cal.rest_cmh2o + 0.2 * new_rest, 3), cal.mvc_cmh2o)
+
+
+
+def _median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _peak_of_mean(values: list[float], width: int) -> float:
+    """The highest moving average of `width` samples: a peak that noise cannot fake."""
+    width = max(1, min(width, len(values)))
+    acc = sum(values[:width])
+    best = acc
+    for i in range(width, len(values)):
+        acc += values[i] - values[i - width]
+        best = max(best, acc)
+    return best / width
