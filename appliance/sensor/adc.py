@@ -13,6 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 from gpiozero import MCP3008, MCP3208
@@ -29,8 +30,25 @@ ADC_BITS = {"MCP3008": 10, "MCP3208": 12}
 MAX_BUFFERED = 60_000
 
 
-def open_adc(config: SensorConfig, channel: int | None = None, pin_factory=None):
-    """The gpiozero ADC for one channel of the configured chip on the configured SPI port/device."""
+class AdcChannel(Protocol):
+    """What we use of a gpiozero `MCP3008`/`MCP3208` channel (gpiozero is untyped)."""
+
+    @property
+    def raw_value(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def raw_reader(adc: AdcChannel) -> Callable[[], int]:
+    """A zero-argument reader of `adc`'s raw counts, for `AdcSampler`."""
+    return lambda: adc.raw_value
+
+
+def open_adc(config: SensorConfig, channel: int | None = None, pin_factory: Any = None) -> AdcChannel:
+    """The gpiozero ADC for one channel of the configured chip on the configured SPI port/device.
+
+    `pin_factory`: a gpiozero pin factory (the mock factory in tests), or None for gpiozero's choice.
+    """
     cls = ADC_CLASSES[config.chip]
     return cls(
         channel=config.channel if channel is None else channel,

@@ -221,7 +221,7 @@ class BreathDetector:
         # scan at four timing steps and a fine scan around its best find the same start at a
         # quarter of the cost (the fit runs every half second on a Pi Zero).
         coarse = s.timing_step_s * COARSE_STEPS
-        best = None
+        best: tuple[float, float, float, float] | None = None
         for r in s.inhale_fractions:
             _, c_start, _ = scan(starts[::COARSE_STEPS], r)
             fine = np.arange(c_start - coarse, c_start + coarse + 1e-9, s.timing_step_s)
@@ -229,6 +229,7 @@ class BreathDetector:
             score, start, amplitude = scan(fine if len(fine) else starts, r)
             if best is None or score > best[0]:
                 best = (score, start, r, amplitude)
+        assert best is not None, "BreathSettings.inhale_fractions is empty"
         score, start, r, amplitude = best
         explained = min(1.0, score / var0)
         ripple = 2.0 * amplitude

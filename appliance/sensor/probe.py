@@ -14,13 +14,17 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from appliance.config import ConfigError, SensorConfig, bounded, load_dataclass, read_toml
 from appliance.sensor.adc import ADC_BITS, AdcSampler
 from appliance.sensor.base import ProbeStatus
+
+if TYPE_CHECKING:
+    from appliance.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +35,9 @@ PROBE_CALIBRATION_FILE = "probe.toml"
 class Transfer(Protocol):
     """Sensor output voltage (at the ADC pin) ↔ pressure above atmosphere in cmH2O."""
 
-    def cmh2o(self, volts: np.ndarray) -> np.ndarray: ...
+    def cmh2o(self, volts: npt.ArrayLike) -> np.ndarray: ...
 
-    def volts(self, cmh2o: np.ndarray) -> np.ndarray: ...
+    def volts(self, cmh2o: npt.ArrayLike) -> np.ndarray: ...
 
     @property
     def span_volts(self) -> tuple[float, float]:
@@ -52,11 +56,11 @@ class Mpx5010Transfer:
     divider_ratio: float = 0.66
     full_scale_kpa: float = 10.0
 
-    def cmh2o(self, volts: np.ndarray) -> np.ndarray:
+    def cmh2o(self, volts: npt.ArrayLike) -> np.ndarray:
         sensor_v = np.asarray(volts, dtype=float) / self.divider_ratio
         return (sensor_v / self.supply_v - 0.04) / 0.09 * CMH2O_PER_KPA
 
-    def volts(self, cmh2o: np.ndarray) -> np.ndarray:
+    def volts(self, cmh2o: npt.ArrayLike) -> np.ndarray:
         kpa = np.asarray(cmh2o, dtype=float) / CMH2O_PER_KPA
         return self.supply_v * (0.09 * kpa + 0.04) * self.divider_ratio
 
@@ -91,10 +95,10 @@ class TwoPointTransfer:
     def slope(self) -> float:
         return (self.cmh2o_high - self.cmh2o_low) / (self.volts_high - self.volts_low)
 
-    def cmh2o(self, volts: np.ndarray) -> np.ndarray:
+    def cmh2o(self, volts: npt.ArrayLike) -> np.ndarray:
         return self.cmh2o_low + (np.asarray(volts, dtype=float) - self.volts_low) * self.slope
 
-    def volts(self, cmh2o: np.ndarray) -> np.ndarray:
+    def volts(self, cmh2o: npt.ArrayLike) -> np.ndarray:
         return self.volts_low + (np.asarray(cmh2o, dtype=float) - self.cmh2o_low) / self.slope
 
     @property
@@ -391,15 +395,15 @@ class Probe:
 
 def open_probe(
     config: SensorConfig,
-    clock,
+    clock: Clock,
     state_dir: Path | None = None,
-    pin_factory=None,
+    pin_factory: Any = None,
     stepped: bool | None = None,
     before_conversion: Callable[[float], None] | None = None,
 ) -> Probe:
     """The probe on the configured ADC; samples on a thread unless `stepped` (simulated clock)."""
     from appliance.clock import SimClock
-    from appliance.sensor.adc import open_adc
+    from appliance.sensor.adc import open_adc, raw_reader
 
     calibration = load_probe_calibration(state_dir)
     transfer = transfer_from_config(config, calibration)
@@ -416,7 +420,7 @@ def open_probe(
     if stepped is None:
         stepped = isinstance(clock, SimClock)
     sampler = AdcSampler(
-        [lambda a=a: a.raw_value for a in adcs],
+        [raw_reader(a) for a in adcs],
         clock,
         config.sample_rate_hz,
         config.oversample,

@@ -216,7 +216,7 @@ class TechniqueMonitor:
         rest_ok = j.rest_ripple is not None and j.rest_ripple >= s.min_rest_ripple
         if j.rise_63_s is not None and j.rise_63_s > s.slow_rise_s:
             j.warnings.append("push_down")
-        elif rest_ok and j.hold_ripple is not None and (
+        elif rest_ok and j.rest_ripple is not None and j.hold_ripple is not None and (
             j.hold_ripple < s.breath_kept_fraction * j.rest_ripple
             and j.hold_ripple < s.held_ripple_max
         ):

@@ -13,6 +13,7 @@ import threading
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -204,8 +205,9 @@ class Mixer:
         )
         if spoke:
             sp.fill(0.0)
-        if self._fading is not None:
-            self._render_fade(sp, n)
+        fading = self._fading
+        if fading is not None:
+            self._render_fade(fading, sp, n)
         active = self._active
         if active is not None:
             samples = active.item.samples
@@ -325,8 +327,7 @@ class Mixer:
         self._fading = voice
         self._fade_pos = 0
 
-    def _render_fade(self, sp: np.ndarray, n: int) -> None:
-        voice = self._fading
+    def _render_fade(self, voice: _Voice, sp: np.ndarray, n: int) -> None:
         samples = voice.item.samples
         m = min(n, self._fade.shape[0] - self._fade_pos, samples.shape[0] - voice.pos)
         if m > 0:
@@ -399,6 +400,19 @@ class WavSink:
         self.close()
 
 
+class PortAudioStream(Protocol):
+    """What we use of a sounddevice `OutputStream`/`InputStream` (sounddevice is untyped)."""
+
+    @property
+    def active(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class DeviceOutput:
     """The mixer on a sound card through a sounddevice `OutputStream`.
 
@@ -432,7 +446,7 @@ class DeviceOutput:
         self.open_attempts = 0
         self.output_latency_s: float | None = None
         self.last_error: str | None = None
-        self._stream = None
+        self._stream: PortAudioStream | None = None
         self._stop = threading.Event()
         self._opened = threading.Event()
         self._thread: threading.Thread | None = None
@@ -520,13 +534,14 @@ class DeviceOutput:
     def _supervise(self) -> None:
         logged_underruns = 0
         while not self._stop.is_set():
-            if self._stream is None:
-                if not self._open():
-                    self._stop.wait(self.retry_s)
-                    if self.rescan and not self._stop.is_set():
-                        rescan_devices()
-                    continue
-            if not self._stream.active:
+            if self._stream is None and not self._open():
+                self._stop.wait(self.retry_s)
+                if self.rescan and not self._stop.is_set():
+                    rescan_devices()
+                continue
+            # one read: stop() on another thread may set _stream to None meanwhile
+            stream = self._stream
+            if stream is not None and not stream.active:
                 log.warning("audio output stopped unexpectedly; reopening")
                 self._close()
                 continue

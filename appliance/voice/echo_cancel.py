@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import numpy as np
 
@@ -34,7 +34,7 @@ class ReferenceSource(Protocol):
     def output_reference(self, start_frame: int, stop_frame: int) -> np.ndarray | None: ...
 
 
-def has_reference(monitor: object) -> bool:
+def has_reference(monitor: object) -> TypeGuard[ReferenceSource]:
     """True if `monitor` can hand over its rendered output (a `Mixer`)."""
     return callable(getattr(monitor, "output_reference", None)) and callable(getattr(monitor, "output_frame", None))
 

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from appliance.voice.engines import (
 )
 from appliance.voice.tone_removal import ToneRemover
 
+if TYPE_CHECKING:
+    from appliance.voice.audio import PlaybackState, PortAudioStream
+
 log = logging.getLogger(__name__)
 
 PHRASES_DIR = Path(__file__).parent / "phrases"
@@ -44,16 +47,21 @@ BLOCK = 800
 # --- what the listener is told about the device's own sound ----------------------------
 
 
+PlaybackTuple = tuple[float | None, float, bool, str | None]
+"""(tone_hz or None, tone_amplitude, speaking, speech_phrase or None)."""
+
+
 class PlaybackMonitor(Protocol):
     """What the mixer is playing right now (implemented by `voice.audio.Mixer`)."""
 
-    def playback_state(self) -> tuple[float | None, float, bool, str | None]:
-        """(tone_hz or None, tone_amplitude, speaking, speech_phrase or None)."""
+    def playback_state(self) -> PlaybackState | PlaybackTuple:
+        """The mixer's `PlaybackState`, or the same as a plain 4-tuple."""
+        ...
 
 
-def playback_tuple(state) -> tuple[float | None, float, bool, str | None]:
+def playback_tuple(state: PlaybackState | PlaybackTuple) -> PlaybackTuple:
     """The mixer's `PlaybackState` (a dataclass) or a plain 4-tuple, as a tuple."""
-    if hasattr(state, "speaking"):
+    if not isinstance(state, tuple):
         return (state.tone_hz, state.tone_amplitude, state.speaking, state.speech_phrase)
     tone_hz, amplitude, speaking, phrase = state
     return (tone_hz, amplitude, speaking, phrase)
@@ -157,6 +165,7 @@ def recognizer_status(config: DeviceConfig, state_dir: Path = DEFAULT_STATE_DIR)
     Really loads each model and decodes a second of silence, so a corrupt model shows here.
     """
     status: dict[str, str] = {}
+    engine: RecognizerEngine | None = None
     for lang in LANGUAGES:
         model_dir = config.voice.model_dir if lang == config.language else None
         try:
@@ -437,7 +446,7 @@ class Listener:
         self._blocks: queue.Queue[tuple[np.ndarray, float]] = queue.Queue(maxsize=200)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._stream = None
+        self._stream: PortAudioStream | None = None
         try:
             vocab = vocabulary or Vocabulary.load(lang)
             self.detector = CommandDetector(
@@ -476,7 +485,7 @@ class Listener:
         try:
             import sounddevice as sd
 
-            self._stream = sd.InputStream(
+            stream = self._stream = sd.InputStream(
                 samplerate=SAMPLE_RATE,
                 channels=1,
                 dtype="float32",
@@ -484,7 +493,7 @@ class Listener:
                 device=self.input_device,
                 callback=self._on_audio,
             )
-            self._stream.start()
+            stream.start()
         except Exception as exc:  # PortAudio reports a missing device in several ways
             self._stream = None
             self._unavailable(f"no microphone: {exc}")

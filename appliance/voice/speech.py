@@ -85,6 +85,17 @@ def split_marker(marked: str) -> tuple[str, int | None]:
 # --- engines -----------------------------------------------------------------------------------
 
 
+class SpeechEngine(Protocol):
+    """What `SpeechRenderer` needs from a text-to-speech engine (`Pyttsx3Worker`, `EspeakCli`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def render(self, marked: str, voice: str, rate_wpm: int, volume: float) -> Rendering:
+        """Speak `marked` into samples; raise `SpeechError` if this engine cannot."""
+        ...
+
+
 def _read_wav(path: Path) -> tuple[np.ndarray, int]:
     with wave.open(str(path), "rb") as w:
         if w.getsampwidth() != 2:
@@ -369,11 +380,11 @@ class SpeechRenderer:
         cache_dir: str | Path | None = None,
         *,
         timeout_s: float = 10.0,
-        engines: list[Any] | None = None,
+        engines: list[SpeechEngine] | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.engines = (
+        self.engines: list[SpeechEngine] = (
             engines
             if engines is not None
             else [
