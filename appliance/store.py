@@ -17,7 +17,7 @@ import stat
 import struct
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -284,6 +284,7 @@ class Salvaged:
     read_errors: dict[str, int]  # damaged stretches met while reading each table
     rejected: dict[str, int]  # rows read but unusable (wrong type, missing value)
     missing_tables: tuple[str, ...]
+    from_pages: dict[str, int] = field(default_factory=dict)  # rows only found by reading leaf pages directly
 
     @property
     def sessions(self) -> list[dict[str, Any]]:
@@ -301,6 +302,8 @@ class Salvaged:
         parts = [f"{self.count('sessions')} sessions", f"{self.count('repetitions')} repetitions",
                  f"{self.count('events')} events", f"{self.count('samples')} pressure samples"]
         text = "recovered " + ", ".join(parts)
+        if sum(self.from_pages.values()):
+            text += f" ({sum(self.from_pages.values())} rows from pages SQLite could no longer reach)"
         lost = sorted({t for t, n in self.read_errors.items() if n} | {t for t, n in self.rejected.items() if n}
                       | set(self.missing_tables))
         if lost:
@@ -471,10 +474,14 @@ def salvage(path: str | Path) -> Salvaged:
     read_errors: dict[str, int] = {}
     rejected: dict[str, int] = {}
     missing: list[str] = []
+    from_pages: dict[str, int] = {}
+    seen: dict[str, set[int]] = {}  # rowids SQLite itself returned, table by table
     with tempfile.TemporaryDirectory(prefix="appliance-salvage-") as tmp:
+        source = Path(tmp) / "salvage.db"
         try:
             db = _open_copy(path, Path(tmp))
         except (OSError, *UNREADABLE) as exc:
+            source = path
             log.warning("cannot copy %s for salvage (%s); reading it in place", path, exc)
             try:
                 db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
@@ -500,11 +507,81 @@ def salvage(path: str | Path) -> Salvaged:
                     if _fits(table, row):
                         usable.append(row)
                 rows[table] = tuple(usable)
+                seen[table] = set(found)
                 read_errors[table] = errors
                 rejected[table] = len(found) - len(usable)
+            if damage is not None:
+                from_pages = _add_leaf_rows(source, rows, seen)
         finally:
             db.close()
-    return Salvaged(path, damage.reason if damage else None, rows, read_errors, rejected, tuple(missing))
+    return Salvaged(path, damage.reason if damage else None, rows, read_errors, rejected, tuple(missing),
+                    from_pages)
+
+
+def _add_leaf_rows(source: Path, rows: dict[str, tuple[dict[str, Any], ...]],
+                   seen: dict[str, set[int]]) -> dict[str, int]:
+    """Rows on table-leaf pages that SQLite could not reach, added where their rowid is new.
+
+    A leaf does not say which table it belongs to: a record is taken for the table whose
+    column count it has (an older repetition has fewer metrics) and whose rules it fits.
+    """
+    from appliance.sqlite_pages import leaf_rows
+
+    tables = expected_columns()
+    keys = {t: set(seen.get(t, ())) for t in tables}
+    added: dict[str, list[dict[str, Any]]] = {t: [] for t in tables}
+    first_metric = tables["repetitions"].index(REP_METRICS[0])
+    by_count: dict[int, list[str]] = {}
+    for t, cols in tables.items():
+        by_count.setdefault(len(cols), []).append(t)
+    for n in range(first_metric, len(tables["repetitions"])):
+        by_count.setdefault(n, []).append("repetitions")
+
+    def wanted(columns: int, rowid: int) -> bool:
+        return any(rowid not in keys[t] for t in by_count.get(columns, ()))
+
+    def wanted_page(columns: int, first: int, last: int) -> bool:
+        """A page whose every rowid SQLite already returned is not read again."""
+        if not 0 <= last - first < 65536:
+            return True
+        return any(not all(r in keys[t] for r in range(first, last + 1)) for t in by_count.get(columns, ()))
+
+    try:
+        for leaf in leaf_rows(source, wanted, wanted_page):
+            for table in by_count.get(len(leaf.values), ()):
+                row = dict.fromkeys(tables[table])
+                row.update(zip(tables[table], leaf.values, strict=False))
+                ipk = _integer_key(table)
+                if ipk is not None and row[ipk] is None:
+                    row[ipk] = leaf.rowid
+                if leaf.rowid in keys[table] or not _fits(table, row):
+                    continue
+                keys[table].add(leaf.rowid)
+                added[table].append(row)
+                break
+    except OSError as exc:
+        log.warning("cannot read the pages of %s: %s", source, exc)
+    for table, new in added.items():
+        if new:
+            rows[table] = rows.get(table, ()) + tuple(new)
+    return {t: len(v) for t, v in added.items() if v}
+
+
+@functools.cache
+def _integer_key(table: str) -> str | None:
+    """The INTEGER PRIMARY KEY column (the rowid itself), if the table has one."""
+    keys = [c for c, (kind, _) in _column_rules()[table].items() if kind == "INTEGER" and _is_pk(table, c)]
+    return keys[0] if keys else None
+
+
+@functools.cache
+def _is_pk(table: str, column: str) -> bool:
+    mem = sqlite3.connect(":memory:")
+    try:
+        mem.executescript(SCHEMA)
+        return any(r[1] == column and r[5] for r in mem.execute(f'PRAGMA table_info("{table}")'))
+    finally:
+        mem.close()
 
 
 class Store:

@@ -227,3 +227,24 @@ def test_the_clinic_can_wipe_a_device_whose_database_is_damaged(tmp_path, capsys
     store = Store(db_path(state), reserve_bytes=0)
     assert store.sessions() == []
     store.close()
+
+
+def test_salvage_reads_the_leaf_pages_of_a_table_whose_root_page_is_lost(tmp_path):
+    path = tmp_path / "appliance.db"
+    fill(path, sessions=3, reps=10, samples_per_rep=40)
+    db = sqlite3.connect(path)
+    samples = sorted(db.execute("SELECT session_id, t, cmh2o, pct FROM samples").fetchall())
+    reps = sorted(db.execute("SELECT id, session_id, rep, peak_pct FROM repetitions").fetchall())
+    roots = dict(db.execute("SELECT name, rootpage FROM sqlite_master WHERE type='table'").fetchall())
+    db.close()
+    ps = page_size(path)
+    with path.open("r+b") as fh:
+        fh.seek((roots["samples"] - 1) * ps)  # its root, an interior page: SQLite reaches none of its leaves
+        assert fh.read(1) == b"\x05"  # (an interior table page, so the leaves survive)
+        fh.seek((roots["samples"] - 1) * ps)
+        fh.write(b"\0" * ps)
+    found = salvage(path)
+    assert found.damage is not None
+    assert sorted((r["session_id"], r["t"], r["cmh2o"], r["pct"]) for r in found.rows["samples"]) == samples
+    assert sorted((r["id"], r["session_id"], r["rep"], r["peak_pct"]) for r in found.repetitions) == reps
+    assert found.from_pages["samples"] == len(samples) and "pages SQLite could no longer reach" in found.describe()
