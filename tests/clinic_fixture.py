@@ -4,13 +4,15 @@
 lending period (`appliance.simulation.lending.simulate_days`, as `appliance simulate
 --days` does): the main session at the patient's time, short sets on reminders, the
 weekly PERFECT on Mondays, this week's targets. The prescription keeps the main session
-short (ex1, ex7, ex8) so weeks simulate in seconds; each lending is simulated once per
-test run and copied for every test that asks for it.
+short (ex1, ex7, ex8) so weeks simulate in seconds; each lending is simulated once (per
+version of the code: the cache is keyed by a hash of the sources, and shared by the
+test processes under a file lock) and copied for every test that asks for it.
 """
 
 from __future__ import annotations
 
-import atexit
+import fcntl
+import hashlib
 import shutil
 import tempfile
 from datetime import UTC, date, datetime
@@ -39,9 +41,20 @@ enabled = false
 enabled = false
 """
 
-_cache: dict[tuple, Path] = {}
-_cache_root = Path(tempfile.mkdtemp(prefix="clinic-fixture-"))
-atexit.register(shutil.rmtree, _cache_root, True)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _code_version() -> str:
+    digest = hashlib.sha256()
+    files = sorted([*(REPO / "appliance").rglob("*.py"), *(REPO / "appliance").rglob("*.toml"),
+                    Path(__file__), EXAMPLE])
+    for path in files:
+        digest.update(str(path.relative_to(REPO)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+_cache_root = Path(tempfile.gettempdir()) / f"appliance-clinic-fixture-{_code_version()}"
 
 
 def prescription_file(tmp: Path, code: str = CODE, extra: str = "") -> Path:
@@ -68,18 +81,22 @@ def filled_state_dir(tmp: Path, days: int = LONG_LENDING_DAYS, code: str = CODE,
     length = SHORT_LENDING_DAYS if days <= SHORT_LENDING_DAYS else LONG_LENDING_DAYS
     if days > LONG_LENDING_DAYS:
         raise ValueError(f"the fixture simulates at most {LONG_LENDING_DAYS} days")
-    key = (length, code, first_day)
-    if key not in _cache:
-        built = _cache_root / f"{code}-{first_day}-{length}"
-        enroll(built, _lending_prescription(_cache_root, code), datetime.combine(first_day, datetime.min.time(), UTC))
-        simulate_days(built, length, first_day=first_day, patient="weak", seed=1)
-        # What the service writes next to the database: a log and a timeline of the last session.
-        (built / "logs").mkdir(exist_ok=True)
-        (built / "logs" / "appliance.log").write_text(f"session for {code} finished\n")
-        (built / "timeline.jsonl").write_text('{"kind": "rep", "peak_cmh2o": 12.34}\n')
-        _cache[key] = built
+    built = _cache_root / f"{code}-{first_day}-{length}"
+    _cache_root.mkdir(parents=True, exist_ok=True)
+    with open(_cache_root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test process may be building it right now
+        if not (built / "complete").exists():
+            shutil.rmtree(built, ignore_errors=True)
+            enroll(built, _lending_prescription(_cache_root, code),
+                   datetime.combine(first_day, datetime.min.time(), UTC))
+            simulate_days(built, length, first_day=first_day, patient="weak", seed=1)
+            # What the service writes next to the database: a log and a timeline of the last session.
+            (built / "logs").mkdir(exist_ok=True)
+            (built / "logs" / "appliance.log").write_text(f"session for {code} finished\n")
+            (built / "timeline.jsonl").write_text('{"kind": "rep", "peak_cmh2o": 12.34}\n')
+            (built / "complete").write_text("")
     state = tmp / "state"
-    shutil.copytree(_cache[key], state)
+    shutil.copytree(built, state, ignore=shutil.ignore_patterns("complete"))
     return state
 
 

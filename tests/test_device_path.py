@@ -204,3 +204,59 @@ def test_a_prescription_changed_during_a_session_stops_it_cleanly_and_says_why(t
         con.close()
     assert statuses == ["stopped"]
     assert not any(x.is_active for x in result.appliance.edges.stim_lines)
+
+
+def test_a_device_enrolled_while_it_runs_trains_the_new_patient_post_op_at_the_next_session(tmp_path):
+    """Enrolled two weeks after surgery while the service was already up: the next session
+    is the post-op awareness work at most 30 %MVC, stored with the patient's code."""
+    state = tmp_path / "state"
+    edges = SimulatedEdges(SimulatedPatient("postop", seed=6), start_after_ready=True)
+    edges.clock.set_wall(datetime(2026, 3, 16, 9, tzinfo=UTC))
+    rx = tmp_path / "rx.toml"
+    rx.write_text('[patient]\ncode = "GNT-2026-0077"\nsurgery_date = 2026-03-02\n[reminders]\nenabled = false\n')
+
+    def between(session) -> None:
+        if not (state / "prescription.toml").exists():
+            enroll(state, rx, datetime(2026, 3, 16, 9, 20, tzinfo=UTC))
+            edges.say_at(edges.clock.now() + 5.0, Command.START)
+
+    options = RunOptions(config_path=None, state_dir=state, audio=False, sessions=2, max_session_s=240.0,
+                         on_session_end=between)
+    device = Appliance(options, edges)
+    device.main()
+    first, second = device.records
+    assert first.programme == "leaflet" and second.programme == "postop"
+    assert second.session.reps and all(r["target_pct"] <= 30.0 for r in second.session.reps)
+    con = sqlite3.connect(state / "appliance.db")
+    try:
+        codes = [c for (c,) in con.execute("SELECT patient_code FROM sessions ORDER BY id")]
+    finally:
+        con.close()
+    assert codes == [None, "GNT-2026-0077"]
+
+
+def test_a_wipe_during_a_session_stops_it_cleanly_and_the_line_stays_low(tmp_path):
+    from appliance.clinic.enrolment import wipe
+    from appliance.events import Event, Feedback
+
+    state = enrolled(tmp_path, STIM_RX, datetime(2026, 6, 1, 8, tzinfo=UTC))
+
+    class Clinic:
+        """The clinic wipes the device (`appliance clinic wipe`) in the middle of the stim exercise."""
+
+        done = False
+
+        def emit(self, event: Event) -> None:
+            if event.kind == "stim" and event.data.get("state") == "on" and not self.done:
+                self.done = True
+                wipe(state)
+
+        def feedback(self, fb: Feedback) -> None:
+            return None
+
+    result = simulate(state_dir=state, seed=3, start_wall=datetime(2026, 6, 2, 9, tzinfo=UTC), lang=None,
+                      extra_sinks=[Clinic()])
+    assert result.session.outcome == "stopped"
+    assert "device.clinic_changed" in result.appliance.health.spoken
+    assert not any(x.is_active for x in result.appliance.edges.stim_lines)
+    assert not (state / "prescription.toml").exists()

@@ -488,8 +488,25 @@ def test_invalid_configuration_stays_up_needing_the_clinic_until_fixed(tmp_path)
 
 
 def test_repetitions_that_cannot_be_stored_make_the_device_ask_for_the_clinic(tmp_path):
-    # A database that refuses repetitions (here a trigger stands in for a damaged file): the
-    # session must not die, and the patient must hear that the device needs the clinic.
+    # The database starts refusing repetitions during the session (a trigger added behind the
+    # device's back stands in for a file going bad): the session must not die, and the
+    # patient must hear that the device needs the clinic.
+    def damage() -> None:
+        con = sqlite3.connect(tmp_path / "state" / "appliance.db")
+        con.execute("CREATE TRIGGER damaged BEFORE INSERT ON repetitions"
+                    " BEGIN SELECT RAISE(ABORT, 'no such column: peak_pct'); END")
+        con.close()
+
+    app = make(tmp_path, FaultEdges(script=FaultScript().at(damage, kind="exercise", state="started")))
+    assert app.main() == 0
+    assert "store" in warnings(tmp_path)
+    assert "device.needs_clinic" in said(tmp_path)
+    assert "device.disk_full" not in said(tmp_path)  # not mistaken for a full disk
+    assert app.health.store_error and "peak_pct" in app.health.store_error
+    assert any(e["kind"] == "session" and e["state"] == "done" for e in events(tmp_path))
+
+
+def test_a_database_the_device_did_not_write_is_not_written_to_and_needs_the_clinic(tmp_path):
     from appliance.store import Store
 
     state = tmp_path / "state"
@@ -498,13 +515,16 @@ def test_repetitions_that_cannot_be_stored_make_the_device_ask_for_the_clinic(tm
     old.db.execute("CREATE TRIGGER damaged BEFORE INSERT ON repetitions"
                    " BEGIN SELECT RAISE(ABORT, 'no such column: peak_pct'); END")
     old.close()
-    app = make(tmp_path, FaultEdges())
-    assert app.main() == 0
-    assert "store" in warnings(tmp_path)
-    assert "device.needs_clinic" in said(tmp_path)
-    assert "device.disk_full" not in said(tmp_path)  # not mistaken for a full disk
-    assert app.health.store_error and "peak_pct" in app.health.store_error
-    assert any(e["kind"] == "session" and e["state"] == "done" for e in events(tmp_path))
+    before = (state / "appliance.db").read_bytes()
+    app = make(tmp_path, FaultEdges(), auto_start=True)
+    thread = run_in_thread(app)
+    try:
+        assert wait_for(lambda: said(tmp_path).count("device.needs_clinic") >= 2, timeout=10)
+        assert app.session is None and app.sessions_run == 0 and "database" in app.health.needs_clinic
+    finally:
+        app.signals.stop.set()
+        thread.join(10)
+    assert (state / "appliance.db").read_bytes() == before
 
 
 def test_a_refused_prescription_means_needs_the_clinic_until_a_good_one_is_loaded(tmp_path):

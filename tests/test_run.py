@@ -242,7 +242,7 @@ def test_a_prescription_with_stim_runs_the_stim_exercise_and_the_line_ends_low(t
     disabled = "\n".join(f"[exercise.ex{i}]\nenabled = false" for i in range(2, 9))
     (state / "prescription.toml").write_text(STIM_RX.format(disabled=disabled))
     app = make(tmp_path, FaultEdges(), auto_start=True,
-               clock=FastClock(wall_start=datetime(2026, 6, 1, 9, 0, tzinfo=UTC)))
+               clock=FastClock(wall_start=datetime(2026, 6, 2, 9, 0, tzinfo=UTC)))  # a Tuesday: no PERFECT
     app.options.programme = None  # the prescription decides, stim included
     thread = run_in_thread(app)
     try:

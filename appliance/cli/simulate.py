@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from datetime import date
 from pathlib import Path
@@ -69,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if args.days is not None:
         return _lending(args)
+    if not getattr(args, "verbose", False):
+        # The live timeline shows what the device says and does; its journal lines would repeat it.
+        logging.getLogger("appliance.device").setLevel(logging.ERROR)
     if args.out is None:
         raise UserError("--out DIR is required for one simulated session (or give --days N with --state-dir DIR)")
     _check_dir(args.out, "--out")
@@ -107,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _lending(args: argparse.Namespace) -> int:
     from appliance.simulation.lending import simulate_days
+
+    if not getattr(args, "verbose", False):
+        logging.getLogger("appliance.device").setLevel(logging.ERROR)
 
     if not 1 <= args.days <= MAX_DAYS:
         raise UserError(f"--days {args.days}: must be between 1 and {MAX_DAYS}")
