@@ -45,6 +45,16 @@ class Measuring:
         def _say_now(self, key: str) -> None: ...
         def _calibration_phrase(self, key: str) -> str: ...
 
+    def _init_measuring(self, sample_rate_hz: float) -> None:
+        self._filter = OneEuroFilter(sample_rate_hz)
+        self._detector = ContractionDetector()
+        self._pressure = 0.0  # smoothed, cmH2O above atmosphere
+        self._strength_pct = 0.0
+        self._calib_rest = []
+        self._calib_peaks = []
+        self._calib_window = []
+        self._rest_tail = []
+
     def _take_samples(self, times: Iterable[float], values: Iterable[float]) -> None:
         seg = self._segment
         cal = self.calibration

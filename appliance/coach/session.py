@@ -39,7 +39,6 @@ from appliance.coach.programme import Motion, Programme
 from appliance.commands import Command
 from appliance.events import Event, EventKind, Feedback, Sink
 from appliance.sensor.base import ProbeStatus
-from appliance.sensor.signal import ContractionDetector, OneEuroFilter
 from appliance.stim import STIM_EXERCISE_ID, StimContext, StimController, StimState
 from appliance.voice.phrases import Catalogue
 
@@ -91,17 +90,16 @@ class Session(Planning, Measuring, Commanding):
         self.reps: list[dict] = []  # every stored repetition's event data
         self._segment: Segment | None = None
         self._paused_from: State | None = None
-        self._filter = OneEuroFilter(sample_rate_hz)
-        self._detector = ContractionDetector()
-        self._pressure = 0.0  # smoothed, cmH2O above atmosphere
-        self._strength_pct = 0.0
+        self._init_measuring(sample_rate_hz)
         self._busy_until = 0.0  # when the last scheduled prompt finishes
-        self._calib_rest: list[float] = []
-        self._calib_peaks: list[float] = []
-        self._calib_window: list[float] = []
-        self._rest_tail: list[float] = []
         self._last_warning: dict[str, float] = {}
         self._exercise_done: set[int] = set()
+        self._init_wiring()
+        self._emit(EventKind.SESSION, state="ready")
+        self._say_now("session.welcome")
+
+    def _init_wiring(self) -> None:
+        """Set by the wiring after construction (appliance.device.wiring), and the outcome."""
         # Said instead of moving on when the patient asks for more than the programme allows
         # (the post-operative weeks: appliance.patient.prescription.DayPlan.more_phrase).
         self.more_phrase: str | None = None
@@ -114,8 +112,6 @@ class Session(Planning, Measuring, Commanding):
         # appliance.coach.pacing.BreathFollower: cues on the patient's breath (None = paced).
         self.breath_follower = None
         self._stim_exercise: int | None = None
-        self._emit(EventKind.SESSION, state="ready")
-        self._say_now("session.welcome")
 
     # --- public ---------------------------------------------------------------------------
 
