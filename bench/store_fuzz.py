@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from appliance.clinic.enrolment import ClinicRefusal, db_path, enroll, export, status  # noqa: E402
-from appliance.store import Store, StoreDamaged, diagnose, salvage  # noqa: E402
+from appliance.salvage import salvage  # noqa: E402
+from appliance.store import Store, StoreDamaged, diagnose  # noqa: E402
 
 CODE = "GNT-2026-0042"
 WHEN = datetime(2026, 3, 2, 8, 30, tzinfo=UTC)
@@ -133,7 +134,7 @@ class Result:
 
 def readable_by_id(path: Path, ids: list[int], where: Path) -> set[tuple]:
     """The repetitions a lookup by id can read from a truncated file (padded to its claimed size)."""
-    from appliance.store import _pad_truncated
+    from appliance.salvage import _pad_truncated
 
     copy = where / "lookup.db"
     shutil.copyfile(path, copy)

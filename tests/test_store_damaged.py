@@ -13,7 +13,8 @@ from clinic_fixture import CODE, prescription_file
 
 from appliance.cli import main
 from appliance.clinic.enrolment import DAMAGE_NOTE_FILE, db_path, enroll, export, status
-from appliance.store import SCHEMA_VERSION, Store, StoreDamaged, diagnose, salvage
+from appliance.salvage import salvage
+from appliance.store import SCHEMA_VERSION, Store, StoreDamaged, diagnose
 
 WHEN = datetime(2026, 3, 2, 8, 30, tzinfo=UTC)
 

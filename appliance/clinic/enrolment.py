@@ -21,7 +21,8 @@ import numpy as np
 
 from appliance.config import ConfigError
 from appliance.patient.prescription import PRESCRIPTION_FILE, Prescription, load_prescription, prescription_path
-from appliance.store import UNREADABLE, Salvaged, StoreDamaged, diagnose, salvage
+from appliance.salvage import Salvaged, salvage
+from appliance.store import UNREADABLE, StoreDamaged, diagnose
 
 log = logging.getLogger(__name__)
 
