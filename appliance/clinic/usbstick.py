@@ -196,6 +196,10 @@ def _export_to_stick(stick: Path, state_dir: Path, now: datetime | None) -> Stic
             files = export(state_dir, Path(local), now)
         except ClinicRefusal:
             return StickOutcome(StickAction.REFUSED, "clinic.nothing_to_export", "no enrolled patient or no sessions")
+        except OSError as exc:  # the device's own disk, not the stick: nothing was written to the stick
+            log.error("the export could not be prepared on the device: %s", exc)
+            return StickOutcome(StickAction.FAILED, "clinic.export_failed",
+                                f"export not prepared on the device ({exc.strerror or exc}); the stick is unchanged")
         folder = files[0].parent
         partial: Path | None = None
         try:
