@@ -206,33 +206,40 @@ def test_a_prescription_changed_during_a_session_stops_it_cleanly_and_says_why(t
     assert not any(x.is_active for x in result.appliance.edges.stim_lines)
 
 
-def test_a_device_enrolled_while_it_runs_trains_the_new_patient_post_op_at_the_next_session(tmp_path):
-    """Enrolled two weeks after surgery while the service was already up: the next session
-    is the post-op awareness work at most 30 %MVC, stored with the patient's code."""
+def test_a_fresh_device_enrolled_while_it_runs_trains_the_new_patient_post_op(tmp_path):
+    """Enrolled two weeks after surgery while the service was already up (it read no
+    prescription at start): the session is the post-op awareness work at most 30 %MVC,
+    stored with the patient's code."""
+    from appliance.events import Event, Feedback
+
     state = tmp_path / "state"
-    edges = SimulatedEdges(SimulatedPatient("postop", seed=6), start_after_ready=True)
-    edges.clock.set_wall(datetime(2026, 3, 16, 9, tzinfo=UTC))
     rx = tmp_path / "rx.toml"
     rx.write_text('[patient]\ncode = "GNT-2026-0077"\nsurgery_date = 2026-03-02\n[reminders]\nenabled = false\n')
 
-    def between(session) -> None:
-        if not (state / "prescription.toml").exists():
-            enroll(state, rx, datetime(2026, 3, 16, 9, 20, tzinfo=UTC))
-            edges.say_at(edges.clock.now() + 5.0, Command.START)
+    class Clinic:
+        """Enrolls the patient (the clinic's stick) once the device has said it is ready."""
 
-    options = RunOptions(config_path=None, state_dir=state, audio=False, sessions=2, max_session_s=240.0,
-                         on_session_end=between)
+        def emit(self, event: Event) -> None:
+            if event.kind == "say" and event.data.get("phrase") == "device.ready":
+                enroll(state, rx, datetime(2026, 3, 16, 9, tzinfo=UTC))
+
+        def feedback(self, fb: Feedback) -> None:
+            return None
+
+    edges = SimulatedEdges(SimulatedPatient("postop", seed=6), start_after_ready=True, room_sinks=[Clinic()])
+    edges.clock.set_wall(datetime(2026, 3, 16, 9, tzinfo=UTC))
+    options = RunOptions(config_path=None, state_dir=state, audio=False, sessions=1, max_session_s=240.0)
     device = Appliance(options, edges)
     device.main()
-    first, second = device.records
-    assert first.programme == "leaflet" and second.programme == "postop"
-    assert second.session.reps and all(r["target_pct"] <= 30.0 for r in second.session.reps)
+    (record,) = device.records
+    assert record.programme == "postop"
+    assert record.session.reps and all(r["target_pct"] <= 30.0 for r in record.session.reps)
     con = sqlite3.connect(state / "appliance.db")
     try:
         codes = [c for (c,) in con.execute("SELECT patient_code FROM sessions ORDER BY id")]
     finally:
         con.close()
-    assert codes == [None, "GNT-2026-0077"]
+    assert codes == ["GNT-2026-0077"]
 
 
 def test_a_wipe_during_a_session_stops_it_cleanly_and_the_line_stays_low(tmp_path):
