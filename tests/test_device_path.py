@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
+from test_run import STIM_RX as _RUN_STIM_RX
 
 from appliance.cli import main
 from appliance.clinic.enrolment import enroll
@@ -21,53 +22,8 @@ from appliance.simulation.session import simulate
 
 REPO = Path(__file__).resolve().parents[1]
 
-STIM_RX = """
-[patient]
-code = "GNT-7-STIM"
-language = "nl"
-programme = "leaflet"
-[reminders]
-enabled = false
-[exercise.awareness]
-repetitions = 2
-[exercise.ex1]
-repetitions = 2
-[exercise.ex2]
-enabled = false
-[exercise.ex3]
-enabled = false
-[exercise.ex4]
-enabled = false
-[exercise.ex5]
-enabled = false
-[exercise.ex6]
-enabled = false
-[exercise.ex7]
-enabled = false
-[exercise.ex8]
-enabled = false
-[stim]
-enabled = true
-mode = "cyclic"
-work_seconds = 5
-rest_seconds = 10
-cycles = 3
-checked_by = "physio 12"
-checked_on = 2026-05-01
-[stim.contraindications]
-pacemaker = "no"
-pregnancy_or_trying = "no"
-recent_birth_or_pelvic_surgery = "no"
-infection = "no"
-pelvic_cancer = "no"
-epilepsy = "no"
-broken_skin = "no"
-no_sensation = "no"
-metal_implant_or_iud = "no"
-large_prolapse = "no"
-cannot_report_discomfort = "no"
-urinary_retention = "no"
-"""
+# The stimulation prescription of tests/test_run.py, with ex2..ex8 left out (a short session).
+STIM_RX = _RUN_STIM_RX.format(disabled="\n".join(f"[exercise.ex{i}]\nenabled = false" for i in range(2, 9)))
 
 
 def enrolled(tmp_path: Path, text: str, when: datetime) -> Path:
