@@ -10,8 +10,12 @@ import argparse
 import logging
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from appliance.cli.common import UserError, add_common_args, device_config
+
+if TYPE_CHECKING:
+    from appliance.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,8 @@ def _run(args: argparse.Namespace) -> int:
         print(summary)
         return 0
     closers = []
+    clock: Clock
+    say: Callable[[str], float]
     if args.simulate:
         from appliance.clock import SimClock
 
@@ -87,11 +93,13 @@ def _run(args: argparse.Namespace) -> int:
         probe, floor, state = cal.simulated_probe(config, args.simulate, args.seed, clock)
         text = _text_voice(lang)
 
-        def say(key: str) -> float:
+        def say_and_note_insertion(key: str) -> float:
             if key == "probe.insert":
                 state["inserted_at"] = clock.now() + 3.0
             text(key)
             return 0.0
+
+        say = say_and_note_insertion
 
         phase = floor.emit
     else:

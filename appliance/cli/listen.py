@@ -42,7 +42,7 @@ def read_wav(path: Path, rate: int) -> np.ndarray:
     dtypes = {1: np.uint8, 2: np.int16, 4: np.int32}
     if width not in dtypes:
         raise UserError(f"{path}: {8 * width}-bit samples are not supported (use 8, 16 or 32-bit PCM)")
-    x = np.frombuffer(frames, dtype=dtypes[width]).astype(np.float32)
+    x: np.ndarray = np.frombuffer(frames, dtype=dtypes[width]).astype(np.float32)
     x = (x - 128) / 128 if width == 1 else x / float(2 ** (8 * width - 1))
     x = x.reshape(-1, channels).mean(axis=1)
     if src_rate != rate:

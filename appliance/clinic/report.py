@@ -175,7 +175,7 @@ def _page_adherence(pdf_figs: list, sessions, rx, code, tz, first, last, weeks) 
                 grid[w, d] = per_day.get(day, 0)
     fig = plt.figure(figsize=A4)
     _header(fig, code, rx, first, last, "adherence")
-    ax = fig.add_axes([0.12, 0.50, 0.62, 0.40])
+    ax = fig.add_axes((0.12, 0.50, 0.62, 0.40))
     cmap = plt.get_cmap("YlGn").with_extremes(bad="0.93")
     im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=TARGET_SETS_PER_DAY, aspect="auto")
     for w in range(n_weeks):
@@ -190,7 +190,7 @@ def _page_adherence(pdf_figs: list, sessions, rx, code, tz, first, last, weeks) 
     ax.set_title(f"Sets completed per day (leaflet: at least {TARGET_SETS_PER_DAY} moments a day)", fontsize=10)
     cb = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03)
     cb.set_label("sets")
-    ax2 = fig.add_axes([0.12, 0.10, 0.80, 0.30])
+    ax2 = fig.add_axes((0.12, 0.10, 0.80, 0.30))
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     counts = [per_day.get(d, 0) for d in days]
     ax2.bar(days, counts, color="#4a8", width=0.8)
@@ -210,7 +210,7 @@ def _page_adherence(pdf_figs: list, sessions, rx, code, tz, first, last, weeks) 
 def _page_trends(pdf_figs: list, sessions, rx, code, tz, first, last, weeks) -> None:
     fig = plt.figure(figsize=A4)
     _header(fig, code, rx, first, last, "strength, endurance and targets")
-    ax = fig.add_axes([0.12, 0.68, 0.80, 0.24])
+    ax = fig.add_axes((0.12, 0.68, 0.80, 0.24))
     cal = [(datetime.fromisoformat(s["started_utc"]).astimezone(tz), s["mvc_cmh2o"]) for s in sessions
            if s["mvc_cmh2o"] is not None]
     for lo, hi, name, colour in ((7.5, 14.5, "very weak", "#fde0dd"), (14.6, 26.5, "weak", "#fcc5c0"),
@@ -234,7 +234,7 @@ def _page_trends(pdf_figs: list, sessions, rx, code, tz, first, last, weeks) -> 
     ax.legend(fontsize=7, loc="lower right")
     ax.tick_params(axis="x", labelsize=7)
 
-    ax = fig.add_axes([0.12, 0.38, 0.80, 0.22])
+    ax = fig.add_axes((0.12, 0.38, 0.80, 0.22))
     perf = [(s["perfect"]["day"], s["perfect"]) for s in sessions if s["perfect"]]
     if perf:
         labels = [d for d, _ in perf]
@@ -249,15 +249,15 @@ def _page_trends(pdf_figs: list, sessions, rx, code, tz, first, last, weeks) -> 
         ax.text(0.5, 0.5, "no PERFECT assessment stored", ha="center", transform=ax.transAxes)
     ax.set_title("Weekly PERFECT assessment (Laycock & Jerwood 2001; each counted up to 10)", fontsize=10)
 
-    ax = fig.add_axes([0.12, 0.07, 0.80, 0.22])
+    ax = fig.add_axes((0.12, 0.07, 0.80, 0.22))
     if weeks:
-        x = [w.index for w in weeks]
+        week_x = [w.index for w in weeks]
         exs = sorted({ex for w in weeks for ex in w.targets if any(ex in ww.reps for ww in weeks)})
         for ex in exs:
-            ax.step(x, [w.targets.get(ex, np.nan) for w in weeks], where="mid", label=f"{ex} target %MVC")
+            ax.step(week_x, [w.targets.get(ex, np.nan) for w in weeks], where="mid", label=f"{ex} target %MVC")
         ax.set_ylabel("%MVC")
         ax.set_xlabel("week")
-        ax.set_xticks(x)
+        ax.set_xticks(week_x)
         walks = [(w.index, w.walk_s) for w in weeks if w.walk_s is not None and w.reps.get("ex7")]
         jumps = [(w.index, w.jumps_best) for w in weeks if w.jumps_best is not None]
         ax2 = ax.twinx()
@@ -282,9 +282,9 @@ def _page_quality(pdf_figs: list, sessions, rx, code, tz, first, last, weeks) ->
         if s["programme"] != PERFECT_PROGRAMME:
             for r in s["reps"]:
                 by_ex[r["exercise"]].append(r)
-    order = [e for e in ("awareness", "ex1", "ex2", "ex3", "ex4", "ex5", "ex6", "ex7", "ex8") if e in by_ex]
+    order: list[str] = [e for e in ("awareness", "ex1", "ex2", "ex3", "ex4", "ex5", "ex6", "ex7", "ex8") if e in by_ex]
     order += sorted(set(by_ex) - set(order))
-    ax = fig.add_axes([0.12, 0.56, 0.80, 0.34])
+    ax = fig.add_axes((0.12, 0.56, 0.80, 0.34))
     x = np.arange(len(order))
     if order:
         complete = [100 * np.mean([r["status"] == "complete" for r in by_ex[e]]) for e in order]
@@ -300,7 +300,7 @@ def _page_quality(pdf_figs: list, sessions, rx, code, tz, first, last, weeks) ->
         ax.set_ylabel("% of repetitions")
         ax.legend(fontsize=7, ncol=4, loc="lower left")
     ax.set_title("How the repetitions went", fontsize=10)
-    ax = fig.add_axes([0.12, 0.10, 0.80, 0.36])
+    ax = fig.add_axes((0.12, 0.10, 0.80, 0.36))
     # ex7 holds a third of the target and ex8's landings spike the pressure: their goals are
     # walking time and jumps (page 2), so their peaks are not compared with the target here.
     order = [e for e in order if e not in ("ex7", "ex8")]
@@ -351,7 +351,7 @@ def _page_traces(pdf_figs: list, db_path, sessions, rx, code, tz, first, last) -
         reps = [r for r in s["reps"] if r["status"] == "complete"][:3] or s["reps"][:3]
         t0 = reps[0]["t_start"] - 1.0
         t1 = reps[-1]["t_end"] + 0.5
-        ax = fig.add_axes([0.10, 0.68 - k * 0.30, 0.84, 0.22])
+        ax = fig.add_axes((0.10, 0.68 - k * 0.30, 0.84, 0.22))
         for start, end, kind, _ex, _rep in phases:
             if end > t0 and start < t1 and kind in PHASE_COLOURS:
                 ax.axvspan(max(start, t0), min(end, t1), color=PHASE_COLOURS[kind], alpha=0.6, lw=0)

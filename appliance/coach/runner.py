@@ -49,9 +49,9 @@ def run(session: Session, source: PressureSource, clock: Clock, tick_s: float = 
         if now - t > 10 * tick_s:  # fell behind (a slow disk, a busy CPU): do not try to catch up
             log.warning("control loop late by %.0f ms", (now - t) * 1000)
             t = now
-        times, values = source.read_until(t)
+        raw_times, raw_values = source.read_until(t)
         # A real probe delivers numpy arrays; plain floats keep numpy scalars out of events.
-        times, values = [float(x) for x in times], [float(x) for x in values]
+        times, values = [float(x) for x in raw_times], [float(x) for x in raw_values]
         st = t - session.t0
         while i < len(pending) and pending[i].t <= st:
             session.command(pending[i].command, source="script")

@@ -20,10 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from appliance.config import DeviceConfig
+
+if TYPE_CHECKING:
+    from appliance.voice.speech import PhraseBank
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ class SelfTest:
             self.pin_factory = MockFactory()
         self.work = Path(tempfile.mkdtemp(prefix="selftest-"))
         self.wav_path = self.work / "speaker.wav"
-        self._bank = None
+        self._bank: PhraseBank | None = None
         self._probe_stats = None
 
     # -- running -----------------------------------------------------------------------
@@ -102,7 +106,7 @@ class SelfTest:
         shutil.rmtree(self.work, ignore_errors=True)
 
     # -- speech ----------------------------------------------------------------------------
-    def bank(self):
+    def bank(self) -> PhraseBank:
         if self._bank is None:
             from appliance.voice.phrases import Catalogue
             from appliance.voice.speech import PhraseBank, SpeechRenderer

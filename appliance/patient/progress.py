@@ -13,12 +13,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from appliance.events import Event, Feedback
 from appliance.patient.prescription import ExerciseOverride, Prescription
+
+if TYPE_CHECKING:
+    from appliance.store import StoreSink
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +125,7 @@ class JumpCounter:
     downsampled too far (10 Hz) to see an 80 ms landing. Give it the session's StoreSink.
     """
 
-    def __init__(self, store_sink=None) -> None:
+    def __init__(self, store_sink: StoreSink | None = None) -> None:
         self.store_sink = store_sink
         self.counts: list[dict] = []
         self._phase: dict | None = None
@@ -132,7 +136,7 @@ class JumpCounter:
         if event.kind != "phase":
             return
         if self._phase is not None:
-            self._close(event.t)
+            self._close(self._phase, event.t)
         d = event.data
         self._phase = dict(d) if d.get("motion") == "hop" else None
         self._t, self._p = [], []
@@ -142,8 +146,7 @@ class JumpCounter:
             self._t.append(fb.t)
             self._p.append(fb.cmh2o)
 
-    def _close(self, t: float) -> None:
-        ph = self._phase
+    def _close(self, ph: dict, t: float) -> None:
         self._phase = None
         n = count_jumps(np.array(self._t), np.array(self._p))
         data = {"exercise": ph.get("exercise"), "rep": ph.get("rep"), "jumps": n,
@@ -246,7 +249,7 @@ def perfect_summary(now: Perfect, before: Perfect | None) -> list[str]:
     weak_power = _BANDS.index(now.oxford_band) <= _BANDS.index("weak") if now.oxford_band in _BANDS else True
     scores = {"endurance": now.endurance_s / PERFECT_MAX, "repetitions": now.repetitions / PERFECT_MAX,
               "fast": now.fast / PERFECT_MAX}
-    focus = "power" if weak_power else min(scores, key=scores.get)
+    focus = "power" if weak_power else min(scores, key=scores.__getitem__)
     if not weak_power and scores[focus] >= 1.0:
         return [head]
     return [head, f"perfect.summary.focus_{focus}"]
