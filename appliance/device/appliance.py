@@ -577,7 +577,7 @@ class Appliance(HealthChecks):
         pace = self.options.pace or plan.pace
         built = build_session(programme, self.catalogue, self.clock, SessionParts(
             source=probe, store=self.store_sink, audio=audio, timing=self.options.timing or timing,
-            sinks=extra, pace=pace, calibration=self.options.calibration,
+            sinks=extra, pace=pace, calibration=self.options.calibration or _calibration(plan.calibration),
             volume=self.config.audio.volume,
             more_phrase=plan.day.more_phrase if plan.day is not None else None,
             tz=self.rx.tz if self.rx is not None else None))
@@ -686,7 +686,11 @@ class Appliance(HealthChecks):
             except (sqlite3.Error, TypeError) as exc:
                 log.error("cannot count today's stimulation sessions (%s): no stimulation", exc)
                 return 10**6  # cannot count: refuse rather than exceed the daily limit
-        line = self.edges.stim_line(self.config.controls.stim_pin)
+        try:
+            line = self.edges.stim_line(self.config.controls.stim_pin)
+        except Exception as exc:  # the relay could not claim the pin: train without stimulation
+            log.error("stimulation line unavailable, the stim exercise is left out: %s", exc)
+            return nullcontext(None)
         return open_stim(line, self.rx.stim, sessions_on=sessions_on)
 
     # -- signals -------------------------------------------------------------------------------
@@ -779,6 +783,10 @@ def process_age_s() -> float | None:
         return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _calibration(measured: tuple[float, float] | None) -> Calibration | None:
+    return Calibration(*measured) if measured is not None else None
 
 
 def _utc(clock: Clock) -> datetime:

@@ -84,9 +84,11 @@ class SessionTimeSource:
         self.t0 = t0
         self.sample_rate_hz = inner.sample_rate_hz
 
-    def read_until(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+    def read_until(self, t: float) -> tuple[Sequence[float], Sequence[float]]:
         times, values = self.inner.read_until(t - self.t0)
-        return np.asarray(times, dtype=float) + self.t0, np.asarray(values, dtype=float)
+        t0 = self.t0
+        # Plain lists, as the floor gives them: one or two samples a tick, no arrays to build.
+        return [x + t0 for x in times], values
 
     @property
     def status(self) -> ProbeStatus:

@@ -39,6 +39,7 @@ class TodaysPlan:
     perfect: bool = False  # the weekly PERFECT assessment, scored when it ends
     short_set: bool = False
     week: Week | None = None  # this week's targets (None without a prescription)
+    calibration: tuple[float, float] | None = None  # (rest, MVC) cmH2O measured earlier today
 
     @property
     def stim_allowed(self) -> bool:
@@ -115,11 +116,27 @@ def todays_plan(rx: Prescription | None, default: Programme, today: date, sessio
     if not short_set and _first_of_week(sessions, rx.tz, today):
         announce = tuple(week_phrases(weeks))
     programme = day.programme
+    calibration = None
     if short_set:
         programme = make_short_set(programme, rx.reminders)
+        # Strength is measured once a day: a short set uses the day's calibration.
+        calibration = todays_calibration(sessions, rx.tz, today, programme.id)
     elif day.stim_allowed:
         programme = with_stim_exercise(programme)
-    return TodaysPlan(programme, day, announce, rx.breathing.pace, short_set=short_set, week=week)
+    return TodaysPlan(programme, day, announce, rx.breathing.pace, short_set=short_set, week=week,
+                      calibration=calibration)
+
+
+def todays_calibration(sessions: list[dict], tz: ZoneInfo, today: date,
+                       programme_id: str) -> tuple[float, float] | None:
+    """The latest (rest, MVC) measured today in a session of the same programme (a post-op
+    day's gentle reference squeeze is never taken for a maximal one, nor the other way)."""
+    for s in reversed(sessions):
+        if s["programme"] != programme_id or local_day(s["started_utc"], tz) != today:
+            continue
+        if s.get("mvc_cmh2o") is not None and s.get("rest_cmh2o") is not None:
+            return float(s["rest_cmh2o"]), float(s["mvc_cmh2o"])
+    return None
 
 
 def _first_of_week(sessions: list[dict], tz: ZoneInfo, today: date) -> bool:

@@ -175,8 +175,9 @@ def _day_line(state_dir: Path, day: date, tz: ZoneInfo, counter: _ReminderCounte
             line.short_sets += 1
         else:
             line.main += 1
-        for ex, pct in (plan.get("targets") or {}).items():
-            line.targets.setdefault(ex, float(pct))
+        if not plan.get("perfect"):  # the training targets, not the assessment's
+            for ex, pct in (plan.get("targets") or {}).items():
+                line.targets.setdefault(ex, float(pct))
     return line
 
 
