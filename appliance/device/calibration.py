@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.events import Event
+from appliance.events import Event, EventKind
 from appliance.sensor.base import ProbeStatus
 from appliance.sensor.probe import (
     ProbeCalibration,
@@ -94,8 +94,8 @@ class CalibrationProcedure:
     def _announce(self, kind: str, seconds: float, level: float = 0.0) -> None:
         if self.phase is not None:
             t = self.clock.now() - self.t0
-            self.phase(Event(t, "phase", dict(phase=kind, start=t, end=t + seconds,
-                                              level_pct=level, exercise="calibration")))
+            self.phase(Event(t, EventKind.PHASE, dict(phase=kind, start=t, end=t + seconds,
+                                                       level_pct=level, exercise="calibration")))
 
     def run(self) -> CalibrationResult:
         limits = self.probe.monitor.limits if hasattr(self.probe, "monitor") else ProbeLimits()

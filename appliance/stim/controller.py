@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol, TypeGuard
 
 from appliance.commands import Command
-from appliance.events import Event
+from appliance.events import Event, EventKind
 from appliance.stim.limits import HARD_LIMITS
 from appliance.stim.line import Line, StimLine, StimWatchdog, install_exit_handlers
 from appliance.stim.prescription import StimMode, StimPrescription, postoperative
@@ -70,6 +70,18 @@ PHRASE_STOPPED = "stim.stopped"
 PHRASE_UNAVAILABLE = "stim.unavailable"
 
 
+class Fed(Protocol):
+    """A guard the controller feeds on every tick: the `StimWatchdog`, a `RelayedLine`'s lease."""
+
+    tripped: bool
+
+    def feed(self) -> None: ...
+
+
+def _is_fed(x: object) -> TypeGuard[Fed]:
+    return callable(getattr(x, "feed", None))
+
+
 class StimController:
     """Decides, tick by tick, whether the line may be high; drives it low on anything else.
 
@@ -84,7 +96,7 @@ class StimController:
         line: Line,
         prescription: StimPrescription | None,
         emit: Callable[[Event], None] | None = None,
-        watchdog: Any = None,
+        watchdog: StimWatchdog | None = None,
         sessions_on: Callable[[date], int] | None = None,
     ) -> None:
         self._line = line
@@ -92,9 +104,9 @@ class StimController:
         self.emit = emit or (lambda event: None)  # the session attaches its sinks here
         self._watchdog = watchdog
         # fed on every tick, after the watchdog: a line held on a lease (`RelayedLine`)
-        self._fed: list[Any] = []
+        self._fed: list[Fed] = []
         for x in (watchdog, line):
-            if callable(getattr(x, "feed", None)) and all(x is not y for y in self._fed):
+            if _is_fed(x) and all(x is not y for y in self._fed):
                 self._fed.append(x)
         self._sessions_on = sessions_on  # stim sessions already stored for a day
         # seconds from the start of a phrase to its keyword; the session attaches its timing
@@ -305,8 +317,8 @@ class StimController:
 
     def _event(self, now: float, state: str, reason: str) -> None:
         mode = self._rx.mode.value if self._rx is not None else "none"
-        self.emit(Event(now, "stim", {"state": state, "reason": reason, "mode": mode,
-                                       "work_phase": self.work_phases}))
+        self.emit(Event(now, EventKind.STIM, {"state": state, "reason": reason, "mode": mode,
+                                               "work_phase": self.work_phases}))
 
 
 def stim_sessions_on(store: Any, day: date, tz: tzinfo | None = None) -> int:

@@ -8,13 +8,12 @@ stim package never imports the coach).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
-from appliance.coach.programme import load_programme
+from appliance.coach.programme import Programme, load_programme
 from appliance.stim.controller import STIM_EXERCISE_ID
 
 
-def with_stim_exercise(programme: Any, after: str = "awareness") -> Any:
+def with_stim_exercise(programme: Programme, after: str = "awareness") -> Programme:
     """The programme with the stim exercise (coach/programmes/stim.toml) after `after`.
 
     Call only when the prescription enables stim today (`DayPlan.stim_allowed`); the
