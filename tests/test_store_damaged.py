@@ -249,3 +249,20 @@ def test_salvage_reads_the_leaf_pages_of_a_table_whose_root_page_is_lost(tmp_pat
     assert sorted((r["session_id"], r["t"], r["cmh2o"], r["pct"]) for r in found.rows["samples"]) == samples
     assert sorted((r["id"], r["session_id"], r["rep"], r["peak_pct"]) for r in found.repetitions) == reps
     assert found.from_pages["samples"] == len(samples) and "pages SQLite could no longer reach" in found.describe()
+
+
+def test_a_timestamp_with_a_flipped_byte_does_not_stop_the_export(tmp_path):
+    # Found by bench/store_fuzz.py: still UTF-8, no longer a timestamp; the report cannot use it.
+    state = tmp_path / "state"
+    enroll(state, prescription_file(tmp_path))
+    stored = fill(db_path(state), sessions=2, reps=5, samples_per_rep=0)
+    data = bytearray(db_path(state).read_bytes())
+    at = data.index(b"+00:00doneleaflet") - 25 - 19  # a session's started_utc, then ended_utc, status, ...
+    assert data[at:at + 4] == b"2026"
+    data[at + 14] = ord("v")  # 08:30 -> 08:v0
+    db_path(state).write_bytes(bytes(data))
+    assert diagnose(db_path(state)) is None
+    files = export(state, tmp_path / "out", now=WHEN, with_report=True)
+    rows = (files[0].parent / "repetitions.csv").read_text().strip().splitlines()
+    assert len(rows) - 1 == len(stored)  # the session row is unusable; its repetitions are kept
+    assert "cannot be read or used" in (files[0].parent / DAMAGE_NOTE_FILE).read_text()

@@ -271,8 +271,10 @@ def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_rep
             if with_report:
                 files.extend(report.write_report(db_path(state_dir), target, enrolment.code, rx))
             return files
-        except UNREADABLE as exc:  # pages intact, a value in them not (a flipped byte in a text)
-            damage = StoreDamaged(db_path(state_dir), f"has rows that cannot be read ({exc})")
+        except (*UNREADABLE, ValueError, KeyError, TypeError) as exc:
+            # Pages intact, a value in them not (a flipped byte in a text or a timestamp): the
+            # rows that fit the schema are exported as from any damaged file.
+            damage = StoreDamaged(db_path(state_dir), f"has rows that cannot be read or used ({exc})")
             found = salvage(db_path(state_dir))
     return _export_salvaged(found, damage.reason, target, enrolment.code, rx, with_report, prescription_path(state_dir))
 
