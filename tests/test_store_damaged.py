@@ -266,3 +266,14 @@ def test_a_timestamp_with_a_flipped_byte_does_not_stop_the_export(tmp_path):
     rows = (files[0].parent / "repetitions.csv").read_text().strip().splitlines()
     assert len(rows) - 1 == len(stored)  # the session row is unusable; its repetitions are kept
     assert "cannot be read or used" in (files[0].parent / DAMAGE_NOTE_FILE).read_text()
+
+
+def test_enrolling_over_a_damaged_database_is_refused_in_one_sentence(tmp_path, capsys):
+    state = tmp_path / "state"
+    state.mkdir()
+    fill(db_path(state), sessions=1, reps=2)  # an unenrolled patient's sessions...
+    garbage(db_path(state))  # ...on a card that was damaged since
+    rc = main(["clinic", "enroll", "--state-dir", str(state), str(prescription_file(tmp_path))])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "damaged" in err and "wipe" in err and len(err.splitlines()) == 1
+    assert not (state / "enrolment.json").exists()

@@ -133,6 +133,14 @@ def enroll(state_dir: Path, prescription_file: Path, now: datetime | None = None
         raise ClinicRefusal(f"patient {current.code} is enrolled on this device since "
                             f"{current.since_utc:%Y-%m-%d}; export and wipe before enrolling {rx.code}")
     if current is None:
+        if diagnose(db_path(state_dir)) is not None:
+            raise ClinicRefusal(f"the database {db_path(state_dir)} is damaged and may hold another patient's "
+                                "sessions; export and wipe before enrolling")
+        try:
+            _sessions(state_dir)
+        except UNREADABLE:
+            raise ClinicRefusal(f"the database {db_path(state_dir)} has rows that cannot be read and may hold "
+                                "another patient's sessions; export and wipe before enrolling") from None
         others = {s["patient_code"] for s in _sessions(state_dir)} - {rx.code}
         if others or _sessions(state_dir):
             raise ClinicRefusal(f"the device holds {len(_sessions(state_dir))} sessions of an unenrolled patient; "
