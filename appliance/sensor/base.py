@@ -6,6 +6,7 @@ up to a given clock time, and says whether the probe is usable.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 from typing import Protocol
 
@@ -20,10 +21,17 @@ class ProbeStatus(Enum):
     DRIFTING = "drifting"
 
 
-class PressureSource(Protocol):
-    sample_rate_hz: float
+Samples = np.ndarray | Sequence[float]
+"""A probe's arrays, or the plain lists a simulated floor gives (a sample or two a tick)."""
 
-    def read_until(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+
+class PressureSource(Protocol):
+    """The pressure the coach reads: the probe on its ADC, or a simulated pelvic floor."""
+
+    @property
+    def sample_rate_hz(self) -> float: ...
+
+    def read_until(self, t: float) -> tuple[Samples, Samples]:
         """Samples with times in (last call's t, t]: (times_s, pressure_cmh2o)."""
 
     @property
