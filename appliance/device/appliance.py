@@ -36,7 +36,7 @@ from appliance.device.health import Health, HealthChecks, file_signature
 from appliance.device.service import Notifier, Signals, WatchdogFeeder
 from appliance.device.sinks import EventWriter, GuardedStoreSink
 from appliance.device.wiring import CONTROL_TICK_S, SessionParts, build_session
-from appliance.events import Event, Sink
+from appliance.events import Event, EventKind, Sink
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ class Appliance(HealthChecks):
         self.ready_after_s = process_age_s()
         self.notifier.ready(status)
         log.warning("%s (%.2f s after process start)", status, self.ready_after_s or -1.0)
-        self._emit_service("service", state="ready", status=status, ready_after_s=self.ready_after_s)
+        self._emit_service(EventKind.SERVICE, state="ready", status=status, ready_after_s=self.ready_after_s)
 
     def _open_audio(self, cfg: DeviceConfig) -> None:
         """The speaker (always watched) and, unless audio is off, the rendered phrases."""
@@ -443,7 +443,7 @@ class Appliance(HealthChecks):
         t = self.clock.now() - self.t0
         data = {"phrase": phrase, "text": self.catalogue.text(phrase) if self.catalogue else "",
                 "lang": self.lang, "at": round(t, 3)}
-        event = Event(t, "say", data)
+        event = Event(t, EventKind.SAY, data)
         if self.idle_audio is not None:
             try:
                 self.idle_audio.emit(event)
@@ -454,7 +454,7 @@ class Appliance(HealthChecks):
         for sink in self._room:
             sink.emit(event)
         if self.session is not None and self.store_sink is not None:
-            self.store_sink.emit(Event(self.session.session_time(), "say", data))
+            self.store_sink.emit(Event(self.session.session_time(), EventKind.SAY, data))
 
     def _say_needs_clinic(self) -> None:
         self._announce("device.needs_clinic")
@@ -468,10 +468,10 @@ class Appliance(HealthChecks):
         self._announce_voice_faults()
         self._show(ActivityState.READY)
         self.notifier.status("ready")
-        self._emit_service("service", state="ready", status=status)
+        self._emit_service(EventKind.SERVICE, state="ready", status=status)
         self._prepare_phrases_in_background()
 
-    def _emit_service(self, kind: str, **data: Any) -> None:
+    def _emit_service(self, kind: EventKind, **data: Any) -> None:
         if self.events is not None:
             self.events.emit(Event(self.clock.now() - self.t0, kind, data))
 
@@ -537,11 +537,11 @@ class Appliance(HealthChecks):
             self._announce("device.probe")
             self._show(ActivityState.NEEDS_ATTENTION)
             return
-        session = self._build(plan, probe)
+        session, store_sink = self._build(plan, probe)
         self.session = session
         # What was applied, stored with the session: the report draws these, not a replay.
         targets = {e.id: e.target_pct_mvc for e in plan.programme.exercises}
-        self.store_sink.emit(Event(0.0, "plan", {"short_set": plan.short_set, "perfect": plan.perfect,
+        store_sink.emit(Event(0.0, EventKind.PLAN, {"short_set": plan.short_set, "perfect": plan.perfect,
                                                  "postop": bool(plan.day and plan.day.postop),
                                                  "stim": plan.stim_allowed, "targets": targets,
                                                  "announce": list(plan.announce)}))
@@ -555,16 +555,17 @@ class Appliance(HealthChecks):
             finally:
                 self._after_session(session, plan)
 
-    def _build(self, plan: Any, probe: Any) -> Session:
+    def _build(self, plan: Any, probe: Any) -> tuple[Session, GuardedStoreSink]:
         """The session for this plan through the one wiring (appliance.device.wiring)."""
         from appliance.store import StoreSink
 
         assert self.config is not None
         self.store.keep_samples = not self.health.disk_low
-        self.store_sink = GuardedStoreSink(
+        store_sink = GuardedStoreSink(
             StoreSink(self.store, self.clock, plan.programme.id, self.lang,
                       patient_code=self.rx.code if self.rx is not None else None,
                       source=self.edges.name))
+        self.store_sink = store_sink
         audio, timing = self._session_audio()
         extra: list[Sink] = []
         if self.events is not None:
@@ -576,13 +577,13 @@ class Appliance(HealthChecks):
             programme = replace(programme, intro=tuple(plan.announce) + tuple(programme.intro))
         pace = self.options.pace or plan.pace
         built = build_session(programme, self.catalogue, self.clock, SessionParts(
-            source=probe, store=self.store_sink, audio=audio, timing=self.options.timing or timing,
+            source=probe, store=store_sink, audio=audio, timing=self.options.timing or timing,
             sinks=extra, pace=pace, calibration=self.options.calibration or _calibration(plan.calibration),
             volume=self.config.audio.volume,
             more_phrase=plan.day.more_phrase if plan.day is not None else None,
             tz=self.rx.tz if self.rx is not None else None))
         self.source = built.source
-        return built.session
+        return built.session, store_sink
 
     def _session_audio(self) -> tuple[Any, Any]:
         if self.bank is None:
@@ -731,7 +732,7 @@ class Appliance(HealthChecks):
                 for phrase in r.phrases:
                     self._say_if_known(phrase)
                 self._pending_reminder = (r, self.clock.now())
-                self._emit_service("reminder", slot=r.slot, local=r.local.isoformat())
+                self._emit_service(EventKind.REMINDER, slot=r.slot, local=r.local.isoformat())
             return
         if not Signals.take(self._timer_reminder):
             return

@@ -199,7 +199,7 @@ class SimulatedSpeaker:
                 self.wav.render_until(t)
             self.wav.render_until(t + 0.25)
         self._stopped = True
-        self.clock.remove_observer(self._pull)  # type: ignore[attr-defined]
+        self.clock.remove_observer(self._pull)
         if self.wav is not None:
             self.wav.close()
 
@@ -395,7 +395,7 @@ class SimulatedEdges:
 
     def listener(self, config: DeviceConfig, state_dir: Path, on_command: OnCommand,
                  monitor: Any) -> CommandListener | None:
-        self.voice = SimulatedVoice(self.clock, on_command, monitor, self.rng,  # type: ignore[arg-type]
+        self.voice = SimulatedVoice(self.clock, on_command, monitor, self.rng,
                                     self.start_after_ready and self.simulated_time,
                                     self.start_after_ready_s, self.adherence)
         for t, cmd in self._said:

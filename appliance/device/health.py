@@ -11,14 +11,18 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from appliance.device.controls import ActivityState
 from appliance.device.service import take_announcements
 from appliance.sensor.base import ProbeStatus
 
 if TYPE_CHECKING:
-    from appliance.device.appliance import Appliance
+    from appliance.coach.session import Session
+    from appliance.device.appliance import RunOptions
+    from appliance.device.edges import Edges
+    from appliance.device.sinks import GuardedStoreSink
+    from appliance.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +63,40 @@ def file_signature(path: Path) -> tuple[int, int, int, int] | None:
 
 
 class HealthChecks:
-    """The supervisor's periodic checks (a mixin of `Appliance`)."""
+    """The supervisor's periodic checks (a mixin of `Appliance`, which sets these up)."""
 
-    def _check_health(self: Appliance, now: float, in_session: bool) -> None:
+    options: RunOptions
+    edges: Edges
+    health: Health
+    session: Session | None
+    source: Any
+    store: Store | None
+    store_sink: GuardedStoreSink | None
+    catalogue: Any
+    lang: str
+    output: Any
+    listener: Any
+    _speaker_since: float | None
+    _next_health: float
+    _next_disk: float
+    _next_mic_retry: float
+    _samples_dropped_seen: int
+    _watched: tuple | None
+    _clinic_changed: bool
+
+    def _announce(self, phrase: str, warning: str | None = None) -> None:
+        raise NotImplementedError
+
+    def _show(self, state: ActivityState) -> None:
+        raise NotImplementedError
+
+    def _clinic_signature(self) -> tuple:
+        raise NotImplementedError
+
+    def _follow_clinic(self) -> None:
+        raise NotImplementedError
+
+    def _check_health(self, now: float, in_session: bool) -> None:
         if self.session is not None:
             self._check_probe(now)
         if now < self._next_health:
@@ -75,7 +110,7 @@ class HealthChecks:
             self._next_disk = now + DISK_CHECK_S
             self._check_disk()
 
-    def _check_clinic_files(self: Appliance) -> None:
+    def _check_clinic_files(self) -> None:
         """An enroll, a stick or a wipe changed the prescription or replaced the database:
         a running session stops cleanly; the next one follows what is on disk now."""
         if self._watched is None:
@@ -93,7 +128,7 @@ class HealthChecks:
         else:
             self._follow_clinic()
 
-    def _check_inbox(self: Appliance) -> None:
+    def _check_inbox(self) -> None:
         """Phrases other processes asked for (the clinic stick service): say them."""
         for phrase in take_announcements(self.options.state_dir):
             if self.catalogue is not None and self.catalogue.has(phrase):
@@ -101,7 +136,7 @@ class HealthChecks:
             else:
                 log.error("announcement %r is not a phrase in %s", phrase, self.lang)
 
-    def _check_probe(self: Appliance, now: float) -> None:
+    def _check_probe(self, now: float) -> None:
         status = getattr(self.source, "status", ProbeStatus.OK)
         if status is ProbeStatus.OK:
             self.health.probe_bad_since = None
@@ -115,7 +150,7 @@ class HealthChecks:
             self.health.probe_logged = True
             log.warning("probe fault: %s", status.value)
 
-    def _check_speaker(self: Appliance, now: float) -> None:
+    def _check_speaker(self, now: float) -> None:
         out = self.output
         if out is None or self._speaker_since is None:
             return
@@ -130,7 +165,7 @@ class HealthChecks:
             log.error("speaker unavailable: %s (retrying)", self.health.speaker)
             self._show(ActivityState.NEEDS_ATTENTION)
 
-    def _check_microphone(self: Appliance, now: float) -> None:
+    def _check_microphone(self, now: float) -> None:
         lst = self.listener
         if lst is None or getattr(lst, "detector", None) is None:
             return
@@ -147,7 +182,7 @@ class HealthChecks:
                 self.health.microphone = None
                 self._announce("device.microphone_back", warning="microphone_back")
 
-    def _check_disk(self: Appliance) -> None:
+    def _check_disk(self) -> None:
         low = False
         try:
             low = self.edges.free_bytes(self.options.state_dir) < LOW_DISK_BYTES
