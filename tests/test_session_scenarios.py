@@ -77,8 +77,10 @@ def test_exercise_3_releases_in_three_equal_steps():
     plateaus = [p for p in rep2 if p["phase"] == "hold"]
     full, two_thirds, one_third = (trace.mean_between(p["start"] + 0.8, p["end"]) for p in plateaus)
     assert full > two_thirds > one_third > 5
-    steps = [full - two_thirds, two_thirds - one_third]
-    assert max(steps) / min(steps) < 1.6
+    # Each plateau within 5 %MVC of the level asked (a ratio of the two steps swung from 1.2
+    # to 1.7 over seeds: the patient settles a few %MVC under the middle step).
+    for measured, asked in zip((full, two_thirds, one_third), (p["level_pct"] for p in plateaus), strict=True):
+        assert abs(measured - asked) < 5.0, (measured, asked)
 
 
 def test_exercise_4_goes_up_three_floors_and_down_three():
