@@ -24,8 +24,7 @@ from appliance.patient.progress import (
     weekly_progress,
 )
 from appliance.patient.reminders import short_set as make_short_set
-
-STIM_EXERCISE_ID = "stim"
+from appliance.stim import STIM_EXERCISE_ID
 
 
 @dataclass(frozen=True)

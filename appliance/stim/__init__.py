@@ -8,13 +8,13 @@ drives it low. Split by idea:
 - `line`: the `Line` protocol, `StimLine` + `StimWatchdog` (in-process) and
   `RelayedLine` (the device's line, held by the relay process), exit handlers;
 - `relay`: the small separate process that holds the pin on a 200 ms lease;
-- `controller`: `StimController`, every interlock in one decision, and `open_stim`;
-- `exercise`: the stim exercise in a programme (the only module importing the coach).
+- `controller`: `StimController`, every interlock in one decision, and `open_stim`.
+
+The package imports nothing above it (no coach, no patient plan): putting the stim
+exercise into a programme is the day plan's job (`appliance.patient.today`).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from appliance.stim.controller import (
     PHRASE_BEGINS,
@@ -54,15 +54,6 @@ __all__ = [
     "RelayedLine", "StimContext", "StimController", "StimCue", "StimLimits", "StimLine",
     "StimMode", "StimPrescription", "StimState", "StimWatchdog", "drive_low",
     "install_exit_handlers", "open_relayed_line", "open_stim", "parse_stim_prescription",
-    "postoperative", "stim_sessions_on", "with_stim_exercise",
+    "postoperative", "stim_sessions_on",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # `with_stim_exercise` imports the coach: loaded on first use only, so that importing
-    # the stim package (the relay process, the coach itself) never imports the coach
-    if name == "with_stim_exercise":
-        from appliance.stim.exercise import with_stim_exercise
-
-        return with_stim_exercise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
