@@ -341,8 +341,7 @@ class Session(Planning, Measuring, Commanding):
     def attach_stim(self, controller: StimController) -> None:
         """Run the stim exercise with this controller: its events go to the sinks."""
         self.stim = controller
-        controller.emit = lambda e: self._emit_at(e.t, e.kind, **e.data)
-        controller.announce_lead = self.timing.keyword_offset
+        controller.bind(lambda e: self._emit_at(e.t, e.kind, **e.data), self.timing.keyword_offset)
 
     def _tick_stim(self, t: float) -> None:
         stim = self.stim

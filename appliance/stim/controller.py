@@ -122,6 +122,12 @@ class StimController:
         self.work_phases = 0
         self._sessions_by_day: dict[date, int] = {}
 
+    def bind(self, emit: Callable[[Event], None], keyword_offset: Callable[[str], float]) -> None:
+        """The session's side of the controller: where its events go, and how long each cue
+        takes from its start to its keyword (so "now" lands as the line goes high)."""
+        self.emit = emit
+        self.announce_lead = keyword_offset
+
     # -- queries --
     @property
     def line_high(self) -> bool:
