@@ -58,7 +58,8 @@ def record_types(payload: bytes) -> tuple[int, list[int]]:
 def decode_record(payload: bytes, header: tuple[int, list[int]] | None = None) -> tuple[Any, ...]:
     """The values of one record (SQLite's record format); ValueError when it does not decode."""
     header_len, types = header or record_types(payload)
-    pos, values = header_len, []
+    pos = header_len
+    values: list[Any] = []
     for t in types:
         if t == 0:
             values.append(None)

@@ -108,6 +108,13 @@ def _sql_value(value: Any) -> Any:
     return value.item() if callable(getattr(value, "item", None)) else value
 
 
+def _inserted(cur: sqlite3.Cursor) -> int:
+    """The rowid an INSERT gave its row (SQLite always gives one)."""
+    if cur.lastrowid is None:
+        raise sqlite3.OperationalError("the INSERT gave no rowid")
+    return cur.lastrowid
+
+
 def to_json(data: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False, default=_plain)
 
@@ -453,20 +460,20 @@ class Store:
 
     def start_session(self, when: datetime, programme: str, lang: str, patient_code: str | None = None,
                       source: str = "device") -> int:
-        return self._write(lambda: int(self.db.execute(
+        return self._write(lambda: _inserted(self.db.execute(
             "INSERT INTO sessions(started_utc, programme, lang, patient_code, source) VALUES (?,?,?,?,?)",
             (when.isoformat(), programme, lang, patient_code, source),
-        ).lastrowid))
+        )))
 
     def set_calibration(self, session_id: int, rest: float, mvc: float, band: str) -> None:
         self._write(lambda: self.db.execute("UPDATE sessions SET rest_cmh2o=?, mvc_cmh2o=?, oxford_band=? WHERE id=?",
                                             (rest, mvc, band, session_id)))
 
     def start_exercise(self, session_id: int, exercise: str, position: int, when: datetime) -> int:
-        return self._write(lambda: int(self.db.execute(
+        return self._write(lambda: _inserted(self.db.execute(
             "INSERT INTO exercises(session_id, exercise, position, started_utc) VALUES (?,?,?,?)",
             (session_id, exercise, position, when.isoformat()),
-        ).lastrowid))
+        )))
 
     def end_exercise(self, row: int, status: str, when: datetime) -> None:
         self._write(lambda: self.db.execute("UPDATE exercises SET status=?, ended_utc=? WHERE id=?",
@@ -502,7 +509,7 @@ class Store:
                 cur = self.db.execute(sql, row)
                 if with_pending:
                     self._write_pending()
-            return int(cur.lastrowid)
+            return _inserted(cur)
 
         self._space_back()
         try:

@@ -262,7 +262,8 @@ def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_rep
             damage = StoreDamaged(db_path(state_dir), f"has rows that cannot be read ({exc})")
     found = salvage(db_path(state_dir)) if damage is not None else None
     if found is not None and not (found.sessions or found.repetitions):
-        raise ClinicRefusal(f"the database {db_path(state_dir)} {damage.reason}, and no session of patient "
+        raise ClinicRefusal(f"the database {db_path(state_dir)} {damage.reason if damage else 'is damaged'}, "
+                            f"and no session of patient "
                             f"{enrolment.code} could be read from it; nothing to export (the file is kept)")
     out_dir = Path(out_dir)
     if out_dir.resolve().is_relative_to(state_dir.resolve()):
@@ -284,7 +285,8 @@ def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_rep
             # rows that fit the schema are exported as from any damaged file.
             damage = StoreDamaged(db_path(state_dir), f"has rows that cannot be read or used ({exc})")
             found = salvage(db_path(state_dir))
-    return _export_salvaged(found, damage.reason, target, enrolment.code, rx, with_report, prescription_path(state_dir))
+    reason = damage.reason if damage else "is damaged"
+    return _export_salvaged(found, reason, target, enrolment.code, rx, with_report, prescription_path(state_dir))
 
 
 def _export_salvaged(found: Salvaged, reason: str, target: Path, code: str, rx: Prescription | None, with_report: bool,
