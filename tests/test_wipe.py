@@ -13,8 +13,8 @@ from appliance.clinic.enrolment import DEVICE_FILES, enroll, fingerprints, patie
 
 @pytest.fixture(scope="module")
 def weeks(tmp_path_factory):
-    """Three weeks of a patient's sessions, as the device leaves them (WAL included)."""
-    return filled_state_dir(tmp_path_factory.mktemp("wipe"), days=21)
+    """Two weeks of a patient's sessions, as the device leaves them (WAL included)."""
+    return filled_state_dir(tmp_path_factory.mktemp("wipe"), days=14)
 
 
 def _all_bytes(state):

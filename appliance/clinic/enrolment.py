@@ -95,7 +95,7 @@ def patient_files(state_dir: Path) -> list[Path]:
     state_dir = Path(state_dir)
     if not state_dir.exists():
         return []
-    out = []
+    out: list[Path] = []
     for entry in sorted(state_dir.iterdir()):
         if entry.name == "cache" and entry.is_dir() and not entry.is_symlink():
             # Only cache/speech is the unit's; anything else in the cache is the patient's.
