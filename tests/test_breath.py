@@ -137,24 +137,27 @@ def test_follower_keeps_the_paced_rhythm_when_the_breath_is_unclear_or_far(confi
     assert follower.decisions[-1][1] is False
 
 
-def cue_errors(patient):
-    result = simulate(patient=patient, seed=5, max_seconds=600.0, fault_rate=0.0, follow_breath=True)
-    outs = np.array([t for t, k in result.floor.true_breath_transitions if k == "out"])
-    decisions = result.session.breath_follower.decisions
-    # Decisions are in clock time, the floor's breaths in session seconds.
-    t0 = result.session.t0
-    followed = [np.min(np.abs(outs - (now - t0 + s))) for now, f, s in decisions if f]
-    paced = [np.min(np.abs(outs - (now - t0 + s))) for now, f, s in decisions if not f]
-    return np.array(followed), np.array(paced), len(decisions)
+def cue_errors(patient, seeds=(5,)):
+    followed, paced, decisions = [], [], 0
+    for seed in seeds:
+        result = simulate(patient=patient, seed=seed, max_seconds=600.0, fault_rate=0.0, follow_breath=True)
+        outs = np.array([t for t, k in result.floor.true_breath_transitions if k == "out"])
+        # Decisions are in clock time, the floor's breaths in session seconds.
+        t0 = result.session.t0
+        for now, f, s in result.session.breath_follower.decisions:
+            (followed if f else paced).append(np.min(np.abs(outs - (now - t0 + s))))
+        decisions += len(result.session.breath_follower.decisions)
+    return np.array(followed), np.array(paced), decisions
 
 
 @pytest.mark.parametrize("patient", ["quick_breather", "calm_breather"])
 def test_contract_cues_land_on_a_regular_breathers_out_breath(patient):
-    followed, paced, _ = cue_errors(patient)
-    assert len(followed) >= 2
-    # On the device's path (5 ms tick, observations on) the calm breather gets three
-    # followed cues in 10 minutes; one lands 0.63 s off, so two in three is the bar.
-    assert np.mean(followed <= 0.35) >= 0.66, np.round(followed, 2)
+    # Pooled over four seeds: the calm breather's breath is clear enough to follow in only
+    # 0-3 of a session's 19 decisions in its first ten minutes (how many depends on how her
+    # rhythm meets the coach's rests), so one seed is too few to measure how well they land.
+    followed, paced, _ = cue_errors(patient, seeds=(5, 6, 7, 8))
+    assert len(followed) >= 4
+    assert np.mean(followed <= 0.35) >= 0.8, np.round(followed, 2)
     assert np.median(followed) < np.median(paced)  # paced cues fall anywhere in her breath
 
 

@@ -37,7 +37,8 @@ def toml_value(value) -> str:
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, str):
-        return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\u{ord(c):04x}" for c in value) + '"'
+        return '"' + "".join(c if c.isprintable() and c not in '"\\' else
+                             (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}") for c in value) + '"'
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(type(value))
@@ -49,10 +50,10 @@ def to_toml(table: dict, prefix: str = "") -> str:
     table = {k: v for k, v in table.items() if v is not None}
     plain = {k: v for k, v in table.items() if not isinstance(v, dict)}
     lines = [f"[{prefix}]"] if prefix and plain else []
-    lines += [f'"{k}" = {toml_value(v)}' for k, v in plain.items()]
+    lines += [f"{toml_value(k)} = {toml_value(v)}" for k, v in plain.items()]
     for k, v in table.items():
         if isinstance(v, dict):
-            lines.append(to_toml(v, f'{prefix}."{k}"' if prefix else f'"{k}"'))
+            lines.append(to_toml(v, f"{prefix}.{toml_value(k)}" if prefix else toml_value(k)))
     return "\n".join(lines)
 
 
