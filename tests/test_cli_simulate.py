@@ -33,6 +33,25 @@ def test_a_bad_say_option_is_one_clear_sentence_and_a_non_zero_exit(tmp_path):
     assert r.returncode != 0 and "unknown command 'dance'" in r.stderr
 
 
+def test_wrong_places_and_numbers_are_one_sentence_each_and_nothing_is_written(tmp_path):
+    afile = tmp_path / "a-file"
+    afile.write_text("keep me\n")
+    cases = [
+        (("simulate", "--out", str(afile)), "--out"),
+        (("simulate",), "--out DIR is required"),
+        (("simulate", "--days", "14"), "--days needs --state-dir"),
+        (("simulate", "--days", "0", "--state-dir", str(tmp_path / "s")), "--days 0"),
+        (("simulate", "--days", "3", "--state-dir", str(tmp_path / "s"), "--start", "3 March"), "--start '3 March'"),
+        (("simulate", "--days", "3", "--state-dir", str(afile)), "--state-dir"),
+    ]
+    for args, named in cases:
+        r = appliance(*args)
+        assert r.returncode != 0, args
+        err = r.stderr.strip()
+        assert named in err and "Traceback" not in err and len(err.splitlines()) == 1, (args, err)
+    assert afile.read_text() == "keep me\n"
+
+
 def test_a_malformed_device_config_names_file_key_and_value(tmp_path):
     cfg = tmp_path / "appliance.toml"
     cfg.write_text('[audio]\nsample_rate = "fast"\n')

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_run import STIM_RX as _RUN_STIM_RX
 
 from appliance.cli import main
@@ -223,3 +224,15 @@ def test_a_wipe_during_a_session_stops_it_cleanly_and_the_line_stays_low(tmp_pat
     assert "device.clinic_changed" in result.appliance.health.spoken
     assert not any(x.is_active for x in result.appliance.edges.stim_lines)
     assert not (state / "prescription.toml").exists()
+
+
+def test_the_prescribed_breathing_paces_the_session(tmp_path):
+    """`[breathing]` was validated and then ignored by the device."""
+    text = ('[patient]\ncode = "GNT-2026-0042"\n[reminders]\nenabled = false\n'
+            '[breathing]\ninhale_s = 5.0\nexhale_s = 8.0\n')
+    state = enrolled(tmp_path, text, datetime(2026, 6, 1, 8, tzinfo=UTC))
+    result = simulate(state_dir=state, patient="irregular_breather", seed=2, lang=None, max_seconds=200.0,
+                      start_wall=datetime(2026, 6, 2, 9, tzinfo=UTC))
+    assert (result.session.pace.inhale_s, result.session.pace.exhale_s) == (5.0, 8.0)
+    inhales = [e.data["end"] - e.data["start"] for e in result.log.of("phase") if e.data["phase"] == "inhale"]
+    assert inhales and np.median(inhales) == pytest.approx(5.0, abs=0.05)
