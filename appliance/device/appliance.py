@@ -18,8 +18,7 @@ import sqlite3
 import threading
 import tomllib
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,23 +26,22 @@ from typing import Any, TextIO
 from appliance.clock import Clock
 from appliance.coach.pacing import Pace
 from appliance.coach.runner import ScriptedCommand
-from appliance.coach.session import Calibration, PhraseTiming, Session, State
+from appliance.coach.session import Calibration, PhraseTiming, Session
 from appliance.commands import Command
 from appliance.config import ConfigError, ControlsConfig, DeviceConfig, load_device_config
 from appliance.device.controls import ActivityState, Controls
 from appliance.device.edges import Edges
-from appliance.device.health import Health, HealthChecks, file_signature
+from appliance.device.health import Health, file_signature
+from appliance.device.reminding import REMINDER_CHECK_S, Reminding
 from appliance.device.service import Notifier, Signals, WatchdogFeeder
+from appliance.device.sessions import SessionRecord, SessionRunning
 from appliance.device.sinks import EventWriter, GuardedStoreSink
-from appliance.device.wiring import CONTROL_TICK_S, SessionParts, build_session
+from appliance.device.wiring import CONTROL_TICK_S
 from appliance.events import Event, EventKind, Sink
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "appliance.db"
-REMINDER_HOURS = range(8, 21)  # without a prescription: never remind at night
-REMINDER_CHECK_S = 20.0
-REMINDER_ANSWER_S = 120.0  # "start" or "later" within this long answers the reminder
 DEVICE_PHRASES = (
     "device.ready",
     "device.needs_clinic",
@@ -83,18 +81,7 @@ class RunOptions:
     on_session_end: Callable[[Session], None] | None = None
 
 
-@dataclass
-class SessionRecord:
-    """What a finished session left behind (the simulation reports it)."""
-
-    session: Session
-    source: Any
-    programme: str
-    perfect: dict | None = None
-    said_before: tuple[str, ...] = ()
-
-
-class Appliance(HealthChecks):
+class Appliance(SessionRunning, Reminding):
     """The service: configuration, edges, announcements, the idle loop and sessions."""
 
     def __init__(self, options: RunOptions, edges: Edges, notifier: Notifier | None = None,
@@ -481,218 +468,11 @@ class Appliance(HealthChecks):
             if cmd in (Command.STATUS, Command.START, Command.HELP):
                 self._announce("device.needs_clinic")
             return
-        short = False
-        if self._pending_reminder is not None and cmd in (Command.START, Command.LATER):
-            reminder, asked_at = self._pending_reminder
-            self._pending_reminder = None
-            if self.clock.now() - asked_at <= REMINDER_ANSWER_S and self.reminder_clock:
-                from appliance.patient.reminders import Answer
-
-                answer, phrase = self.reminder_clock.answer(reminder, cmd, _utc(self.clock))
-                if phrase:
-                    self._say_if_known(phrase)
-                short = answer is Answer.START
+        short = self._answer_reminder(cmd)
         if cmd is Command.START:
             self._run_session(source, short_set=short)
         elif cmd in (Command.STATUS, Command.HELP):
             self._announce("device.ready")
-
-    def _todays_plan(self, short_set: bool) -> Any:
-        """What to train now: the prescription on disk now, this week's targets, the day's gates."""
-        from appliance.patient.progress import load_sessions
-        from appliance.patient.today import todays_plan
-
-        rx = self.rx
-        sessions = load_sessions(self.store.path) if rx is not None else []
-        today = self.clock.wall().astimezone(rx.tz if rx is not None else None).date()
-        return todays_plan(rx, self.programme, today, sessions, short_set=short_set,
-                           fixed_programme=self.options.programme is not None
-                           or self.options.programme_file is not None)
-
-    def _wait_for_phrases(self) -> None:
-        while self._bank_thread is not None and self._bank_thread.is_alive():
-            # Clips must be ready before the coach speaks (first boot renders them all);
-            # the loop is alive meanwhile, so the watchdog is fed.
-            self._bank_thread.join(timeout=0.5)
-            self.watchdog.tick()
-
-    def _run_session(self, source: str, short_set: bool = False) -> None:
-        assert self.config is not None
-        self._wait_for_phrases()
-        self._follow_clinic_now()
-        if self.health.needs_clinic or self.store is None:
-            self._say_needs_clinic()
-            return
-        try:
-            plan = self._todays_plan(short_set)
-        except (ConfigError, ValueError, sqlite3.Error) as exc:
-            log.error("today's programme refused: %s", exc)
-            self._announce("device.needs_clinic")
-            return
-        t0 = self.clock.now()
-        try:
-            probe = self.edges.pressure_source(self.config, self.clock, self.options.state_dir, t0)
-        except Exception as exc:
-            log.error("probe unavailable: %s", exc)
-            self._announce("device.probe")
-            self._show(ActivityState.NEEDS_ATTENTION)
-            return
-        session, store_sink = self._build(plan, probe)
-        self.session = session
-        # What was applied, stored with the session: the report draws these, not a replay.
-        targets = {e.id: e.target_pct_mvc for e in plan.programme.exercises}
-        store_sink.emit(Event(0.0, EventKind.PLAN, {"short_set": plan.short_set, "perfect": plan.perfect,
-                                                 "postop": bool(plan.day and plan.day.postop),
-                                                 "stim": plan.stim_allowed, "targets": targets,
-                                                 "announce": list(plan.announce)}))
-        with self._open_stim(plan) as stim:
-            if stim is not None:
-                session.attach_stim(stim)
-            session.command(Command.START, source=source)
-            self._show(ActivityState.IN_SESSION)
-            try:
-                self._control_loop(session)
-            finally:
-                self._after_session(session, plan)
-
-    def _build(self, plan: Any, probe: Any) -> tuple[Session, GuardedStoreSink]:
-        """The session for this plan through the one wiring (appliance.device.wiring)."""
-        from appliance.store import StoreSink
-
-        assert self.config is not None
-        self.store.keep_samples = not self.health.disk_low
-        store_sink = GuardedStoreSink(
-            StoreSink(self.store, self.clock, plan.programme.id, self.lang,
-                      patient_code=self.rx.code if self.rx is not None else None,
-                      source=self.edges.name))
-        self.store_sink = store_sink
-        audio, timing = self._session_audio()
-        extra: list[Sink] = []
-        if self.events is not None:
-            extra.append(self.events)
-        extra.extend(self.edges.session_sinks())
-        extra.extend(self._room)
-        programme = plan.programme
-        if plan.announce:
-            programme = replace(programme, intro=tuple(plan.announce) + tuple(programme.intro))
-        pace = self.options.pace or plan.pace
-        built = build_session(programme, self.catalogue, self.clock, SessionParts(
-            source=probe, store=store_sink, audio=audio, timing=self.options.timing or timing,
-            sinks=extra, pace=pace, calibration=self.options.calibration or _calibration(plan.calibration),
-            volume=self.config.audio.volume,
-            more_phrase=plan.day.more_phrase if plan.day is not None else None,
-            tz=self.rx.tz if self.rx is not None else None))
-        self.source = built.source
-        return built.session, store_sink
-
-    def _session_audio(self) -> tuple[Any, Any]:
-        if self.bank is None:
-            return None, None
-        from appliance.voice.output import AudioSink
-        from appliance.voice.speech import RenderedTiming
-        from appliance.voice.tone import ToneMapping, ToneShaper
-
-        assert self.config is not None
-        a = self.config.audio
-        audio = AudioSink(self.mixer, self.bank,
-                          ToneShaper(ToneMapping(a.tone_rest_hz, a.tone_target_hz), always_on=a.tone_always_on),
-                          output=None, base_rate_wpm=a.speech_rate_wpm)
-        return audio, RenderedTiming(self.bank)
-
-    def _control_loop(self, session: Session) -> None:
-        from appliance.coach.runner import run as run_loop
-
-        def on_tick(now: float) -> None:
-            self.watchdog.tick()
-            while not self.commands.empty():
-                cmd, src = self.commands.get_nowait()
-                session.command(cmd, source=src)
-            self._check_health(now, in_session=True)
-            if self.controls is not None and self.controls.state is not ActivityState.NEEDS_ATTENTION:
-                self.controls.show(ActivityState.PAUSED if session.state is State.PAUSED
-                                   else ActivityState.IN_SESSION)
-
-        def should_stop() -> bool:
-            if self.signals.stop.is_set() and not session.finished:
-                session.command(Command.STOP, source="service")
-            return self.signals.stop.is_set()
-
-        run_loop(session, self.source, self.clock, tick_s=self.options.tick_s, script=self.options.script,
-                 max_seconds=self.options.max_session_s, on_tick=on_tick, should_stop=should_stop)
-
-    def _after_session(self, session: Session, plan: Any) -> None:
-        try:
-            self.store.flush()
-        except sqlite3.Error as exc:
-            log.error("flushing the store: %s", exc)
-        self.source.close()
-        record = SessionRecord(session, self.source, plan.programme.id, said_before=tuple(plan.announce))
-        self.session = None
-        self.sessions_run += 1
-        self._last_set_known = False
-        if plan.perfect and self.store_sink is not None and not self._clinic_changed:
-            record.perfect = self._score_perfect(session)
-        self.records.append(record)
-        self._show(ActivityState.NEEDS_ATTENTION if self.health.faulty else ActivityState.READY)
-        if self._clinic_changed:
-            self._clinic_changed = False
-            self._announce("device.clinic_changed")
-            self._follow_clinic()
-        if self.options.on_session_end is not None:
-            self.options.on_session_end(session)
-
-    def _score_perfect(self, session: Session) -> dict | None:
-        """The weekly PERFECT assessment: scored, stored with its session, told in a sentence or two."""
-        from appliance.patient.progress import assess_perfect, load_sessions, perfect_summary, store_perfect
-
-        sid = self.store_sink.session_id if self.store_sink is not None else None
-        if sid is None or session.outcome != "done":
-            return None
-        try:
-            result = assess_perfect(self.store.path, sid)
-            if result is None:
-                return None
-            before = [s["perfect"] for s in load_sessions(self.store.path) if s["perfect"] and s["id"] != sid]
-            store_perfect(self.store.path, sid, result)
-        except sqlite3.Error as exc:
-            log.error("storing the PERFECT assessment: %s", exc)
-            return None
-        from appliance.patient.progress import Perfect
-
-        previous = Perfect(**before[-1]) if before else None
-        for phrase in perfect_summary(result, previous):
-            self._say_if_known(phrase)
-        return result.as_dict()
-
-    def _follow_clinic_now(self) -> None:
-        """At every session start: the prescription and database as they are on disk now."""
-        sig = self._clinic_signature()
-        if sig != self._watched:
-            self._follow_clinic()
-        else:
-            self._load_prescription()  # cheap, and a same-second rewrite keeps its mtime
-
-    def _open_stim(self, plan: Any) -> AbstractContextManager[Any]:
-        """The stim line for this session when today's plan allows it, else a no-op context."""
-        if not plan.stim_allowed or self.rx is None or self.rx.stim is None:
-            return nullcontext(None)
-        from appliance.stim import open_stim, stim_sessions_on
-
-        assert self.config is not None and self.store is not None
-        store, tz = self.store, self.rx.tz
-
-        def sessions_on(day: Any) -> int:
-            try:
-                return stim_sessions_on(store, day, tz)
-            except (sqlite3.Error, TypeError) as exc:
-                log.error("cannot count today's stimulation sessions (%s): no stimulation", exc)
-                return 10**6  # cannot count: refuse rather than exceed the daily limit
-        try:
-            line = self.edges.stim_line(self.config.controls.stim_pin)
-        except Exception as exc:  # the relay could not claim the pin: train without stimulation
-            log.error("stimulation line unavailable, the stim exercise is left out: %s", exc)
-            return nullcontext(None)
-        return open_stim(line, self.rx.stim, sessions_on=sessions_on)
 
     # -- signals -------------------------------------------------------------------------------
     def _reload(self) -> None:
@@ -720,41 +500,6 @@ class Appliance(HealthChecks):
             self._say_needs_clinic()
             return
         self._back_to_ready("ready after reload")
-
-    def _remind(self) -> None:
-        """A reminder, if one is due: the prescription's times (checked every 20 s and on
-        SIGUSR1 from appliance-reminder.timer), else the timer's own times by day."""
-        if self.config is None or self.session is not None or self.health.needs_clinic:
-            return
-        if self.reminder_clock is not None:
-            r = self.reminder_clock.due(_utc(self.clock), self._last_set_utc())
-            if r is not None:
-                for phrase in r.phrases:
-                    self._say_if_known(phrase)
-                self._pending_reminder = (r, self.clock.now())
-                self._emit_service(EventKind.REMINDER, slot=r.slot, local=r.local.isoformat())
-            return
-        if not Signals.take(self._timer_reminder):
-            return
-        wall = self.clock.wall().astimezone()
-        day = wall.date().isoformat()
-        if wall.hour not in REMINDER_HOURS or self._last_reminder_day == day + str(wall.hour // 12):
-            return
-        self._last_reminder_day = day + str(wall.hour // 12)
-        self._announce("device.reminder")
-
-    def _last_set_utc(self) -> datetime | None:
-        if self.store is None:
-            return None
-        if not self._last_set_known:
-            try:
-                ended = [s["ended_utc"] for s in self.store.sessions() if s.get("ended_utc")]
-            except sqlite3.Error as exc:
-                log.error("reading the sessions: %s", exc)
-                ended = []
-            self._last_set = datetime.fromisoformat(max(ended)) if ended else None
-            self._last_set_known = True
-        return self._last_set
 
     def _say_if_known(self, phrase: str) -> None:
         if self.catalogue is not None and self.catalogue.has(phrase):
@@ -784,10 +529,6 @@ def process_age_s() -> float | None:
         return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _calibration(measured: tuple[float, float] | None) -> Calibration | None:
-    return Calibration(*measured) if measured is not None else None
 
 
 def _utc(clock: Clock) -> datetime:
