@@ -102,7 +102,7 @@ def test_two_weeks_on_the_device_train_every_day_remind_on_time_and_progress_as_
     week two's repetitions are the ones the progression rule gives (the report's)."""
     from zoneinfo import ZoneInfo
 
-    from appliance.patient.progress import local_day
+    from appliance.patient.progress import local_day, week_phrases
     from appliance.patient.today import training_weeks
 
     state = filled_state_dir(tmp_path, days=14)
@@ -131,6 +131,10 @@ def test_two_weeks_on_the_device_train_every_day_remind_on_time_and_progress_as_
     for ex in weeks[0].progressed:
         if ex in stored and ex != "ex7":
             assert stored[ex] > weeks[0].targets[ex]
+    # The week's news is told once, at week two's first session (Monday's 08:30 short set).
+    told = [plans[s["id"]].get("announce", []) for s in week2 if s["id"] in plans]
+    expected = week_phrases(weeks)
+    assert told[0] == expected and not any(told[1:])
 
 
 def _plans(state):

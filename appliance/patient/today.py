@@ -13,6 +13,7 @@ from datetime import date, timedelta
 from zoneinfo import ZoneInfo
 
 from appliance.coach.pacing import Pace
+from appliance.coach.plan import Calibration
 from appliance.coach.programme import PhaseKind, Programme, load_programme
 from appliance.patient.prescription import DayPlan, Prescription, plan_for_day, prescribed_programme
 from appliance.patient.progress import (
@@ -38,7 +39,7 @@ class TodaysPlan:
     perfect: bool = False  # the weekly PERFECT assessment, scored when it ends
     short_set: bool = False
     week: Week | None = None  # this week's targets (None without a prescription)
-    calibration: tuple[float, float] | None = None  # (rest, MVC) cmH2O measured earlier today
+    calibration: Calibration | None = None  # measured earlier today
 
     @property
     def stim_allowed(self) -> bool:
@@ -105,15 +106,16 @@ def todays_plan(rx: Prescription | None, default: Programme, today: date, sessio
     weeks, _, _ = training_weeks(sessions, rx, today)
     week = weeks[-1] if weeks else None
     current = progressed_prescription(rx, weeks)
+    # The week's news is told at its first session, whatever kind: a short set or the
+    # Monday PERFECT come first as often as the main session does.
+    announce = tuple(week_phrases(weeks)) if _first_of_week(sessions, rx.tz, today) else ()
     if not short_set and perfect_due(sessions, rx, today):
-        return TodaysPlan(load_programme(PERFECT_PROGRAMME), None, pace=rx.breathing.pace, perfect=True, week=week)
+        return TodaysPlan(_said_first(announce, load_programme(PERFECT_PROGRAMME)), None, announce,
+                          pace=rx.breathing.pace, perfect=True, week=week)
     unlock = rx.unlock_date
     seen = unlock is not None and any(local_day(s["started_utc"], rx.tz) >= unlock and s["programme"] == rx.programme
                                       for s in sessions)
     day = plan_for_day(current, today, full_programme_seen_since_unlock=seen)
-    announce: tuple[str, ...] = ()
-    if not short_set and _first_of_week(sessions, rx.tz, today):
-        announce = tuple(week_phrases(weeks))
     programme = day.programme
     calibration = None
     if short_set:
@@ -122,19 +124,23 @@ def todays_plan(rx: Prescription | None, default: Programme, today: date, sessio
         calibration = todays_calibration(sessions, rx.tz, today, programme.id)
     elif day.stim_allowed:
         programme = with_stim_exercise(programme)
-    return TodaysPlan(programme, day, announce, rx.breathing.pace, short_set=short_set, week=week,
-                      calibration=calibration)
+    return TodaysPlan(_said_first(announce, programme), day, announce, rx.breathing.pace, short_set=short_set,
+                      week=week, calibration=calibration)
 
+
+def _said_first(announce: tuple[str, ...], programme: Programme) -> Programme:
+    """The programme with `announce` said before its own intro."""
+    return replace(programme, intro=announce + programme.intro) if announce else programme
 
 def todays_calibration(sessions: list[dict], tz: ZoneInfo, today: date,
-                       programme_id: str) -> tuple[float, float] | None:
+                       programme_id: str) -> Calibration | None:
     """The latest (rest, MVC) measured today in a session of the same programme (a post-op
     day's gentle reference squeeze is never taken for a maximal one, nor the other way)."""
     for s in reversed(sessions):
         if s["programme"] != programme_id or local_day(s["started_utc"], tz) != today:
             continue
         if s.get("mvc_cmh2o") is not None and s.get("rest_cmh2o") is not None:
-            return float(s["rest_cmh2o"]), float(s["mvc_cmh2o"])
+            return Calibration(float(s["rest_cmh2o"]), float(s["mvc_cmh2o"]))
     return None
 
 
