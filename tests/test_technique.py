@@ -21,7 +21,7 @@ def judged(result):
 
 def test_bearing_down_is_flagged_with_niet_persen():
     result = simulate(patient="average", seed=11, faults=[Fault.PUSH_DOWN], fault_rate=1.0,
-                      max_seconds=400.0, observe=True)
+                      max_seconds=400.0)
     # Only squeezes of 4 s or more show how slowly the pressure rises (not the 2 s ones).
     reps = [j for j in judged(result) if j.rise_63_s is not None]
     assert len(reps) >= 8
@@ -33,7 +33,7 @@ def test_bearing_down_is_flagged_with_niet_persen():
 
 def test_holding_the_breath_through_a_long_hold_is_flagged_with_houd_uw_adem_niet_in():
     result = simulate(patient="average", seed=12, faults=[Fault.BREATH_HOLD], fault_rate=1.0,
-                      max_seconds=900.0, observe=True)
+                      max_seconds=900.0)
     long_holds = [j for j in judged(result) if j.hold_ripple is not None]
     assert len(long_holds) >= 5
     assert np.mean(["breath_hold" in j.warnings for j in long_holds]) >= 0.7
@@ -42,7 +42,7 @@ def test_holding_the_breath_through_a_long_hold_is_flagged_with_houd_uw_adem_nie
 
 @pytest.mark.parametrize("patient", ["average", "weak", "strong"])
 def test_a_correct_lift_is_rarely_flagged(patient):
-    result = simulate(patient=patient, seed=13, fault_rate=0.0, max_seconds=900.0, observe=True)
+    result = simulate(patient=patient, seed=13, fault_rate=0.0, max_seconds=900.0)
     reps = judged(result)
     assert len(reps) >= 20
     assert np.mean([bool(j.warnings) for j in reps]) <= 0.1

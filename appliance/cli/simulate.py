@@ -54,8 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="first day of the lending period (default: the enrolment day, else today)")
     p.add_argument("--adherence", choices=sorted(ADHERENCE), default="good",
                    help="how the simulated patient keeps to the plan over --days")
-    p.add_argument("--observe", action="store_true", help=argparse.SUPPRESS)  # always on, as on the device
-    p.add_argument("--follow-breath", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 

@@ -149,12 +149,11 @@ def fhir_bundle(sessions: list[dict], code: str, rx: Prescription | None) -> dic
 def _weeks(sessions: list[dict], rx: Prescription | None, tz: ZoneInfo) -> tuple[list[Week], date, date]:
     """The lending period's calendar weeks, with the targets the device trained at: the
     same rule, applied by the same function (appliance.patient.today), as on the device."""
+    if rx is not None:
+        return training_weeks(sessions, rx)
     days = [local_day(s["started_utc"], tz) for s in sessions]
     first, last = min(days), max(days)
-    first = first - timedelta(days=first.weekday())  # calendar weeks start on Monday
-    if rx is None:
-        return [], first, last
-    return training_weeks(sessions, rx)
+    return [], first - timedelta(days=first.weekday()), last  # calendar weeks start on Monday
 
 
 def _header(fig, code: str, rx: Prescription | None, first: date, last: date, title: str) -> None:

@@ -19,7 +19,7 @@ import threading
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,7 +34,7 @@ from appliance.device.edges import Edges
 from appliance.device.health import Health, file_signature
 from appliance.device.reminding import REMINDER_CHECK_S, Reminding
 from appliance.device.service import Notifier, Signals, WatchdogFeeder
-from appliance.device.sessions import SessionRecord, SessionRunning
+from appliance.device.sessions import SessionRecord, SessionRunning, speaker_sink
 from appliance.device.sinks import EventWriter, GuardedStoreSink
 from appliance.device.wiring import CONTROL_TICK_S
 from appliance.events import Event, EventKind, Sink
@@ -136,10 +136,6 @@ class Appliance(SessionRunning, Reminding):
     def command(self, cmd: Command, source: str = "button") -> None:
         """Hand a command to the loop (any thread): button, voice, tests."""
         self.commands.put((cmd, source))
-
-    @property
-    def last_session(self) -> Session | None:
-        return self.records[-1].session if self.records else None
 
     def main(self) -> int:
         try:
@@ -275,9 +271,7 @@ class Appliance(SessionRunning, Reminding):
         if not self.options.audio:
             return
         try:
-            from appliance.voice.output import AudioSink
             from appliance.voice.speech import PhraseBank, SpeechRenderer
-            from appliance.voice.tone import ToneMapping, ToneShaper
 
             renderer = SpeechRenderer(self.options.speech_cache
                                       or self.options.state_dir / "cache" / "speech")
@@ -285,10 +279,8 @@ class Appliance(SessionRunning, Reminding):
                                    rate_wpm=cfg.audio.speech_rate_wpm,
                                    sample_rate=cfg.audio.sample_rate, volume=1.0)
             self.bank.prepare([k for k in DEVICE_PHRASES if self.catalogue.has(k)])
-            shaper = ToneShaper(ToneMapping(cfg.audio.tone_rest_hz, cfg.audio.tone_target_hz),
-                                always_on=False)
-            self.idle_audio = AudioSink(self.mixer, self.bank, shaper, output=None,
-                                        base_rate_wpm=cfg.audio.speech_rate_wpm)
+            # Between sessions only speech: the tone is the session's.
+            self.idle_audio = speaker_sink(self.mixer, self.bank, cfg.audio, tone_always_on=False)
         except Exception as exc:  # speech is not worth dying for: log, carry on in silence
             log.error("speech unavailable: %s", exc)
             self.bank = self.idle_audio = None
@@ -529,10 +521,6 @@ def process_age_s() -> float | None:
         return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _utc(clock: Clock) -> datetime:
-    return clock.wall().astimezone(UTC)
 
 
 def _language_hint(path: Path | None) -> str:

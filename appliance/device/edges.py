@@ -351,16 +351,10 @@ class SimulatedEdges:
         self.extra_room = list(room_sinks)
         self.strength = strength  # the patient's strength now (grows over a lending period)
         self.rng = np.random.default_rng(self.patient.seed + 7919)
-        self.sessions = 0
         self.speaker: SimulatedSpeaker | None = None
         self.voice: SimulatedVoice | None = None
         self.stim_lines: list[Any] = []
         self._said: list[tuple[float, Command]] = []
-        self._closers: list[Callable[[], None]] = []
-
-    @property
-    def seed(self) -> int:
-        return self.patient.seed
 
     @property
     def floors(self) -> list[Any]:
@@ -369,15 +363,14 @@ class SimulatedEdges:
     def pressure_source(self, config: DeviceConfig, clock: Clock, state_dir: Path, t0: float) -> PressureSource:
         if self.strength is not None:
             self.patient.strength = self.strength()
-        floor = self.patient.floor(self.sessions)
-        self.sessions += 1
+        floor = self.patient.floor(len(self.floors))
         source: Any = SessionTimeSource(floor, t0)
         if self.via_adc:
             from appliance.sensor.mcp_sim import ResampledPressure, simulated_adc_probe
 
             sensor = self.via_adc if not isinstance(self.via_adc, bool) else config.sensor
             probe, *_ = simulated_adc_probe(ResampledPressure(source), sensor, clock,
-                                            seed=self.patient.seed + self.sessions)
+                                            seed=self.patient.seed + len(self.floors))
             return _FloorBehindProbe(probe, source)
         return source
 

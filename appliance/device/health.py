@@ -84,17 +84,14 @@ class HealthChecks:
     _watched: tuple | None
     _clinic_changed: bool
 
-    def _announce(self, phrase: str, warning: str | None = None) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # defined by Appliance
+        def _announce(self, phrase: str, warning: str | None = None) -> None: ...
 
-    def _show(self, state: ActivityState) -> None:
-        raise NotImplementedError
+        def _show(self, state: ActivityState) -> None: ...
 
-    def _clinic_signature(self) -> tuple:
-        raise NotImplementedError
+        def _clinic_signature(self) -> tuple: ...
 
-    def _follow_clinic(self) -> None:
-        raise NotImplementedError
+        def _follow_clinic(self) -> None: ...
 
     def _check_health(self, now: float, in_session: bool) -> None:
         if self.session is not None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from appliance.coach.session import Calibration, Session, State
+from appliance.coach.session import Session, State
 from appliance.commands import Command
-from appliance.config import ConfigError, DeviceConfig
+from appliance.config import AudioConfig, ConfigError, DeviceConfig
 from appliance.device.controls import ActivityState, Controls
 from appliance.device.health import HealthChecks
 from appliance.device.service import Signals, WatchdogFeeder
@@ -39,7 +39,6 @@ class SessionRecord:
     source: Any
     programme: str
     perfect: dict | None = None
-    said_before: tuple[str, ...] = ()
 
 
 class SessionRunning(HealthChecks):
@@ -62,20 +61,18 @@ class SessionRunning(HealthChecks):
     _room: list[Sink]
     _last_set_known: bool
 
-    def _say_needs_clinic(self) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # defined by Appliance
+        def _say_needs_clinic(self) -> None: ...
+
+        def _say_if_known(self, phrase: str) -> None: ...
+
+        def _load_prescription(self) -> None: ...
 
     def _open(self) -> Store:
         """The store a session writes to (a session starts only with one open)."""
         if self.store is None:
             raise sqlite3.OperationalError("no database is open")
         return self.store
-
-    def _say_if_known(self, phrase: str) -> None:
-        raise NotImplementedError
-
-    def _load_prescription(self) -> None:
-        raise NotImplementedError
 
     def _todays_plan(self, short_set: bool) -> Any:
         """What to train now: the prescription on disk now, this week's targets, the day's gates."""
@@ -153,13 +150,10 @@ class SessionRunning(HealthChecks):
             extra.append(self.events)
         extra.extend(self.edges.session_sinks())
         extra.extend(self._room)
-        programme = plan.programme
-        if plan.announce:
-            programme = replace(programme, intro=tuple(plan.announce) + tuple(programme.intro))
         pace = self.options.pace or plan.pace
-        built = build_session(programme, self.catalogue, self.clock, SessionParts(
+        built = build_session(plan.programme, self.catalogue, self.clock, SessionParts(
             source=probe, store=store_sink, audio=audio, timing=self.options.timing or timing,
-            sinks=extra, pace=pace, calibration=self.options.calibration or _calibration(plan.calibration),
+            sinks=extra, pace=pace, calibration=self.options.calibration or plan.calibration,
             volume=self.config.audio.volume,
             more_phrase=plan.day.more_phrase if plan.day is not None else None,
             tz=self.rx.tz if self.rx is not None else None))
@@ -169,16 +163,11 @@ class SessionRunning(HealthChecks):
     def _session_audio(self) -> tuple[Any, Any]:
         if self.bank is None:
             return None, None
-        from appliance.voice.output import AudioSink
         from appliance.voice.speech import RenderedTiming
-        from appliance.voice.tone import ToneMapping, ToneShaper
 
         assert self.config is not None
         a = self.config.audio
-        audio = AudioSink(self.mixer, self.bank,
-                          ToneShaper(ToneMapping(a.tone_rest_hz, a.tone_target_hz), always_on=a.tone_always_on),
-                          output=None, base_rate_wpm=a.speech_rate_wpm)
-        return audio, RenderedTiming(self.bank)
+        return speaker_sink(self.mixer, self.bank, a, a.tone_always_on), RenderedTiming(self.bank)
 
     def _control_loop(self, session: Session) -> None:
         from appliance.coach.runner import run as run_loop
@@ -207,7 +196,7 @@ class SessionRunning(HealthChecks):
         except sqlite3.Error as exc:
             log.error("flushing the store: %s", exc)
         self.source.close()
-        record = SessionRecord(session, self.source, plan.programme.id, said_before=tuple(plan.announce))
+        record = SessionRecord(session, self.source, plan.programme.id)
         self.session = None
         self.sessions_run += 1
         self._last_set_known = False
@@ -252,7 +241,9 @@ class SessionRunning(HealthChecks):
         if sig != self._watched:
             self._follow_clinic()
         else:
-            self._load_prescription()  # cheap, and a same-second rewrite keeps its mtime
+            # Read again all the same: a rewrite of the same size within the file system's
+            # timestamp resolution leaves the signature as it was.
+            self._load_prescription()
 
     def _open_stim(self, plan: Any) -> AbstractContextManager[Any]:
         """The stim line for this session when today's plan allows it, else a no-op context."""
@@ -277,5 +268,10 @@ class SessionRunning(HealthChecks):
         return open_stim(line, self.rx.stim, sessions_on=sessions_on)
 
 
-def _calibration(measured: tuple[float, float] | None) -> Calibration | None:
-    return Calibration(*measured) if measured is not None else None
+def speaker_sink(mixer: Any, bank: Any, audio: AudioConfig, tone_always_on: bool) -> Any:
+    """Speech and tone into the device's one mixer (the speaker pulls it)."""
+    from appliance.voice.output import AudioSink
+    from appliance.voice.tone import ToneMapping, ToneShaper
+
+    shaper = ToneShaper(ToneMapping(audio.tone_rest_hz, audio.tone_target_hz), always_on=tone_always_on)
+    return AudioSink(mixer, bank, shaper, output=None, base_rate_wpm=audio.speech_rate_wpm)

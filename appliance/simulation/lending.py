@@ -104,31 +104,27 @@ def simulate_days(state_dir: Path, days: int, first_day: date | None = None, adh
         edges.say_at(_clock_time(clock, wall0, local), Command.START)
     end = _clock_time(clock, wall0, datetime.combine(first + timedelta(days=days), DAY_STARTS, tz))
     lines: dict[date, DayLine] = {}
-    printed: list[date] = []
 
-    def print_days_before(today: date) -> None:
-        if out is None:
-            return
+    def close_days_before(today: date) -> None:
+        """Sum up each day that is over (once: nothing is added to it later), and print it."""
         for i in range(days):
             d = first + timedelta(days=i)
-            if d >= today or d in printed:
+            if d >= today or d in lines:
                 continue
-            printed.append(d)
-            out.write(_format_line(_day_line(state_dir, d, tz, counter)) + "\n")
-            out.flush()
+            lines[d] = _day_line(state_dir, d, tz, counter)
+            if out is not None:
+                out.write(_format_line(lines[d]) + "\n")
+                out.flush()
 
     options = RunOptions(config_path=config_path, state_dir=state_dir, audio=False, idle_tick_s=IDLE_STEP_S,
                          serve_until=end, language=lang,
-                         on_session_end=lambda s: print_days_before(clock.wall().astimezone(tz).date()))
+                         on_session_end=lambda s: close_days_before(clock.wall().astimezone(tz).date()))
     device = Appliance(options, edges)
     try:
         device.main()
     finally:
         edges.close()
-    print_days_before(first + timedelta(days=days))
-    for i in range(days):
-        d = first + timedelta(days=i)
-        lines[d] = _day_line(state_dir, d, tz, counter)
+    close_days_before(first + timedelta(days=days))
     per_day = [lines[d] for d in sorted(lines)]
     return LendingSummary(days, sum(x.main + x.short_sets + x.perfect for x in per_day),
                           sum(x.main for x in per_day), sum(x.short_sets for x in per_day),

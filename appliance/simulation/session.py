@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from appliance.clock import SimClock
 from appliance.coach.pacing import Pace
-from appliance.coach.programme import Programme, load_programme
+from appliance.coach.programme import Programme
 from appliance.coach.runner import ScriptedCommand
 from appliance.coach.session import Calibration, PhraseTiming, Session
 from appliance.events import Event, Feedback, Sink
@@ -83,8 +83,6 @@ def simulate(
     auto_start: bool = True,
     timing: PhraseTiming | None = None,
     via_adc: bool | Any = None,
-    observe: bool = True,
-    follow_breath: bool = True,
     *,
     state_dir: Path | None = None,
     config_path: Path | None = None,
@@ -102,16 +100,13 @@ def simulate(
     timeline.jsonl. `wav_path` (or `audio=True`) renders the spoken phrases and the tone,
     and the coach times its prompts on them; otherwise phrase durations are estimated.
     `via_adc` reads the floor through the real probe code path (MCP3xxx chip simulator,
-    gpiozero, ADC sampler, probe) with the configuration's `[sensor]`. The device always
-    observes the probe and follows the breath; `observe`/`follow_breath` are kept for the
-    callers that name them, and `tick_s` defaults to the device's.
+    gpiozero, ADC sampler, probe) with the configuration's `[sensor]`. As on the device,
+    the probe is always observed and the breath followed; `tick_s` defaults to the device's.
     """
     from appliance.device.appliance import Appliance, RunOptions
     from appliance.device.edges import SimulatedEdges, SimulatedPatient
     from appliance.device.wiring import CONTROL_TICK_S
 
-    if not observe or not follow_breath:
-        log.info("simulate: the device always observes the probe and follows the breath")
     temp = None
     if state_dir is None:
         if out_dir is not None:
@@ -168,10 +163,3 @@ def simulate(
     extra = {"observed": record.source, "perfect": record.perfect}
     return SimulationResult(record.session, events, edges.floors[-1], out_dir, record.session.session_time(),
                             extra, device)
-
-
-def load_named_programme(name: str, lang: str = "nl") -> Programme:
-    """A programme by name or file, checked against the catalogue (for callers outside the device)."""
-    from appliance.voice.phrases import Catalogue
-
-    return load_programme(name, Catalogue.load(lang).keys())
