@@ -379,7 +379,7 @@ class Session(Planning, Measuring, Commanding):
 
     def _say(self, key: str, at: float) -> None:
         self._emit_at(at, EventKind.SAY, phrase=key, text=self.cat.text(key), lang=self.cat.lang,
-                      at=round(at, 3))
+                      at=round(at, 3), duration_s=round(self.timing.duration(key), 3))
 
     def _say_now(self, key: str) -> None:
         t = max(self.session_time(), 0.0)

@@ -422,6 +422,8 @@ class Appliance(SessionRunning, Reminding):
         t = self.clock.now() - self.t0
         data = {"phrase": phrase, "text": self.catalogue.text(phrase) if self.catalogue else "",
                 "lang": self.lang, "at": round(t, 3)}
+        if self.bank is not None and self.catalogue is not None and self.catalogue.has(phrase):
+            data["duration_s"] = round(self.bank.clip(phrase).duration_s, 3)
         event = Event(t, EventKind.SAY, data)
         if self.idle_audio is not None:
             try:
