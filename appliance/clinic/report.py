@@ -124,7 +124,7 @@ def page_adherence(summary: Summary, w: Wording):
                                    for i in range(n_weeks)], fontsize=7 if n_weeks > 4 else 8)
     ax.tick_params(length=0)
     ax.set_title(w("chart.heatmap", n=f"1+{summary.short_sets_per_day}"), fontsize=10)
-    ax = fig.add_axes((0.12, 0.57, 0.80, 0.13))
+    ax = fig.add_axes((0.12, 0.57, 0.66, 0.13))
     _weekly_adherence(ax, summary, w)
     ax = fig.add_axes((0.12, 0.17, 0.80, 0.30))
     x = matplotlib.dates.date2num([datetime.combine(d, datetime.min.time()) for d in days])
@@ -236,7 +236,7 @@ def strength_series(summary: Summary) -> dict[str, list[tuple[int, float]]]:
     reference estimate, each session's median repetition peak (artefacts out), artefact peaks."""
     out: dict[str, list[tuple[int, float]]] = {"mvc": [], "postop": [], "peaks": [], "artefacts": []}
     for s in summary.sessions:
-        if s.mvc_measured and s.mvc_cmh2o is not None and s.kind != Kind.SHORT:
+        if s.mvc_measured and s.mvc_cmh2o is not None:
             out["postop" if s.postop else "mvc"].append((s.id, float(s.mvc_cmh2o)))
         if s.kind == Kind.PERFECT:
             continue
@@ -388,7 +388,9 @@ def _trace(db_path: Path, session_id: int) -> tuple[np.ndarray, list[tuple], lis
         db.close()
     phases = [(e[2]["start"], e[2]["end"], e[2]["phase"]) for e in events if e[1] == "phase"]
     # What the patient heard: the stored text, as spoken (never the phrase key).
-    says = [(float(e[2].get("at", e[0])), str(e[2].get("text") or "")) for e in events if e[1] == "say"]
+    # The counting aloud ("een, twee...") is left out: it would hide the cues.
+    says = [(float(e[2].get("at", e[0])), str(e[2].get("text") or "")) for e in events
+            if e[1] == "say" and not str(e[2].get("phrase", "")).startswith("count.")]
     return samples, phases, says
 
 

@@ -261,8 +261,9 @@ def _week(index: int, start: date, first: date, last: date, ss: list[StoredSessi
           ) -> WeekFigures:
     end = start + timedelta(days=6)
     days = (min(end, last) - max(start, first)).days + 1
-    mvcs = [s.mvc_cmh2o for s in ss
-            if s.mvc_measured and not s.postop and s.mvc_cmh2o is not None and s.kind != Kind.SHORT]
+    # Every maximal squeeze measured (a short set measures one when it is the day's first session);
+    # the post-operative reference squeeze is gentle, so its scaled value is no MVC.
+    mvcs = [s.mvc_cmh2o for s in ss if s.mvc_measured and not s.postop and s.mvc_cmh2o is not None]
     holds = [r for s in ss if s.kind != Kind.PERFECT for r in s.reps
              if r["status"] == "complete" and (r["hold_asked_s"] or 0) > 0 and counts_for_strength(r)]
     judged = [r for s in ss if s.kind != Kind.PERFECT for r in s.reps
