@@ -29,6 +29,7 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from appliance.clinic import summary_page  # noqa: E402
 from appliance.clinic.summary import (  # noqa: E402
+    EXERCISE_ORDER,
     NOT_STRENGTH,
     TECHNIQUE_WARNINGS,
     Kind,
@@ -50,7 +51,6 @@ PNG_DPI = 100
 # Modified Oxford bands by manometry (Angelo et al. 2017), cmH2O above rest.
 OXFORD_BANDS = (("none", 0.0, 7.5), ("very_weak", 7.5, 14.5), ("weak", 14.5, 26.5), ("moderate", 26.5, 41.5),
                 ("good", 41.5, 60.5), ("strong", 60.5, 200.0))
-EXERCISE_ORDER = ("awareness", "ex1", "ex2", "ex3", "ex4", "ex5", "ex6", "ex7", "ex8", "stim")
 # Black-and-white: series differ by hatch and grey, never by colour alone.
 HATCHES = ("", "///", "...", "xxx", "\\\\\\")
 GREYS = ("0.15", "0.45", "0.7", "0.9", "1.0")
@@ -285,11 +285,15 @@ def page_strength(summary: Summary, w: Wording, tz):
         x = np.arange(len(measured))
         for k, (field, label) in enumerate((("endurance_s", "chart.perfect_e"), ("repetitions", "chart.perfect_r"),
                                             ("fast", "chart.perfect_f"))):
-            ax.bar(x + (k - 1) * 0.25, [float(p[field]) for _, p in measured], 0.25, color=GREYS[k],
-                   hatch=HATCHES[k], edgecolor="black", lw=0.5, label=w(label))
+            values = [float(p[field]) for _, p in measured]
+            ax.bar(x + (k - 1) * 0.25, values, 0.25, color=GREYS[k], hatch=HATCHES[k], edgecolor="black", lw=0.5,
+                   label=w(label))
+            for xi, v in zip(x + (k - 1) * 0.25, values, strict=True):  # a zero is a score too: print it
+                ax.text(xi, v + 0.2, w.num(v, 1 if field == "endurance_s" else 0), ha="center", va="bottom",
+                        fontsize=7)
         ax.set_xticks(x, [f"{w('chart.week')} {i}\n{w.day(date.fromisoformat(p['day']), year=False)}"
                           if p.get("day") else f"{w('chart.week')} {i}" for i, p in measured], fontsize=7.5)
-        ax.set_ylim(0, 10.5)
+        ax.set_ylim(0, 11.5)
         ax.set_xlim(-0.6, max(2, len(measured)) - 0.4)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     else:

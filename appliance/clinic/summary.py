@@ -27,6 +27,7 @@ TECHNIQUE_WARNINGS = ("push_down", "breath_hold", "abdominal")  # co-contraction
 # pressure: their goals are walking time and jumps, never strength or holds at target.
 NOT_STRENGTH = frozenset({"ex7", "ex8"})
 STIM_STOPS = ("interrupted", "stopped")
+EXERCISE_ORDER = ("awareness", "ex1", "ex2", "ex3", "ex4", "ex5", "ex6", "ex7", "ex8", "stim")
 MAIN_PER_DAY = 1  # the prescription's one main session a day (the weekly PERFECT takes its place)
 
 
@@ -173,6 +174,12 @@ class Summary:
     def short_pct(self) -> float | None:
         asked = self.total("short_prescribed")
         return 100.0 * self.total("short_done") / asked if asked else None
+
+    @property
+    def exercises_trained(self) -> list[str]:
+        """The exercises the device trained (the PERFECT assessment aside), in the leaflet's order."""
+        found = {r["exercise"] for s in self.sessions if s.kind != Kind.PERFECT for r in s.reps}
+        return [e for e in EXERCISE_ORDER if e in found] + sorted(found - set(EXERCISE_ORDER))
 
     @property
     def postop_days(self) -> int:

@@ -138,7 +138,9 @@ def _facts(summary: Summary, w: Wording) -> list[tuple[str, str]]:
                 days=summary.days)
     if summary.enrolled is not None and summary.first_day < summary.enrolled <= summary.last_day:
         lending += f" · {w('summary.enrolled', date=w.day(summary.enrolled))}"
-    facts = [(w("summary.lending"), lending), (w("summary.programme"), w.programme(summary.programme))]
+    trained = ", ".join(w.exercise(e) for e in summary.exercises_trained)
+    programme = w.programme(summary.programme) + (f": {trained}" if trained else "")
+    facts = [(w("summary.lending"), lending), (w("summary.programme"), programme)]
     if summary.unlock_date is not None:
         start = summary.surgery_date or summary.catheter_removal_date
         assert start is not None
