@@ -349,3 +349,40 @@ def test_every_exercise_of_the_leaflet_has_its_name_in_both_languages():
     for lang in ("nl", "en"):
         w = Wording.load(lang)
         assert {i: w.exercise(i) != i for i in ids} == dict.fromkeys(ids, True)
+
+
+def test_stimulation_sessions_and_their_stops_are_counted_from_the_line_s_events(two_weeks, tmp_path):
+    state = tmp_path / "state"
+    shutil.copytree(two_weeks, state)
+    db = sqlite3.connect(db_path(state))
+    plans = _plans(db)
+    mains = sorted(sid for sid, plan in plans.items() if not plan["short_set"] and not plan["perfect"])[:3]
+    for k, sid in enumerate(mains):
+        db.execute("INSERT INTO events(session_id, t, kind, data) VALUES (?, 50, 'stim', ?)",
+                   (sid, json.dumps({"state": "on", "reason": "", "mode": "cyclic", "work_phase": 1})))
+        if k == 1:  # the patient said stop during the second
+            db.execute("INSERT INTO events(session_id, t, kind, data) VALUES (?, 60, 'stim', ?)",
+                       (sid, json.dumps({"state": "interrupted", "reason": "command:stop:voice", "mode": "cyclic",
+                                         "work_phase": 2})))
+    db.commit()
+    db.close()
+    s = _summary(state, "nl")
+    assert s.stim_sessions == 3 and s.stim_stops == ("command:stop:voice",)
+    out = tmp_path / "out"
+    assert main(["clinic", "report", "--state-dir", str(state), "--out", str(out)]) == 0
+    text = _page_one_text(out / "report.pdf", tmp_path)
+    assert "patiënt zei stop of drukte op de knop" in text and not INTERNAL_KEY.findall(text)
+    rows = {(r["figure"], r["week"]): r["value"] for r in csv.DictReader((out / "summary.csv").open())}
+    assert int(rows[("stim_sessions", "1")]) + int(rows[("stim_sessions", "2")]) == 3
+
+
+def test_the_terminal_says_the_mvc_is_above_rest():
+    import io
+
+    from appliance.events import Event
+    from appliance.simulation.timeline import ConsoleTimeline
+
+    out = io.StringIO()
+    view = ConsoleTimeline(out)
+    view.emit(Event(12.0, "calibration", {"rest_cmh2o": 26.8, "mvc_cmh2o": 20.7, "oxford_band": "weak"}))
+    assert "rest 26.8 cmH2O, MVC 20.7 cmH2O above rest (weak)" in out.getvalue()
