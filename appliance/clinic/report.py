@@ -17,6 +17,7 @@ from collections import defaultdict
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from statistics import median
+from zoneinfo import ZoneInfo
 
 import matplotlib
 import matplotlib.dates
@@ -458,7 +459,7 @@ def write_report(db_path: Path, out_dir: Path, code: str, rx: Prescription | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(db_path, code, rx, lang, enrolled)
     w = Wording.load(summary.lang)
-    tz = rx.tz if rx else None
+    tz = rx.tz if rx else ZoneInfo("UTC")  # as appliance.clinic.summary reads the days
     first = plt.figure(figsize=A4)
     _header(first, summary, w, w("page.summary"))
     summary_page.draw(first, summary, w)

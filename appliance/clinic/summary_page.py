@@ -113,8 +113,11 @@ def week_cells(summary: Summary, wk: WeekFigures, w: Wording, width: int = CELL_
 
 
 def wrap_cell(text: str, width: int) -> str:
-    """Each line of a cell wrapped to `width` characters (its own line breaks kept)."""
-    return "\n".join(textwrap.fill(line, width) if len(line) > width else line for line in text.split("\n"))
+    """Each line of a cell wrapped to `width` characters (its own line breaks kept); a number
+    and its unit stay together."""
+    glued = text.replace(" %", "\u00a0%").replace(" s ", "\u00a0s ").replace(" cmH2O", "\u00a0cmH2O")
+    wrapped = "\n".join(textwrap.fill(line, width) if len(line) > width else line for line in glued.split("\n"))
+    return wrapped.replace("\u00a0", " ")
 
 
 def row_labels(summary: Summary, w: Wording) -> list[str]:
