@@ -44,7 +44,8 @@ enabled = false
 REPO = Path(__file__).resolve().parents[1]
 # Modules that only read what the device stored: a change to them does not change the lending.
 READ_ONLY = frozenset(f"appliance/clinic/{name}" for name in (
-    "report.py", "summary.py", "summary_page.py", "tables.py", "wording.py", "report-nl.toml", "report-en.toml"))
+    "report.py", "summary.py", "summary_page.py", "tables.py", "wording.py", "charts.py", "traces.py",
+    "report-nl.toml", "report-en.toml"))
 
 
 def _code_version() -> str:

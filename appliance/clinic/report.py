@@ -9,9 +9,7 @@ and markers keep it readable printed in black and white on A4.
 
 from __future__ import annotations
 
-import json
 import logging
-import sqlite3
 import textwrap
 from collections import defaultdict
 from datetime import date, datetime, timedelta
@@ -29,73 +27,45 @@ import numpy as np  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from appliance.clinic import summary_page  # noqa: E402
+from appliance.clinic.charts import (  # noqa: E402
+    A4,
+    GREYS,
+    HATCHES,
+    date_axis,
+    day_x,
+    header,
+    legend_below,
+    postop_shading,
+)
 from appliance.clinic.summary import (  # noqa: E402
     EXERCISE_ORDER,
     NOT_STRENGTH,
     TECHNIQUE_WARNINGS,
     Kind,
-    StoredSession,
     Summary,
     counts_for_strength,
     is_artefact,
     summarise,
 )
 from appliance.clinic.tables import write_tables  # noqa: E402,F401  (the export's tables, beside the report)
+from appliance.clinic.traces import page_traces  # noqa: E402
 from appliance.clinic.wording import Wording  # noqa: E402
 from appliance.patient.prescription import Prescription  # noqa: E402
 from appliance.patient.progress import rep_met  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-A4 = (8.27, 11.69)
 PNG_DPI = 100
 # Modified Oxford bands by manometry (Angelo et al. 2017), cmH2O above rest.
 OXFORD_BANDS = (("none", 0.0, 7.5), ("very_weak", 7.5, 14.5), ("weak", 14.5, 26.5), ("moderate", 26.5, 41.5),
                 ("good", 41.5, 60.5), ("strong", 60.5, 200.0))
-# Black-and-white: series differ by hatch and grey, never by colour alone.
-HATCHES = ("", "///", "...", "xxx", "\\\\\\")
-GREYS = ("0.15", "0.45", "0.7", "0.9", "1.0")
-
-
-def _header(fig, summary: Summary, w: Wording, title: str) -> None:
-    fig.text(0.06, 0.965, w("page.title"), fontsize=13, weight="bold")
-    fig.text(0.06, 0.945, w("page.subtitle", code=summary.code, first=w.day(summary.first_day),
-                            last=w.day(summary.last_day)), fontsize=9, color="0.2")
-    fig.text(0.94, 0.945, title, fontsize=10, weight="bold", ha="right")
-
-
-def _legend_below(ax, ncol: int = 3, fontsize: float = 7.5) -> None:
-    """The legend under the axes, never over the data."""
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=ncol, fontsize=fontsize,
-                  frameon=False)
-
-
-def _date_axis(ax, w: Wording, first: date, last: date) -> None:
-    """Dates in the clinic's words; each day's tick at its midnight (a day's bar is centred on it)."""
-    ax.set_xlim(datetime.combine(first, datetime.min.time()) - timedelta(hours=14),
-                datetime.combine(last, datetime.min.time()) + timedelta(hours=14))
-    span = (last - first).days + 1
-    ax.xaxis.set_major_locator(matplotlib.dates.DayLocator(interval=max(1, span // 14)))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
-        lambda x, _pos: w.day(matplotlib.dates.num2date(x).date(), year=False)))
-    ax.tick_params(axis="x", labelsize=7, labelrotation=45)
-
-
-def _postop_shading(ax, summary: Summary) -> None:
-    days = sorted({s.day for s in summary.sessions if s.postop})
-    for d in days:
-        mid = datetime.combine(d, datetime.min.time())
-        ax.axvspan(mid - timedelta(hours=12), mid + timedelta(hours=12), facecolor="none", edgecolor="0.8",
-                   hatch="\\\\", lw=0, zorder=0)
 
 
 # --- Page 2: adherence ---------------------------------------------------------------------------
 
 def page_adherence(summary: Summary, w: Wording):
     fig = plt.figure(figsize=A4)
-    _header(fig, summary, w, w("page.adherence"))
+    header(fig, summary, w, w("page.adherence"))
     first, last = summary.first_day, summary.last_day
     days = [first + timedelta(days=i) for i in range(summary.days)]
     counts: dict[str, dict[date, int]] = {k: defaultdict(int) for k in (Kind.MAIN, Kind.SHORT, Kind.PERFECT)}
@@ -138,13 +108,13 @@ def page_adherence(summary: Summary, w: Wording):
         bottom += vals
     ax.axhline(asked, color="black", lw=1.2, ls="--", label=w("chart.prescribed_line", n=asked))
     if any(s.postop for s in summary.sessions):
-        _postop_shading(ax, summary)
+        postop_shading(ax, summary)
         ax.bar([x[0]], [0], color="none", edgecolor="0.6", hatch="\\\\", label=w("chart.postop_days"))
     ax.set_ylim(0, max(asked + 1, float(bottom.max()) + 1))
     ax.set_ylabel(w("chart.sets"))
     ax.set_title(w("chart.sets_per_day"), fontsize=10)
-    _date_axis(ax, w, first, last)
-    _legend_below(ax, ncol=3)
+    date_axis(ax, w, first, last)
+    legend_below(ax, ncol=3)
     return fig
 
 
@@ -170,18 +140,6 @@ def _weekly_adherence(ax, summary: Summary, w: Wording) -> None:
 
 
 # --- Page 3: strength, PERFECT as measured, targets as applied -------------------------------------
-
-def _session_time(s: StoredSession, tz) -> datetime:
-    return datetime.fromisoformat(s.started_utc).astimezone(tz).replace(tzinfo=None)
-
-
-def _day_x(s: StoredSession, tz) -> datetime:
-    """Where a session sits on a date axis: inside its day's column (ticks at midnight, a
-    day spans half a day either side), earlier sessions left, later ones right."""
-    t = _session_time(s, tz)
-    hours = t.hour + t.minute / 60.0
-    return datetime.combine(s.day, datetime.min.time()) + timedelta(hours=(hours - 14.0) * 0.8)
-
 
 def targets_by_column(summary: Summary) -> tuple[list[tuple[date, date]], dict[str, list[tuple[float, float] | None]]]:
     """The targets applied (stored with each repetition), per day, or per week in a long
@@ -251,8 +209,8 @@ def strength_series(summary: Summary) -> dict[str, list[tuple[int, float]]]:
 
 def page_strength(summary: Summary, w: Wording, tz):
     fig = plt.figure(figsize=A4)
-    _header(fig, summary, w, w("page.strength"))
-    when = {s.id: _day_x(s, tz) for s in summary.sessions}
+    header(fig, summary, w, w("page.strength"))
+    when = {s.id: day_x(s, tz) for s in summary.sessions}
     series = strength_series(summary)
     ax = fig.add_axes((0.10, 0.665, 0.66, 0.245))
     top = max([v for pts in series.values() for _, v in pts] + [30.0]) * 1.15
@@ -277,8 +235,8 @@ def page_strength(summary: Summary, w: Wording, tz):
     ax.set_ylim(0, top)
     ax.set_ylabel(w("chart.cmh2o"))
     ax.set_title(w("chart.mvc_title"), fontsize=9.5, loc="left")
-    _date_axis(ax, w, summary.first_day, summary.last_day)
-    _legend_below(ax, ncol=2, fontsize=7)
+    date_axis(ax, w, summary.first_day, summary.last_day)
+    legend_below(ax, ncol=2, fontsize=7)
 
     ax = fig.add_axes((0.10, 0.385, 0.66, 0.16))
     measured = summary.perfects
@@ -316,7 +274,7 @@ def _short_name(w: Wording, exercise_id: str) -> str:
 
 def page_quality(summary: Summary, w: Wording):
     fig = plt.figure(figsize=A4)
-    _header(fig, summary, w, w("page.quality"))
+    header(fig, summary, w, w("page.quality"))
     by_ex: dict[str, list[dict]] = defaultdict(list)
     for s in summary.sessions:
         if s.kind != Kind.PERFECT:
@@ -342,7 +300,7 @@ def page_quality(summary: Summary, w: Wording):
         ax.set_ylim(0, 105)
     ax.set_ylabel(w("chart.pct_reps"))
     ax.set_title(w("chart.quality_title"), fontsize=9.5, loc="left")
-    _legend_below(ax, ncol=4)
+    legend_below(ax, ncol=4)
 
     ax = fig.add_axes((0.10, 0.37, 0.84, 0.19))
     strength = [e for e in order if e not in NOT_STRENGTH]
@@ -375,78 +333,7 @@ def page_quality(summary: Summary, w: Wording):
     ax.set_xticks(x, [f"{w('chart.week')} {wk.index}\n{w.day(wk.start, year=False)}" for wk in weeks], fontsize=7.5)
     ax.set_ylabel(w("chart.count"))
     ax.set_title(w("chart.technique_title"), fontsize=9.5, loc="left")
-    _legend_below(ax, ncol=4)
-    return fig
-
-
-# --- Page 5: traces ------------------------------------------------------------------------------
-
-def _trace(db_path: Path, session_id: int) -> tuple[np.ndarray, list[tuple], list[tuple[float, str]]]:
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        samples = np.array(db.execute("SELECT t, cmh2o, pct FROM samples WHERE session_id=? ORDER BY t",
-                                      (session_id,)).fetchall(), dtype=float).reshape(-1, 3)
-        events = [(t, kind, json.loads(d)) for t, kind, d in db.execute(
-            "SELECT t, kind, data FROM events WHERE session_id=? AND kind IN ('phase', 'say') ORDER BY t",
-            (session_id,))]
-    finally:
-        db.close()
-    phases = [(e[2]["start"], e[2]["end"], e[2]["phase"]) for e in events if e[1] == "phase"]
-    # What the patient heard: the stored text, as spoken (never the phrase key).
-    # The counting aloud ("een, twee...") is left out: it would hide the cues.
-    says = [(float(e[2].get("at", e[0])), str(e[2].get("text") or "")) for e in events
-            if e[1] == "say" and not str(e[2].get("phrase", "")).startswith("count.")]
-    return samples, phases, says
-
-
-PHASE_SHADES = {"contract": ("0.85", ""), "hold": ("0.7", ""), "move": ("0.7", "//"), "release": ("0.93", "..")}
-
-
-def page_traces(summary: Summary, w: Wording, db_path: Path, tz):
-    candidates = [s for s in summary.sessions if s.kind == Kind.MAIN and s.reps]
-    if not candidates:
-        return None
-    picks = list(dict.fromkeys([candidates[0].id, candidates[len(candidates) // 2].id, candidates[-1].id]))
-    by_id = {s.id: s for s in candidates}
-    fig = plt.figure(figsize=A4)
-    _header(fig, summary, w, w("page.traces"))
-    for k, sid in enumerate(picks):
-        s = by_id[sid]
-        samples, phases, says = _trace(db_path, sid)
-        # The first exercise that trains strength (ex1 rather than the awareness warm-up) when there is one.
-        usable = [r for r in s.reps if r["status"] == "complete" and counts_for_strength(r)] or s.reps
-        main_ex = next((r["exercise"] for r in usable if r["exercise"] != "awareness"), usable[0]["exercise"])
-        reps = [r for r in usable if r["exercise"] == main_ex][:3]
-        t0, t1 = reps[0]["t_start"] - 1.0, reps[-1]["t_end"] + 0.5
-        ax = fig.add_axes((0.10, 0.685 - k * 0.295, 0.84, 0.20))
-        for start, end, kind in phases:
-            if end > t0 and start < t1 and kind in PHASE_SHADES:
-                shade, hatch = PHASE_SHADES[kind]
-                ax.axvspan(max(start, t0), min(end, t1), facecolor=shade, hatch=hatch, edgecolor="0.6", lw=0)
-        m = (samples[:, 0] >= t0) & (samples[:, 0] <= t1)
-        ax.plot(samples[m, 0], samples[m, 1], color="black", lw=1.1, label=w("chart.pressure"))
-        if s.mvc_cmh2o and s.rest_cmh2o is not None:
-            target = float(reps[0]["target_pct"])
-            ax.axhline(s.rest_cmh2o + s.mvc_cmh2o * target / 100, color="black", ls="--", lw=0.8,
-                       label=w("chart.target", pct=f"{target:.0f}"))
-            ax.axhline(s.rest_cmh2o, color="black", ls=":", lw=0.8, label=w("chart.rest"))
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(lo, hi + (hi - lo) * 0.45)
-        shown = [(a, text) for a, text in says if t0 <= a <= t1 and text]
-        for i, (at, text) in enumerate(shown):
-            ax.axvline(at, color="0.4", lw=0.5)
-            short = text if len(text) <= 34 else text[:33] + "…"
-            ax.text(at, 0.98 - (i % 4) * 0.075, " " + short, transform=ax.get_xaxis_transform(), fontsize=6,
-                    va="top", clip_on=True)
-        ex = reps[0]["exercise"]
-        title = "chart.trace_title_postop" if s.postop else "chart.trace_title"
-        ax.set_title(w(title, when=w.day(_session_time(s, tz).date(), weekday=True)
-                       + f" {_session_time(s, tz):%H:%M}", exercise=w.exercise(ex), first=reps[0]["rep"],
-                       last=reps[-1]["rep"], mvc=w.num(s.mvc_cmh2o)), fontsize=8.5, loc="left")
-        ax.set_xlim(t0, t1)
-        ax.set_ylabel("cmH2O")
-        ax.set_xlabel(f"{w('chart.trace_axis')}; {w('chart.shading')}", fontsize=7)
-        ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=3, fontsize=6.5, frameon=False)
+    legend_below(ax, ncol=4)
     return fig
 
 
@@ -461,10 +348,10 @@ def write_report(db_path: Path, out_dir: Path, code: str, rx: Prescription | Non
     w = Wording.load(summary.lang)
     tz = rx.tz if rx else ZoneInfo("UTC")  # as appliance.clinic.summary reads the days
     first = plt.figure(figsize=A4)
-    _header(first, summary, w, w("page.summary"))
+    header(first, summary, w, w("page.summary"))
     summary_page.draw(first, summary, w)
     figs = [first, page_adherence(summary, w), page_strength(summary, w, tz), page_quality(summary, w)]
-    traces = page_traces(summary, w, db_path, tz)
+    traces = page_traces(summary, w, db_path, tz)  # appliance.clinic.traces
     if traces is not None:
         figs.append(traces)
     pdf_path = out_dir / "report.pdf"
