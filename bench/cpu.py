@@ -67,6 +67,7 @@ def main() -> None:
         if prof is not None:
             print(f"--- cProfile: {name}, by own time")
             pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
 
 
 if __name__ == "__main__":

@@ -258,3 +258,4 @@ def test_the_live_tone_hears_each_sample_as_the_sampler_takes_it_with_the_zero_a
     assert slot.value is not None and slot.value > REST - 2.0 + 7.5  # past halfway within a few samples
     times, values = probe.read_until(clock.now())  # the coach still gets every sample
     assert len(times) == 105 and values[-1] == pytest.approx(REST + 15.0 - 2.0, abs=0.5)
+    probe.close()

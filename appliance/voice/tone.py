@@ -170,6 +170,7 @@ class ToneShaper:
         self._cue = ToneCue.QUIET
         self._reached = False  # target reached during the current active stretch
         self._last_target = 100.0
+        self._live: LivePitch | None = None  # the last one, kept while calibration and target stay
 
     @property
     def cue(self) -> ToneCue:
@@ -192,7 +193,10 @@ class ToneShaper:
         self._cue = self._next_cue(r)
         live = None
         if calibration is not None and calibration[1] > 0:
-            live = LivePitch(calibration[0], calibration[1] * target / 100.0, self.mapping)
+            live = self._live
+            target_cmh2o = calibration[1] * target / 100.0
+            if live is None or live.rest_cmh2o != calibration[0] or live.target_cmh2o != target_cmh2o:
+                live = self._live = LivePitch(calibration[0], target_cmh2o, self.mapping)
         return ToneParams(self.mapping.pitch_hz(fb.strength_pct, target), self.amplitude, self._cue, live)
 
     def _quiet_freq(self, fb: Feedback) -> float:
@@ -390,14 +394,22 @@ class ToneSynth:
 
     def _advance(self, n: int, w0: float, wt: float, timbre: CueTimbre, lag_end: float) -> None:
         """Move the glides on by `n` samples; snap to the target once inaudibly close."""
+        # Called for every block of the audio callback: what has settled is left alone.
         p = self._params
-        self._phase = (self._phase + wt * n + (w0 - wt) * self._plag_sum[n - 1]) % PHASE_WRAP
-        target_hz = wt * self.sample_rate / TWO_PI
-        self._freq = _settle(self._freq, target_hz, self._plag[n - 1], 1e-7 * target_hz)
-        self._amp = _settle(self._amp, p.amplitude, lag_end, 1e-7)
-        self._fifth = _settle(self._fifth, timbre.fifth, lag_end, 1e-7)
-        self._third = _settle(self._third, timbre.third_harmonic, lag_end, 1e-7)
-        self._trem_depth = _settle(self._trem_depth, timbre.tremolo_depth, lag_end, 1e-7)
+        if w0 == wt:
+            self._phase = (self._phase + wt * n) % PHASE_WRAP
+        else:
+            self._phase = (self._phase + wt * n + (w0 - wt) * self._plag_sum[n - 1]) % PHASE_WRAP
+            target_hz = wt * self.sample_rate / TWO_PI
+            self._freq = _settle(self._freq, target_hz, self._plag[n - 1], 1e-7 * target_hz)
+        if self._amp != p.amplitude:
+            self._amp = _settle(self._amp, p.amplitude, lag_end, 1e-7)
+        if self._fifth != timbre.fifth:
+            self._fifth = _settle(self._fifth, timbre.fifth, lag_end, 1e-7)
+        if self._third != timbre.third_harmonic:
+            self._third = _settle(self._third, timbre.third_harmonic, lag_end, 1e-7)
+        if self._trem_depth != timbre.tremolo_depth:
+            self._trem_depth = _settle(self._trem_depth, timbre.tremolo_depth, lag_end, 1e-7)
 
     def _add_partial(
         self,
