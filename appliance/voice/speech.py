@@ -21,18 +21,23 @@ import threading
 import wave
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+from appliance.voice import loudness
+
+if TYPE_CHECKING:
+    from appliance.voice.voicepack import VoicePack
 
 log = logging.getLogger(__name__)
 
 KEYWORD_MARK = "^"
 CACHE_FORMAT = 2  # bump when the rendering or its metadata changes meaning (2: all samples kept)
 VOICES = {"nl": "nl", "en": "en"}  # espeak-ng voice per catalogue language
-SPEECH_PEAK = 0.8  # every clip is normalised to this peak (full scale 1.0)
 SILENCE_FRACTION = 0.02  # below this fraction of the peak counts as silence when trimming
 TRIM_PAD_S = 0.005
+RECORDING_PAD_S = 0.03  # a recording keeps a breath of its room either side of the speech
 # Said on its own, the text before a keyword ends with a drawn-out last syllable. Against
 # espeak's own word events (the breath cues of both catalogues, 150 wpm) the bare prefix
 # ran 0.07–0.24 s long; taking 0.1 s off puts the fallback within about ±0.15 s there.
@@ -484,14 +489,29 @@ def to_clip(key: str, text: str, r: Rendering, sample_rate: int) -> Clip:
     start = max(0, start - pad)
     end = min(r.samples.shape[0], end + pad)
     x = r.samples[start:end].astype(np.float32) / 32768.0
-    x *= SPEECH_PEAK / float(np.abs(x).max())
-    if r.sample_rate != sample_rate:
-        n_out = int(round(x.shape[0] * sample_rate / r.sample_rate))
-        t_out = np.arange(n_out) * (r.sample_rate / sample_rate)
-        x = np.interp(t_out, np.arange(x.shape[0]), x).astype(np.float32)
     offset = max(0.0, r.keyword_offset_s - start / r.sample_rate)
+    return finish_clip(key, text, x, r.sample_rate, offset, sample_rate)
+
+
+def finish_clip(key: str, text: str, x: np.ndarray, rate: int, keyword_offset_s: float, sample_rate: int) -> Clip:
+    """Trimmed samples at the common loudness and the mixer's rate, read-only."""
+    x = loudness.resample(loudness.normalise(x, rate), rate, sample_rate)
     x.setflags(write=False)  # shared by reference with the audio thread
-    return Clip(key, text, x, sample_rate, offset)
+    return Clip(key, text, x, sample_rate, keyword_offset_s)
+
+
+def recorded_clip(key: str, text: str, samples: np.ndarray, rate: int, keyword_offset_s: float,
+                  sample_rate: int) -> Clip:
+    """A clinic's recording as a mixer clip: room silence trimmed (frames more than 40 dB
+    below the loudest), then levelled and resampled like the synthesizer's clips."""
+    start, end = loudness.speech_bounds(samples, rate)
+    if end <= start:
+        raise SpeechError(f"the recording of {key!r} is silent")
+    pad = int(RECORDING_PAD_S * rate)
+    start = max(0, start - pad)
+    end = min(samples.shape[0], end + pad)
+    offset = min(max(0.0, keyword_offset_s - start / rate), (end - start) / rate)
+    return finish_clip(key, text, samples[start:end], rate, offset, sample_rate)
 
 
 # --- the phrases of a session --------------------------------------------------------------
@@ -521,6 +541,8 @@ class PhraseBank:
 
     `prepare()` renders everything before the session starts; `set_rate()` re-renders in
     the background and swaps the whole set at once, so a prompt never waits on synthesis.
+    With a voice pack its recordings are spoken where it has them (they keep their pace),
+    the synthesizer elsewhere.
     """
 
     def __init__(
@@ -532,10 +554,13 @@ class PhraseBank:
         rate_wpm: int,
         sample_rate: int,
         volume: float = 1.0,
+        pack: VoicePack | None = None,
     ) -> None:
         voice = getattr(catalogue, "voice", None) or VOICES.get(lang)
         if not voice:
             raise ValueError(f"no speech voice for language {lang!r} (known: {sorted(VOICES)})")
+        if pack is not None and pack.language != lang:
+            raise ValueError(f"voice pack {pack.directory} is {pack.language!r}, not {lang!r}")
         self.catalogue = catalogue
         self.renderer = renderer
         self.lang = lang
@@ -543,13 +568,56 @@ class PhraseBank:
         self.rate_wpm = int(rate_wpm)
         self.sample_rate = int(sample_rate)
         self.volume = volume
+        self.pack = pack
         self._clips: dict[str, Clip] = {}
+        self._recorded: dict[str, Clip] = {}
+        self._unusable: dict[str, str] = {}  # key -> why its recording is not spoken
         self._rerender: threading.Thread | None = None
 
     def _render(self, key: str, rate_wpm: int) -> Clip:
+        recorded = self._recording(key)
+        if recorded is not None:
+            return recorded
         marked = marked_text(self.catalogue, key)
         r = self.renderer.render(marked, self.voice, rate_wpm, self.volume)
         return to_clip(key, self.catalogue.text(key), r, self.sample_rate)
+
+    def _recording(self, key: str) -> Clip | None:
+        """The pack's recording of `key` as a clip, or None (none, or unusable: logged once)."""
+        if self.pack is None or key in self._unusable:
+            return None
+        clip = self._recorded.get(key)
+        if clip is not None:
+            return clip
+        if not self.pack.has(key):
+            self._unusable[key] = "not recorded"
+            return None
+        from appliance.voice.voicepack import PackError, align_keyword
+
+        try:
+            rec = self.pack.recording(key)
+            offset = self.pack.info.keyword_offsets.get(key)
+            marked = marked_text(self.catalogue, key)
+            if offset is None and marked.find(KEYWORD_MARK) > 0:
+                # The synthesizer knows where its keyword is; the warp finds it in the recording.
+                ref = self.renderer.render(marked, self.voice, self.rate_wpm, self.volume)
+                offset = align_keyword(rec.samples, rec.sample_rate, ref.samples.astype(np.float32) / 32768.0,
+                                       ref.sample_rate, ref.keyword_offset_s)
+            clip = recorded_clip(key, self.catalogue.text(key), rec.samples, rec.sample_rate, offset or 0.0,
+                                 self.sample_rate)
+        except (PackError, SpeechError) as exc:
+            self._unusable[key] = str(exc)
+            log.error("voice pack recording of %s not used, the synthesizer says it: %s", key, exc)
+            return None
+        self._recorded[key] = clip
+        return clip
+
+    def fallback_keys(self) -> list[str]:
+        """The catalogue's phrases the synthesizer speaks although a voice pack is in use."""
+        if self.pack is None:
+            return []
+        recorded = self.pack.keys()
+        return sorted(k for k in self.catalogue.keys() if k not in recorded or k in self._unusable)
 
     def prepare(self, keys: Any = None) -> int:
         """Render (or load from cache) `keys`, default every phrase; returns how many."""
