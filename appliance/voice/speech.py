@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from appliance.voice import loudness
+from appliance.voice.lexicon import lexicon_for
 
 if TYPE_CHECKING:
     from appliance.voice.voicepack import VoicePack
@@ -43,6 +45,12 @@ RECORDING_PAD_S = 0.03  # a recording keeps a breath of its room either side of 
 # ran 0.07–0.24 s long; taking 0.1 s off puts the fallback within about ±0.15 s there.
 # After a prefix of several sentences or a count it can still be ~0.4 s late.
 PREFIX_FINAL_LENGTHENING_S = 0.1
+# Long instructions are heard at this rate (words per minute as heard, at the plain pace):
+# 130-150 suits older listeners. Cues timed on the breath keep the plain rate.
+INSTRUCTION_WPM = 140
+INSTRUCTION_WORDS = 8
+MIN_SYNTH_WPM, MAX_SYNTH_WPM = 80, 260
+WORD = re.compile(r"\w+")
 
 
 def default_cache_dir() -> Path:
@@ -205,6 +213,11 @@ except Exception as exc:
     out.write(json.dumps({"ok": False, "fatal": True, "error": repr(exc)}) + "\n"); out.flush()
     raise SystemExit(1)
 import ctypes, wave
+_synth = _espeak.Synth
+def _synth_with_phonemes(*args, flags=0, **kwargs):
+    # the lexicon's [[phonemes]], as the espeak-ng command line reads them
+    return _synth(*args, flags=flags | _espeak.PHONEMES, **kwargs)
+_espeak.Synth = _synth_with_phonemes
 words = []
 chunks = []
 original = driver._onSynth
@@ -407,7 +420,10 @@ class SpeechRenderer:
         return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
     def render(self, marked: str, voice: str, rate_wpm: int, volume: float = 1.0) -> Rendering:
-        digest = self.cache_key(marked, voice, rate_wpm, volume)
+        # The lexicon's phonemes are what is rendered (and keyed); the cache's metadata keeps
+        # the catalogue's text, which is how the wipe tells catalogue speech from the rest.
+        spoken = lexicon_for(voice).apply(marked)
+        digest = self.cache_key(spoken, voice, rate_wpm, volume)
         wav_path = self.cache_dir / f"{digest}.wav"
         meta_path = self.cache_dir / f"{digest}.json"
         with self._lock:
@@ -415,7 +431,7 @@ class SpeechRenderer:
             if cached is not None:
                 self.cache_hits += 1
                 return cached
-            rendering = self._render_fresh(marked, voice, rate_wpm, volume)
+            rendering = self._render_fresh(spoken, voice, rate_wpm, volume)
             self._store(rendering, wav_path, meta_path, marked, voice, rate_wpm, volume)
             self.renders += 1
             return rendering
@@ -426,9 +442,16 @@ class SpeechRenderer:
             try:
                 return engine.render(marked, voice, rate_wpm, volume)
             except SpeechError as exc:
-                log.warning("%s could not render %r: %s", engine.name, marked, exc)
+                # The next engine usually can: a note in the journal, not a warning on screen.
+                # Rendered once, then cached, so each phrase is noted once.
+                log.info("%s could not render %r (%s); the next engine renders it", engine.name,
+                         split_marker(marked)[0], exc)
                 errors.append(f"{engine.name}: {exc}")
-        raise SpeechError(f"no engine could render {marked!r} with voice {voice!r}: {errors}")
+        raise SpeechError(f"no engine could render {split_marker(marked)[0]!r} with voice {voice!r}: {errors}")
+
+    def is_cached(self, marked: str, voice: str, rate_wpm: int, volume: float = 1.0) -> bool:
+        digest = self.cache_key(lexicon_for(voice).apply(marked), voice, rate_wpm, volume)
+        return (self.cache_dir / f"{digest}.wav").exists() and (self.cache_dir / f"{digest}.json").exists()
 
     @staticmethod
     def _load(wav_path: Path, meta_path: Path) -> Rendering | None:
@@ -555,6 +578,7 @@ class PhraseBank:
         sample_rate: int,
         volume: float = 1.0,
         pack: VoicePack | None = None,
+        instruction_wpm: int = INSTRUCTION_WPM,
     ) -> None:
         voice = getattr(catalogue, "voice", None) or VOICES.get(lang)
         if not voice:
@@ -569,6 +593,10 @@ class PhraseBank:
         self.sample_rate = int(sample_rate)
         self.volume = volume
         self.pack = pack
+        self.base_rate_wpm = int(rate_wpm)
+        self.instruction_wpm = int(instruction_wpm)
+        self._heard_per_asked: dict[str, float] = {}
+        self._announced = False
         self._clips: dict[str, Clip] = {}
         self._recorded: dict[str, Clip] = {}
         self._unusable: dict[str, str] = {}  # key -> why its recording is not spoken
@@ -579,8 +607,54 @@ class PhraseBank:
         if recorded is not None:
             return recorded
         marked = marked_text(self.catalogue, key)
-        r = self.renderer.render(marked, self.voice, rate_wpm, self.volume)
+        r = self.renderer.render(marked, self.voice, self._synth_rate(key, rate_wpm), self.volume)
         return to_clip(key, self.catalogue.text(key), r, self.sample_rate)
+
+    def _is_instruction(self, key: str) -> bool:
+        """A long explanation, not a cue timed on the breath (those keep the plain rate)."""
+        raw = getattr(self.catalogue, "raw", self.catalogue.text)(key)  # with its ^ if it has one
+        return KEYWORD_MARK not in raw and len(WORD.findall(raw)) >= INSTRUCTION_WORDS
+
+    def _synth_rate(self, key: str, rate_wpm: int) -> int:
+        """The rate to ask the synthesizer for, so that a long instruction is heard at
+        `instruction_wpm` (scaled with the patient's pace like everything else).
+
+        espeak-ng's rate setting is not what is heard: pauses at commas and full stops
+        and long words made long phrases come out at 96-223 wpm for one setting. Each
+        instruction is rendered once at the plain rate and measured; the ratio found
+        sets the rate asked for from then on.
+        """
+        if not self._is_instruction(key):
+            return rate_wpm
+        ratio = self._heard_per_asked.get(key)
+        if ratio is None:
+            marked = marked_text(self.catalogue, key)
+            r = self.renderer.render(marked, self.voice, rate_wpm, self.volume)
+            start, end = _speech_bounds(r.samples)
+            if end <= start:
+                return rate_wpm
+            heard = 60.0 * len(WORD.findall(self.catalogue.text(key))) * r.sample_rate / (end - start)
+            ratio = heard / rate_wpm
+            self._heard_per_asked[key] = ratio
+        target = self.instruction_wpm * rate_wpm / self.base_rate_wpm
+        # in 5-wpm steps: the pyttsx3 worker restarts for every new rate
+        return int(5 * round(min(max(target / ratio, MIN_SYNTH_WPM), MAX_SYNTH_WPM) / 5))
+
+    def _in_rate_order(self, keys: list[str], rate_wpm: int) -> list[str]:
+        """`keys` grouped by the rate they are rendered at (instructions measured first)."""
+        return sorted(keys, key=lambda k: self._synth_rate(k, rate_wpm))
+
+    def _announce_first_rendering(self) -> None:
+        """On a fresh machine rendering takes a while: say so once, on one line."""
+        if self._announced:
+            return
+        self._announced = True
+        recorded = self.pack.keys() if self.pack is not None else set()
+        todo = [k for k in self.catalogue.keys() if k not in recorded
+                and not self.renderer.is_cached(marked_text(self.catalogue, k), self.voice, self.rate_wpm, self.volume)]
+        if todo:
+            log.warning("first run: rendering %d %s phrases once (kept in %s), this takes a minute or two",
+                        len(todo), self.lang, self.renderer.cache_dir)
 
     def _recording(self, key: str) -> Clip | None:
         """The pack's recording of `key` as a clip, or None (none, or unusable: logged once)."""
@@ -622,8 +696,9 @@ class PhraseBank:
     def prepare(self, keys: Any = None) -> int:
         """Render (or load from cache) `keys`, default every phrase; returns how many."""
         wanted = list(self.catalogue.keys() if keys is None else keys)
+        self._announce_first_rendering()
         clips = dict(self._clips)
-        for key in wanted:
+        for key in self._in_rate_order([k for k in wanted if k not in clips], self.rate_wpm):
             if key not in clips:
                 clips[key] = self._render(key, self.rate_wpm)
         self._clips = clips
@@ -648,7 +723,7 @@ class PhraseBank:
 
         def work() -> None:
             try:
-                clips = {key: self._render(key, rate_wpm) for key in list(self._clips)}
+                clips = {key: self._render(key, rate_wpm) for key in self._in_rate_order(list(self._clips), rate_wpm)}
             except SpeechError as exc:
                 log.error("speech rate %d wpm not applied: %s", rate_wpm, exc)
                 return
