@@ -412,6 +412,7 @@ class SpeechRenderer:
         )
         self.cache_hits = 0
         self.renders = 0
+        self._fell_back: set[str] = set()  # engines that failed a phrase (noted once each)
         self._lock = threading.Lock()
 
     @staticmethod
@@ -442,10 +443,13 @@ class SpeechRenderer:
             try:
                 return engine.render(marked, voice, rate_wpm, volume)
             except SpeechError as exc:
-                # The next engine usually can: a note in the journal, not a warning on screen.
-                # Rendered once, then cached, so each phrase is noted once.
-                log.info("%s could not render %r (%s); the next engine renders it", engine.name,
-                         split_marker(marked)[0], exc)
+                # The next engine usually can: a note in the journal, not a warning on screen,
+                # and only the first time (a missing pyttsx3 fails every phrase alike).
+                first = engine.name not in self._fell_back
+                self._fell_back.add(engine.name)
+                log.log(logging.INFO if first else logging.DEBUG,
+                        "%s could not render %r (%s); the next engine renders it%s", engine.name,
+                        split_marker(marked)[0], exc, " (and any other such phrase)" if first else "")
                 errors.append(f"{engine.name}: {exc}")
         raise SpeechError(f"no engine could render {split_marker(marked)[0]!r} with voice {voice!r}: {errors}")
 
