@@ -316,13 +316,19 @@ def test_every_phrase_is_equally_loud(tmp_path, worker):
 
 
 def test_a_first_run_prints_one_progress_line_and_a_second_none(tmp_path, worker, caplog):
+    counts = [f"count.{i}" for i in range(1, 11)] + ["cue.hold", "cue.release", "session.start", "cue.breathe_in"]
+
+    def prepare() -> None:
+        bank = PhraseBank(Catalogue.load("nl"), SpeechRenderer(tmp_path, engines=[worker]), lang="nl",
+                          rate_wpm=150, sample_rate=SR)
+        bank.prepare(counts[:2])  # a few phrases first (the device's own), then the rest
+        bank.prepare(counts)
+
     with caplog.at_level(logging.INFO, logger="appliance.voice.speech"):
-        PhraseBank(small_catalogue(), SpeechRenderer(tmp_path, engines=[worker]), lang="nl", rate_wpm=150,
-                   sample_rate=SR).prepare()
+        prepare()
     shown = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(shown) == 1 and "rendering 3 nl phrases once" in shown[0].getMessage()
+    assert len(shown) == 1 and "rendering 12 nl phrases once" in shown[0].getMessage()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="appliance.voice.speech"):
-        PhraseBank(small_catalogue(), SpeechRenderer(tmp_path, engines=[worker]), lang="nl", rate_wpm=150,
-                   sample_rate=SR).prepare()
+        prepare()
     assert not caplog.records

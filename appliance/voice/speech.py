@@ -50,6 +50,7 @@ PREFIX_FINAL_LENGTHENING_S = 0.1
 INSTRUCTION_WPM = 140
 INSTRUCTION_WORDS = 8
 MIN_SYNTH_WPM, MAX_SYNTH_WPM = 80, 260
+ANNOUNCE_FROM = 10  # rendering this many phrases takes long enough to say so
 WORD = re.compile(r"\w+")
 
 
@@ -628,8 +629,9 @@ class PhraseBank:
         instruction is rendered once at the plain rate and measured; the ratio found
         sets the rate asked for from then on.
         """
-        if not self._is_instruction(key):
-            return rate_wpm
+        if not self._is_instruction(key) or (self.pack is not None and self.pack.has(key)
+                                             and key not in self._unusable):
+            return rate_wpm  # a cue, or a recording: the synthesizer's rate does not matter
         ratio = self._heard_per_asked.get(key)
         if ratio is None:
             marked = marked_text(self.catalogue, key)
@@ -648,15 +650,15 @@ class PhraseBank:
         """`keys` grouped by the rate they are rendered at (instructions measured first)."""
         return sorted(keys, key=lambda k: self._synth_rate(k, rate_wpm))
 
-    def _announce_first_rendering(self) -> None:
-        """On a fresh machine rendering takes a while: say so once, on one line."""
+    def _announce_first_rendering(self, keys: list[str]) -> None:
+        """On a fresh machine rendering a catalogue takes a while: say so once, on one line."""
         if self._announced:
             return
-        self._announced = True
         recorded = self.pack.keys() if self.pack is not None else set()
-        todo = [k for k in self.catalogue.keys() if k not in recorded
+        todo = [k for k in keys if k not in recorded
                 and not self.renderer.is_cached(marked_text(self.catalogue, k), self.voice, self.rate_wpm, self.volume)]
-        if todo:
+        if len(todo) >= ANNOUNCE_FROM:
+            self._announced = True
             log.warning("first run: rendering %d %s phrases once (kept in %s), this takes a minute or two",
                         len(todo), self.lang, self.renderer.cache_dir)
 
@@ -700,7 +702,7 @@ class PhraseBank:
     def prepare(self, keys: Any = None) -> int:
         """Render (or load from cache) `keys`, default every phrase; returns how many."""
         wanted = list(self.catalogue.keys() if keys is None else keys)
-        self._announce_first_rendering()
+        self._announce_first_rendering([k for k in wanted if k not in self._clips])
         clips = dict(self._clips)
         for key in self._in_rate_order([k for k in wanted if k not in clips], self.rate_wpm):
             if key not in clips:
