@@ -216,7 +216,8 @@ class Microphone:
                                 callback=keep):
                 self.ask("    recording... Enter to stop ")
         except sd.PortAudioError as exc:
-            raise UserError(f"microphone {self.device or '(default)'}: {exc}") from None
+            raise UserError(f"no microphone to record from ({self.device or 'the default input'}: {exc}); "
+                            "connect one or name it with --input-device") from None
         return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), self.rate
 
 
