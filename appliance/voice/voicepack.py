@@ -43,6 +43,8 @@ HOP_S = 0.010
 WINDOW_S = 0.025
 MEL_BANDS = 24
 CEPSTRA = 12
+PAUSE_DB = 35.0  # frames this far below the loudest are a pause between words
+ONSET_SEARCH_S = 0.25
 
 
 class PackError(ValueError):
@@ -276,12 +278,29 @@ def align_keyword(recording: np.ndarray, rate: int, reference: np.ndarray, ref_r
     a = cepstra(recording[r0:r1], rate)
     b = cepstra(reference[s0:s1], ref_rate)
     path = warp_path(a, b)
+    # The synthesizer's word event can fall in the pause before its keyword: take the
+    # keyword's first sound, there and again in the recording (a longer pause there).
+    ref_keyword_s = sound_onset(reference, ref_rate, ref_keyword_s)
     ref_frame = (ref_keyword_s - s0 / ref_rate) / HOP_S
     if ref_frame <= 0:
         return r0 / rate
     hits = np.flatnonzero(path >= ref_frame)
     frame = int(hits[0]) if hits.size else path.shape[0] - 1
-    return r0 / rate + frame * HOP_S
+    return sound_onset(recording, rate, r0 / rate + frame * HOP_S)
+
+
+def sound_onset(x: np.ndarray, rate: int, t: float) -> float:
+    """`t`, or if `t` falls in a pause, where the sound starts again (at most ONSET_SEARCH_S on)."""
+    from appliance.voice.loudness import frame_db
+
+    db = frame_db(x, rate, HOP_S)
+    quiet = db.max() - PAUSE_DB
+    i = int(t / HOP_S)
+    last = min(db.shape[0], i + int(ONSET_SEARCH_S / HOP_S))
+    j = i
+    while j < last and db[j] < quiet:
+        j += 1
+    return t if j >= last else max(t, j * HOP_S)
 
 
 def pack_for(config: DeviceConfig, lang: str) -> VoicePack | None:
