@@ -68,6 +68,15 @@ def recorded(pack: Path, key: str, rate: int) -> np.ndarray:
     return resample(rec.samples, rec.sample_rate, rate).astype(np.float64)
 
 
+def test_the_session_pack_passes_voice_check_which_counts_what_falls_back(flite_pack):
+    root, _ = flite_pack
+    r = appliance("voice", "check", str(root / "pack"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    total = len(Catalogue.load("en").keys())
+    recorded_keys = len(list((root / "pack").glob("*.wav")))
+    assert f"{recorded_keys} of {total} phrases recorded and usable; {total - recorded_keys} fall back" in r.stdout
+
+
 def test_the_welcome_is_the_clinics_recording_not_the_synthesizer(session_with_pack):
     s = session_with_pack
     clip = recorded(s["pack"], "session.welcome", s["rate"])
