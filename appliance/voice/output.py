@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.config import AudioConfig
 from appliance.events import Event, Feedback
@@ -17,6 +17,9 @@ from appliance.sensor.live import LivePressure
 from appliance.voice.audio import DeviceOutput, Mixer, WavSink, frames_for
 from appliance.voice.speech import PhraseBank, RenderedTiming, SpeechError, SpeechRenderer
 from appliance.voice.tone import ToneMapping, ToneShaper
+
+if TYPE_CHECKING:
+    from appliance.voice.voicepack import VoicePack
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +209,10 @@ def prepare_speech(
     cfg: AudioConfig,
     cache_dir: str | Path | None = None,
     keys: Iterable[str] | None = None,
+    pack: VoicePack | None = None,
 ) -> PhraseBank:
-    """Every phrase of `lang` (or just `keys`) rendered before a session starts."""
+    """Every phrase of `lang` (or just `keys`) rendered before a session starts; with a
+    voice pack its recordings where it has them."""
     from appliance.voice.phrases import Catalogue
 
     catalogue = Catalogue.load(lang)
@@ -218,6 +223,7 @@ def prepare_speech(
         lang=lang,
         rate_wpm=cfg.speech_rate_wpm,
         sample_rate=cfg.sample_rate,
+        pack=pack,
     )
     try:
         bank.prepare(keys)
