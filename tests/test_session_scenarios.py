@@ -29,7 +29,7 @@ def reps(result, exercise=None, status=None):
 
 @pytest.mark.parametrize("patient", sorted(PROFILES))
 def test_the_whole_leaflet_programme_completes_for_each_profile(patient):
-    result = simulate(patient=patient, seed=3)
+    result = simulate(patient=patient, seed=3, programme="leaflet")
     prog = load_programme("leaflet")
     assert result.session.state is State.DONE
     finished = [e.data["exercise"] for e in result.log.of("exercise") if e.data["state"] == "finished"]
@@ -102,7 +102,7 @@ def _first(result, exercise, phase, rep=1):
 def test_next_during_a_hold_moves_on_and_records_the_partial_repetition(average_session):
     hold = _first(average_session, "ex1", "hold", rep=3)
     at = hold["start"] + 2.5
-    result = simulate(patient="average", seed=1, script=[ScriptedCommand(at, Command.NEXT)])
+    result = simulate(patient="average", seed=1, programme="leaflet", script=[ScriptedCommand(at, Command.NEXT)])
     ex1 = reps(result, "ex1")
     assert [r["status"] for r in ex1] == ["complete", "complete", "partial"]
     assert ex1[-1]["rep"] == 3 and ex1[-1]["held_s"] < ex1[0]["held_s"]
@@ -117,7 +117,7 @@ def test_next_during_a_hold_moves_on_and_records_the_partial_repetition(average_
 def test_pause_and_resume_keep_the_place(average_session):
     contract = _first(average_session, "ex2", "contract", rep=4)
     pause_at, resume_at = contract["start"] + 1.0, contract["start"] + 40.0
-    result = simulate(patient="average", seed=1, script=[ScriptedCommand(pause_at, Command.PAUSE),
+    result = simulate(patient="average", seed=1, programme="leaflet", script=[ScriptedCommand(pause_at, Command.PAUSE),
                                                           ScriptedCommand(resume_at, Command.RESUME)])
     during = [e for e in result.log.of("phase") if pause_at < e.t < resume_at]
     assert during == []
@@ -130,7 +130,8 @@ def test_pause_and_resume_keep_the_place(average_session):
 
 def test_stop_ends_and_stores_the_session(tmp_path, average_session):
     at = _first(average_session, "ex2", "hold", rep=2)["start"] + 5
-    result = simulate(out_dir=tmp_path, patient="average", seed=1, script=[ScriptedCommand(at, Command.STOP)])
+    result = simulate(out_dir=tmp_path, patient="average", seed=1, programme="leaflet",
+                      script=[ScriptedCommand(at, Command.STOP)])
     assert result.session.state is State.DONE
     db = sqlite3.connect(tmp_path / "appliance.db")
     status, ended = db.execute("SELECT status, ended_utc FROM sessions").fetchone()

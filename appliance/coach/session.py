@@ -168,6 +168,8 @@ class Session(Planning, Measuring, Commanding):
         t = self.session_time()
         if t - self._last_warning.get(warning, -1e9) < WARNING_REPEAT_S:
             return
+        if self.exercise is not None and not self.exercise.probe and self.state is State.EXERCISING:
+            return  # a daily-life exercise: the probe is out on purpose
         self._last_warning[warning] = t
         self._emit(EventKind.WARNING, warning=warning, phrase=phrase)
         self._say_now(phrase)
@@ -204,7 +206,8 @@ class Session(Planning, Measuring, Commanding):
         """The live tone's input; a repetition guided without biofeedback is marked."""
         seg = self._segment
         phase = seg.current if seg is not None and self.state is not State.PAUSED else None
-        active = bool(phase and phase.asks_contraction)
+        # No tone in a daily-life exercise: the probe is out.
+        active = bool(phase and phase.asks_contraction) and self._uses_probe(seg)
         target = phase.level_pct if phase and phase.kind is not SessionPhase.CALIBRATE_SQUEEZE else 0.0
         feedback_ok = self.biofeedback
         if not feedback_ok and seg is not None and seg.kind is SegmentKind.REP:
