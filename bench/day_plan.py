@@ -1,6 +1,6 @@
 """The shape of a simulated day, as a physiotherapist reads it (issue 14).
 
-    python bench/day_plan.py TIMELINE.jsonl [--db STATE_DIR/appliance.db]
+    python bench/day_plan.py TIMELINE.jsonl [--db STATE_DIR/appliance.db [--session ID ...]]
 
 From a session's `timeline.jsonl` (`appliance simulate --out DIR`): the session's length,
 per exercise its repetitions, its holds (hold and move phases at a level, in a row) and
@@ -20,8 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 
-def timeline_figures(path: Path) -> dict:
-    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def timeline_figures(events: list[dict]) -> dict:
     end = max(e["t"] for e in events)
     says = sorted((e["at"], e["at"] + e["duration_s"], e["phrase"]) for e in events if e["kind"] == "say")
     gap, gap_at, spoken_until = 0.0, 0.0, 0.0
@@ -60,9 +59,19 @@ def _range(values: list[float]) -> str:
     return f"{lo:.1f}" if abs(hi - lo) < 0.05 else f"{lo:.1f}-{hi:.1f}"
 
 
-def print_timeline(path: Path) -> None:
-    f = timeline_figures(path)
-    print(f"timeline {path}")
+def session_events(db_path: Path, session_id: int) -> list[dict]:
+    """A stored session's events, as the timeline has them."""
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return [{"t": t, "kind": kind, **json.loads(data)} for t, kind, data in
+                db.execute("SELECT t, kind, data FROM events WHERE session_id = ? ORDER BY id", (session_id,))]
+    finally:
+        db.close()
+
+
+def print_timeline(events: list[dict], name: str) -> None:
+    f = timeline_figures(events)
+    print(f"timeline {name}")
     print(f"session_length_min={f['length_s'] / 60:.1f} phrases={f['says']}")
     print(f"longest_silence_s={f['silence_s']:.1f} at {f['silence_at'] / 60:.0f}:{f['silence_at'] % 60:04.1f}")
     print(f"{'exercise':<10} {'minutes':>7} {'holds':>6} {'hold_s':>10} {'rest_s':>10}")
@@ -96,13 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("timeline", type=Path, nargs="?")
     p.add_argument("--db", type=Path)
+    p.add_argument("--session", type=int, action="append", default=[],
+                   help="with --db: also the figures of this stored session (as for a timeline)")
     args = p.parse_args(argv)
     if args.timeline is None and args.db is None:
         p.error("give a timeline.jsonl, --db, or both")
     if args.timeline is not None:
-        print_timeline(args.timeline)
+        lines = args.timeline.read_text().splitlines()
+        print_timeline([json.loads(line) for line in lines if line.strip()], str(args.timeline))
     if args.db is not None:
         print_db(args.db)
+        for sid in args.session:
+            print_timeline(session_events(args.db, sid), f"{args.db} session {sid}")
     return 0
 
 
