@@ -25,7 +25,8 @@ EXAMPLE = Path(__file__).parent.parent / "examples" / "prescription.toml"
 CODE = "GNT-2026-0042"
 SHORT_LENDING_DAYS, LONG_LENDING_DAYS = 2, 14
 # A main session a physiotherapist might prescribe to a patient who knows her floor:
-# the squeeze and hold, walking, and jumping; two reminders a day for a short set.
+# the squeeze and hold, walking, and jumping every day (a [day] plan of her own instead
+# of the leaflet's rotation); two reminders a day for a short set.
 FIXTURE_RX = """
 [exercise.awareness]
 enabled = false
@@ -39,6 +40,8 @@ enabled = false
 enabled = false
 [exercise.ex6]
 enabled = false
+[day]
+daily = ["ex1", "ex7", "ex8"]
 """
 
 REPO = Path(__file__).resolve().parents[1]
