@@ -3,12 +3,18 @@
 `Planning` is the part of `appliance.coach.session.Session` that turns the programme,
 the pace and the phrase timings into `Segment`s: a repetition, a calibration, speech.
 It only plans; running the plan is the session's.
+
+Prompts have a `Priority`. A correction outranks the routine cues: once it starts it is
+heard whole (`Planning._make_room`): routine cues that would start during it are delayed
+or dropped, and a cue aligned on a breath or a transition moves the rest of the segment
+on (the phase lasts a little longer) rather than speaking over it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from appliance.coach.kinds import CONTRACTING, HOLDING, SPEECH_PHASE, SegmentKind, SessionPhase
@@ -25,6 +31,24 @@ CALIBRATION_SQUEEZES = 3
 CALIBRATION_SQUEEZE_S = 5.0
 CALIBRATION_RECOVER_S = 8.0
 GAP_S = 0.35  # silence between two prompts
+MAX_WAIT_S = 0.8  # a correction waits at most this long for a routine prompt to finish
+
+
+class Priority(IntEnum):
+    """Who yields to whom when two prompts would overlap."""
+
+    ROUTINE = 0  # the programme's cues, counts, cautions, answers
+    CORRECTION = 1  # a correction of what the patient is doing now: never cut off
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A prompt as it was handed to the speaker: when it starts and ends."""
+
+    start: float
+    end: float
+    key: str
+    priority: Priority = Priority.ROUTINE
 
 
 class PhraseTiming(Protocol):
@@ -57,6 +81,7 @@ class Prompt:
     key: str
     aligned: bool = False  # must start at `at` (its keyword lands on a transition)
     latest: float | None = None  # a flexible prompt may slide until here, else it is dropped
+    priority: Priority = Priority.ROUTINE
 
 
 @dataclass
@@ -81,6 +106,22 @@ class Segment:
     @property
     def current(self) -> PlannedPhase | None:
         return self.phases[self.phase_index] if 0 <= self.phase_index < len(self.phases) else None
+
+    def shift_from(self, at: float, delta: float) -> None:
+        """Move every phase not yet entered that starts at or after `at`, and the prompts
+        still to come from `at`, `delta` seconds later; the phase before them lasts longer."""
+        first = None
+        for i, ph in enumerate(self.phases):
+            if i > self.phase_index and ph.start >= at - 1e-9:
+                if first is None:
+                    first = i
+                ph.start += delta
+                ph.end += delta
+        if first is not None and first > 0:
+            self.phases[first - 1].end += delta
+        for p in self.prompts[self.prompt_index:]:
+            if p.at >= at - 1e-9:
+                p.at += delta
 
 
 @dataclass(frozen=True)
@@ -110,6 +151,7 @@ class Planning:
     exercise_index: int
     breath_follower: Any
     _busy_until: float
+    _segment: Segment | None
 
     @property
     def exercise(self) -> Exercise | None:
@@ -221,6 +263,52 @@ class Planning:
         if placed:
             self._busy_until = max(self._busy_until, max(e for _, e, _ in placed))
         return [p for _, _, p in placed]
+
+    # --- priorities -------------------------------------------------------------------------
+
+    def _make_room(self, seg: Segment, start: float, end: float) -> list[str]:
+        """Let a correction said from `start` to `end` be heard whole; returns the keys dropped.
+
+        The segment's prompts still to come that would start before it ends (and a gap):
+        counts are dropped; other routine cues move to just after it if they still fit
+        before the next aligned cue and within a second of their latest, else are dropped;
+        the first aligned cue in the way moves, with the rest of the segment after it, to
+        just after the correction (the phase before it lasts that much longer).
+        """
+        clear = end + GAP_S
+        pending = sorted(seg.prompts[seg.prompt_index:], key=lambda p: p.at)
+        kept: list[Prompt] = []
+        dropped: list[str] = []
+        for i, p in enumerate(pending):
+            dur = self.timing.duration(p.key)
+            if p.at >= clear - 1e-9 or p.at + dur <= start - 0.05 or p.priority is Priority.CORRECTION:
+                kept.append(p)
+                continue
+            if p.aligned:
+                delta = clear - p.at
+                seg.prompts = seg.prompts[:seg.prompt_index] + kept + pending[i:]
+                seg.shift_from(p.at, delta)
+                if self._busy_until > p.at:
+                    self._busy_until += delta
+                kept = []
+                break
+            nxt = next((q for q in pending[i + 1:] if q.aligned), None)
+            too_late = p.latest is not None and clear > p.latest + 1.0
+            in_the_way = nxt is not None and clear + dur + 0.05 > nxt.at
+            if p.key.startswith("count.") or too_late or in_the_way:
+                dropped.append(p.key)
+                continue
+            p.at = clear
+            clear += dur + GAP_S
+            kept.append(p)
+        else:
+            seg.prompts = seg.prompts[:seg.prompt_index] + kept
+        seg.prompts[seg.prompt_index:] = sorted(seg.prompts[seg.prompt_index:], key=lambda p: p.at)
+        last = seg.phases[-1] if seg.phases else None
+        if last is not None and seg.kind is SegmentKind.REP and last.end < end + GAP_S:
+            last.end = end + GAP_S  # the next repetition begins after the correction
+        self._busy_until = max(self._busy_until, end)
+        return dropped
 
     # --- speech and calibration -----------------------------------------------------------
 

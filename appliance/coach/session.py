@@ -19,6 +19,7 @@ from datetime import date, tzinfo
 
 from appliance.clock import Clock
 from appliance.coach.commanding import MAX_VOLUME, MIN_VOLUME, VOLUME_STEP, Commanding
+from appliance.coach.correcting import CORRECTIONS, Correcting
 from appliance.coach.kinds import RUNNING, SegmentKind, SessionPhase, State
 from appliance.coach.measuring import MIN_MVC_CMH2O, Measuring, _peak_of_mean
 from appliance.coach.pacing import Pace
@@ -32,6 +33,7 @@ from appliance.coach.plan import (
     PhraseTiming,
     PlannedPhase,
     Planning,
+    Priority,
     Prompt,
     Segment,
 )
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 WARNING_REPEAT_S = 30.0  # the same technique warning at most this often
 
 
-class Session(Planning, Measuring, Commanding):
+class Session(Planning, Measuring, Commanding, Correcting):
     """One session of a programme for one patient.
 
     Drive it with `tick(now, times, values)` at the control rate and `command(cmd)`
@@ -93,6 +95,7 @@ class Session(Planning, Measuring, Commanding):
         self._init_measuring(sample_rate_hz)
         self._busy_until = 0.0  # when the last scheduled prompt finishes
         self._last_warning: dict[str, float] = {}
+        self._init_correcting()
         self._exercise_done: set[int] = set()
         self._init_wiring()
         self._emit(EventKind.SESSION, state="ready")
@@ -164,7 +167,15 @@ class Session(Planning, Measuring, Commanding):
         return accepted
 
     def observe_warning(self, warning: str, phrase: str) -> None:
-        """A technique or probe warning from the signal side; spoken at most every 30 s."""
+        """A technique or probe warning from the signal side.
+
+        A fault of the repetition that is on is corrected at once (`Correcting`); anything
+        else (the probe, a fault seen outside a repetition) is spoken at most every 30 s.
+        """
+        seg = self._correctable() if warning in CORRECTIONS else None
+        if seg is not None:
+            self._correct(warning, seg)
+            return
         t = self.session_time()
         if t - self._last_warning.get(warning, -1e9) < WARNING_REPEAT_S:
             return
@@ -218,6 +229,8 @@ class Session(Planning, Measuring, Commanding):
 
     def _begin(self, seg: Segment) -> None:
         self._segment = seg
+        if seg.kind is SegmentKind.REP:
+            self._faults_in_rep = set()
         t = self.session_time()
         if seg.phases and seg.phases[0].start <= t:
             self._enter_phase(seg, 0)
@@ -257,7 +270,10 @@ class Session(Planning, Measuring, Commanding):
         while seg.prompt_index < len(seg.prompts) and seg.prompts[seg.prompt_index].at <= t + 1e-9:
             p = seg.prompts[seg.prompt_index]
             seg.prompt_index += 1
-            self._say(p.key, p.at)
+            if self._during_correction(p.at, self.timing.duration(p.key)):  # a safety net
+                log.warning("prompt %s at %.2f s dropped: a correction is being said", p.key, p.at)
+                continue
+            self._say(p.key, p.at, p.priority)
 
     def _finish_segment(self, seg: Segment, t: float) -> None:
         self._fire_prompts(seg, seg.end + 1e9)  # anything left (rounding) is said now
@@ -377,13 +393,16 @@ class Session(Planning, Measuring, Commanding):
 
     # --- output ---------------------------------------------------------------------------
 
-    def _say(self, key: str, at: float) -> None:
+    def _say(self, key: str, at: float, priority: Priority = Priority.ROUTINE) -> None:
+        self._note_heard(key, at, priority)
+        extra = {"priority": "correction"} if priority is Priority.CORRECTION else {}
         self._emit_at(at, EventKind.SAY, phrase=key, text=self.cat.text(key), lang=self.cat.lang,
-                      at=round(at, 3), duration_s=round(self.timing.duration(key), 3))
+                      at=round(at, 3), duration_s=round(self.timing.duration(key), 3), **extra)
 
     def _say_now(self, key: str) -> None:
         t = max(self.session_time(), 0.0)
         at = max(t, self._busy_until if self._busy_until - t < 1.0 else t)
+        at = self._after_correction(at)
         self._busy_until = max(self._busy_until, at + self.timing.duration(key))
         self._say(key, at)
 
