@@ -136,3 +136,84 @@ def test_the_belly_helping_is_seen_while_the_squeeze_is_on():
         monitor.add(t[i:i + 5], probe[i:i + 5])
     assert [w for _, w in told] == ["abdominal"]
     assert 6.0 <= told[0][0] <= 7.0  # 2 s after the contract cue, the hold still on
+
+
+# --- feedback from the patient's own squeeze -----------------------------------------------
+
+@cache
+def patient_run(patient: str, adaptive: bool = True, say: tuple = ()):
+    from dataclasses import replace
+
+    from appliance.coach.runner import ScriptedCommand
+    from appliance.commands import Command
+
+    prog = load_programme("leaflet").only("ex1")
+    if not adaptive:
+        prog = replace(prog, exercises=tuple(replace(ex, adaptive_target=False) for ex in prog.exercises))
+    script = [ScriptedCommand(t, Command(c)) for t, c in say]
+    return simulate(patient=patient, seed=3, programme=prog, max_seconds=1200.0, script=script)
+
+
+def phrases(result) -> list[str]:
+    return [s["phrase"] for s in says(result)]
+
+
+def rep_at(result, at: float) -> dict:
+    return next(r for r in result.session.reps if r["t_start"] <= at <= r["t_end"])
+
+
+def test_weak_and_strong_patients_hear_different_sessions():
+    import difflib
+
+    weak, strong = phrases(patient_run("weak")), phrases(patient_run("strong"))
+    sm = difflib.SequenceMatcher(a=weak, b=strong, autojunk=False)
+    differ = sum(max(i2 - i1, j2 - j1) for op, i1, i2, j1, j2 in sm.get_opcodes() if op != "equal")
+    assert differ >= 6, differ
+    assert "adapt.lower" in weak and "adapt.lower" not in strong
+    assert "summary.held_all" in strong and "summary.held_all" not in weak
+    assert "feedback.not_yet" not in strong
+
+
+@pytest.mark.parametrize("patient", ["weak", "strong"])
+def test_praise_is_only_heard_after_a_repetition_that_held_the_target(patient):
+    result = patient_run(patient)
+    praised = [s for s in says(result) if s["phrase"] in ("feedback.held", "feedback.steadier")]
+    assert praised
+    for s in praised:
+        rep = rep_at(result, s["at"])
+        assert rep["held_s"] >= 0.8 * rep["hold_asked_s"] - 0.05, (s, rep)
+    for s in (s for s in says(result) if s["phrase"] in ("feedback.not_yet", "feedback.almost")):
+        rep = rep_at(result, s["at"])
+        assert rep["held_s"] < 0.8 * rep["hold_asked_s"], (s, rep)
+
+
+def test_three_misses_in_a_row_lower_the_target_for_the_rest_of_the_set_and_it_is_stored():
+    result = patient_run("weak")
+    (step,) = [e.data for e in result.log.of("setting") if e.data.get("setting") == "target"]
+    assert step["reason"] == "three_misses" and step["value"] == step["was"] - 5.0 == 55.0
+    reps = result.session.reps
+    lowered = [r for r in reps if r["target_pct"] == 55.0]
+    assert lowered and all(r["target_prescribed_pct"] == 60.0 for r in lowered)
+    first = reps.index(lowered[0])
+    assert all(r["target_pct"] == 55.0 for r in reps[first:])  # for the rest of the set
+    held = [r["held_s"] >= 0.8 * r["hold_asked_s"] for r in reps[:first]]
+    assert first >= 3 and not any(held[-3:])
+    holds = [e.data["level_pct"] for e in result.log.of("phase")
+             if e.data["phase"] == "hold" and e.data.get("rep", 0) > lowered[0]["rep"] - 1]
+    assert set(holds) == {55.0}  # the squeeze asked for is the lowered one
+
+
+def test_the_clinician_can_switch_the_adapting_target_off():
+    result = patient_run("weak", adaptive=False)
+    assert "adapt.lower" not in phrases(result)
+    assert {r["target_pct"] for r in result.session.reps} == {60.0}
+
+
+def test_hoe_doe_ik_het_answers_with_todays_figures():
+    result = patient_run("strong", say=((150.0, "status"),))
+    done = len([r for r in result.session.reps if r["status"] == "complete" and r["t_end"] <= 150.0])
+    answer = [s for s in says(result) if s["at"] >= 150.0][:4]
+    assert [s["phrase"] for s in answer][:1] == ["status_today.today"]
+    assert answer[1]["phrase"] == f"count.{done}"
+    assert answer[2]["phrase"] == "status_today.reps_done"
+    assert all(b["at"] >= a["at"] + a["duration_s"] for a, b in zip(answer, answer[1:], strict=False))

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.clock import SimClock
-from appliance.coach import commanding, measuring, plan, session
+from appliance.coach import commanding, correcting, measuring, plan, rating, session
 from appliance.coach.commanding import COMMANDS, Commanding
 from appliance.coach.kinds import RUNNING, SegmentKind, SessionPhase, State
 from appliance.coach.programme import PhaseKind, load_programme

@@ -98,6 +98,7 @@ class Segment:
     prompt_index: int = 0
     recorder: RepRecorder = field(default_factory=RepRecorder)
     probe_fault: bool = False  # the probe failed during this segment: metrics are not the patient's
+    target_pct: float | None = None  # a repetition's target (%MVC) as planned
 
     @property
     def end(self) -> float:
@@ -153,6 +154,9 @@ class Planning:
     _busy_until: float
     _segment: Segment | None
 
+    if TYPE_CHECKING:  # provided by Rating
+        def target_pct(self, index: int | None = None) -> float: ...
+
     @property
     def exercise(self) -> Exercise | None:
         if 0 <= self.exercise_index < len(self.programme.exercises):
@@ -179,16 +183,17 @@ class Planning:
         aligned: list[Prompt] = []
         flexible: list[Prompt] = []
         start = t
+        target = self.target_pct()
         for i, ph in enumerate(ex.phases):
             dur = self._rep_phase_seconds(ex, i, start)
             phases.append(PlannedPhase(SessionPhase.of(ph.kind), start, start + dur,
-                                       round(ph.level * ex.target_level_pct, 1), ph.on_exhale, ph.motion))
+                                       round(ph.level * target, 1), ph.on_exhale, ph.motion))
             self._place_cue(ph, start, dur, t, aligned, flexible)
             flexible.extend(self._counts_and_cautions(ex, ph, start, dur))
             start += dur
         flexible.extend(self._last_rep_cue(ex, phases))
         prompts = self._fit(aligned, flexible, t)
-        return Segment(SegmentKind.REP, t, phases, prompts, self.exercise_index, self.rep)
+        return Segment(SegmentKind.REP, t, phases, prompts, self.exercise_index, self.rep, target_pct=target)
 
     def _rep_phase_seconds(self, ex: Exercise, i: int, start: float) -> float:
         """A phase's length; an in-breath before an out-breath cue makes room for it."""
@@ -269,11 +274,9 @@ class Planning:
     def _make_room(self, seg: Segment, start: float, end: float) -> list[str]:
         """Let a correction said from `start` to `end` be heard whole; returns the keys dropped.
 
-        The segment's prompts still to come that would start before it ends (and a gap):
-        counts are dropped; other routine cues move to just after it if they still fit
-        before the next aligned cue and within a second of their latest, else are dropped;
-        the first aligned cue in the way moves, with the rest of the segment after it, to
-        just after the correction (the phase before it lasts that much longer).
+        Prompts to come that would start before it ends: counts are dropped; other routine
+        cues move after it if they fit before the next aligned cue (else are dropped); the
+        first aligned cue in the way moves after it with the rest of the segment.
         """
         clear = end + GAP_S
         pending = sorted(seg.prompts[seg.prompt_index:], key=lambda p: p.at)

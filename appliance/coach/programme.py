@@ -74,6 +74,7 @@ class Exercise:
     progressions: tuple[str, ...] = ()
     clinician_defaults: tuple[str, ...] = ()  # keys chosen by us where the leaflet gives no number
     max_target_pct_mvc: float = 100.0
+    adaptive_target: bool = True  # the target may step within the set (the clinician can switch it off)
 
     @property
     def target_level_pct(self) -> float:

@@ -38,6 +38,7 @@ from appliance.coach.plan import (
     Segment,
 )
 from appliance.coach.programme import Motion, Programme
+from appliance.coach.rating import Rating
 from appliance.commands import Command
 from appliance.events import Event, EventKind, Feedback, Sink
 from appliance.sensor.base import ProbeStatus
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 WARNING_REPEAT_S = 30.0  # the same technique warning at most this often
 
 
-class Session(Planning, Measuring, Commanding, Correcting):
+class Session(Planning, Measuring, Commanding, Correcting, Rating):
     """One session of a programme for one patient.
 
     Drive it with `tick(now, times, values)` at the control rate and `command(cmd)`
@@ -96,6 +97,7 @@ class Session(Planning, Measuring, Commanding, Correcting):
         self._busy_until = 0.0  # when the last scheduled prompt finishes
         self._last_warning: dict[str, float] = {}
         self._init_correcting()
+        self._init_rating()
         self._exercise_done: set[int] = set()
         self._init_wiring()
         self._emit(EventKind.SESSION, state="ready")
@@ -208,6 +210,8 @@ class Session(Planning, Measuring, Commanding, Correcting):
                 and seg.phases[seg.phase_index + 1].start <= t:
             self._enter_phase(seg, seg.phase_index + 1)
         self._fire_prompts(seg, t)
+        if seg is self._segment and self.state is State.EXERCISING:
+            self._maybe_rep_feedback(seg, t)
         if seg is self._segment and t >= seg.end:
             self._finish_segment(seg, t)
 
@@ -247,6 +251,8 @@ class Session(Planning, Measuring, Commanding, Correcting):
             self._calib_peaks.append(_peak_of_mean(self._calib_window, int(0.25 * self.sample_rate_hz)))
         if ph.kind is SessionPhase.REST:
             self._rest_tail = []
+            if seg.kind is SegmentKind.REP:
+                self._rest_begins(ph.start)
         self._emit_at(ph.start, EventKind.PHASE, **self._phase_data(seg, ph))
 
     def _phase_data(self, seg: Segment, ph: PlannedPhase) -> dict:
@@ -287,6 +293,7 @@ class Session(Planning, Measuring, Commanding, Correcting):
         ex = self.exercise
         assert ex is not None
         self.rep = 1
+        self._start_set(self.exercise_index)
         self._emit(EventKind.EXERCISE, exercise=ex.id, index=self.exercise_index, state="started")
         self._begin(self._plan_rep(t))
 
@@ -300,8 +307,9 @@ class Session(Planning, Measuring, Commanding, Correcting):
             return
         self._exercise_done.add(self.exercise_index)
         self._emit(EventKind.EXERCISE, exercise=ex.id, index=self.exercise_index, state="finished")
-        if ex.outro:
-            self._begin(self._plan_speech(SegmentKind.OUTRO, list(ex.outro), t))
+        outro = [*self._summary_keys(self.exercise_index), *ex.outro]
+        if outro:
+            self._begin(self._plan_speech(SegmentKind.OUTRO, outro, t))
         else:
             self._after_outro(seg, t)
 
@@ -398,6 +406,18 @@ class Session(Planning, Measuring, Commanding, Correcting):
         extra = {"priority": "correction"} if priority is Priority.CORRECTION else {}
         self._emit_at(at, EventKind.SAY, phrase=key, text=self.cat.text(key), lang=self.cat.lang,
                       at=round(at, 3), duration_s=round(self.timing.duration(key), 3), **extra)
+
+    def _say_now_all(self, keys: Sequence[str]) -> None:
+        """Parts of one sentence (words and numbers), one after the other, from now."""
+        if not keys:
+            return
+        self._say_now(keys[0])
+        at = self._heard[-1].end
+        for key in keys[1:]:
+            at += 0.08
+            self._say(key, at)
+            at += self.timing.duration(key)
+        self._busy_until = max(self._busy_until, at)
 
     def _say_now(self, key: str) -> None:
         t = max(self.session_time(), 0.0)
