@@ -12,6 +12,7 @@ on (the phase lasts a little longer) rather than speaking over it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -31,6 +32,7 @@ CALIBRATION_SQUEEZES = 3
 CALIBRATION_SQUEEZE_S = 5.0
 CALIBRATION_RECOVER_S = 8.0
 GAP_S = 0.35  # silence between two prompts
+MIN_HOLD_TO_BREATH_S = 1.5  # a hold before a squeeze on the out-breath lasts at least this
 MAX_WAIT_S = 0.8  # a correction waits at most this long for a routine prompt to finish
 
 
@@ -151,8 +153,10 @@ class Planning:
     rep: int
     exercise_index: int
     breath_follower: Any
+    quiet: bool
     _busy_until: float
     _segment: Segment | None
+    _out_breath: float | None
 
     if TYPE_CHECKING:  # provided by Rating
         def target_pct(self, index: int | None = None) -> float: ...
@@ -184,21 +188,31 @@ class Planning:
         flexible: list[Prompt] = []
         start = t
         target = self.target_pct()
+        self._out_breath = None  # the rep's first out-breath: the breath cues keep its rhythm
         for i, ph in enumerate(ex.phases):
             dur = self._rep_phase_seconds(ex, i, start)
+            if ph.on_exhale and self._out_breath is None:
+                self._out_breath = start
             phases.append(PlannedPhase(SessionPhase.of(ph.kind), start, start + dur,
                                        round(ph.level * target, 1), ph.on_exhale, ph.motion))
             self._place_cue(ph, start, dur, t, aligned, flexible)
             flexible.extend(self._counts_and_cautions(ex, ph, start, dur))
+            flexible.extend(self._breath_cues(ph, start, dur))
             start += dur
         flexible.extend(self._last_rep_cue(ex, phases))
         prompts = self._fit(aligned, flexible, t)
         return Segment(SegmentKind.REP, t, phases, prompts, self.exercise_index, self.rep, target_pct=target)
 
     def _rep_phase_seconds(self, ex: Exercise, i: int, start: float) -> float:
-        """A phase's length; an in-breath before an out-breath cue makes room for it."""
+        """A phase's length; an in-breath before an out-breath cue makes room for it, and a
+        hold before a squeeze on the out-breath (ex4's floors) lasts until the next one."""
         ph = ex.phases[i]
         dur = self._phase_seconds(ex, ph)
+        nxt = ex.phases[i + 1] if i + 1 < len(ex.phases) else None
+        if ph.kind is PhaseKind.HOLD and nxt is not None and nxt.on_exhale and self._out_breath is not None:
+            breath = self.pace.breath_s
+            k = max(1, math.ceil((start + MIN_HOLD_TO_BREATH_S - self._out_breath) / breath))
+            return self._out_breath + k * breath - start
         if ph.kind is PhaseKind.INHALE and i + 1 < len(ex.phases) and ex.phases[i + 1].on_exhale:
             room = self._inhale_room(ex, ph, ex.phases[i + 1], self.rep == 1)
             dur = max(dur, room)
@@ -225,6 +239,29 @@ class Planning:
         for c in ex.cautions:
             if c.phase is ph.kind and self.rep in c.reps:
                 prompts.append(Prompt(start + 0.3, c.phrase, latest=start + dur - 0.5))
+        return prompts
+
+    def _breath_cues(self, ph: Phase, start: float, dur: float) -> list[Prompt]:
+        """Breathing with the patient through a hold: in and out on her rhythm (from the
+        repetition's first out-breath), the breaths of a hold counted in breaths."""
+        if ph.kind not in (PhaseKind.HOLD, PhaseKind.MOVE) or self.quiet:
+            return []
+        breath, inhale = self.pace.breath_s, self.pace.inhale_s
+        origin = self._out_breath if self._out_breath is not None else start - inhale
+        first = origin + breath - inhale  # the next in-breath after the out-breath
+        while first < start + 0.5:
+            first += breath
+        prompts: list[Prompt] = []
+        n = 0
+        at = first
+        while at < start + dur - 1.5:
+            n += 1
+            key = f"breath.in_{n}" if ph.breaths and n <= 5 else "breath.in_hold"
+            prompts.append(Prompt(at, key, latest=at + 0.8))
+            out = at + inhale
+            if out < start + dur - 1.5:
+                prompts.append(Prompt(out, "breath.out_hold", latest=out + 0.8))
+            at += breath
         return prompts
 
     def _last_rep_cue(self, ex: Exercise, phases: list[PlannedPhase]) -> list[Prompt]:

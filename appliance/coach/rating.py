@@ -95,6 +95,7 @@ class Rating:
     exercise_index: int
     rep: int
     sample_rate_hz: float
+    quiet: bool
     _segment: Segment | None
     _heard: list[Heard]
     _faults_in_rep: set[str]
@@ -180,8 +181,8 @@ class Rating:
         if v.kind == "held" and v.steadiness is not None:
             self._steadiness[index] = v.steadiness
         adapted = self._adapt_target(index, v)
-        if self._faults_in_rep and adapted is None:
-            return  # the correction has said what there was to say
+        if (self._faults_in_rep or self.quiet) and adapted is None:
+            return  # the correction has said what there was to say, or she asked for quiet
         key = adapted or feedback_phrase(v, steadier)
         last, since = self._last_verdict.get(index, ("", SAY_SAME_EVERY))
         if adapted is None and key == last and since + 1 < SAY_SAME_EVERY:

@@ -54,6 +54,9 @@ __all__ = [  # the names other modules import from here
 log = logging.getLogger(__name__)
 
 WARNING_REPEAT_S = 30.0  # the same technique warning at most this often
+# The tone's own gain: its level at rest (-24 dBFS RMS) sits below the voice (-21.5 dBFS),
+# and ducked under speech 15 dB below it (bench/listening.py).
+DEFAULT_TONE_VOLUME = 0.4
 
 
 class Session(Planning, Measuring, Commanding, Correcting, Rating):
@@ -74,6 +77,7 @@ class Session(Planning, Measuring, Commanding, Correcting, Rating):
         sample_rate_hz: float = 100.0,
         calibration: Calibration | None = None,
         volume: float = 0.8,
+        tone_volume: float = DEFAULT_TONE_VOLUME,
     ) -> None:
         from appliance.voice.phrases import EstimatedTiming
 
@@ -84,6 +88,7 @@ class Session(Planning, Measuring, Commanding, Correcting, Rating):
         self.timing = timing or EstimatedTiming(catalogue)
         self.pace = pace or Pace()
         self.volume = volume
+        self.tone_volume = tone_volume  # the live tone's own volume (0..1), apart from the voice
         self.sample_rate_hz = sample_rate_hz
         self.calibration = calibration
         self.state = State.IDLE
@@ -105,6 +110,8 @@ class Session(Planning, Measuring, Commanding, Correcting, Rating):
 
     def _init_wiring(self) -> None:
         """Set by the wiring after construction (appliance.device.wiring), and the outcome."""
+        self._out_breath: float | None = None  # the repetition's first out-breath (planning)
+        self.quiet = False  # "stil": tone only, no breath cues or feedback in the holds
         # Said instead of moving on when the patient asks for more than the programme allows
         # (the post-operative weeks: appliance.patient.prescription.DayPlan.more_phrase).
         self.more_phrase: str | None = None
