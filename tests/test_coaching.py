@@ -217,3 +217,103 @@ def test_hoe_doe_ik_het_answers_with_todays_figures():
     assert answer[1]["phrase"] == f"count.{done}"
     assert answer[2]["phrase"] == "status_today.reps_done"
     assert all(b["at"] >= a["at"] + a["duration_s"] for a, b in zip(answer, answer[1:], strict=False))
+
+
+# --- breathing through the holds, quiet, the tone's own volume, "what now" -------------------
+
+@cache
+def ex_run(exercises: tuple[str, ...], patient: str = "strong", say: tuple = ()):
+    from appliance.coach.runner import ScriptedCommand
+    from appliance.commands import Command
+
+    script = [ScriptedCommand(t, Command(c)) for t, c in say]
+    return simulate(patient=patient, seed=5, programme=load_programme("leaflet").only(*exercises),
+                    max_seconds=1500.0, script=script)
+
+
+def phase_spans(result, kinds: tuple[str, ...], exercise: str) -> list[tuple[float, float]]:
+    return [(e.data["start"], e.data["end"]) for e in result.log.of("phase")
+            if e.data["phase"] in kinds and e.data.get("exercise") == exercise]
+
+
+def test_a_three_breath_hold_is_breathed_through_and_its_breaths_counted():
+    result = ex_run(("ex2",))
+    holds = phase_spans(result, ("hold",), "ex2")
+    assert len(holds) == 10
+    for start, end in holds:
+        inside = [s["phrase"] for s in says(result) if start <= s["at"] < end]
+        counted = [k for k in inside if k.startswith("breath.in_")]
+        assert counted == ["breath.in_1", "breath.in_2", "breath.in_3"], inside
+        assert inside.count("breath.out_hold") >= 2
+
+
+@pytest.mark.parametrize("patient", ["weak", "strong"])
+def test_no_ten_seconds_without_a_word_while_exercising(patient):
+    result = ex_run(("ex1", "ex2"), patient)
+    spoken = sorted((s["at"], s["at"] + s["duration_s"]) for s in says(result))
+    started = [e.t for e in result.log.of("exercise") if e.data["state"] == "started"]
+    ended = [e.t for e in result.log.of("exercise") if e.data["state"] == "finished"]
+    for a, b in zip(started, ended, strict=True):
+        t, longest = a, 0.0
+        for s, e in spoken:
+            if e <= t or s >= b:
+                continue
+            longest = max(longest, s - t)
+            t = max(t, e)
+        assert longest <= 10.5, (patient, a, longest)
+
+
+def test_ex4s_floors_are_climbed_on_successive_out_breaths_each_named():
+    result = ex_run(("ex4",))
+    contracts = [e.data for e in result.log.of("phase") if e.data["phase"] == "contract" and e.data.get("rep") == 2]
+    assert len(contracts) == 3 and all(c.get("on_exhale") for c in contracts)
+    breath_s = 10.0  # the default pace: 4 s in, 6 s out
+    starts = [c["start"] for c in contracts]
+    assert [round(b - a, 2) for a, b in zip(starts, starts[1:], strict=False)] == [breath_s, breath_s]
+    named = [s for s in says(result) if s["phrase"] in ("cue.floor_1", "cue.floor_2", "cue.floor_3")
+             and contracts[0]["start"] - 3 <= s["at"] <= contracts[-1]["start"]]
+    assert [s["phrase"] for s in named] == ["cue.floor_1", "cue.floor_2", "cue.floor_3"]
+
+
+def test_stil_leaves_only_the_tone_in_the_holds():
+    result = ex_run(("ex2",), say=((200.0, "quiet"),))
+    (cmd,) = [e.data for e in result.log.of("command") if e.data["command"] == "quiet"]
+    assert cmd["accepted"]
+    after = [s["phrase"] for s in says(result) if s["at"] > 200.0]
+    assert after[0] == "quiet.on"
+    assert not [k for k in after if k.startswith(("breath.", "feedback."))]
+    before = [s["phrase"] for s in says(result) if s["at"] < 200.0]
+    assert any(k.startswith("breath.") for k in before)
+
+
+def test_toon_zachter_turns_the_tone_down_and_not_the_voice():
+    result = ex_run(("ex1",), say=((150.0, "tone_softer"), (160.0, "tone_softer")))
+    settings = [(e.data["setting"], e.data["value"]) for e in result.log.of("setting")]
+    assert [v for s, v in settings if s == "tone_volume"] == [0.3, 0.2, 0.1]
+    assert not [s for s, _ in settings if s == "volume"]
+    assert "tone.softer" in phrases(result)
+
+
+def test_the_mixer_plays_the_tone_at_its_own_volume_under_the_voice():
+    from appliance.voice.audio import Mixer
+    from appliance.voice.tone import ToneCue, ToneParams
+
+    def tone_rms(tone_volume: float) -> float:
+        mixer = Mixer(16000, volume=0.8, tone_volume=tone_volume)
+        mixer.set_tone(ToneParams(440.0, 0.3, ToneCue.FOLLOW))
+        out = np.zeros(16000)
+        mixer.render(out[:8000])
+        mixer.render(out[8000:])
+        return float(np.sqrt(np.mean(out[8000:] ** 2)))
+
+    full, half = tone_rms(1.0), tone_rms(0.5)
+    assert full > 0.05 and half == pytest.approx(full / 2, rel=0.02)
+
+
+def test_wat_moet_ik_doen_repeats_the_current_instruction_shortened():
+    holds = phase_spans(ex_run(("ex1",)), ("hold",), "ex1")
+    asked = holds[2][0] + 2.0
+    result = ex_run(("ex1",), say=((asked, "what_now"),))
+    (cmd,) = [e for e in result.log.of("command") if e.data["command"] == "what_now"]
+    answer = [s for s in says(result) if s["at"] >= cmd.t][0]
+    assert answer["phrase"] == "cue.hold" and answer["at"] - cmd.t < 1.5

@@ -257,7 +257,7 @@ class Planning:
         while at < start + dur - 1.5:
             n += 1
             key = f"breath.in_{n}" if ph.breaths and n <= 5 else "breath.in_hold"
-            prompts.append(Prompt(at, key, latest=at + 0.8))
+            prompts.append(Prompt(at, key, latest=at + 1.5))
             out = at + inhale
             if out < start + dur - 1.5:
                 prompts.append(Prompt(out, "breath.out_hold", latest=out + 0.8))
@@ -292,7 +292,8 @@ class Planning:
                 start = placed[-1][1]  # two aligned prompts too close: the later one waits
             end = start + self.timing.duration(p.key)
             placed.append((start, end, Prompt(start, p.key, aligned=True)))
-        for p in sorted(flexible, key=lambda p: p.at):
+        # Breathing with the patient first (it is timed on her breath), then the rest in gaps.
+        for p in sorted(flexible, key=lambda p: (not p.key.startswith("breath."), p.at)):
             dur = self.timing.duration(p.key)
             at = max(p.at, busy)
             for s, e, _ in sorted(placed, key=lambda x: x[0]):

@@ -4,9 +4,9 @@
 measured: a few words early in each repetition's rest (held the target or not yet, let
 go fully or not, steadier than last time; praise only when earned), a short summary
 when an exercise ends, today's figures when the patient asks ("hoe doe ik het"), and the
-target adapting within the set: three misses in a row step it down for the rest of the
-set, three easy ones in a row step it back up, never above one step over the
-prescription nor over the exercise's bound (`Exercise.adaptive_target` switches it off).
+target adapting within the set: three misses in a row step it down one step for the rest
+of the set (not further), three easy ones in a row step it back up, never above one step
+over the prescription nor over the exercise's bound (`Exercise.adaptive_target` switches it off).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ SAY_SAME_EVERY = 3  # the same verdict again only every third repetition
 RELEASED_PCT = 15.0  # below this %MVC the floor has let go
 REST_AFTER_FEEDBACK_S = 1.5  # the words end this long before the next repetition at least
 MAX_REST_EXTENSION_S = 3.0
+LONG_REST_S = 8.0  # a rest this long without a word gets one
+REST_WORDS = ("cue.keep_breathing", "cue.rest")
 
 
 @dataclass
@@ -113,6 +115,7 @@ class Rating:
         self._last_verdict: dict[int, tuple[str, int]] = {}  # exercise index -> (phrase, reps since said)
         self._steadiness: dict[int, float] = {}  # exercise index -> the last held repetition's SD
         self._rest_feedback_at: float | None = None
+        self._rest_words = 0
 
     # --- the target within the set --------------------------------------------------------
 
@@ -123,7 +126,7 @@ class Rating:
         steps = self._target_step.get(i, 0)
         if not steps:
             return ex.target_level_pct
-        low = min(ex.target_level_pct, max(MIN_TARGET_PCT, ex.target_level_pct / 2))
+        low = min(ex.target_level_pct, max(MIN_TARGET_PCT, ex.target_level_pct - TARGET_STEP_PCT))
         high = min(ex.target_level_pct + TARGET_STEP_PCT, ex.max_target_pct_mvc)
         return round(min(high, max(low, ex.target_level_pct + steps * TARGET_STEP_PCT)), 1)
 
@@ -181,15 +184,26 @@ class Rating:
         if v.kind == "held" and v.steadiness is not None:
             self._steadiness[index] = v.steadiness
         adapted = self._adapt_target(index, v)
-        if (self._faults_in_rep or self.quiet) and adapted is None:
-            return  # the correction has said what there was to say, or she asked for quiet
+        if self.quiet and adapted is None:
+            return  # she asked for quiet: the tone only
         key = adapted or feedback_phrase(v, steadier)
         last, since = self._last_verdict.get(index, ("", SAY_SAME_EVERY))
-        if adapted is None and key == last and since + 1 < SAY_SAME_EVERY:
+        if adapted is None and (self._faults_in_rep or (key == last and since + 1 < SAY_SAME_EVERY)):
+            # Said already (or the correction said it): a word to rest on, if the rest is long.
             self._last_verdict[index] = (last, since + 1)
+            self._rest_word(seg, t)
             return
         if self._say_in_rest(seg, t, key):
             self._last_verdict[index] = (key, 0)
+
+    def _rest_word(self, seg: Segment, t: float) -> None:
+        """'Rust even' or 'blijf rustig ademen' when the rest would be long without a word."""
+        last = max((h.end for h in self._heard), default=t)
+        nxt = min((p.at for p in seg.prompts[seg.prompt_index:]), default=seg.end)
+        if nxt - min(last, t) < LONG_REST_S:
+            return
+        self._rest_words += 1
+        self._say_in_rest(seg, t, REST_WORDS[self._rest_words % len(REST_WORDS)])
 
     def _say_in_rest(self, seg: Segment, t: float, key: str) -> bool:
         """Say `key` in the rest, after what is being said and what is still to come in it;

@@ -54,9 +54,9 @@ __all__ = [  # the names other modules import from here
 log = logging.getLogger(__name__)
 
 WARNING_REPEAT_S = 30.0  # the same technique warning at most this often
-# The tone's own gain: its level at rest (-24 dBFS RMS) sits below the voice (-21.5 dBFS),
-# and ducked under speech 15 dB below it (bench/listening.py).
-DEFAULT_TONE_VOLUME = 0.4
+# The tone's own gain: its level at rest (about -25 dBFS RMS) sits below the voice
+# (about -22 dBFS), and ducked under speech some 15 dB below it (bench/listening.py).
+DEFAULT_TONE_VOLUME = 0.3
 
 
 class Session(Planning, Measuring, Commanding, Correcting, Rating):
