@@ -182,7 +182,8 @@ class Commanding:
 
     def _start(self, cmd: Command, t: float) -> bool:
         self._emit(EventKind.SESSION, state="started", programme=self.programme.id, lang=self.cat.lang)
-        # The tone's own level, below the voice (the patient's own, when remembered).
+        # The voice's and the tone's levels (the patient's own, when remembered).
+        self._emit(EventKind.SETTING, setting="volume", value=self.volume)
         self._emit(EventKind.SETTING, setting="tone_volume", value=self.tone_volume)
         self._segment = None
         intro = self._plan_speech(SegmentKind.INTRO, ["session.start", *self.programme.intro], t, tail_s=0.3)
