@@ -54,9 +54,9 @@ __all__ = [  # the names other modules import from here
 log = logging.getLogger(__name__)
 
 WARNING_REPEAT_S = 30.0  # the same technique warning at most this often
-# The tone's own gain: its level at rest (about -25 dBFS RMS) sits below the voice
-# (about -22 dBFS), and ducked under speech some 15 dB below it (bench/listening.py).
-DEFAULT_TONE_VOLUME = 0.3
+# The tone's own gain: its level at rest sits below the voice, and ducked under speech
+# some 14 dB below it (bench/listening.py; at 1.0 the tone was 5 dB above the voice).
+DEFAULT_TONE_VOLUME = 0.25
 
 
 class Session(Planning, Measuring, Commanding, Correcting, Rating):
