@@ -283,7 +283,7 @@ class Session(Planning, Measuring, Commanding, Correcting, Rating):
         while seg.prompt_index < len(seg.prompts) and seg.prompts[seg.prompt_index].at <= t + 1e-9:
             p = seg.prompts[seg.prompt_index]
             seg.prompt_index += 1
-            if self._during_correction(p.at, self.timing.duration(p.key)):  # a safety net
+            if p.priority is Priority.ROUTINE and self._during_correction(p.at, self.timing.duration(p.key)):
                 log.warning("prompt %s at %.2f s dropped: a correction is being said", p.key, p.at)
                 continue
             self._say(p.key, p.at, p.priority)
