@@ -3,7 +3,8 @@
     python bench/listening.py DIR [DIR2]
 
 For each DIR: prompts said, the speech level (the mix while a phrase plays, minus the
-ducked tone), the tone's level alone during the holds, the ducked tone (that level times
+ducked tone), the tone's level alone during the holds (median of 50 ms windows 0.3 s
+clear of speech), the ducked tone (that level times
 the mixer's duck gain), speech over the ducked tone in dB, the longest stretch without a
 word while exercising (between an exercise's start and its end) and the longest stretch
 of no sound at all. With DIR2: how many prompts differ between the two sessions (a
@@ -76,8 +77,15 @@ def figures(out: Path) -> dict:
     holds = [(e["start"], e["end"]) for e in events if e["kind"] == "phase" and e["phase"] in ("hold", "move")]
     sp = mask(len(x), rate, speech)
     hd = mask(len(x), rate, holds)
-    tone_alone = x[hd & ~sp]
-    tone_p = float(np.mean(tone_alone**2)) if len(tone_alone) else 0.0
+    # The tone alone: in holds, 0.3 s clear of any speech (its duck ramps, a clip's tail),
+    # as the median of 50 ms windows (robust to what is left of the ramps).
+    near = mask(len(x), rate, [(a - 0.3, b + 0.3) for a, b in speech])
+    alone = hd & ~near
+    w = int(0.05 * rate)
+    n = len(x) // w
+    ok = alone[: n * w].reshape(n, w).all(axis=1)
+    windows = np.mean(x[: n * w].reshape(n, w)[ok] ** 2, axis=1)
+    tone_p = float(np.median(windows)) if len(windows) else 0.0
     duck = Mixer(rate).duck_gain
     ducked_p = tone_p * duck**2
     mix_p = float(np.mean(x[sp & hd] ** 2)) if np.any(sp & hd) else float(np.mean(x[sp] ** 2))
