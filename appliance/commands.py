@@ -20,6 +20,10 @@ class Command(Enum):
     STATUS = "status"
     HELP = "help"
     LATER = "later"
+    QUIET = "quiet"  # tone only: no breath cues or feedback (said again: words again)
+    TONE_LOUDER = "tone_louder"
+    TONE_SOFTER = "tone_softer"
+    WHAT_NOW = "what_now"  # the current instruction again, shortened
 
     @classmethod
     def parse(cls, name: str) -> Command:

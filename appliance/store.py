@@ -89,7 +89,8 @@ CREATE INDEX IF NOT EXISTS events_by_session ON events(session_id, t);
 """
 
 REP_METRICS = ("peak_cmh2o", "peak_pct", "time_to_peak_s", "held_s", "hold_asked_s",
-               "steadiness_pct", "release_complete", "onset_s", "mean_hold_pct", "contractions", "artefact")
+               "steadiness_pct", "release_complete", "onset_s", "mean_hold_pct", "contractions", "artefact",
+               "target_prescribed_pct")  # set only when the coach stepped the target within the set
 
 
 def _plain(value: Any) -> Any:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from appliance.coach.session import DEFAULT_TONE_VOLUME
 from appliance.config import AudioConfig
 from appliance.events import Event, Feedback
 from appliance.simulation.session import simulate
@@ -87,7 +88,7 @@ def test_every_prompt_is_in_the_wav_on_the_sample_the_timeline_gives(session):
     says = session["says"]
     volume = CFG.volume
     # the ducked tone, at most 1.5x its amplitude with the cue's upper partial added
-    ducked_tone = 0.3 * 0.25 * volume * 1.5
+    ducked_tone = 0.3 * 0.25 * volume * 1.5 * DEFAULT_TONE_VOLUME
     checked = 0
     for i, e in enumerate(says):
         clip: Clip = bank.clip(e.data["phrase"])
@@ -111,7 +112,7 @@ def test_the_tone_is_ducked_under_speech_and_full_between_prompts(session):
     x = session["wav"]
     spans = speech_spans(session)
     starts = [s for s, _ in spans]
-    full = 0.3 * CFG.volume
+    full = 0.3 * CFG.volume * DEFAULT_TONE_VOLUME  # the tone's own level, below the voice (issue 15)
     shaper = ToneShaper()
     steady = {ToneCue.FOLLOW, ToneCue.ON_TARGET}  # not the pulsing let-go or warble
     cues = [shaper.update(fb).cue for fb in session["ticks"]]

@@ -146,3 +146,13 @@ def _plans(state):
         return {sid: json.loads(d) for sid, d in con.execute("SELECT session_id, data FROM events WHERE kind='plan'")}
     finally:
         con.close()
+
+
+def test_a_repetition_held_at_a_target_lowered_within_the_set_does_not_count_as_met():
+    """The coach may step the target down for the rest of a set (issue 15); the weekly
+    step up is still earned only against what the clinician prescribed."""
+    from appliance.patient.progress import rep_met
+    rep = dict(status="complete", peak_pct=56.0, target_pct=55.0, hold_asked_s=5.0, held_s=5.0)
+    assert rep_met(rep)
+    assert not rep_met({**rep, "target_prescribed_pct": 65.0})
+    assert rep_met({**rep, "target_prescribed_pct": 60.0})  # 56 >= 0.9 x 60

@@ -22,7 +22,7 @@ def judged(result):
     return result.extra["observed"].technique.judgements
 
 
-def test_bearing_down_is_flagged_with_niet_persen():
+def test_bearing_down_is_corrected_with_niet_persen():
     result = simulate(patient="average", seed=11, faults=[Fault.PUSH_DOWN], fault_rate=1.0,
                       max_seconds=400.0)
     # Only squeezes of 4 s or more show how slowly the pressure rises (not the 2 s ones).
@@ -30,8 +30,8 @@ def test_bearing_down_is_flagged_with_niet_persen():
     assert len(reps) >= 8
     assert np.mean(["push_down" in j.warnings for j in reps]) >= 0.8
     warnings = [e.data for e in result.log.of("warning") if e.data["warning"] == "push_down"]
-    assert warnings and warnings[0]["phrase"] == "caution.no_push"
-    assert any(e.data["phrase"] == "caution.no_push" for e in result.log.of("say"))
+    assert warnings and warnings[0]["phrase"] == "correct.push_down"  # the short cue first (issue 15)
+    assert any(e.data["phrase"] == "correct.push_down" for e in result.log.of("say"))
 
 
 def _long_holds() -> Programme:
@@ -43,13 +43,13 @@ def _long_holds() -> Programme:
     return replace(prog, exercises=(prog.exercise("ex1"), replace(ex2, phases=phases, rest_between_reps_s=30.0)))
 
 
-def test_holding_the_breath_through_a_long_hold_is_flagged_with_houd_uw_adem_niet_in():
+def test_holding_the_breath_through_a_long_hold_is_corrected_with_blijf_ademen():
     result = simulate(patient="average", seed=12, faults=[Fault.BREATH_HOLD], fault_rate=1.0,
                       max_seconds=900.0, programme=_long_holds())
     long_holds = [j for j in judged(result) if j.hold_ripple is not None]
     assert len(long_holds) >= 5
     assert np.mean(["breath_hold" in j.warnings for j in long_holds]) >= 0.7
-    assert any(e.data["phrase"] == "caution.breathe" for e in result.log.of("warning"))
+    assert any(e.data["phrase"] == "correct.breathe" for e in result.log.of("warning"))
 
 
 @pytest.mark.parametrize("patient", ["average", "weak", "strong"])

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from appliance.voice.phrases import Catalogue
 
 VOLUME_STEP, MIN_VOLUME, MAX_VOLUME = 0.1, 0.2, 1.0
+TONE_VOLUME_STEP, MIN_TONE_VOLUME, MAX_TONE_VOLUME = 0.1, 0.1, 1.0
 
 
 class Commanding:
@@ -30,6 +31,8 @@ class Commanding:
     state: State
     pace: Pace
     volume: float
+    tone_volume: float
+    quiet: bool
     programme: Programme
     cat: Catalogue
     calibration: Calibration | None
@@ -48,6 +51,8 @@ class Commanding:
         def exercise(self) -> Exercise | None: ...
         def session_time(self, now: float | None = None) -> float: ...
         def _say_now(self, key: str) -> None: ...
+        def _say_now_all(self, keys: Sequence[str]) -> None: ...
+        def _status_keys(self) -> list[str]: ...
         def _emit(self, kind: EventKind, **data: object) -> None: ...
         def _abort_segment(self, t: float) -> None: ...
         def _end(self, status: str) -> None: ...
@@ -81,7 +86,10 @@ class Commanding:
         return True
 
     def _status(self, cmd: Command, t: float) -> bool:
-        self._say_now(self._status_phrase())
+        """Today's figures, then how the last repetitions went."""
+        keys = self._status_keys()
+        trend = self._status_phrase()
+        self._say_now_all(keys if trend == "status.none_yet" else [*keys, trend])
         return True
 
     def _status_phrase(self) -> str:
@@ -121,6 +129,50 @@ class Commanding:
         self._say_now("session.louder" if louder else "session.softer")
         return True
 
+    def _tone_volume(self, cmd: Command, t: float) -> bool:
+        louder = cmd is Command.TONE_LOUDER
+        step = TONE_VOLUME_STEP if louder else -TONE_VOLUME_STEP
+        new = round(min(MAX_TONE_VOLUME, max(MIN_TONE_VOLUME, self.tone_volume + step)), 2)
+        if new == self.tone_volume:
+            self._say_now("tone.loudest" if louder else "tone.softest")
+            return False
+        self.tone_volume = new
+        self._emit(EventKind.SETTING, setting="tone_volume", value=new)
+        self._say_now("tone.louder" if louder else "tone.softer")
+        return True
+
+    def _quiet(self, cmd: Command, t: float) -> bool:
+        """Tone only (or words again): the breath cues still planned are left out."""
+        self.quiet = not self.quiet
+        seg = self._segment
+        if self.quiet and seg is not None:
+            seg.prompts[seg.prompt_index:] = [p for p in seg.prompts[seg.prompt_index:]
+                                              if not p.key.startswith("breath.")]
+        self._emit(EventKind.SETTING, setting="quiet", value=self.quiet)
+        self._say_now("quiet.on" if self.quiet else "quiet.off")
+        return True
+
+    def _what_now(self, cmd: Command, t: float) -> bool:
+        self._say_now(self._current_instruction())
+        return True
+
+    def _current_instruction(self) -> str:
+        """What the patient is asked to do now, in its short form."""
+        seg, ex = self._segment, self.exercise
+        if self.state is State.PAUSED:
+            return "session.paused"
+        if seg is None or seg.current is None:
+            return "session.help" if self.state is State.IDLE else "cue.rest"
+        if seg.kind is SegmentKind.REP and ex is not None and seg.phase_index < len(ex.phases):
+            ph = ex.phases[seg.phase_index]
+            key = ph.say_again or ph.say
+            if key:
+                return key
+            return INSTRUCTION_OF.get(seg.current.kind.value, "cue.rest")
+        if seg.kind is SegmentKind.CALIBRATION:
+            return INSTRUCTION_OF.get(seg.current.kind.value, "calibrate.rest")
+        return ex.title if ex is not None else "session.help"
+
     # --- starting, pausing, stopping ------------------------------------------------------
 
     def _later(self, cmd: Command, t: float) -> bool:
@@ -130,6 +182,9 @@ class Commanding:
 
     def _start(self, cmd: Command, t: float) -> bool:
         self._emit(EventKind.SESSION, state="started", programme=self.programme.id, lang=self.cat.lang)
+        # The voice's and the tone's levels (the patient's own, when remembered).
+        self._emit(EventKind.SETTING, setting="volume", value=self.volume)
+        self._emit(EventKind.SETTING, setting="tone_volume", value=self.tone_volume)
         self._segment = None
         intro = self._plan_speech(SegmentKind.INTRO, ["session.start", *self.programme.intro], t, tail_s=0.3)
         if self.calibration is None:
@@ -226,6 +281,14 @@ class Commanding:
 
 Handler = Callable[[Commanding, Command, float], bool]
 
+# The short instruction of a phase whose own cue is silent ("wat moet ik doen").
+INSTRUCTION_OF = {
+    "inhale": "cue.breathe_in", "contract": "cue.exhale_contract", "hold": "cue.hold",
+    "move": "cue.feel_hold", "release": "cue.release", "rest": "cue.rest",
+    "calibrate_rest": "calibrate.rest", "calibrate_squeeze": "calibrate.squeeze",
+    "calibrate_release": "calibrate.squeeze_release",
+}
+
 
 def _in(states: frozenset[State] | set[State], commands: tuple[Command, ...], handler: Handler
         ) -> dict[tuple[State, Command], Handler]:
@@ -241,6 +304,9 @@ COMMANDS: Mapping[tuple[State, Command], Handler] = {
     **_in(_EVERY_STATE, (Command.STATUS,), Commanding._status),
     **_in(_EVERY_STATE, (Command.SLOWER, Command.FASTER), Commanding._pace),
     **_in(_EVERY_STATE, (Command.LOUDER, Command.SOFTER), Commanding._volume),
+    **_in(_EVERY_STATE, (Command.TONE_LOUDER, Command.TONE_SOFTER), Commanding._tone_volume),
+    **_in(_EVERY_STATE, (Command.QUIET,), Commanding._quiet),
+    **_in(_EVERY_STATE, (Command.WHAT_NOW,), Commanding._what_now),
     (State.IDLE, Command.START): Commanding._start,
     (State.IDLE, Command.LATER): Commanding._later,
     **_in({State.PAUSED}, (Command.START, Command.RESUME), Commanding._resume),

@@ -118,8 +118,11 @@ class Measuring:
             self._record_daily_life(seg, ex, status, t)
             return
         m = seg.recorder.metrics(self.calibration.mvc_cmh2o, 1.0 / self.sample_rate_hz)
+        # The target it was planned at: stepped within the set (appliance/coach/rating.py).
+        target = seg.target_pct if seg.target_pct is not None else ex.target_level_pct
+        adapted = {"target_prescribed_pct": ex.target_level_pct} if target != ex.target_level_pct else {}
         data = dict(exercise=ex.id, exercise_index=seg.exercise_index, rep=seg.rep, status=status,
-                    target_pct=ex.target_level_pct, t_start=round(seg.start, 3), t_end=round(t, 3),
+                    target_pct=target, **adapted, t_start=round(seg.start, 3), t_end=round(t, 3),
                     biofeedback=not seg.probe_fault, **m.__dict__)
         self.reps.append(data)
         self._emit(EventKind.REP, **data)

@@ -3,12 +3,19 @@
 `Planning` is the part of `appliance.coach.session.Session` that turns the programme,
 the pace and the phrase timings into `Segment`s: a repetition, a calibration, speech.
 It only plans; running the plan is the session's.
+
+Prompts have a `Priority`. A correction outranks the routine cues: once it starts it is
+heard whole (`Planning._make_room`): routine cues that would start during it are delayed
+or dropped, and a cue aligned on a breath or a transition moves the rest of the segment
+on (the phase lasts a little longer) rather than speaking over it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from appliance.coach.kinds import CONTRACTING, HOLDING, SPEECH_PHASE, SegmentKind, SessionPhase
@@ -25,6 +32,25 @@ CALIBRATION_SQUEEZES = 3
 CALIBRATION_SQUEEZE_S = 5.0
 CALIBRATION_RECOVER_S = 8.0
 GAP_S = 0.35  # silence between two prompts
+MIN_HOLD_TO_BREATH_S = 1.5  # a hold before a squeeze on the out-breath lasts at least this
+MAX_WAIT_S = 0.8  # a correction waits at most this long for a routine prompt to finish
+
+
+class Priority(IntEnum):
+    """Who yields to whom when two prompts would overlap."""
+
+    ROUTINE = 0  # the programme's cues, counts, cautions, answers
+    CORRECTION = 1  # a correction of what the patient is doing now: never cut off
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A prompt as it was handed to the speaker: when it starts and ends."""
+
+    start: float
+    end: float
+    key: str
+    priority: Priority = Priority.ROUTINE
 
 
 class PhraseTiming(Protocol):
@@ -57,6 +83,7 @@ class Prompt:
     key: str
     aligned: bool = False  # must start at `at` (its keyword lands on a transition)
     latest: float | None = None  # a flexible prompt may slide until here, else it is dropped
+    priority: Priority = Priority.ROUTINE
 
 
 @dataclass
@@ -73,6 +100,7 @@ class Segment:
     prompt_index: int = 0
     recorder: RepRecorder = field(default_factory=RepRecorder)
     probe_fault: bool = False  # the probe failed during this segment: metrics are not the patient's
+    target_pct: float | None = None  # a repetition's target (%MVC) as planned
 
     @property
     def end(self) -> float:
@@ -81,6 +109,22 @@ class Segment:
     @property
     def current(self) -> PlannedPhase | None:
         return self.phases[self.phase_index] if 0 <= self.phase_index < len(self.phases) else None
+
+    def shift_from(self, at: float, delta: float) -> None:
+        """Move every phase not yet entered that starts at or after `at`, and the prompts
+        still to come from `at`, `delta` seconds later; the phase before them lasts longer."""
+        first = None
+        for i, ph in enumerate(self.phases):
+            if i > self.phase_index and ph.start >= at - 1e-9:
+                if first is None:
+                    first = i
+                ph.start += delta
+                ph.end += delta
+        if first is not None and first > 0:
+            self.phases[first - 1].end += delta
+        for p in self.prompts[self.prompt_index:]:
+            if p.at >= at - 1e-9:
+                p.at += delta
 
 
 @dataclass(frozen=True)
@@ -109,7 +153,13 @@ class Planning:
     rep: int
     exercise_index: int
     breath_follower: Any
+    quiet: bool
     _busy_until: float
+    _segment: Segment | None
+    _out_breath: float | None
+
+    if TYPE_CHECKING:  # provided by Rating
+        def target_pct(self, index: int | None = None) -> float: ...
 
     @property
     def exercise(self) -> Exercise | None:
@@ -150,21 +200,32 @@ class Planning:
         aligned: list[Prompt] = []
         flexible: list[Prompt] = []
         start = t
+        target = self.target_pct()
+        self._out_breath = None  # the rep's first out-breath: the breath cues keep its rhythm
         for i, ph in enumerate(ex.phases):
             dur = self._rep_phase_seconds(ex, i, start)
+            if ph.on_exhale and self._out_breath is None:
+                self._out_breath = start
             phases.append(PlannedPhase(SessionPhase.of(ph.kind), start, start + dur,
-                                       round(ph.level * ex.target_level_pct, 1), ph.on_exhale, ph.motion))
+                                       round(ph.level * target, 1), ph.on_exhale, ph.motion))
             self._place_cue(ph, start, dur, t, aligned, flexible)
             flexible.extend(self._counts_and_cautions(ex, ph, start, dur))
+            flexible.extend(self._breath_cues(ph, start, dur))
             start += dur
         flexible.extend(self._last_rep_cue(ex, phases))
         prompts = self._fit(aligned, flexible, t)
-        return Segment(SegmentKind.REP, t, phases, prompts, self.exercise_index, self.rep)
+        return Segment(SegmentKind.REP, t, phases, prompts, self.exercise_index, self.rep, target_pct=target)
 
     def _rep_phase_seconds(self, ex: Exercise, i: int, start: float) -> float:
-        """A phase's length; an in-breath before an out-breath cue makes room for it."""
+        """A phase's length; an in-breath before an out-breath cue makes room for it, and a
+        hold before a squeeze on the out-breath (ex4's floors) lasts until the next one."""
         ph = ex.phases[i]
         dur = self._phase_seconds(ex, ph)
+        nxt = ex.phases[i + 1] if i + 1 < len(ex.phases) else None
+        if ph.kind is PhaseKind.HOLD and nxt is not None and nxt.on_exhale and self._out_breath is not None:
+            breath = self.pace.breath_s
+            k = max(1, math.ceil((start + MIN_HOLD_TO_BREATH_S - self._out_breath) / breath))
+            return self._out_breath + k * breath - start
         if ph.kind is PhaseKind.INHALE and i + 1 < len(ex.phases) and ex.phases[i + 1].on_exhale:
             room = self._inhale_room(ex, ph, ex.phases[i + 1], self.rep == 1)
             dur = max(dur, room)
@@ -191,6 +252,29 @@ class Planning:
         for c in ex.cautions:
             if c.phase is ph.kind and self.rep in c.reps:
                 prompts.append(Prompt(start + 0.3, c.phrase, latest=start + dur - 0.5))
+        return prompts
+
+    def _breath_cues(self, ph: Phase, start: float, dur: float) -> list[Prompt]:
+        """Breathing with the patient through a hold: in and out on her rhythm (from the
+        repetition's first out-breath), the breaths of a hold counted in breaths."""
+        if ph.kind not in (PhaseKind.HOLD, PhaseKind.MOVE) or self.quiet:
+            return []
+        breath, inhale = self.pace.breath_s, self.pace.inhale_s
+        origin = self._out_breath if self._out_breath is not None else start - inhale
+        first = origin + breath - inhale  # the next in-breath after the out-breath
+        while first < start + 0.5:
+            first += breath
+        prompts: list[Prompt] = []
+        n = 0
+        at = first
+        while at < start + dur - 1.5:
+            n += 1
+            key = f"breath.in_{n}" if ph.breaths and n <= 5 else "breath.in_hold"
+            prompts.append(Prompt(at, key, latest=at + 1.5))
+            out = at + inhale
+            if out < start + dur - 1.5:
+                prompts.append(Prompt(out, "breath.out_hold", latest=out + 0.8))
+            at += breath
         return prompts
 
     def _last_rep_cue(self, ex: Exercise, phases: list[PlannedPhase]) -> list[Prompt]:
@@ -221,7 +305,8 @@ class Planning:
                 start = placed[-1][1]  # two aligned prompts too close: the later one waits
             end = start + self.timing.duration(p.key)
             placed.append((start, end, Prompt(start, p.key, aligned=True)))
-        for p in sorted(flexible, key=lambda p: p.at):
+        # Breathing with the patient first (it is timed on her breath), then the rest in gaps.
+        for p in sorted(flexible, key=lambda p: (not p.key.startswith("breath."), p.at)):
             dur = self.timing.duration(p.key)
             at = max(p.at, busy)
             for s, e, _ in sorted(placed, key=lambda x: x[0]):
@@ -234,6 +319,50 @@ class Planning:
         if placed:
             self._busy_until = max(self._busy_until, max(e for _, e, _ in placed))
         return [p for _, _, p in placed]
+
+    # --- priorities -------------------------------------------------------------------------
+
+    def _make_room(self, seg: Segment, start: float, end: float) -> list[str]:
+        """Let a correction said from `start` to `end` be heard whole; returns the keys dropped.
+
+        Prompts to come that would start before it ends: counts are dropped; other routine
+        cues move after it if they fit before the next aligned cue (else are dropped); the
+        first aligned cue in the way moves after it with the rest of the segment.
+        """
+        clear = end + GAP_S
+        pending = sorted(seg.prompts[seg.prompt_index:], key=lambda p: p.at)
+        kept: list[Prompt] = []
+        dropped: list[str] = []
+        for i, p in enumerate(pending):
+            dur = self.timing.duration(p.key)
+            if p.at >= clear - 1e-9 or p.at + dur <= start - 0.05 or p.priority is Priority.CORRECTION:
+                kept.append(p)
+                continue
+            if p.aligned:
+                delta = clear - p.at
+                seg.prompts = seg.prompts[:seg.prompt_index] + kept + pending[i:]
+                seg.shift_from(p.at, delta)
+                if self._busy_until > p.at:
+                    self._busy_until += delta
+                kept = []
+                break
+            nxt = next((q for q in pending[i + 1:] if q.aligned), None)
+            too_late = p.latest is not None and clear > p.latest + 1.0
+            in_the_way = nxt is not None and clear + dur + 0.05 > nxt.at
+            if p.key.startswith("count.") or too_late or in_the_way:
+                dropped.append(p.key)
+                continue
+            p.at = clear
+            clear += dur + GAP_S
+            kept.append(p)
+        else:
+            seg.prompts = seg.prompts[:seg.prompt_index] + kept
+        seg.prompts[seg.prompt_index:] = sorted(seg.prompts[seg.prompt_index:], key=lambda p: p.at)
+        last = seg.phases[-1] if seg.phases else None
+        if last is not None and seg.kind is SegmentKind.REP and last.end < end + GAP_S:
+            last.end = end + GAP_S  # the next repetition begins after the correction
+        self._busy_until = max(self._busy_until, end)
+        return dropped
 
     # --- speech and calibration -----------------------------------------------------------
 

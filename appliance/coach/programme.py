@@ -79,6 +79,7 @@ class Exercise:
     # False: a daily-life exercise done with the probe taken out (walking, hopping): coached
     # by voice and timed, no strength measured or stored.
     probe: bool = True
+    adaptive_target: bool = True  # the target may step within the set (the clinician can switch it off)
 
     @property
     def target_level_pct(self) -> float:

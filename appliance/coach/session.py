@@ -19,6 +19,7 @@ from datetime import date, tzinfo
 
 from appliance.clock import Clock
 from appliance.coach.commanding import MAX_VOLUME, MIN_VOLUME, VOLUME_STEP, Commanding
+from appliance.coach.correcting import CORRECTIONS, Correcting
 from appliance.coach.kinds import RUNNING, SegmentKind, SessionPhase, State
 from appliance.coach.measuring import MIN_MVC_CMH2O, Measuring, _peak_of_mean
 from appliance.coach.pacing import Pace
@@ -32,10 +33,12 @@ from appliance.coach.plan import (
     PhraseTiming,
     PlannedPhase,
     Planning,
+    Priority,
     Prompt,
     Segment,
 )
 from appliance.coach.programme import Motion, Programme
+from appliance.coach.rating import Rating
 from appliance.commands import Command
 from appliance.events import Event, EventKind, Feedback, Sink
 from appliance.sensor.base import ProbeStatus
@@ -51,9 +54,12 @@ __all__ = [  # the names other modules import from here
 log = logging.getLogger(__name__)
 
 WARNING_REPEAT_S = 30.0  # the same technique warning at most this often
+# The tone's own gain: its level at rest sits below the voice, and ducked under speech
+# some 14 dB below it (bench/listening.py; at 1.0 the tone was 5 dB above the voice).
+DEFAULT_TONE_VOLUME = 0.25
 
 
-class Session(Planning, Measuring, Commanding):
+class Session(Planning, Measuring, Commanding, Correcting, Rating):
     """One session of a programme for one patient.
 
     Drive it with `tick(now, times, values)` at the control rate and `command(cmd)`
@@ -71,6 +77,7 @@ class Session(Planning, Measuring, Commanding):
         sample_rate_hz: float = 100.0,
         calibration: Calibration | None = None,
         volume: float = 0.8,
+        tone_volume: float = DEFAULT_TONE_VOLUME,
     ) -> None:
         from appliance.voice.phrases import EstimatedTiming
 
@@ -81,6 +88,7 @@ class Session(Planning, Measuring, Commanding):
         self.timing = timing or EstimatedTiming(catalogue)
         self.pace = pace or Pace()
         self.volume = volume
+        self.tone_volume = tone_volume  # the live tone's own volume (0..1), apart from the voice
         self.sample_rate_hz = sample_rate_hz
         self.calibration = calibration
         self.state = State.IDLE
@@ -93,6 +101,8 @@ class Session(Planning, Measuring, Commanding):
         self._init_measuring(sample_rate_hz)
         self._busy_until = 0.0  # when the last scheduled prompt finishes
         self._last_warning: dict[str, float] = {}
+        self._init_correcting()
+        self._init_rating()
         self._exercise_done: set[int] = set()
         self._init_wiring()
         self._emit(EventKind.SESSION, state="ready")
@@ -100,6 +110,8 @@ class Session(Planning, Measuring, Commanding):
 
     def _init_wiring(self) -> None:
         """Set by the wiring after construction (appliance.device.wiring), and the outcome."""
+        self._out_breath: float | None = None  # the repetition's first out-breath (planning)
+        self.quiet = False  # "stil": tone only, no breath cues or feedback in the holds
         # Said instead of moving on when the patient asks for more than the programme allows
         # (the post-operative weeks: appliance.patient.prescription.DayPlan.more_phrase).
         self.more_phrase: str | None = None
@@ -164,7 +176,15 @@ class Session(Planning, Measuring, Commanding):
         return accepted
 
     def observe_warning(self, warning: str, phrase: str) -> None:
-        """A technique or probe warning from the signal side; spoken at most every 30 s."""
+        """A technique or probe warning from the signal side.
+
+        A fault of the repetition that is on is corrected at once (`Correcting`); anything
+        else (the probe, a fault seen outside a repetition) is spoken at most every 30 s.
+        """
+        seg = self._correctable() if warning in CORRECTIONS else None
+        if seg is not None:
+            self._correct(warning, seg)
+            return
         t = self.session_time()
         if t - self._last_warning.get(warning, -1e9) < WARNING_REPEAT_S:
             return
@@ -209,6 +229,8 @@ class Session(Planning, Measuring, Commanding):
                 and seg.phases[seg.phase_index + 1].start <= t:
             self._enter_phase(seg, seg.phase_index + 1)
         self._fire_prompts(seg, t)
+        if seg is self._segment and self.state is State.EXERCISING:
+            self._maybe_rep_feedback(seg, t)
         if seg is self._segment and t >= seg.end:
             self._finish_segment(seg, t)
 
@@ -231,6 +253,8 @@ class Session(Planning, Measuring, Commanding):
 
     def _begin(self, seg: Segment) -> None:
         self._segment = seg
+        if seg.kind is SegmentKind.REP:
+            self._faults_in_rep = set()
         t = self.session_time()
         if seg.phases and seg.phases[0].start <= t:
             self._enter_phase(seg, 0)
@@ -247,6 +271,8 @@ class Session(Planning, Measuring, Commanding):
             self._calib_peaks.append(_peak_of_mean(self._calib_window, int(0.25 * self.sample_rate_hz)))
         if ph.kind is SessionPhase.REST:
             self._rest_tail = []
+            if seg.kind is SegmentKind.REP:
+                self._rest_begins(ph.start)
         self._emit_at(ph.start, EventKind.PHASE, **self._phase_data(seg, ph))
 
     def _phase_data(self, seg: Segment, ph: PlannedPhase) -> dict:
@@ -270,7 +296,10 @@ class Session(Planning, Measuring, Commanding):
         while seg.prompt_index < len(seg.prompts) and seg.prompts[seg.prompt_index].at <= t + 1e-9:
             p = seg.prompts[seg.prompt_index]
             seg.prompt_index += 1
-            self._say(p.key, p.at)
+            if p.priority is Priority.ROUTINE and self._during_correction(p.at, self.timing.duration(p.key)):
+                log.warning("prompt %s at %.2f s dropped: a correction is being said", p.key, p.at)
+                continue
+            self._say(p.key, p.at, p.priority)
 
     def _finish_segment(self, seg: Segment, t: float) -> None:
         self._fire_prompts(seg, seg.end + 1e9)  # anything left (rounding) is said now
@@ -284,6 +313,7 @@ class Session(Planning, Measuring, Commanding):
         ex = self.exercise
         assert ex is not None
         self.rep = 1
+        self._start_set(self.exercise_index)
         self._emit(EventKind.EXERCISE, exercise=ex.id, index=self.exercise_index, state="started")
         self._begin(self._plan_rep(t))
 
@@ -297,8 +327,9 @@ class Session(Planning, Measuring, Commanding):
             return
         self._exercise_done.add(self.exercise_index)
         self._emit(EventKind.EXERCISE, exercise=ex.id, index=self.exercise_index, state="finished")
-        if ex.outro:
-            self._begin(self._plan_speech(SegmentKind.OUTRO, list(ex.outro), t))
+        outro = [*self._summary_keys(self.exercise_index), *ex.outro]
+        if outro:
+            self._begin(self._plan_speech(SegmentKind.OUTRO, outro, t))
         else:
             self._after_outro(seg, t)
 
@@ -390,13 +421,28 @@ class Session(Planning, Measuring, Commanding):
 
     # --- output ---------------------------------------------------------------------------
 
-    def _say(self, key: str, at: float) -> None:
+    def _say(self, key: str, at: float, priority: Priority = Priority.ROUTINE) -> None:
+        self._note_heard(key, at, priority)
+        extra = {"priority": "correction"} if priority is Priority.CORRECTION else {}
         self._emit_at(at, EventKind.SAY, phrase=key, text=self.cat.text(key), lang=self.cat.lang,
-                      at=round(at, 3), duration_s=round(self.timing.duration(key), 3))
+                      at=round(at, 3), duration_s=round(self.timing.duration(key), 3), **extra)
+
+    def _say_now_all(self, keys: Sequence[str]) -> None:
+        """Parts of one sentence (words and numbers), one after the other, from now."""
+        if not keys:
+            return
+        self._say_now(keys[0])
+        at = self._heard[-1].end
+        for key in keys[1:]:
+            at += 0.08
+            self._say(key, at)
+            at += self.timing.duration(key)
+        self._busy_until = max(self._busy_until, at)
 
     def _say_now(self, key: str) -> None:
         t = max(self.session_time(), 0.0)
         at = max(t, self._busy_until if self._busy_until - t < 1.0 else t)
+        at = self._after_correction(at)
         self._busy_until = max(self._busy_until, at + self.timing.duration(key))
         self._say(key, at)
 

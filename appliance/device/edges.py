@@ -94,6 +94,12 @@ class SessionTimeSource:
     def status(self) -> ProbeStatus:
         return self.inner.status
 
+    @property
+    def abdominal(self) -> tuple[list[float], list[float]] | None:
+        """The floor's abdominal channel from the last read (clock time), if it has one."""
+        abd = getattr(self.inner, "abdominal", None)
+        return None if abd is None else ([x + self.t0 for x in abd[0]], abd[1])
+
     def emit(self, event: Event) -> None:
         self.inner.emit(event)
 

@@ -134,6 +134,8 @@ class SessionRunning(HealthChecks):
 
     def _build(self, plan: Any, probe: Any) -> tuple[Session, GuardedStoreSink]:
         """The session for this plan through the one wiring (appliance.device.wiring)."""
+        from appliance.coach.preferences import remembered_settings
+        from appliance.coach.session import DEFAULT_TONE_VOLUME
         from appliance.store import StoreSink
 
         assert self.config is not None
@@ -151,10 +153,12 @@ class SessionRunning(HealthChecks):
         extra.extend(self.edges.session_sinks())
         extra.extend(self._room)
         pace = self.options.pace or plan.pace
+        remembered = remembered_settings(store)  # the patient's own volumes (coach/preferences.py)
         built = build_session(plan.programme, self.catalogue, self.clock, SessionParts(
             source=probe, store=store_sink, audio=audio, timing=self.options.timing or timing,
             sinks=extra, pace=pace, calibration=self.options.calibration or plan.calibration,
-            volume=self.config.audio.volume,
+            volume=remembered.get("volume", self.config.audio.volume),
+            tone_volume=remembered.get("tone_volume", DEFAULT_TONE_VOLUME),
             more_phrase=plan.day.more_phrase if plan.day is not None else None,
             tz=self.rx.tz if self.rx is not None else None))
         self.source = built.source

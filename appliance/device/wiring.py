@@ -16,7 +16,7 @@ from typing import Protocol
 from appliance.clock import Clock
 from appliance.coach.pacing import BreathFollower, Pace
 from appliance.coach.programme import Programme
-from appliance.coach.session import Calibration, PhraseTiming, Session
+from appliance.coach.session import DEFAULT_TONE_VOLUME, Calibration, PhraseTiming, Session
 from appliance.events import Sink
 from appliance.patient.progress import JumpCounter
 from appliance.sensor.base import PressureSource
@@ -48,6 +48,7 @@ class SessionParts:
     pace: Pace | None = None
     calibration: Calibration | None = None
     volume: float = 0.8
+    tone_volume: float = DEFAULT_TONE_VOLUME  # the tone's own volume (the patient's, when remembered)
     more_phrase: str | None = None  # what to answer "more" with (post-op weeks)
     follow_breath: bool = True
     tz: tzinfo | None = None  # the prescription's time zone (stimulation counts its local days)
@@ -79,7 +80,7 @@ def build_session(programme: Programme, catalogue: Catalogue, clock: Clock, part
     sinks.extend(parts.sinks)
     session = Session(programme, catalogue, clock, sinks, timing=parts.timing, pace=parts.pace,
                       sample_rate_hz=parts.source.sample_rate_hz, calibration=parts.calibration,
-                      volume=parts.volume)
+                      volume=parts.volume, tone_volume=parts.tone_volume)
     session.more_phrase = parts.more_phrase
     session.tz = parts.tz
     source: PressureSource = parts.source

@@ -57,6 +57,7 @@ class ExerciseOverride:
     move_seconds: float | None = bounded(None, 5.0, 600.0)  # walking / jumping time
     progressions_unlocked: tuple[str, ...] = ()  # the exercise's progression phrases to offer
     enabled: bool = True
+    adaptive_target: bool = True  # false: the target never steps down or up within a set
 
 
 @dataclass(frozen=True)
@@ -401,6 +402,8 @@ def apply_override(ex: Exercise, ov: ExerciseOverride, file: str | Path = "(pres
         changes["rest_between_reps_s"] = float(ov.rest_between_reps_s)
     if ov.target_pct_mvc is not None:
         changes["target_pct_mvc"] = float(ov.target_pct_mvc)
+    if not ov.adaptive_target:
+        changes["adaptive_target"] = False
     # Progressions are only suggested once the clinician has unlocked them.
     locked = set(ex.progressions) - set(ov.progressions_unlocked)
     changes["outro"] = tuple(k for k in ex.outro if k not in locked) + tuple(

@@ -288,7 +288,10 @@ class Week:
 def rep_met(rep: dict) -> bool:
     if rep["status"] != "complete":
         return False
-    peak_ok = (rep["peak_pct"] or 0.0) >= 0.9 * rep["target_pct"]
+    # Judged against the prescription: a repetition done at a target the coach lowered
+    # within the set (appliance/coach/rating.py) does not earn the weekly step up.
+    target = rep.get("target_prescribed_pct") or rep["target_pct"]
+    peak_ok = (rep["peak_pct"] or 0.0) >= 0.9 * target
     asked = rep["hold_asked_s"] or 0.0
     return peak_ok and (asked == 0 or (rep["held_s"] or 0.0) >= 0.8 * asked)
 

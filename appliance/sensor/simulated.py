@@ -22,6 +22,7 @@ class Fault(Enum):
     PUSH_DOWN = "push_down"  # bears down instead of lifting: slow broad rise, breath held
     GIVE_UP = "give_up"  # lets go halfway through a hold
     BREATH_HOLD = "breath_hold"  # lifts correctly but stops breathing while holding
+    ABDOMINAL = "abdominal"  # tightens the belly with the lift (seen on a second, abdominal channel)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,10 @@ class SimulatedPelvicFloor:
         self.true_breath_transitions: list[tuple[float, str]] = []
         self._status = ProbeStatus.OK
         self._push = 0.0  # bearing-down pressure, cmH2O
+        # A second channel on the belly, only for a patient who may tense it: the last read's
+        # (times, cmH2O), as the probe gives it (appliance.sensor.probe).
+        self.abdominal: tuple[list[float], list[float]] | None = (
+            ([], []) if Fault.ABDOMINAL in patient.faults else None)
 
     # --- Sink: listening to the coach ----------------------------------------------------
 
@@ -211,6 +216,7 @@ class SimulatedPelvicFloor:
     def read_until(self, t: float) -> tuple[list[float], list[float]]:
         times: list[float] = []
         values: list[float] = []
+        belly: list[float] = []
         p = self.patient
         rng = self._rng
         dt = self._dt
@@ -246,6 +252,11 @@ class SimulatedPelvicFloor:
             pressure += self._drift + rng.gauss(0.0, p.noise_cmh2o)
             times.append(now)
             values.append(pressure)
+            if self.abdominal is not None:
+                tensed = 0.6 * self._a * p.mvc_cmh2o if fault is Fault.ABDOMINAL else 0.0
+                belly.append(10.0 + tensed + 0.3 * self._breath(now) + rng.gauss(0.0, p.noise_cmh2o))
+        if self.abdominal is not None:
+            self.abdominal = (times, belly)
         return times, values
 
     def _breath(self, now: float) -> float:

@@ -1,7 +1,10 @@
-"""Technique warnings from the pressure curve: bearing down, holding the breath, abdominal help.
+"""Technique warnings from the pressure curve: bearing down, holding the breath, abdominal help,
+letting go early, a late or incomplete release.
 
-`TechniqueMonitor` hears the coach's phases (it is a `Sink`) and sees the samples; at the
-end of each contraction it judges the repetition. `ObservedSource` wraps the pressure
+`TechniqueMonitor` hears the coach's phases (it is a `Sink`) and sees the samples. While a
+repetition is on it looks for each fault as soon as the curve can show it (`LIVE_FAULTS`),
+so the coach can correct within the repetition; at the end of each contraction it judges
+the whole repetition again (`judgements`), and tells only what was not told live. `ObservedSource` wraps the pressure
 source the control loop reads, so the probe's status, the breath and the technique reach
 the coach as observations (`Session.observe_warning`) without the loop knowing about them.
 """
@@ -25,7 +28,10 @@ WARNING_PHRASES = {
     "push_down": "caution.no_push",
     "breath_hold": "caution.breathe",
     "abdominal": "caution.no_abdomen",
+    "let_go": "correct.let_go_explain",
+    "late_release": "correct.late_release_explain",
 }
+LIVE_FAULTS = tuple(WARNING_PHRASES)
 PROBE_PHRASES = {
     ProbeStatus.NOT_INSERTED: "probe.not_inserted",
     ProbeStatus.DISCONNECTED: "probe.disconnected",
@@ -51,6 +57,13 @@ class TechniqueSettings:
     min_judged_hold_s: float = 8.0  # shorter holds can fall inside one out-breath
     abdominal_rise_cmh2o: float = 4.0  # abdominal sensor rise that means the belly helped
     abdominal_fraction: float = 0.3  # ...or this share of the probe's rise, whichever is larger
+    push_window_s: float = 4.0  # the rise is judged live this long after the contract cue
+    breath_check_every_s: float = 2.0  # a long hold's breathing is looked at this often
+    let_go_fraction: float = 0.35  # the last half second below this share of the hold's best = let go
+    let_go_min_left_s: float = 1.0  # ...while at least this much of the hold is still to come
+    late_release_after_s: float = 1.5  # seconds into the rest when the release is looked at
+    late_release_fraction: float = 0.25  # still this share of the squeeze up = not let go
+    late_release_min_cmh2o: float = 2.5  # ...and at least this much (a breath is ~1.5-2)
 
 
 @dataclass
@@ -116,6 +129,7 @@ class TechniqueMonitor:
         self._phases: list[tuple[str, float, float]] = []  # this repetition's (kind, start, end)
         self._rep_key: tuple | None = None
         self._session_t0: float | None = None
+        self._live = _LiveState()
 
     # --- Sink ------------------------------------------------------------------------------
 
@@ -132,7 +146,12 @@ class TechniqueMonitor:
             self._trim(keep_from)
             self._phases = [p for p in self._phases if p[0] in RELAXED and p[2] > keep_from]
             self._rep_key = key
+            self._live = _LiveState()
         self._phases.append((kind, float(d["start"]), float(d["end"])))
+        self._live.phase = (kind, float(d["start"]), float(d["end"]), float(d.get("level_pct") or 0.0))
+        self._live.phase_best = None
+        if kind in SQUEEZING and self._live.cue is None and kind == "contract":
+            self._live.cue = float(d["start"])
 
     def feedback(self, fb: Feedback) -> None:
         return None
@@ -142,6 +161,8 @@ class TechniqueMonitor:
     def add(self, times, cmh2o) -> None:
         self._t.extend(float(t) for t in times)
         self._p.extend(float(p) for p in cmh2o)
+        if self._t and self._rep_key is not None:
+            self._check_live(self._t[-1])
 
     def add_abdominal(self, times, cmh2o) -> None:
         self._abd_t.extend(float(t) for t in times)
@@ -230,11 +251,158 @@ class TechniqueMonitor:
                 limit = max(s.abdominal_rise_cmh2o, s.abdominal_fraction * max(plateau, 0.0))
                 if j.abdominal_rise > limit:
                     j.warnings.append("abdominal")
+        j.warnings.extend(w for w in self._live.told if w not in j.warnings)
         self.judgements.append(j)
         for w in j.warnings:
             log.info("technique: %s in %s rep %s (%s)", w, j.exercise, j.rep, j)
-            if self.warn is not None:
+            if self.warn is not None and w not in self._live.told:
                 self.warn(w, WARNING_PHRASES[w])
+
+    # --- live: while the repetition is on --------------------------------------------------
+
+    def _tell(self, fault: str) -> None:
+        live = self._live
+        if fault in live.told:
+            return
+        live.told.add(fault)
+        log.info("technique (live): %s in %s rep %s", fault, *(self._rep_key or (None, None)))
+        if self.warn is not None:
+            self.warn(fault, WARNING_PHRASES[fault])
+
+    def _check_live(self, now: float) -> None:
+        """Look for the faults the curve can show by `now` (session seconds); cheap per call."""
+        live = self._live
+        if live.phase is None or live.cue is None or now - live.last_check < 0.05:
+            return
+        live.last_check = now
+        kind, start, end, level = live.phase
+        if live.baseline is None:
+            live.baseline = self._baseline(live.cue)
+            if live.baseline is None:
+                return
+        moving = any(k == "move" for k, _, _ in self._phases)
+        t, p = self._recent(now - 0.5)
+        live.level = float(np.mean(p)) - live.baseline if len(p) >= 10 else None
+        if kind in SQUEEZING:
+            if live.level is not None and now - live.cue >= 0.5:
+                live.plateau = max(live.plateau, live.level)
+            self._live_push_down(now, moving)
+            self._live_abdominal(now)
+            if kind == "hold" and level > 0:
+                self._live_let_go(now, start, end)
+            if kind in ("hold", "move"):
+                self._live_breath_hold(now, start)
+        elif kind == "rest" and now - start >= self.settings.late_release_after_s:
+            self._live_late_release(now)
+
+    def _baseline(self, cue: float) -> float | None:
+        t, p = np.array(self._t), np.array(self._p)
+        rest_t, rest_p = self._segment(RELAXED, t, p)
+        before = rest_p[rest_t < cue][-200:]
+        return float(np.median(before)) if len(before) >= 10 else None
+
+    def _recent(self, since: float) -> tuple[np.ndarray, np.ndarray]:
+        k = int(np.searchsorted(self._t, since))
+        return np.array(self._t[k:]), np.array(self._p[k:])
+
+    def _live_push_down(self, now: float, moving: bool) -> None:
+        s, live = self.settings, self._live
+        assert live.cue is not None and live.baseline is not None
+        if live.push_checked or moving or now < live.cue + s.push_window_s:
+            return
+        live.push_checked = True
+        t, p = self._recent(live.cue)
+        rel, rise = t - live.cue, p - live.baseline
+        early = rise[rel < s.push_window_s]
+        if len(early) < 25:
+            return
+        n = max(1, int(round(0.25 * len(early) / max(rel[len(early) - 1], 1e-3))))
+        early = np.convolve(early, np.ones(n) / n, mode="same")
+        plateau = float(np.percentile(early, 90))
+        live.plateau = max(live.plateau, plateau)
+        if plateau < s.min_rise_cmh2o:
+            return
+        start = np.nonzero(early >= 0.1 * plateau)[0]
+        reached = np.nonzero(early >= 0.63 * plateau)[0]
+        if len(start) and len(reached) and rel[reached[0]] - rel[start[0]] > s.slow_rise_s:
+            self._tell("push_down")
+
+    def _live_abdominal(self, now: float) -> None:
+        s, live = self.settings, self._live
+        assert live.cue is not None and live.baseline is not None
+        if live.abdominal_checked or not self._abd_t or now < live.cue + 2.0:
+            return
+        live.abdominal_checked = True
+        at, ap = np.array(self._abd_t), np.array(self._abd_p)
+        before = (at < live.cue) & (at >= live.cue - 5.0)
+        during = at >= live.cue + 0.5
+        if before.sum() < 5 or during.sum() < 5:
+            return
+        t, p = self._recent(live.cue)
+        plateau = float(np.percentile(p - live.baseline, 90)) if len(p) else 0.0
+        rise = float(np.median(ap[during]) - np.median(ap[before]))
+        if rise > max(s.abdominal_rise_cmh2o, s.abdominal_fraction * max(plateau, 0.0)):
+            self._tell("abdominal")
+
+    def _live_let_go(self, now: float, start: float, end: float) -> None:
+        s, live = self.settings, self._live
+        if now - start < 0.5 or live.level is None:
+            return
+        live.phase_best = max(live.phase_best or 0.0, live.level)
+        if now - start >= 1.0 and end - now >= s.let_go_min_left_s and live.phase_best >= s.min_rise_cmh2o \
+                and live.level < s.let_go_fraction * live.phase_best:
+            self._tell("let_go")
+
+    def _live_breath_hold(self, now: float, start: float) -> None:
+        s, live = self.settings, self._live
+        assert live.cue is not None
+        if "breath_hold" in live.told or "push_down" in live.told:
+            return
+        hold_from = min((st for k, st, _ in self._phases if k in ("hold", "move")), default=start) + 1.0
+        if now - hold_from < s.min_judged_hold_s or now - live.breath_checked_at < s.breath_check_every_s:
+            return
+        live.breath_checked_at = now
+        if live.rest_ripple is None:
+            t, p = np.array(self._t), np.array(self._p)
+            rest_t, rest_p = self._segment(RELAXED, t, p)
+            before = (rest_t >= live.cue - s.reference_s) & (rest_t < live.cue)
+            live.rest_ripple = ripple_activity(rest_t[before], rest_p[before]) or 0.0
+        if live.rest_ripple < s.min_rest_ripple:
+            return
+        t, p = self._recent(max(hold_from, now - 12.0))
+        ripple = ripple_activity(t, p)
+        if ripple is not None and ripple < s.breath_kept_fraction * live.rest_ripple \
+                and ripple < s.held_ripple_max:
+            self._tell("breath_hold")
+
+    def _live_late_release(self, now: float) -> None:
+        s, live = self.settings, self._live
+        assert live.baseline is not None
+        if live.release_checked or live.plateau < s.min_rise_cmh2o:
+            return
+        live.release_checked = True
+        still = live.level
+        if still is not None and still > max(s.late_release_min_cmh2o, s.late_release_fraction * live.plateau):
+            self._tell("late_release")
+
+
+@dataclass
+class _LiveState:
+    """What the live checks know of the repetition that is on."""
+
+    phase: tuple[str, float, float, float] | None = None  # (kind, start, end, level_pct)
+    cue: float | None = None  # the first contract cue
+    baseline: float | None = None
+    plateau: float = 0.0  # the squeeze's height above the baseline, as seen so far
+    phase_best: float | None = None
+    level: float | None = None  # the last half second's mean above the baseline
+    rest_ripple: float | None = None
+    last_check: float = -1e9
+    breath_checked_at: float = -1e9
+    push_checked: bool = False
+    abdominal_checked: bool = False
+    release_checked: bool = False
+    told: set[str] = field(default_factory=set)
 
 
 class ObservedSource:

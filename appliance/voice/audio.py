@@ -74,6 +74,7 @@ class Mixer:
         *,
         max_block: int = 4096,
         volume: float = 0.8,
+        tone_volume: float = 1.0,
         duck_gain: float = 0.25,
         duck_ms: float = 10.0,
         unduck_ms: float = 80.0,
@@ -84,6 +85,7 @@ class Mixer:
         self.max_block = int(max_block)
         self.tone = ToneSynth(self.sample_rate, max_block=self.max_block, glide_ms=glide_ms)
         self.volume = float(volume)
+        self.tone_volume = float(tone_volume)  # the tone's own gain under the master volume
         self.duck_gain = float(duck_gain)
         # The coach fires a prompt at the control tick that reaches its start, so the
         # duck must be complete within one tick (10 ms); coming back up can take longer.
@@ -94,6 +96,7 @@ class Mixer:
         self.dropped_items = 0
         self._frame = 0
         self._vol = self.volume
+        self._tvol = self.tone_volume
         self._duck = 1.0
         self._ring: list[SpeechItem | None] = [None] * RING_SLOTS
         self._ring_w = 0
@@ -144,7 +147,7 @@ class Mixer:
 
     def playback_state(self) -> PlaybackState:
         """A snapshot of what is playing; cheap, any thread, never blocks the audio thread."""
-        amp = self.tone.current_amplitude * self._duck * self._vol
+        amp = self.tone.current_amplitude * self._duck * self._vol * self._tvol
         active = self._active
         phrase = active.item.phrase if active is not None else None
         return PlaybackState(
@@ -185,6 +188,7 @@ class Mixer:
             self._tap_write(None, n)
             self._frame = block_end
             self._vol = self.volume
+            self._tvol = self.tone_volume
             self._duck = 1.0
             return
         sp = self._speech[:n]
@@ -237,9 +241,11 @@ class Mixer:
         vol1 = self.volume
         vstep = n / self.volume_frames
         vol1 = min(vol0 + vstep, vol1) if vol1 > vol0 else max(vol0 - vstep, vol1)
+        tv0, tv1 = self._tvol, self.tone_volume
+        tv1 = min(tv0 + vstep, tv1) if tv1 > tv0 else max(tv0 - vstep, tv1)
 
         mix = self._mix[:n]
-        self.tone.render(mix, duck0 * vol0, duck1 * vol1)
+        self.tone.render(mix, duck0 * vol0 * tv0, duck1 * vol1 * tv1)
         if spoke:  # the tone alone never comes near full scale: no mixing, no clipping
             if vol0 == vol1:
                 sp *= vol1
@@ -260,6 +266,7 @@ class Mixer:
         self._tap_write(mix, n)
         self._duck = duck1
         self._vol = vol1
+        self._tvol = tv1
         self._frame = block_end
 
     def _tap_write(self, mix: np.ndarray | None, n: int) -> None:

@@ -39,7 +39,8 @@ class AudioSink:
     """Turns the coach's events and feedback into what the patient hears.
 
     - `say` (`phrase`, `at`): the phrase's clip is queued to start at session time `at`.
-    - `setting` `volume` (0..1): master volume, immediately; `pace` (`[inhale_s, exhale_s]`,
+    - `setting` `volume` (0..1): master volume, immediately; `tone_volume` (0..1): the
+      tone's own gain under it; `pace` (`[inhale_s, exhale_s]`,
       a dict of those, or breath seconds): speech re-rendered at a matching rate in the
       background.
     - `feedback`: the tone's loudness and cue at every control tick, and its pitch: from
@@ -152,13 +153,13 @@ class AudioSink:
         return queued
 
     def _setting(self, name: str, value: Any) -> None:
-        if name == "volume":
+        if name in ("volume", "tone_volume"):
             try:
                 volume = float(value)
             except (TypeError, ValueError):
-                log.error("setting volume: not a number: %r", value)
+                log.error("setting %s: not a number: %r", name, value)
                 return
-            self.mixer.volume = min(max(volume, 0.0), 1.0)
+            setattr(self.mixer, name, min(max(volume, 0.0), 1.0))
         elif name == "pace":
             breath_s = _breath_seconds(value)
             if breath_s is None:
