@@ -65,6 +65,11 @@ def verdict_of(m: dict, target_pct: float, released: bool) -> Verdict:
     return Verdict(kind, asked > 0, round(frac, 3), released, steadiness, easy)
 
 
+def _measured(reps: list[dict]) -> list[dict]:
+    """The complete repetitions the probe measured (not the daily-life ones done without it)."""
+    return [r for r in reps if r["status"] == "complete" and r.get("peak_pct") is not None]
+
+
 def feedback_phrase(v: Verdict, steadier: bool) -> str:
     if not v.released:
         return "feedback.release_more"
@@ -176,6 +181,8 @@ class Rating:
         self._rest_feedback_at = None
         assert seg.exercise_index is not None
         index = seg.exercise_index
+        if not self.programme.exercises[index].probe:
+            return  # a daily-life exercise with the probe out: nothing was measured to judge
         m = seg.recorder.metrics(self.calibration.mvc_cmh2o, 1.0 / self.sample_rate_hz).__dict__
         target = seg.target_pct if seg.target_pct is not None else self.target_pct(index)
         v = verdict_of(m, target, self._strength_pct < RELEASED_PCT)
@@ -226,7 +233,7 @@ class Rating:
 
     def _summary_keys(self, index: int) -> list[str]:
         """A short summary of the exercise just done (its complete repetitions)."""
-        done = [r for r in self.reps if r.get("exercise_index") == index and r["status"] == "complete"]
+        done = [r for r in _measured(self.reps) if r.get("exercise_index") == index]
         if len(done) < 2:
             return []
         held = sum(1 for r in done if verdict_of(r, float(r["target_pct"]), True).kind == "held")
@@ -237,7 +244,7 @@ class Rating:
 
     def _status_keys(self) -> list[str]:
         """Today's figures: repetitions done, how often the target was held, how it goes now."""
-        done = [r for r in self.reps if r["status"] == "complete"]
+        done = _measured(self.reps)
         if not done:
             return ["status.none_yet"]
         held = sum(1 for r in done if verdict_of(r, float(r["target_pct"]), True).kind == "held")
