@@ -89,6 +89,17 @@ def _as_bytes(pcm: np.ndarray) -> bytes:
 # --- Vosk ------------------------------------------------------------------------------
 
 
+def vosk_library_problem(exc: OSError) -> str:
+    """What a technician reads when libvosk.so does not load, and what to install."""
+    text = str(exc)
+    missing = re.search(r"(lib[\w+.-]+?)\.so(?:\.\d+)*: cannot open shared object", text)
+    if missing:
+        package = {"libatomic": "libatomic1"}.get(missing.group(1), missing.group(1))
+        return (f"the vosk library does not load ({missing.group(0)}): "
+                f"install {package} (sudo apt install {package})")
+    return f"the vosk library does not load ({text}): reinstall vosk (install.sh)"
+
+
 class VoskEngine:
     """Vosk `KaldiRecognizer` restricted to the command phrases, with a garbage path.
 
@@ -105,6 +116,8 @@ class VoskEngine:
             import vosk
         except ImportError as exc:  # pragma: no cover - the venv always has it
             raise EngineUnavailable(f"vosk is not installed ({exc})") from None
+        except OSError as exc:  # libvosk.so is there but cannot load (a runtime library missing)
+            raise EngineUnavailable(vosk_library_problem(exc)) from None
         model_dir = Path(model_dir)
         if not (model_dir / "am").is_dir() and not (model_dir / "final.mdl").exists():
             raise EngineUnavailable(f"no Vosk model in {model_dir}")

@@ -159,23 +159,58 @@ def build_engine(
     raise EngineUnavailable(f"unknown recognizer engine {engine!r} (known: vosk, pocketsphinx)")
 
 
-def recognizer_status(config: DeviceConfig, state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, str]:
-    """For `appliance selftest`: per language, "ok: ..." or "unavailable: <reason>".
+FALLBACK_LANG = "en"
+"""Without a model for the patient's language the device still hears English commands
+through pocketsphinx, whose English model comes with the package (install.sh, issue 18)."""
 
-    Really loads each model and decodes a second of silence, so a corrupt model shows here.
+
+@dataclass(frozen=True)
+class RecognizerStatus:
+    """One language's recognizer as the selftest reports it."""
+
+    lang: str
+    ok: bool
+    detail: str
+    """"pocketsphinx, 32 phrases" when ok, else why not."""
+    fix: str = ""
+    """What a technician does about it (empty when ok or nothing to do)."""
+
+
+def what_to_do(engine: str, lang: str, reason: str) -> str:
+    """The one step that makes `lang`'s recognizer work, from why it does not."""
+    if "install " in reason:  # the reason names the package already (a missing library)
+        return ""
+    if engine == "vosk":
+        return (f"install the {lang} model: sudo ./install.sh --only models "
+                f"(without network: --model {lang}=vosk-model-small-{lang}-*.zip)")
+    if lang != "en":
+        return f'set [voice] engine = "vosk" and install the {lang} model (sudo ./install.sh --only models)'
+    return "reinstall the voice packages: sudo ./install.sh --only venv"
+
+
+def recognizer_status(config: DeviceConfig, state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, RecognizerStatus]:
+    """For `appliance selftest`: each language's recognizer, and the English fallback's.
+
+    Really loads each model and decodes a second of silence, so a corrupt model shows
+    here. Never raises: whatever stops a recognizer is its status.
     """
-    status: dict[str, str] = {}
-    engine: RecognizerEngine | None = None
-    for lang in LANGUAGES:
-        model_dir = config.voice.model_dir if lang == config.language else None
+    status: dict[str, RecognizerStatus] = {}
+    tried = [(lang, config.voice.engine) for lang in LANGUAGES]
+    if config.voice.engine != "pocketsphinx":
+        tried.append((FALLBACK_LANG, "pocketsphinx"))
+    for lang, engine_name in tried:
+        model_dir = config.voice.model_dir if lang == config.language and engine_name == config.voice.engine else None
+        key = lang if engine_name == config.voice.engine else f"{lang} ({engine_name})"
+        engine: RecognizerEngine | None = None
         try:
             vocab = Vocabulary.load(lang)
-            engine = build_engine(config.voice.engine, lang, vocab, model_dir, state_dir)
+            engine = build_engine(engine_name, lang, vocab, model_dir, state_dir)
             engine.feed(np.zeros(SAMPLE_RATE, dtype=np.int16))
             engine.finish()
-            status[lang] = f"ok: {engine.name}, {len(getattr(engine, 'phrases', []))} phrases"
-        except (EngineUnavailable, ConfigError) as exc:
-            status[lang] = f"unavailable: {exc}"
+            status[key] = RecognizerStatus(lang, True, f"{engine.name}, {len(getattr(engine, 'phrases', []))} phrases")
+        except Exception as exc:  # EngineUnavailable, ConfigError, or a library that breaks
+            reason = str(exc) if isinstance(exc, (EngineUnavailable, ConfigError)) else f"{type(exc).__name__}: {exc}"
+            status[key] = RecognizerStatus(lang, False, reason, what_to_do(engine_name, lang, reason))
         finally:
             engine = None  # a Vosk model is large; let it go before loading the next
     return status
@@ -410,6 +445,44 @@ class CommandDetector:
         return Heard(self.t, cmd, text, conf)
 
 
+def open_detector(
+    engine: str,
+    lang: str,
+    model_dir: Path | None = None,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    rules: AcceptanceRules | None = None,
+    monitor: PlaybackMonitor | None = None,
+    phrase_text: Callable[[str], str] | None = None,
+    echo_cancel: bool = True,
+    vocabulary: Vocabulary | None = None,
+) -> tuple[CommandDetector, str]:
+    """The patient's language's detector, or else English via pocketsphinx.
+
+    Returns (detector, fallback): `fallback` says why the patient's language is not heard
+    ("" when it is). Raises `EngineUnavailable`/`ConfigError` when neither works.
+    """
+    try:
+        vocab = vocabulary or Vocabulary.load(lang)
+        detector = CommandDetector(
+            build_engine(engine, lang, vocab, model_dir, state_dir), vocab, rules, monitor, phrase_text, echo_cancel
+        )
+        return detector, ""
+    except (EngineUnavailable, ConfigError) as exc:
+        if (engine == "pocketsphinx" and lang == FALLBACK_LANG) or vocabulary is not None:
+            raise
+        reason = f"no recognizer for {lang}: {exc}"
+    try:
+        vocab = Vocabulary.load(FALLBACK_LANG)
+        fallback_engine = build_engine("pocketsphinx", FALLBACK_LANG, vocab, None, state_dir)
+    except (EngineUnavailable, ConfigError) as exc:
+        raise EngineUnavailable(f"{reason}; and no English fallback: {exc}") from None
+    # The device still speaks the patient's language: its prompts are known in that language.
+    detector = CommandDetector(
+        fallback_engine, vocab, rules, monitor, phrase_text or catalogue_text(lang), echo_cancel
+    )
+    return detector, f"{reason}; English commands via pocketsphinx"
+
+
 # --- the microphone --------------------------------------------------------------------
 
 
@@ -443,17 +516,21 @@ class Listener:
         self.available = False
         self.reason = ""
         self.detector: CommandDetector | None = None
+        self.fallback = ""
+        """Why the patient's language is not heard and English is ("" when it is)."""
         self._blocks: queue.Queue[tuple[np.ndarray, float]] = queue.Queue(maxsize=200)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stream: PortAudioStream | None = None
         try:
-            vocab = vocabulary or Vocabulary.load(lang)
-            self.detector = CommandDetector(
-                build_engine(engine, lang, vocab, model_dir, state_dir), vocab, rules, monitor, phrase_text, echo_cancel
+            self.detector, self.fallback = open_detector(
+                engine, lang, model_dir, state_dir, rules, monitor, phrase_text, echo_cancel, vocabulary
             )
         except (EngineUnavailable, ConfigError) as exc:
-            self._unavailable(f"no recognizer for {lang}: {exc}")
+            self._unavailable(str(exc) if str(exc).startswith("no recognizer") else f"no recognizer for {lang}: {exc}")
+            return
+        if self.fallback:
+            log.warning("voice commands in English only (%s)", self.fallback)
 
     @classmethod
     def from_config(
