@@ -629,10 +629,22 @@ def blocks(samples: np.ndarray, size: int = BLOCK) -> Iterator[np.ndarray]:
         yield samples[i : i + size]
 
 
-def detect_in_samples(detector: CommandDetector, samples: np.ndarray, tail_s: float = 1.0) -> list[Heard]:
-    """Run a whole recording through `detector` (plus `tail_s` of silence to close it)."""
+def detect_in_samples(
+    detector: CommandDetector,
+    samples: np.ndarray,
+    tail_s: float = 1.0,
+    before_block: Callable[[float], None] | None = None,
+) -> list[Heard]:
+    """Run a whole recording through `detector` (plus `tail_s` of silence to close it).
+
+    `before_block(t_end)` is told each block's end time first (a recorded reference
+    follows the microphone this way)."""
     heard: list[Heard] = []
     padded = np.concatenate([np.asarray(samples, dtype=np.float32), np.zeros(int(tail_s * SAMPLE_RATE), np.float32)])
+    t = 0.0
     for block in blocks(padded):
-        heard += detector.process(block)
+        t += len(block) / SAMPLE_RATE
+        if before_block is not None:
+            before_block(t)
+        heard += detector.process(block, t)
     return heard
