@@ -219,6 +219,11 @@ def recognizer_status(config: DeviceConfig, state_dir: Path = DEFAULT_STATE_DIR)
 # --- acceptance ------------------------------------------------------------------------
 
 
+# Tuned on the tuning half of bench/voice.py only (see there), never on the held-out half.
+MIN_MARGIN: float | None = None
+MAX_EXTRA_PHONES: int | None = None
+
+
 @dataclass(frozen=True)
 class AcceptanceRules:
     min_confidence: float = 0.6
@@ -244,6 +249,13 @@ class AcceptanceRules:
     """A command of n words sounds for at most n * seconds_per_word + slack_s. Longer
     sound that still decoded to a bare command is a sentence whose other words the
     garbage path failed to absorb ("turn it up a little louder please" -> "louder")."""
+    min_margin: float | None = MIN_MARGIN
+    """The second look (engines that give `Hypothesis.evidence`, pocketsphinx): the command
+    must explain the sound better than the best run of filler words by this much per
+    frame. None: not checked."""
+    max_extra_phones: int | None = MAX_EXTRA_PHONES
+    """...and a free phone loop may hear at most this many phones more than the command's
+    own pronunciation: more is a command word inside a longer sentence. None: not checked."""
 
 
 @dataclass(frozen=True)
@@ -351,16 +363,17 @@ class CommandDetector:
             if phrase:
                 self._note_prompt(phrase)
         if self.echo is not None:
-            clean = self.echo.process(block)  # always: the filter keeps following the path
-            if self.echo.delay is None and tone_hz is not None:
+            cancelled = self.echo.process(block)  # always: the filter keeps following the path
+            if self.echo.delay is None or self.t <= self._speaking_until:
                 # Until the canceller has found the delay (the first second of sound), the
-                # notch holds the tone. (The switch skips the notch's 60 ms once.)
-                clean = self.tone.process(block, tone_hz, self.t)
-            elif self.t <= self._speaking_until:
-                # The device's own sentence is judged whole, as the notch leaves it (too long
-                # to be a command): the short filter removes it only in part (~13 dB), and
-                # the fragments it leaves sound like single command words (pulse test).
-                clean = np.asarray(block, dtype=np.float32)
+                # notch alone holds the tone. The device's own sentence is judged whole, as
+                # the notch leaves it (too long to be a command): the short filter removes it
+                # only in part (~13 dB), and the fragments it leaves sound like single
+                # command words (pulse test).
+                cancelled = np.asarray(block, dtype=np.float32)
+            # The notch then takes what the canceller left of the tone (~20 dB down through
+            # a room, still loud enough to keep the voice detector open while it glides).
+            clean = self.tone.process(cancelled, tone_hz, self.t)
         else:
             clean = self.tone.process(block, tone_hz, self.t)
         voiced = self.vad.frames(clean)
@@ -433,6 +446,14 @@ class CommandDetector:
         longest = len(text.split()) * self.rules.seconds_per_word + self.rules.slack_s
         if voiced_s > longest:
             return Rejected(self.t, text, conf, f"{voiced_s:.1f} s of sound is too long for {text!r}")
+        ev = hyp.evidence
+        if ev is not None:
+            if self.rules.max_extra_phones is not None and ev.extra_phones > self.rules.max_extra_phones:
+                return Rejected(self.t, text, conf, f"{ev.phones} phones heard, {text!r} has {ev.expected}: "
+                                "a longer sentence")
+            if self.rules.min_margin is not None and ev.margin < self.rules.min_margin:
+                return Rejected(self.t, text, conf, f"margin {ev.margin:.1f} per frame over other words: "
+                                "not clearly a command")
         if self.t <= self._speaking_until:
             if cmd is not Command.STOP:
                 return Rejected(self.t, text, conf, "the device is speaking; only stop is heard")
