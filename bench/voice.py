@@ -707,7 +707,7 @@ def main() -> int:
         args.draws, args.sentence_talkers = 1, 1
     global RULES
     if args.second_check == "off" and hasattr(RULES, "min_margin"):
-        RULES = AcceptanceRules(min_margin=None, max_extra_phones=None)
+        RULES = AcceptanceRules(min_margin=None, max_extra_phones=None, min_phone_ratio_with_tone=None)
     rows = measure(args.engine, args.lang, args.model, args.half, args.draws, args.seed, args.room_db,
                    args.leak_delay_ms, args.sentence_talkers, tuple(args.conditions))
     if args.dump:
