@@ -188,7 +188,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if not listener.start():
         raise UserError(listener.reason)
-    print(f"listening ({engine_name}, {lang}); Ctrl-C ends", file=sys.stderr)
+    if listener.fallback:
+        print(f"{listener.fallback}: listening for English commands", file=sys.stderr)
+    heard_lang = listener.detector.vocabulary.lang if listener.detector is not None else lang
+    heard_engine = listener.detector.engine.name if listener.detector is not None else engine_name
+    print(f"listening ({heard_engine}, {heard_lang}); Ctrl-C ends", file=sys.stderr)
     try:
         while True:
             time.sleep(0.5)
