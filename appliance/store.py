@@ -89,7 +89,7 @@ CREATE INDEX IF NOT EXISTS events_by_session ON events(session_id, t);
 """
 
 REP_METRICS = ("peak_cmh2o", "peak_pct", "time_to_peak_s", "held_s", "hold_asked_s",
-               "steadiness_pct", "release_complete", "onset_s", "mean_hold_pct", "contractions")
+               "steadiness_pct", "release_complete", "onset_s", "mean_hold_pct", "contractions", "artefact")
 
 
 def _plain(value: Any) -> Any:
@@ -342,7 +342,7 @@ class Store:
         have = {row[1] for row in self.db.execute("PRAGMA table_info(repetitions)")}
         for column in REP_METRICS:
             if column not in have:
-                kind = "INTEGER" if column in ("release_complete", "contractions") else "REAL"
+                kind = "INTEGER" if column in ("release_complete", "contractions", "artefact") else "REAL"
                 self.db.execute(f"ALTER TABLE repetitions ADD COLUMN {column} {kind}")
                 log.info("database %s: added repetitions.%s", self.path, column)
 

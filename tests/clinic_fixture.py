@@ -25,7 +25,8 @@ EXAMPLE = Path(__file__).parent.parent / "examples" / "prescription.toml"
 CODE = "GNT-2026-0042"
 SHORT_LENDING_DAYS, LONG_LENDING_DAYS = 2, 14
 # A main session a physiotherapist might prescribe to a patient who knows her floor:
-# the squeeze and hold, walking, and jumping; two reminders a day for a short set.
+# the squeeze and hold, walking, and jumping every day (a [day] plan of her own instead
+# of the leaflet's rotation); two reminders a day for a short set.
 FIXTURE_RX = """
 [exercise.awareness]
 enabled = false
@@ -39,15 +40,21 @@ enabled = false
 enabled = false
 [exercise.ex6]
 enabled = false
+[day]
+daily = ["ex1", "ex7", "ex8"]
 """
 
 REPO = Path(__file__).resolve().parents[1]
+# Modules that only read what the device stored: a change to them does not change the lending.
+READ_ONLY = frozenset(f"appliance/clinic/{name}" for name in (
+    "report.py", "summary.py", "summary_page.py", "tables.py", "wording.py", "charts.py", "traces.py",
+    "report-nl.toml", "report-en.toml"))
 
 
 def _code_version() -> str:
     digest = hashlib.sha256()
-    files = sorted([*(REPO / "appliance").rglob("*.py"), *(REPO / "appliance").rglob("*.toml"),
-                    Path(__file__), EXAMPLE])
+    files = sorted(p for p in [*(REPO / "appliance").rglob("*.py"), *(REPO / "appliance").rglob("*.toml"),
+                               Path(__file__), EXAMPLE] if p.relative_to(REPO).as_posix() not in READ_ONLY)
     for path in files:
         digest.update(str(path.relative_to(REPO)).encode())
         digest.update(path.read_bytes())

@@ -9,7 +9,7 @@ from appliance.simulation.session import simulate
 def average_session(tmp_path_factory):
     """The whole leaflet programme, average patient, Dutch, seed 1, written to disk."""
     out = tmp_path_factory.mktemp("average")
-    return simulate(out_dir=out, lang="nl", patient="average", seed=1)
+    return simulate(out_dir=out, lang="nl", patient="average", seed=1, programme="leaflet")
 
 
 def pytest_collection_modifyitems(items):

@@ -140,7 +140,7 @@ def test_follower_keeps_the_paced_rhythm_when_the_breath_is_unclear_or_far(confi
 def cue_errors(patient, seeds=(5,)):
     followed, paced, decisions = [], [], 0
     for seed in seeds:
-        result = simulate(patient=patient, seed=seed, max_seconds=600.0, fault_rate=0.0)
+        result = simulate(patient=patient, seed=seed, max_seconds=600.0, fault_rate=0.0, programme="leaflet")
         outs = np.array([t for t, k in result.floor.true_breath_transitions if k == "out"])
         # Decisions are in clock time, the floor's breaths in session seconds.
         t0 = result.session.t0

@@ -25,7 +25,7 @@ def test_simulated_patient_gets_her_mvc_and_oxford_band_stored(tmp_path, name, c
     assert cal.oxford_band == oxford_band(cal.mvc_cmh2o)
     assert abs(cal.atmosphere_cmh2o) < 0.5
     out = capsys.readouterr().out
-    assert out.count("Knijp nu zo hard als u kunt") == 3  # the leaflet's words, three times
+    assert out.count("Span nu zo sterk aan als u kunt") == 3  # the leaflet's words, three times
 
 
 def procedure(offset=0.0, insert=True, unplugged=False):

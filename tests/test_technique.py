@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from appliance.clock import SimClock
+from appliance.coach.programme import Programme, load_programme
 from appliance.config import SensorConfig
 from appliance.events import Event
 from appliance.sensor.base import ProbeStatus
@@ -31,9 +34,18 @@ def test_bearing_down_is_flagged_with_niet_persen():
     assert any(e.data["phrase"] == "caution.no_push" for e in result.log.of("say"))
 
 
+def _long_holds() -> Programme:
+    """Exercise 1, then exercise 2 held for three paced breaths (30 s), as a clinician may
+    prescribe (`hold_seconds` up to 60); the leaflet's default caps it at 10 s."""
+    prog = load_programme("leaflet").only("ex1", "ex2")
+    ex2 = prog.exercise("ex2")
+    phases = tuple(replace(p, max_seconds=None) if p.breaths else p for p in ex2.phases)
+    return replace(prog, exercises=(prog.exercise("ex1"), replace(ex2, phases=phases, rest_between_reps_s=30.0)))
+
+
 def test_holding_the_breath_through_a_long_hold_is_flagged_with_houd_uw_adem_niet_in():
     result = simulate(patient="average", seed=12, faults=[Fault.BREATH_HOLD], fault_rate=1.0,
-                      max_seconds=900.0)
+                      max_seconds=900.0, programme=_long_holds())
     long_holds = [j for j in judged(result) if j.hold_ripple is not None]
     assert len(long_holds) >= 5
     assert np.mean(["breath_hold" in j.warnings for j in long_holds]) >= 0.7
@@ -42,7 +54,7 @@ def test_holding_the_breath_through_a_long_hold_is_flagged_with_houd_uw_adem_nie
 
 @pytest.mark.parametrize("patient", ["average", "weak", "strong"])
 def test_a_correct_lift_is_rarely_flagged(patient):
-    result = simulate(patient=patient, seed=13, fault_rate=0.0, max_seconds=900.0)
+    result = simulate(patient=patient, seed=13, fault_rate=0.0, max_seconds=900.0, programme="leaflet")
     reps = judged(result)
     assert len(reps) >= 20
     assert np.mean([bool(j.warnings) for j in reps]) <= 0.1

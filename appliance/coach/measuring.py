@@ -16,7 +16,7 @@ from appliance.events import EventKind
 from appliance.sensor.signal import ContractionDetector, OneEuroFilter
 
 if TYPE_CHECKING:
-    from appliance.coach.programme import Programme
+    from appliance.coach.programme import Exercise, Programme
 
 MIN_MVC_CMH2O = 3.0  # below this no squeeze was seen; %MVC would explode
 
@@ -61,8 +61,11 @@ class Measuring:
         phase = seg.current if seg is not None and self.state is not State.PAUSED else None
         kind = phase.kind if phase else None
         rec = seg.recorder if seg is not None and seg.kind is SegmentKind.REP and phase else None
+        if rec is not None and not self._uses_probe(seg):
+            rec = None  # a daily-life exercise: the probe is out, nothing to measure
         hold_target = phase.level_pct if phase and phase.holding else 0.0
         relaxing = kind in RELAXING
+        moving = kind is SessionPhase.MOVE
         filt = self._filter
         for ts, v in zip(times, values, strict=False):
             p = filt(v)
@@ -72,7 +75,7 @@ class Measuring:
                 if self._detector.update(ts, self._strength_pct) and rec is not None:
                     rec.contractions += 1
             if rec is not None:
-                rec.add(ts - self.t0, self._strength_pct, hold_target, relaxing)
+                rec.add(ts - self.t0, self._strength_pct, hold_target, relaxing, moving)
                 if kind is SessionPhase.REST:
                     self._rest_tail.append(p)
             elif kind is SessionPhase.CALIBRATE_REST:
@@ -81,25 +84,39 @@ class Measuring:
                 self._calib_window.append(p)
 
 
+    def _uses_probe(self, seg: Segment | None) -> bool:
+        """Whether the segment's exercise is measured (not a daily-life one, probe out)."""
+        if seg is None or seg.exercise_index is None or seg.exercise_index >= len(self.programme.exercises):
+            return True
+        return self.programme.exercises[seg.exercise_index].probe
+
     def _finish_calibration(self) -> None:
         rest = _median(self._calib_rest[-int(5 * self.sample_rate_hz):]) if self._calib_rest else self._pressure
         peaks = [p - rest for p in self._calib_peaks]
+        known = self.programme.known_mvc_cmh2o
         # A gentle reference squeeze is taken as its share of the MVC (post-op weeks).
         mvc = max(peaks) * 100.0 / self.programme.reference_squeeze_pct if peaks else 0.0
+        if known is not None and not peaks:
+            mvc = known  # the clinic's or an earlier day's: only the rest was measured now
         if mvc < MIN_MVC_CMH2O:
             self._emit(EventKind.WARNING, warning="no_squeeze", phrase="status.low", mvc_cmh2o=round(mvc, 2))
             mvc = MIN_MVC_CMH2O
         self.calibration = Calibration(round(rest, 2), round(mvc, 2))
         self._emit(EventKind.CALIBRATION, rest_cmh2o=self.calibration.rest_cmh2o,
                    mvc_cmh2o=self.calibration.mvc_cmh2o, oxford_band=self.calibration.oxford_band,
-                   squeezes_cmh2o=[round(p, 2) for p in peaks])
-        self._say_now(self._calibration_phrase("calibrate.done"))
+                   squeezes_cmh2o=[round(p, 2) for p in peaks],
+                   mvc_source=self.programme.mvc_source if known is not None and not peaks else "squeeze")
+        self._say_now("calibrate.done_rest" if known is not None and not peaks
+                      else self._calibration_phrase("calibrate.done"))
 
     def _record_rep(self, seg: Segment, status: str, t: float) -> None:
         if seg.kind is not SegmentKind.REP or seg.recorder.contract_at is None or self.calibration is None:
             return
         assert seg.exercise_index is not None
         ex = self.programme.exercises[seg.exercise_index]
+        if not ex.probe:
+            self._record_daily_life(seg, ex, status, t)
+            return
         m = seg.recorder.metrics(self.calibration.mvc_cmh2o, 1.0 / self.sample_rate_hz)
         data = dict(exercise=ex.id, exercise_index=seg.exercise_index, rep=seg.rep, status=status,
                     target_pct=ex.target_level_pct, t_start=round(seg.start, 3), t_end=round(t, 3),
@@ -113,6 +130,21 @@ class Measuring:
             cal = self.calibration
             self.calibration = Calibration(round(0.8 * cal.rest_cmh2o + 0.2 * new_rest, 3), cal.mvc_cmh2o)
 
+
+    def _record_daily_life(self, seg: Segment, ex: Exercise, status: str, t: float) -> None:
+        """A daily-life repetition (probe out): when and how long it was asked, no strength."""
+        asked = sum(p.end - p.start for p in seg.phases if p.kind is SessionPhase.MOVE)
+        data: dict = dict(exercise=ex.id, exercise_index=seg.exercise_index, rep=seg.rep, status=status,
+                          target_pct=ex.target_level_pct, t_start=round(seg.start, 3), t_end=round(t, 3),
+                          biofeedback=False, hold_asked_s=round(asked, 2))
+        data.update({k: None for k in STRENGTH_METRICS})
+        self.reps.append(data)
+        self._emit(EventKind.REP, **data)
+
+
+# What a daily-life repetition (probe out) leaves empty: nothing was measured.
+STRENGTH_METRICS = ("peak_cmh2o", "peak_pct", "time_to_peak_s", "held_s", "steadiness_pct",
+                    "release_complete", "onset_s", "mean_hold_pct", "contractions", "artefact")
 
 
 def _median(values: list[float]) -> float:

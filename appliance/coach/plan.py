@@ -123,12 +123,25 @@ class Planning:
         if ph.kind is PhaseKind.INHALE:
             return self.pace.inhale_s
         if ph.breaths:
-            return ph.breaths * self.pace.breath_s
+            return self._breaths_seconds(ph)
         if ph.seconds is not None:
             return ph.seconds
         if ph.kind is PhaseKind.REST:
             return ex.rest_between_reps_s
         return self.pace.exhale_s  # on_exhale without a length: the whole out-breath
+
+    def _breaths_seconds(self, ph: Phase) -> float:
+        """A hold of `breaths` breaths: at the patient's own breathing when the probe shows it
+        (she breathes freely while holding), else the pace; never over the phase's `max_seconds`."""
+        assert ph.breaths is not None
+        period = self.pace.breath_s
+        detector = getattr(self.breath_follower, "detector", None)
+        if detector is not None:
+            est = detector.estimate()
+            if est.confidence >= 0.75 and est.period_s:
+                period = est.period_s
+        seconds = ph.breaths * period
+        return min(seconds, ph.max_seconds) if ph.max_seconds is not None else seconds
 
     def _plan_rep(self, t: float) -> Segment:
         ex = self.exercise
@@ -242,12 +255,16 @@ class Planning:
         return key
 
     def _plan_calibration(self, t: float) -> Segment:
-        speech = self._plan_speech(SegmentKind.INTRO, [self._calibration_phrase("calibrate.intro")], t, tail_s=0.2)
+        # With a known MVC (the clinic's, or measured earlier) only the rest pressure is
+        # measured: the probe's zero moves with every insertion, the strength does not.
+        rest_only = self.programme.known_mvc_cmh2o is not None
+        intro = "calibrate.intro_rest" if rest_only else self._calibration_phrase("calibrate.intro")
+        speech = self._plan_speech(SegmentKind.INTRO, [intro], t, tail_s=0.2)
         t = speech.end
         phases = [PlannedPhase(SessionPhase.CALIBRATE_REST, t, t + CALIBRATION_REST_S)]
         prompts = speech.prompts + [Prompt(t + 0.1, "calibrate.rest")]
         start = t + CALIBRATION_REST_S
-        for i in range(CALIBRATION_SQUEEZES):
+        for i in range(0 if rest_only else CALIBRATION_SQUEEZES):
             self._plan_squeeze(start, i, phases, prompts)
             start += CALIBRATION_SQUEEZE_S + CALIBRATION_RECOVER_S
         self._busy_until = max(self._busy_until, start)

@@ -58,6 +58,8 @@ class Phase:
     say_again: str | None = None  # shorter cue for later repetitions
     count: bool = False  # count the seconds aloud ("één, twee, …")
     motion: Motion = Motion.NONE
+    # A hold in breaths lasts the patient's own breaths, but never longer than this.
+    max_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,21 @@ class Exercise:
     progressions: tuple[str, ...] = ()
     clinician_defaults: tuple[str, ...] = ()  # keys chosen by us where the leaflet gives no number
     max_target_pct_mvc: float = 100.0
+    # False: a daily-life exercise done with the probe taken out (walking, hopping): coached
+    # by voice and timed, no strength measured or stored.
+    probe: bool = True
 
     @property
     def target_level_pct(self) -> float:
         return min(self.target_pct_mvc, self.max_target_pct_mvc)
+
+
+@dataclass(frozen=True)
+class DayGroup:
+    """Exercises trained together on the days of the rotation, and the phrase that says so."""
+
+    exercises: tuple[str, ...]
+    say: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,18 @@ class Programme:
     # The calibration's squeeze as %MVC: 100 asks for a maximal squeeze; lower asks for a
     # gentle one and takes it as this share of the MVC (after surgery: no maximal effort).
     reference_squeeze_pct: float = 100.0
+    # The day plan (see appliance.patient.today): these exercises every main session, plus
+    # one rotation group a day, by weekday. Empty: every exercise every time.
+    daily: tuple[str, ...] = ()
+    rotation: tuple[DayGroup, ...] = ()
+    # Outro phrases said only at the week's first main session (the tips), not every day.
+    weekly_outro: tuple[str, ...] = ()
+    # Said once, when the probe comes out before the daily-life exercises (probe = false).
+    probe_out: tuple[str, ...] = ()
+    # A known MVC (the clinic's, or measured earlier): the calibration measures the rest
+    # pressure only and asks for no squeeze. `mvc_source` says where it came from.
+    known_mvc_cmh2o: float | None = None
+    mvc_source: str = "squeeze"
 
     def exercise(self, exercise_id: str) -> Exercise:
         for ex in self.exercises:
@@ -117,10 +142,11 @@ class Programme:
 
 # --- Loading and validation -------------------------------------------------------------
 
-_PHASE_KEYS = {"kind", "level", "seconds", "breaths", "on_exhale", "say", "say_again", "count", "motion"}
+_PHASE_KEYS = {"kind", "level", "seconds", "breaths", "on_exhale", "say", "say_again", "count", "motion",
+               "max_seconds"}
 _EXERCISE_KEYS = {
     "id", "title", "intro", "phase", "repetitions", "rest_between_reps_s", "target_pct_mvc",
-    "cautions", "outro", "progressions", "clinician_defaults", "max_target_pct_mvc", "leaflet",
+    "cautions", "outro", "progressions", "clinician_defaults", "max_target_pct_mvc", "leaflet", "probe",
 }
 
 
@@ -210,9 +236,13 @@ def _phase(table: Any, index: int, where: _Where, known: set[str] | None) -> Pha
     count = _get(table, "count", bool, where, False)
     if count and (seconds is None or seconds > 10):
         raise where.error(f"{key}.count", count, "counting needs a fixed hold of at most 10 seconds")
+    max_seconds = _number(table, "max_seconds", where, 1.0, 60.0, None)
+    if max_seconds is not None and breaths is None:
+        raise where.error(f"{key}.max_seconds", max_seconds, "only a phase counted in breaths takes max_seconds")
     return Phase(
         kind=kind, level=level, seconds=seconds, breaths=breaths, on_exhale=on_exhale,
         say=table.get("say"), say_again=table.get("say_again"), count=count, motion=motion,
+        max_seconds=max_seconds,
     )
 
 
@@ -261,6 +291,7 @@ def _exercise(table: Any, index: int, file: Path | str, known: set[str] | None) 
         progressions=_phrases(table, "progressions", where, known),
         clinician_defaults=tuple(defaults),
         max_target_pct_mvc=_number(table, "max_target_pct_mvc", where, 5.0, 100.0, 100.0),
+        probe=_get(table, "probe", bool, where, True),
     )
 
 
@@ -281,6 +312,7 @@ def parse_programme(data: dict, file: Path | str, known_phrases: set[str] | None
         if ex.id in seen:
             raise ConfigError(file, "exercise.id", ex.id, "appears twice")
         seen.add(ex.id)
+    daily, rotation = parse_day(data.get("day", {}), {e.id for e in exercises}, file, known_phrases)
     return Programme(
         id=prog_id,
         title=title,
@@ -289,7 +321,41 @@ def parse_programme(data: dict, file: Path | str, known_phrases: set[str] | None
         outro=_phrases(head, "outro", where, known_phrases),
         source=str(file),
         reference_squeeze_pct=_number(head, "reference_squeeze_pct", where, 10.0, 100.0, 100.0),
+        daily=daily,
+        rotation=rotation,
+        probe_out=_phrases(head, "probe_out", where, known_phrases),
+        weekly_outro=_phrases(head, "weekly_outro", where, known_phrases),
     )
+
+
+def parse_day(table: Any, known: set[str], file: Path | str, known_phrases: set[str] | None,
+              prefix: str = "day.") -> tuple[tuple[str, ...], tuple[DayGroup, ...]]:
+    """A `[day]` table: `daily` exercise ids, and `rotation`, a list of {exercises, say} tables."""
+    where = _Where(file, None, prefix)
+    if not isinstance(table, dict):
+        raise where.error("", table, "must be a table with daily and rotation")
+    check_known_keys(table, {"daily", "rotation"}, where.error)
+
+    def ids(value: Any, key: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise where.error(key, value, "must be a list of exercise ids")
+        for v in value:
+            if v not in known:
+                raise where.error(key, v, f"is not an exercise of the programme (known: {', '.join(sorted(known))})")
+        return tuple(value)
+
+    daily = ids(table.get("daily", []), "daily")
+    groups = []
+    rotation = _get(table, "rotation", list, where, [])
+    for i, g in enumerate(rotation):
+        key = f"rotation[{i}]"
+        if not isinstance(g, dict) or "exercises" not in g:
+            raise where.error(key, g, "a rotation group is a table with exercises (and say)")
+        group_where = _Where(file, None, f"{prefix}{key}.")
+        check_known_keys(g, {"exercises", "say"}, group_where.error)
+        groups.append(DayGroup(ids(g["exercises"], f"{key}.exercises"),
+                               _phrases(g, "say", group_where, known_phrases)))
+    return daily, tuple(groups)
 
 
 def load_programme(name_or_path: str | Path, known_phrases: set[str] | None = None) -> Programme:

@@ -168,9 +168,21 @@ class Session(Planning, Measuring, Commanding):
         t = self.session_time()
         if t - self._last_warning.get(warning, -1e9) < WARNING_REPEAT_S:
             return
+        if self._probe_out():
+            return  # a daily-life exercise: the probe is out on purpose
         self._last_warning[warning] = t
         self._emit(EventKind.WARNING, warning=warning, phrase=phrase)
         self._say_now(phrase)
+
+    def _probe_out(self) -> bool:
+        """The patient took the probe out: in a daily-life exercise, or in the words before one."""
+        if self.state is not State.EXERCISING:
+            return False
+        i = self.exercise_index
+        if self._segment is not None and self._segment.kind is SegmentKind.OUTRO:
+            i += 1  # the outro that asks for the probe out leads into the next exercise
+        exercises = self.programme.exercises
+        return 0 <= i < len(exercises) and not exercises[i].probe
 
     def add_sink(self, sink: Sink) -> None:
         self.sinks.append(sink)
@@ -204,7 +216,8 @@ class Session(Planning, Measuring, Commanding):
         """The live tone's input; a repetition guided without biofeedback is marked."""
         seg = self._segment
         phase = seg.current if seg is not None and self.state is not State.PAUSED else None
-        active = bool(phase and phase.asks_contraction)
+        # No tone in a daily-life exercise: the probe is out.
+        active = bool(phase and phase.asks_contraction) and self._uses_probe(seg)
         target = phase.level_pct if phase and phase.kind is not SessionPhase.CALIBRATE_SQUEEZE else 0.0
         feedback_ok = self.biofeedback
         if not feedback_ok and seg is not None and seg.kind is SegmentKind.REP:

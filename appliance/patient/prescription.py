@@ -101,6 +101,19 @@ class Progression:
 
 
 @dataclass(frozen=True)
+class CalibrationRx:
+    """How the patient's strength (MVC) is known; see docs/calibration.md."""
+
+    # The MVC the clinic measured (cmH2O above rest, with this probe): no calibration squeeze
+    # is ever asked; every session measures only the rest pressure.
+    clinic_mvc_cmh2o: float | None = bounded(None, 3.0, 200.0)
+    recalibrate_days: int = bounded(7, 1, 28)  # the maximal squeezes again after this many days
+    # The rest pressure moved this much since the last squeezes: measure again (CLINICAL.md:
+    # probe position alone moves readings 5-15 cmH2O).
+    baseline_moved_cmh2o: float = bounded(5.0, 1.0, 50.0)
+
+
+@dataclass(frozen=True)
 class Prescription:
     code: str
     language: str = "nl"
@@ -113,6 +126,9 @@ class Prescription:
     exercises: dict[str, ExerciseOverride] = field(default_factory=dict)
     stim: StimPrescription | None = None
     source: str = "(defaults)"
+    calibration: CalibrationRx = field(default_factory=CalibrationRx)
+    # The day plan's override (None: the programme's [day]): daily ids and rotation groups.
+    day: tuple[tuple[str, ...], tuple[Any, ...]] | None = None
 
     @property
     def postop_from(self) -> date | None:
@@ -136,7 +152,7 @@ class Prescription:
 
 # --- Loading --------------------------------------------------------------------------------
 
-_TOP_TABLES = ("patient", "breathing", "reminders", "progression", "exercise", "stim")
+_TOP_TABLES = ("patient", "breathing", "reminders", "progression", "exercise", "stim", "calibration", "day")
 _PATIENT_KEYS = ("code", "language", "programme", "surgery_date", "catheter_removal_date")
 
 
@@ -308,9 +324,18 @@ def parse_prescription(data: dict[str, Any], file: str | Path, today: date | Non
             raise ConfigError(file, f"reminders.short_set[{i}]", ex_id,
                               f"is disabled in [exercise.{ex_id}]; the reminder's short set cannot offer it")
     stim = _parse_stim(data.get("stim", {}), file, surgery or catheter, today)
+    calibration = load_dataclass(CalibrationRx, data.get("calibration", {}), file, prefix="calibration")
+    day = None
+    if "day" in data:
+        from appliance.coach.programme import parse_day
+        from appliance.voice.phrases import Catalogue
+
+        day = parse_day(data["day"], {e.id for e in programme.exercises} - disabled, file,
+                        Catalogue.load("nl").keys())
     return Prescription(code=code, language=lang, programme=prog_name, surgery_date=surgery,
                         catheter_removal_date=catheter, breathing=breathing, reminders=reminders,
-                        progression=progression, exercises=overrides, stim=stim, source=str(file))
+                        progression=progression, exercises=overrides, stim=stim, source=str(file),
+                        calibration=calibration, day=day)
 
 
 def _parse_stim(table: Any, file: str | Path, surgery: date | None, today: date | None = None) -> StimPrescription:

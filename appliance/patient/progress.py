@@ -52,10 +52,18 @@ def load_sessions(db_path: Path) -> list[dict]:
             reps[r["session_id"]].append(dict(r))
         jumps = defaultdict(list)
         perfect = {}
-        for r in db.execute("SELECT session_id, data, kind FROM events WHERE kind IN ('jumps', 'perfect')"):
+        mvc_source: dict[int, str] = {}
+        short: dict[int, bool] = {}
+        for r in db.execute("SELECT session_id, data, kind FROM events "
+                            "WHERE kind IN ('jumps', 'perfect', 'calibration', 'plan')"):
             d = json.loads(r["data"])
-            if r["kind"] == "jumps":
+            if r["kind"] == "plan":
+                short[r["session_id"]] = bool(d.get("short_set"))
+            elif r["kind"] == "jumps":
                 jumps[r["session_id"]].append(d)
+            elif r["kind"] == "calibration":
+                # squeeze (measured now), clinic or earlier (known, only the rest measured)
+                mvc_source[r["session_id"]] = d.get("mvc_source", "squeeze")
             else:
                 perfect[r["session_id"]] = d
     finally:
@@ -64,6 +72,8 @@ def load_sessions(db_path: Path) -> list[dict]:
         s["reps"] = reps[s["id"]]
         s["jumps"] = jumps[s["id"]]
         s["perfect"] = perfect.get(s["id"])
+        s["mvc_source"] = mvc_source.get(s["id"], "squeeze")
+        s["short_set"] = short.get(s["id"], False)
     return sessions
 
 
@@ -149,6 +159,8 @@ class JumpCounter:
     def _close(self, ph: dict, t: float) -> None:
         self._phase = None
         n = count_jumps(np.array(self._t), np.array(self._p))
+        if n == 0:
+            return  # no landing seen (the probe is out for ex8): the patient's own count stands
         data = {"exercise": ph.get("exercise"), "rep": ph.get("rep"), "jumps": n,
                 "seconds": round(t - ph["start"], 1)}
         self.counts.append(data)
@@ -313,8 +325,13 @@ def weekly_progress(sessions: list[dict], rx: Prescription, start: date, until: 
                 reps[r["exercise"]] += 1
                 met[r["exercise"]] += rep_met(r)
                 if r["exercise"] == "ex7":
-                    walk_asked += r["hold_asked_s"] or 0.0
-                    walk_held += r["held_s"] or 0.0
+                    asked = r["hold_asked_s"] or 0.0
+                    walk_asked += asked
+                    if r["held_s"] is not None:
+                        walk_held += r["held_s"]
+                    elif r["status"] == "complete":
+                        walk_held += asked  # walked without the probe: the walk done is the walk asked
+
         jumps = [j["jumps"] for s in ss for j in s["jumps"]]
         sets = sum(is_set(s) for s in ss)
         perfect = next((s["perfect"] for s in ss if s["perfect"]), None)

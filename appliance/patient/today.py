@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from appliance.coach.pacing import Pace
 from appliance.coach.plan import Calibration
-from appliance.coach.programme import PhaseKind, Programme, load_programme
+from appliance.coach.programme import DayGroup, PhaseKind, Programme, load_programme
 from appliance.patient.prescription import DayPlan, Prescription, plan_for_day, prescribed_programme
 from appliance.patient.progress import (
     PERFECT_PROGRAMME,
@@ -39,7 +39,7 @@ class TodaysPlan:
     perfect: bool = False  # the weekly PERFECT assessment, scored when it ends
     short_set: bool = False
     week: Week | None = None  # this week's targets (None without a prescription)
-    calibration: Calibration | None = None  # measured earlier today
+    calibration: Calibration | None = None  # a fixed calibration (none: the session measures)
 
     @property
     def stim_allowed(self) -> bool:
@@ -102,6 +102,8 @@ def todays_plan(rx: Prescription | None, default: Programme, today: date, sessio
     """
     if rx is None or fixed_programme:
         prog = make_short_set(default, rx.reminders) if (short_set and rx is not None) else default
+        if not short_set and not fixed_programme:
+            prog = todays_exercises(prog, today)
         return TodaysPlan(prog, None, short_set=short_set)
     weeks, _, _ = training_weeks(sessions, rx, today)
     week = weeks[-1] if weeks else None
@@ -117,31 +119,91 @@ def todays_plan(rx: Prescription | None, default: Programme, today: date, sessio
                                       for s in sessions)
     day = plan_for_day(current, today, full_programme_seen_since_unlock=seen)
     programme = day.programme
-    calibration = None
     if short_set:
         programme = make_short_set(programme, rx.reminders)
-        # Strength is measured once a day: a short set uses the day's calibration.
-        calibration = todays_calibration(sessions, rx.tz, today, programme.id)
-    elif day.stim_allowed:
-        programme = with_stim_exercise(programme)
+    else:
+        programme = todays_exercises(programme, today, None if day.postop else rx.day)
+        if not _first_main_of_week(sessions, rx.tz, today):
+            programme = replace(programme, outro=tuple(k for k in programme.outro if k not in programme.weekly_outro))
+        if day.stim_allowed:
+            programme = with_stim_exercise(programme)
+    # Strength is measured once a day at most; the rest pressure at every session.
+    mvc, source = known_mvc(sessions, rx, today, programme.id)
+    if mvc is not None:
+        programme = replace(programme, known_mvc_cmh2o=mvc, mvc_source=source)
     return TodaysPlan(_said_first(announce, programme), day, announce, rx.breathing.pace, short_set=short_set,
-                      week=week, calibration=calibration)
+                      week=week)
+
+
+def todays_exercises(programme: Programme, today: date,
+                     override: tuple[tuple[str, ...], tuple[DayGroup, ...]] | None = None) -> Programme:
+    """Today's main session: the programme's (or the prescription's) daily exercises and the
+    rotation group of this weekday, the patient told which; daily-life exercises (no probe)
+    last, after she is asked to take the probe out. Without a day plan: every exercise."""
+    daily, rotation = override if override is not None else (programme.daily, programme.rotation)
+    if not daily and not rotation:
+        return programme
+    present = {e.id for e in programme.exercises}
+    group = rotation[today.weekday() % len(rotation)] if rotation else DayGroup(())
+    chosen = (set(daily) | set(group.exercises)) & present
+    if not chosen:
+        return programme  # every exercise of the plan is disabled: the programme as it is
+    exercises = [e for e in programme.exercises if e.id in chosen]
+    probed = [e for e in exercises if e.probe]
+    free = [e for e in exercises if not e.probe]
+    intro = programme.intro
+    group_here = [e for e in exercises if e.id in group.exercises]
+    if group_here:
+        intro = intro + (group.say or ("day.today_also", *(e.title for e in group_here)))
+    if free and probed:  # the probe comes out once, after the last exercise that needs it
+        last = probed[-1]
+        probed[-1] = replace(last, outro=last.outro + programme.probe_out)
+    elif free:
+        intro = intro + programme.probe_out
+    return replace(programme, exercises=tuple(probed + free), intro=intro)
+
+
+def known_mvc(sessions: list[dict], rx: Prescription, today: date, programme_id: str) -> tuple[float | None, str]:
+    """The MVC this session uses without a squeeze, and where it comes from; (None, "squeeze")
+    when the session must measure it (docs/calibration.md).
+
+    The clinic's measured MVC when prescribed. Otherwise the last squeeze calibration of the
+    same kind (a post-op gentle reference squeeze is never taken for a maximal one, nor the
+    other way) is reused on its own day (strength is measured once a day at most) and after
+    it, until `recalibrate_days` have passed or the rest pressure has moved by
+    `baseline_moved_cmh2o` since it was measured.
+    """
+    cal = rx.calibration
+    if cal.clinic_mvc_cmh2o is not None:
+        return cal.clinic_mvc_cmh2o, "clinic"
+    gentle = programme_id == "postop"
+    same = [s for s in sessions if (s["programme"] == "postop") == gentle and s.get("mvc_cmh2o") is not None
+            and s.get("rest_cmh2o") is not None]
+    measured = [s for s in same if s.get("mvc_source", "squeeze") == "squeeze"]
+    if not measured:
+        return None, "squeeze"
+    last = measured[-1]
+    age = (today - local_day(last["started_utc"], rx.tz)).days
+    if age == 0:
+        return float(last["mvc_cmh2o"]), "earlier"
+    if age >= cal.recalibrate_days:
+        return None, "squeeze"
+    latest_rest = float(same[-1]["rest_cmh2o"])
+    if abs(latest_rest - float(last["rest_cmh2o"])) >= cal.baseline_moved_cmh2o:
+        return None, "squeeze"
+    return float(last["mvc_cmh2o"]), "earlier"
 
 
 def _said_first(announce: tuple[str, ...], programme: Programme) -> Programme:
     """The programme with `announce` said before its own intro."""
     return replace(programme, intro=announce + programme.intro) if announce else programme
 
-def todays_calibration(sessions: list[dict], tz: ZoneInfo, today: date,
-                       programme_id: str) -> Calibration | None:
-    """The latest (rest, MVC) measured today in a session of the same programme (a post-op
-    day's gentle reference squeeze is never taken for a maximal one, nor the other way)."""
-    for s in reversed(sessions):
-        if s["programme"] != programme_id or local_day(s["started_utc"], tz) != today:
-            continue
-        if s.get("mvc_cmh2o") is not None and s.get("rest_cmh2o") is not None:
-            return Calibration(float(s["rest_cmh2o"]), float(s["mvc_cmh2o"]))
-    return None
+
+
+def _first_main_of_week(sessions: list[dict], tz: ZoneInfo, today: date) -> bool:
+    week_start = today - timedelta(days=today.weekday())
+    return not any(local_day(s["started_utc"], tz) >= week_start and not s.get("short_set")
+                   and s["programme"] != PERFECT_PROGRAMME for s in sessions)
 
 
 def _first_of_week(sessions: list[dict], tz: ZoneInfo, today: date) -> bool:

@@ -101,6 +101,14 @@ class RepMetrics:
     onset_s: float | None  # from the contract cue to the detected onset
     mean_hold_pct: float  # mean strength during the holds
     contractions: int = 0  # separate contractions seen (more than one: let go and started again)
+    # The highest pressure came with a movement (knee lift, squat), not the squeeze: belly
+    # pressure from the legs. The peak above is then the highest outside the movement.
+    artefact: bool = False
+
+
+# A movement's peak this far above the squeeze's own (%MVC) is the belly, not the floor: the
+# patient is asked to keep the level while the leg moves, not to squeeze harder.
+ARTEFACT_MARGIN_PCT = 5.0
 
 
 @dataclass
@@ -112,13 +120,26 @@ class RepRecorder:
     pct: list[float] = field(default_factory=list)
     target: list[float] = field(default_factory=list)  # level asked for (0 when not holding)
     relaxing: list[bool] = field(default_factory=list)
+    moving: list[bool] = field(default_factory=list)  # in a move phase (knee lift, squat)
     contractions: int = 0  # onsets counted by the session's ContractionDetector
 
-    def add(self, t: float, pct: float, hold_target_pct: float, relaxing: bool) -> None:
+    def add(self, t: float, pct: float, hold_target_pct: float, relaxing: bool, moving: bool = False) -> None:
         self.t.append(t)
         self.pct.append(pct)
         self.target.append(hold_target_pct)
         self.relaxing.append(relaxing)
+        self.moving.append(moving)
+
+    def _peak_index(self) -> tuple[int, bool]:
+        """The squeeze's peak and whether a higher one during movement was an artefact."""
+        peak_i = max(range(len(self.pct)), key=self.pct.__getitem__)
+        still = [i for i, m in enumerate(self.moving) if not m]
+        if not self.moving[peak_i] or not still:
+            return peak_i, False
+        still_i = max(still, key=self.pct.__getitem__)
+        if self.pct[peak_i] - self.pct[still_i] > ARTEFACT_MARGIN_PCT:
+            return still_i, True
+        return peak_i, False
 
     def _reach(self, level: float, start: float, default: float) -> float:
         """When the strength first reaches `level` after `start`."""
@@ -128,7 +149,7 @@ class RepRecorder:
         if not self.pct:
             return RepMetrics(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, False, None, 0.0)
         start = self.contract_at if self.contract_at is not None else self.t[0]
-        peak_i = max(range(len(self.pct)), key=self.pct.__getitem__)
+        peak_i, artefact = self._peak_index()
         peak_pct = self.pct[peak_i]
         held = asked = 0.0
         hold_vals: list[float] = []
@@ -159,6 +180,7 @@ class RepRecorder:
             onset_s=None if onset is None else round(onset, 2),
             mean_hold_pct=round(mean, 1),
             contractions=self.contractions,
+            artefact=artefact,
         )
 
 

@@ -90,12 +90,18 @@ class ConsoleTimeline:
             line = f"{ts}  {'':<11}     » {d['text']}"
         elif e.kind == "rep":
             self._flush_phase()
-            line = (f"{ts}  {d['exercise']:<11} #{d['rep']:<2} rep {d['status']:<8} peak {d['peak_pct']:5.1f}%"
-                    f" ({d['peak_cmh2o']:.1f} cmH2O) held {d['held_s']:.1f}/{d['hold_asked_s']:.1f}s"
-                    f" release {'ok' if d['release_complete'] else 'incomplete'}")
+            if d.get("peak_pct") is None:  # a daily-life exercise, probe out: timed only
+                line = (f"{ts}  {d['exercise']:<11} #{d['rep']:<2} rep {d['status']:<8} no probe,"
+                        f" {d['hold_asked_s']:.1f}s asked")
+            else:
+                line = (f"{ts}  {d['exercise']:<11} #{d['rep']:<2} rep {d['status']:<8} peak {d['peak_pct']:5.1f}%"
+                        f" ({d['peak_cmh2o']:.1f} cmH2O) held {d['held_s']:.1f}/{d['hold_asked_s']:.1f}s"
+                        f" release {'ok' if d['release_complete'] else 'incomplete'}"
+                        + (" movement artefact" if d.get("artefact") else ""))
         elif e.kind == "calibration":
             self._flush_phase()
-            line = (f"{ts}  calibration rest {d['rest_cmh2o']:.1f} cmH2O, MVC {d['mvc_cmh2o']:.1f} cmH2O"
+            # The MVC is the rise above rest, never an absolute pressure: say so in the words.
+            line = (f"{ts}  calibration rest {d['rest_cmh2o']:.1f} cmH2O, MVC {d['mvc_cmh2o']:.1f} cmH2O above rest"
                     f" ({d['oxford_band']})")
         elif e.kind in ("command", "warning", "exercise", "session", "setting", "stim", "probe"):
             if e.kind == "session" and d.get("state") in ("paused", "stopped", "done"):
