@@ -10,7 +10,7 @@ from pulse_fixture import FLITE_EN, have_tools, normalize_level, synthesize, voi
 
 from appliance.commands import Command
 from appliance.voice.engines import PocketsphinxEngine
-from appliance.voice.listener import CommandDetector, Vocabulary, build_engine, detect_in_samples
+from appliance.voice.listener import AcceptanceRules, CommandDetector, Vocabulary, build_engine, detect_in_samples
 
 pytestmark = pytest.mark.skipif(not have_tools("espeak-ng", "flite", "sox"), reason="synthesizers needed")
 
@@ -63,3 +63,46 @@ def test_sentences_with_command_words_in_them_are_not_commands(engine, en):
     for i, sentence in enumerate(SENTENCES):
         heard = detect_in_samples(CommandDetector(engine, en), spoken(sentence, voices[i % len(voices)]))
         assert heard == [], sentence
+
+
+# --- the second look -------------------------------------------------------------------
+
+# Said once, in a sentence: the grammar can only take each as its command word or fillers.
+LONGER = [
+    ("stop", "please stop the car at the corner"),
+    ("help", "my neighbour will help me with the garden"),
+    ("later", "we can talk about the weather later"),
+    ("again", "the children are hungry again"),
+]
+
+
+def test_a_command_said_alone_is_looked_at_twice_and_fits(en):
+    engine = PocketsphinxEngine(list(en.phrases), en.fillers)
+    detector = CommandDetector(engine, en)
+    judged = []
+    judge = detector._judge
+    detector._judge = lambda hyp, voiced: judged.append(hyp) or judge(hyp, voiced)
+    heard = detect_in_samples(detector, spoken("stop", FLITE_EN[0]))
+    assert [h.command for h in heard] == [Command.STOP]
+    ev = judged[0].evidence
+    assert ev is not None and ev.expected == 4  # S T AA P
+    assert ev.extra_phones <= 3 and ev.margin > -2.5
+
+
+def test_a_command_word_inside_a_longer_sentence_is_never_a_command(en):
+    """Without the second look (with the sound-length rule loosened, as for a fast talker,
+    and a garbage path too poor to absorb them) some of these come out as their command
+    word; with it, none."""
+    # A garbage path of one word: the rest of a sentence has almost nowhere else to go.
+    engine = PocketsphinxEngine([p for p, _ in LONGER], ["hello"])
+    vocab = Vocabulary("en", {p: en.phrases[p] for p, _ in LONGER}, (), ("hello",))
+    lax = AcceptanceRules(seconds_per_word=5.0, min_margin=None, max_extra_phones=None)
+    strict = AcceptanceRules(seconds_per_word=5.0)
+    taken_lax, taken_strict = [], []
+    for voice in (FLITE_EN[0], FLITE_EN[2]):
+        for _word, sentence in LONGER:
+            x = spoken(sentence, voice)
+            taken_lax += [h.text for h in detect_in_samples(CommandDetector(engine, vocab, lax), x)]
+            taken_strict += [h.text for h in detect_in_samples(CommandDetector(engine, vocab, strict), x)]
+    assert taken_lax, "the sentences should tempt the grammar into a command word"
+    assert taken_strict == []

@@ -325,8 +325,28 @@ def test_microphone_unplugged_mid_session_is_spoken_retried_and_welcomed_back(tm
 # --- voice model -------------------------------------------------------------------------
 
 
+class _QuietMicrophone:
+    """A sound card's input stream that opens and stays open (no sound card here)."""
+
+    active = True
+
+    def __init__(self, **kwargs) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.mark.parametrize("model", ["missing", "corrupt"])
-def test_missing_or_corrupt_voice_model_leaves_the_button(tmp_path, model):
+def test_missing_or_corrupt_dutch_model_says_so_and_hears_english_commands(tmp_path, model, monkeypatch):
+    import sounddevice
+
     from appliance.voice.listener import Listener
 
     model_dir = tmp_path / "model"
@@ -335,6 +355,7 @@ def test_missing_or_corrupt_voice_model_leaves_the_button(tmp_path, model):
         (model_dir / "conf").mkdir()
         (model_dir / "am" / "final.mdl").write_bytes(b"\x00not a model")
         (model_dir / "conf" / "model.conf").write_text("garbage\n")
+    monkeypatch.setattr(sounddevice, "InputStream", _QuietMicrophone)
 
     def real_listener(config, state_dir, on_command):
         return Listener.from_config(config, on_command, state_dir=state_dir)
@@ -343,8 +364,23 @@ def test_missing_or_corrupt_voice_model_leaves_the_button(tmp_path, model):
     app = make(tmp_path, edges, voice_extra=f'model_dir = "{model_dir}"')
     assert app.main() == 0
     spoken = said(tmp_path)
-    assert spoken[:2] == ["device.ready", "device.no_voice_model"]
-    assert app.health.microphone.startswith("model")
+    assert spoken[:2] == ["device.ready", "voice_fallback.english_only"]
+    assert app.health.microphone is None  # the microphone works; only the Dutch model is missing
+    assert app.listener.fallback.startswith("no recognizer for nl")
+    assert app.listener.detector.vocabulary.lang == "en"
+    assert_session_completed(tmp_path)
+
+
+def test_without_microphone_the_missing_model_is_not_what_the_patient_hears(tmp_path):
+    from appliance.voice.listener import Listener
+
+    def real_listener(config, state_dir, on_command):
+        return Listener.from_config(config, on_command, state_dir=state_dir)
+
+    edges = FaultEdges(listener=real_listener)
+    app = make(tmp_path, edges, voice_extra=f'model_dir = "{tmp_path / "no-model"}"')
+    assert app.main() == 0
+    assert said(tmp_path)[:2] == ["device.ready", "device.no_microphone"]  # the button, not English
     assert_session_completed(tmp_path)
 
 

@@ -220,9 +220,21 @@ def test_a_bad_vocabulary_names_file_key_and_value(tmp_path: Path):
 # --- fallbacks -------------------------------------------------------------------------
 
 
-def test_without_a_model_the_listener_says_why_and_does_not_raise(tmp_path: Path, caplog):
+def test_without_the_dutch_model_the_listener_hears_english_commands_and_says_why(tmp_path: Path, caplog):
+    listener = Listener(lambda *a: None, "nl", "vosk", model_dir=tmp_path / "none")
+    assert listener.detector is not None and listener.detector.vocabulary.lang == "en"
+    assert listener.detector.engine.name == "pocketsphinx"
+    assert listener.fallback.startswith("no recognizer for nl: no Vosk model")
+    assert sum("English only" in r.message for r in caplog.records) == 1
+    # the device's own Dutch prompts are still known, so "stop" inside one is not obeyed
+    assert listener.detector.phrase_text is not None
+    assert listener.detector.phrase_text("session.welcome").startswith("Welkom")
+
+
+def test_without_any_recognizer_the_listener_says_why_and_does_not_raise(tmp_path: Path, caplog):
     heard = []
-    listener = Listener(lambda *a: heard.append(a), "nl", "vosk", model_dir=tmp_path / "none")
+    listener = Listener(lambda *a: heard.append(a), "nl", "vosk", model_dir=tmp_path / "none",
+                        vocabulary=Vocabulary.load("nl"))  # this vocabulary and no other
     assert listener.available is False
     assert "no Vosk model" in listener.reason
     assert listener.start() is False
@@ -232,12 +244,15 @@ def test_without_a_model_the_listener_says_why_and_does_not_raise(tmp_path: Path
 
 def test_selftest_learns_which_languages_have_a_recognizer(tmp_path: Path):
     status = recognizer_status(DeviceConfig(), state_dir=tmp_path)
-    assert set(status) == set(LANGUAGES)
-    assert all(v.startswith("unavailable: no Vosk model") for v in status.values())
+    assert set(status) == {*LANGUAGES, "en (pocketsphinx)"}
+    assert all(not status[lang].ok and status[lang].detail.startswith("no Vosk model") for lang in LANGUAGES)
+    assert status["nl"].fix.startswith("install the nl model")
+    assert status["en (pocketsphinx)"].ok  # the fallback the device runs on
     light = DeviceConfig(voice=VoiceConfig(engine="pocketsphinx"))
     status = recognizer_status(light, state_dir=tmp_path)
-    assert status["en"].startswith("ok: pocketsphinx")
-    assert status["nl"].startswith("unavailable") and "English" in status["nl"]
+    assert set(status) == set(LANGUAGES)
+    assert status["en"].ok and status["en"].detail.startswith("pocketsphinx")
+    assert not status["nl"].ok and "English" in status["nl"].detail
 
 
 # --- tone removal ----------------------------------------------------------------------

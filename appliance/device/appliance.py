@@ -48,6 +48,7 @@ DEVICE_PHRASES = (
     "device.no_microphone",
     "device.microphone_back",
     "device.no_voice_model",
+    "voice_fallback.english_only",
     "device.speaker_back",
     "device.disk_full",
     "device.probe",
@@ -410,6 +411,10 @@ class Appliance(SessionRunning, Reminding):
     def _announce_voice_faults(self) -> None:
         problem = self.health.microphone
         if problem is None:
+            lst = self.listener
+            if getattr(lst, "fallback", "") and self.config is not None \
+                    and lst.detector.vocabulary.lang != self.config.language:
+                self._announce("voice_fallback.english_only")  # no model for the patient's language
             return
         self._announce("device.no_voice_model" if problem.startswith("model") else
                        "device.no_microphone")

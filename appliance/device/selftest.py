@@ -1,8 +1,11 @@
 """Is this unit fit to coach? Speaker, microphone, voice model, probe, ADC rate, disk, and
 (only when asked, into a test load) the stimulation line. `appliance selftest` prints it.
 
-Each check returns a `CheckResult` and never raises. Missing voice control is a WARN,
-not a FAIL: the appliance works with the button alone. `simulated=True` runs the same
+Each check returns a `CheckResult` and never raises. No microphone is a WARN: the
+appliance works with the button alone. No recognizer for the patient's language (model
+missing, or the vosk library not loading) is a FAIL naming the language and what to do,
+although the device then runs on English commands (pocketsphinx) and the button.
+`simulated=True` runs the same
 checks through the simulated edges (a WAV instead of the speaker, synthesised speech
 instead of the microphone, the ADC simulator on mock pins).
 """
@@ -218,14 +221,13 @@ class SelfTest:
         return CheckResult("speech", Status.WARN if fallback else Status.OK, detail)
 
     def _detector(self):
-        from appliance.voice.listener import AcceptanceRules, CommandDetector, Vocabulary, build_engine
+        """The device's own detector: the patient's language, or its English fallback."""
+        from appliance.voice.listener import AcceptanceRules, open_detector
 
-        lang = self.config.language
-        vocab = Vocabulary.load(lang)
-        engine = build_engine(self.config.voice.engine, lang, vocab, self.config.voice.model_dir,
-                              self.state_dir)
         rules = AcceptanceRules(min_confidence=self.config.voice.min_confidence)
-        return CommandDetector(engine, vocab, rules)
+        detector, _fallback = open_detector(self.config.voice.engine, self.config.language,
+                                            self.config.voice.model_dir, self.state_dir, rules)
+        return detector
 
     def check_microphone(self) -> CheckResult:
         from appliance.commands import Command
@@ -233,8 +235,13 @@ class SelfTest:
 
         if not self.config.voice.enabled:
             return CheckResult("microphone", Status.SKIP, "voice control disabled in the configuration")
+        try:
+            detector = self._detector()
+        except Exception as exc:
+            detector, no_detector = None, exc
+        heard_lang = detector.vocabulary.lang if detector is not None else self.config.language
         if self.simulated:
-            samples = self._synthesised_start(SAMPLE_RATE)
+            samples = self._synthesised_start(SAMPLE_RATE, heard_lang)
             level = _dbfs(samples)
         else:
             import sounddevice as sd
@@ -252,13 +259,13 @@ class SelfTest:
             if level < MIC_SILENT_DBFS:
                 return CheckResult("microphone", Status.WARN,
                                    f"microphone silent ({level:.0f} dBFS): unplugged or muted")
-        try:
-            detector = self._detector()
-        except Exception as exc:
+        if detector is None:
             return CheckResult("microphone", Status.WARN,
-                               f"level {level:.0f} dBFS; no recogniser to test a word ({exc})")
+                               f"level {level:.0f} dBFS; no recogniser to test a word ({no_detector})")
         heard = [h.command for h in detect_in_samples(detector, samples)]
         source = "synthesised" if self.simulated else "spoken"
+        if heard_lang != self.config.language:
+            source += f" {heard_lang}"
         if Command.START in heard:
             if not self.simulated:
                 self.speak("selftest.heard")
@@ -268,14 +275,14 @@ class SelfTest:
                            f"level {level:.0f} dBFS, but '{source} start' not recognised "
                            f"(heard {[c.value for c in heard]})")
 
-    def _synthesised_start(self, rate: int) -> np.ndarray:
-        """The word for START in this language, spoken by the TTS, at the recogniser's rate."""
+    def _synthesised_start(self, rate: int, lang: str) -> np.ndarray:
+        """The word for START in `lang`, spoken by the TTS, at the recogniser's rate."""
         from appliance.commands import Command
         from appliance.voice.listener import Vocabulary
         from appliance.voice.speech import SpeechRenderer
 
-        word = Vocabulary.load(self.config.language).first_phrase(Command.START)
-        r = SpeechRenderer(self.work / "speech-mic").render(word, self.config.language, 150, 1.0)
+        word = Vocabulary.load(lang).first_phrase(Command.START)
+        r = SpeechRenderer(self.work / "speech-mic").render(word, lang, 150, 1.0)
         samples = np.asarray(r.samples, dtype=float) / 32768.0  # int16 PCM
         src_rate = r.sample_rate
         n = int(len(samples) * rate / src_rate)
@@ -284,19 +291,26 @@ class SelfTest:
         return np.concatenate([pad, resampled, pad, pad])
 
     def check_recognizer(self) -> CheckResult:
-        from appliance.voice.listener import recognizer_status
+        """FAIL when the patient's language has no working recognizer, saying what to do;
+        the line also says whether English (pocketsphinx) carries the device meanwhile."""
+        from appliance.voice.listener import FALLBACK_LANG, recognizer_status
 
         if not self.config.voice.enabled:
             return CheckResult("voice model", Status.SKIP, "voice control disabled")
+        lang = self.config.language
         status = recognizer_status(self.config, self.state_dir)
-        mine = status.get(self.config.language, "unavailable: not checked")
-        others = ", ".join(f"{k}: {v.split(':')[0]}" for k, v in status.items()
-                           if k != self.config.language)
-        if mine.startswith("ok"):
-            return CheckResult("voice model", Status.OK, f"{self.config.language} {mine}"
+        mine = status[lang]
+        others = ", ".join(f"{k}: {'ok' if v.ok else 'unavailable'}" for k, v in status.items() if k != lang)
+        if mine.ok:
+            return CheckResult("voice model", Status.OK, f"{lang} ok: {mine.detail}"
                                + (f" ({others})" if others else ""))
-        return CheckResult("voice model", Status.WARN,
-                           f"{self.config.language} {mine}; the button drives the device")
+        english = [v for v in status.values()
+                   if v.lang == FALLBACK_LANG and v.ok and v.detail.startswith("pocketsphinx")]
+        fallback = english and not (lang == FALLBACK_LANG and self.config.voice.engine == "pocketsphinx")
+        meanwhile = ("until then the device hears English commands (pocketsphinx) and the button"
+                     if fallback else "until then only the button drives the device")
+        fix = f"; {mine.fix}" if mine.fix else ""
+        return CheckResult("voice model", Status.FAIL, f"{lang} unavailable: {mine.detail}{fix}; {meanwhile}")
 
     def _open_probe(self):
         from appliance.clock import RealClock

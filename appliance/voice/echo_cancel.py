@@ -320,3 +320,34 @@ class EchoCanceller:
         self._w += (s.mu / energy) * (rows.T @ e)
         self.blocks_adapted += 1
         return e
+
+
+class RecordedReference:
+    """A recording of the device's own output (`session.wav`) as the canceller's reference,
+    kept in step with a recorded microphone: `appliance listen --wav MIC --reference OUT`.
+
+    Both recordings start at the same moment. As on the device, the reference is available
+    `ahead_s` before the microphone hears it (the output buffer); the canceller finds the
+    rest of the delay itself. As a `PlaybackMonitor` it reports nothing: a recording does not
+    say what was tone and what was speech, so the canceller alone removes the device's sound.
+    """
+
+    def __init__(self, samples: np.ndarray, sample_rate: int, ahead_s: float = 0.05) -> None:
+        self.samples = np.asarray(samples, dtype=np.float64)
+        self.sample_rate = int(sample_rate)
+        self.ahead_s = ahead_s
+        self.t = 0.0
+        """Seconds of microphone heard so far (set before each block)."""
+
+    def playback_state(self) -> tuple[float | None, float, bool, str | None]:
+        return (None, 0.0, False, None)
+
+    def output_frame(self) -> int:
+        return min(len(self.samples), int((self.t + self.ahead_s) * self.sample_rate))
+
+    def output_reference(self, start_frame: int, stop_frame: int) -> np.ndarray | None:
+        out = np.zeros(stop_frame - start_frame)
+        lo, hi = max(start_frame, 0), min(stop_frame, len(self.samples))
+        if lo < hi:
+            out[lo - start_frame : hi - start_frame] = self.samples[lo:hi]
+        return out

@@ -37,12 +37,34 @@ class WordHit:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """A second look at an utterance the engine took for a command (pocketsphinx).
+
+    The same audio is decoded twice more: by the garbage path alone (any run of filler
+    words) and by a free phone loop. `margin` is how much better, per 10 ms frame, the
+    command explains the sound than the best run of other words (log units of the
+    decoder); `phones` is how many phones the phone loop heard, against the `expected`
+    number of the command's own pronunciation: a command word inside a longer sentence
+    leaves many more."""
+
+    margin: float
+    phones: int
+    expected: int
+
+    @property
+    def extra_phones(self) -> int:
+        return self.phones - self.expected
+
+
+@dataclass(frozen=True)
 class Hypothesis:
     """What the engine heard so far (`final=False`) or for a finished utterance."""
 
     text: str
     words: tuple[WordHit, ...] = ()
     final: bool = False
+    evidence: Evidence | None = None
+    """Set by engines that check a command a second time (pocketsphinx)."""
 
     @property
     def confidence(self) -> float:
@@ -89,6 +111,17 @@ def _as_bytes(pcm: np.ndarray) -> bytes:
 # --- Vosk ------------------------------------------------------------------------------
 
 
+def vosk_library_problem(exc: OSError) -> str:
+    """What a technician reads when libvosk.so does not load, and what to install."""
+    text = str(exc)
+    missing = re.search(r"(lib[\w+.-]+?)\.so(?:\.\d+)*: cannot open shared object", text)
+    if missing:
+        package = {"libatomic": "libatomic1"}.get(missing.group(1), missing.group(1))
+        return (f"the vosk library does not load ({missing.group(0)}): "
+                f"install {package} (sudo apt install {package})")
+    return f"the vosk library does not load ({text}): reinstall vosk (install.sh)"
+
+
 class VoskEngine:
     """Vosk `KaldiRecognizer` restricted to the command phrases, with a garbage path.
 
@@ -105,6 +138,8 @@ class VoskEngine:
             import vosk
         except ImportError as exc:  # pragma: no cover - the venv always has it
             raise EngineUnavailable(f"vosk is not installed ({exc})") from None
+        except OSError as exc:  # libvosk.so is there but cannot load (a runtime library missing)
+            raise EngineUnavailable(vosk_library_problem(exc)) from None
         model_dir = Path(model_dir)
         if not (model_dir / "am").is_dir() and not (model_dir / "final.mdl").exists():
             raise EngineUnavailable(f"no Vosk model in {model_dir}")
@@ -186,9 +221,10 @@ class PocketsphinxEngine:
         model_dir: str | Path | None = None,
         filler_weight: float = 0.5,
         extra_config: dict | None = None,
+        verify: bool = True,
     ) -> None:
         try:
-            from pocketsphinx import Decoder
+            from pocketsphinx import Decoder, get_model_path
         except ImportError as exc:  # pragma: no cover
             raise EngineUnavailable(f"pocketsphinx is not installed ({exc})") from None
         # No bestpath lattice: with filler loops it costs seconds per utterance, and its word
@@ -228,8 +264,28 @@ class PocketsphinxEngine:
             body = "<cmd>"
         jsgf = "#JSGF V1.0;\ngrammar commands;\npublic <utt> = " + body + " ;\n" + "\n".join(rules) + "\n"
         self._dec.add_jsgf_string("commands", jsgf)
+        self._verify = False
+        if verify and self.fillers:
+            phone_lm = (Path(model_dir) if model_dir else Path(get_model_path("en-us"))).glob("*phone*.lm.bin")
+            found = next(iter(sorted(phone_lm)), None)
+            if found is None:
+                log.warning("no phone language model beside the pocketsphinx model: commands are not checked twice")
+            else:
+                fill = " | ".join(self.fillers)
+                self._dec.add_jsgf_string(
+                    "garbage", f"#JSGF V1.0;\ngrammar garbage;\npublic <utt> = <fill>+ ;\n<fill> = {fill} ;\n"
+                )
+                self._dec.add_allphone_file("phones", str(found))
+                self._verify = True
         self._dec.activate_search("commands")
+        self._logmath = self._dec.get_logmath()
+        self._expected = {p: self._phone_count(p) for p in self.phrases}
         self._in_utt = False
+        self._audio: list[bytes] = []
+        self._cmn_at_start = ""
+
+    def _phone_count(self, phrase: str) -> int:
+        return sum(len((self._dec.lookup_word(w) or "").split()) for w in phrase.split())
 
     def _all_known(self, phrase: str) -> bool:
         return all(self._dec.lookup_word(w) is not None for w in phrase.split())
@@ -248,10 +304,16 @@ class PocketsphinxEngine:
         return tuple(hits)
 
     def feed(self, pcm: np.ndarray) -> Hypothesis:
+        data = _as_bytes(pcm)
         if not self._in_utt:
+            if self._verify:
+                self._cmn_at_start = self._dec.get_cmn()
+                self._audio = []
             self._dec.start_utt()
             self._in_utt = True
-        self._dec.process_raw(_as_bytes(pcm), False, False)
+        if self._verify:
+            self._audio.append(data)
+        self._dec.process_raw(data, False, False)
         hyp = self._dec.hyp()
         # Partial segmentations are cheap without the lattice; confidence comes at the end.
         return Hypothesis(normalize(hyp.hypstr) if hyp else "")
@@ -263,10 +325,40 @@ class PocketsphinxEngine:
         self._in_utt = False
         hyp = self._dec.hyp()
         if hyp is None:
+            self._audio = []
             return Hypothesis("", final=True)
-        return Hypothesis(normalize(hyp.hypstr), self._words(), final=True)
+        text = normalize(hyp.hypstr)
+        evidence = None
+        if self._verify and text in self._expected:
+            evidence = self._second_look(text, self._logmath.log(hyp.score))
+        self._audio = []
+        return Hypothesis(text, self._words(), final=True, evidence=evidence)
+
+    def _decode_again(self, search: str, audio: bytes):
+        self._dec.set_cmn(self._cmn_at_start)  # as the utterance found it
+        self._dec.activate_search(search)
+        self._dec.start_utt()
+        self._dec.process_raw(audio, False, True)
+        self._dec.end_utt()
+        return self._dec.hyp()
+
+    def _second_look(self, text: str, score: float) -> Evidence:
+        """The same audio by the garbage path alone and by a phone loop (see `Evidence`)."""
+        frames = max(self._dec.n_frames(), 1)
+        after = self._dec.get_cmn()  # what this utterance taught the cepstral mean: kept
+        audio = b"".join(self._audio)
+        try:
+            garbage = self._decode_again("garbage", audio)
+            garbage_score = self._logmath.log(garbage.score) if garbage is not None else score - 1e6
+            self._decode_again("phones", audio)
+            heard = [s.word for s in self._dec.seg() if s.word != "SIL" and not s.word.startswith("+")]
+        finally:
+            self._dec.set_cmn(after)
+            self._dec.activate_search("commands")
+        return Evidence((score - garbage_score) / frames, len(heard), self._expected[text])
 
     def reset(self) -> None:
         if self._in_utt:
             self._dec.end_utt()
             self._in_utt = False
+        self._audio = []
