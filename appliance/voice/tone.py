@@ -200,6 +200,8 @@ class ToneSynth:
         self._k = k  # 1..max_block
         self._lag = decay**k  # what is left of a step after k samples
         self._lag_sum = np.cumsum(self._lag)  # its running sum: the phase of the glide
+        self._lag_list: list[float] = self._lag.tolist()  # the same as floats, for `plan`
+        self._lag_sum_list: list[float] = self._lag_sum.tolist()
         self._ph = np.zeros(self.max_block)
         self._tmp = np.zeros(self.max_block)
         self._env = np.zeros(self.max_block)
@@ -338,6 +340,116 @@ class ToneSynth:
         self._fifth = _settle(self._fifth, timbre.fifth, lag_end, 1e-7)
         self._third = _settle(self._third, timbre.third_harmonic, lag_end, 1e-7)
         self._trem_depth = _settle(self._trem_depth, timbre.tremolo_depth, lag_end, 1e-7)
+
+    # -- offline (appliance.voice.audio.Mixer.plan_block): the same block, samples later ----------
+    def plan(self, n: int, gain_start: float, gain_end: float, silent: bool = False) -> tuple | None:
+        """What `render(out[:n], gain_start, gain_end)` (or `skip_silent(n)` with `silent`)
+        would do to this synth, done now, and the block's figures for `render_planned`.
+
+        The state moves on exactly as `render` moves it (same arithmetic, same order), so
+        phase, glides and `current_*` are the same after either; the samples come later, for
+        many blocks at once. The figures: (phase, ω0, ωt, amp, amp target, fifth, its
+        target, third, its target, tremolo depth, its target, LFO ω, LFO phase), with the
+        partials and tremolo zeroed where `render` leaves them out; None for a silent block.
+        """
+        p = self._params
+        timbre = TIMBRES[p.cue]
+        sr = self.sample_rate
+        i = n - 1
+        lag_end = self._lag_list[i]
+        w0 = TWO_PI * self._freq / sr
+        wt = TWO_PI * p.freq_hz / sr
+        phase = self._phase
+        amp, fifth0, third0, depth0 = self._amp, self._fifth, self._third, self._trem_depth
+        figures = None
+        if not silent and not (amp == 0.0 and p.amplitude == 0.0):
+            fifth = (fifth0, timbre.fifth) if fifth0 > 1e-6 or timbre.fifth > 0 else (0.0, 0.0)
+            third = (third0, timbre.third_harmonic) if third0 > 1e-6 or timbre.third_harmonic > 0 else (0.0, 0.0)
+            lw = lfo = 0.0
+            depth = (0.0, 0.0)
+            if depth0 > 1e-6 or timbre.tremolo_depth > 0:
+                trem_hz = timbre.tremolo_hz if timbre.tremolo_depth > 0 else self._trem_hz
+                lw = TWO_PI * trem_hz / sr
+                lfo = self._lfo_phase
+                depth = (depth0, timbre.tremolo_depth)
+                self._lfo_phase = (lfo + lw * n) % TWO_PI
+                self._trem_hz = trem_hz
+            figures = (phase, w0, wt, amp, p.amplitude, *fifth, *third, *depth, lw, lfo)
+        # _advance, inlined (it runs for every block of a simulated session)
+        self._phase = (phase + wt * n + (w0 - wt) * self._lag_sum_list[i]) % PHASE_WRAP
+        f, target = self._freq, p.freq_hz
+        f = target + (f - target) * lag_end
+        self._freq = target if abs(f - target) <= 1e-7 * target else f
+        if amp != p.amplitude:
+            self._amp = _settle(amp, p.amplitude, lag_end, 1e-7)
+        if fifth0 != timbre.fifth:
+            self._fifth = _settle(fifth0, timbre.fifth, lag_end, 1e-7)
+        if third0 != timbre.third_harmonic:
+            self._third = _settle(third0, timbre.third_harmonic, lag_end, 1e-7)
+        if depth0 != timbre.tremolo_depth:
+            self._trem_depth = _settle(depth0, timbre.tremolo_depth, lag_end, 1e-7)
+        return figures
+
+    def render_planned(self, out: np.ndarray, lengths: np.ndarray, figures: list[tuple | None],
+                       gains: np.ndarray) -> None:
+        """The samples of blocks planned by `plan`, all at once: `out` (float64) is their
+        concatenation, block i `lengths[i]` long with gains `gains[i]` = (start, end).
+
+        Each sample is computed with the arithmetic `render` uses for it, element by
+        element, so the result is bit for bit what `render` wrote block by block; a
+        partial or tremolo that `render` leaves out is here a zero weight, which adds
+        exactly nothing.
+        """
+        loud = [i for i, f in enumerate(figures) if f is not None]
+        if not loud:
+            out.fill(0.0)
+            return
+        # Only the blocks that sound: silent ones are zeros, as `render` writes them.
+        fig = np.array([figures[i] for i in loud]).T.copy()
+        n_loud = lengths[loud]
+        total = int(n_loud.sum())
+        kidx = np.arange(total) - np.repeat(np.cumsum(n_loud) - n_loud, n_loud)
+        k, lag, lag_sum = self._k[kidx], self._lag[kidx], self._lag_sum[kidx]
+        phase, w0, wt, amp, amp_t, _, _, _, _, _, _, lw, lfo = (np.repeat(c, n_loud) for c in fig)
+        g = gains[loud].T.copy()
+        g0, g1 = np.repeat(g[0], n_loud), np.repeat(g[1], n_loud)
+        ph = k * wt
+        ph += lag_sum * (w0 - wt)
+        ph += phase
+        y = np.sin(ph)
+        for col, multiple in ((5, 1.5), (7, 3.0)):
+            used = (fig[col] != 0.0) | (fig[col + 1] != 0.0)
+            if used.any():
+                sel = np.repeat(used, n_loud)
+                w_start, w_target = np.repeat(fig[col][used], n_loud[used]), np.repeat(fig[col + 1][used], n_loud[used])
+                tmp = np.sin(ph[sel] * multiple)
+                tmp *= lag[sel] * (w_start - w_target) + w_target
+                y[sel] += tmp
+        env = lag * (amp - amp_t) + amp_t
+        ramp = k * ((g1 - g0) / np.repeat(n_loud, n_loud))
+        ramp += g0
+        env *= ramp
+        used = (fig[9] != 0.0) | (fig[10] != 0.0)
+        if used.any():
+            sel = np.repeat(used, n_loud)
+            d0, d_t = np.repeat(fig[9][used], n_loud[used]), np.repeat(fig[10][used], n_loud[used])
+            lfo_now = k[sel] * lw[sel]
+            lfo_now += lfo[sel]
+            np.cos(lfo_now, out=lfo_now)
+            np.subtract(1.0, lfo_now, out=lfo_now)
+            lfo_now *= 0.5
+            depth = lag[sel] * (d0 - d_t) + d_t
+            depth *= lfo_now
+            np.subtract(1.0, depth, out=depth)
+            env[sel] *= depth
+        y *= env
+        if len(loud) == len(figures):
+            out[:] = y
+        else:
+            is_loud = np.zeros(len(figures), bool)
+            is_loud[loud] = True
+            out.fill(0.0)
+            out[np.repeat(is_loud, lengths)] = y
 
     def _add_partial(
         self,
