@@ -16,6 +16,7 @@ SPI interface gpiozero's `SPIDevice` talks to on an `McpSpiFactory`, and answers
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from collections.abc import Callable
@@ -87,23 +88,31 @@ class McpChip:
         self.conversions = 0
         self.last_channel = None
 
-    def answer(self, mosi: list[int]) -> list[int]:
-        """The MISO bits for the MOSI bits clocked in while the chip is selected, all at once:
-        the bits `McpSimulator.on_bit` drives one clock at a time (SPI mode 0)."""
-        level = self.float_level
-        miso = [level] * len(mosi)
-        if not self.connected or 1 not in mosi:
-            return miso
-        start = mosi.index(1)
-        sample = start + 4  # D0 arrives here; the chip samples during the next clock
-        if sample >= len(mosi):
-            return miso
-        code = self._convert(bool(mosi[start + 1]), mosi[start + 2] << 2 | mosi[start + 3] << 1 | mosi[sample])
+    def answer(self, mosi: str) -> str:
+        """The MISO bits for the MOSI bits clocked in while the chip is selected, all at once
+        (strings of "0" and "1", first clocked first): the bits `McpSimulator.on_bit` drives
+        one clock at a time (SPI mode 0)."""
+        level = "1" if self.float_level else "0"
+        command = _COMMANDS.get(mosi)
+        if command is None:
+            start = mosi.find("1")
+            sample = start + 4  # D0 arrives here; the chip samples during the next clock
+            if len(_COMMANDS) > 4096:  # a test's random patterns; a device sends a few
+                _COMMANDS.clear()
+            if start < 0 or sample >= len(mosi):
+                command = _COMMANDS[mosi] = (-1, False, 0)
+            else:
+                command = _COMMANDS[mosi] = (sample, mosi[start + 1] == "1", int(mosi[start + 2 : sample + 1], 2))
+        sample, single, channel = command
+        if not self.connected or sample < 0:
+            return level * len(mosi)
+        code = self._convert(single, channel)
         n = self.model.bits
-        tx = [level, 0, *((code >> i) & 1 for i in range(n - 1, -1, -1)), *((code >> i) & 1 for i in range(1, n))]
-        tail = mosi[sample + 1 :]
-        miso[sample + 1 :] = tx[: len(tail)] + [0] * max(0, len(tail) - len(tx))
-        return miso
+        msb_first = format(code, f"0{n}b")
+        # a null bit, the result MSB first, then LSB first (its LSB is not sent twice), then zeros
+        tx = level + "0" + msb_first + msb_first[-2::-1]
+        tail = len(mosi) - sample - 1
+        return (level * (sample + 1) + tx[:tail]).ljust(len(mosi), "0")
 
     def _convert(self, single: bool, channel: int) -> int:
         self.conversions += 1
@@ -116,6 +125,9 @@ class McpChip:
             plus, minus = (pair, pair + 1) if not channel & 1 else (pair + 1, pair)
             volts = float(self.voltage(plus)) - float(self.voltage(minus))
         return code_for_voltage(volts, self.vref, self.model.bits)
+
+
+_COMMANDS: dict[str, tuple[int, bool, int]] = {}  # MOSI bits -> (bit D0 is on, SGL, channel)
 
 
 def _check_chip(chip: str, port: int, device: int) -> tuple[int, int, int, int]:
@@ -220,6 +232,9 @@ class McpTransferSimulator(McpChip):
             del self.factory.chips[self.select]
 
 
+_WIRE: dict[tuple, str] = {}  # (bits per word, LSB first, *words) -> the MOSI bits
+
+
 def _gpio_name(pin: int | str) -> str:
     """gpiozero names the chip-select pin "GPIO8"; the SPI tables here number it 8."""
     return pin if isinstance(pin, str) and pin.startswith("GPIO") else f"GPIO{pin}"
@@ -252,18 +267,20 @@ class _McpSpi(SPI):
         self._check_open()
         if self._clock_mode != 0:
             raise ValueError(f"the simulated MCP3xxx answers in SPI mode 0, not {self._clock_mode}")
-        width = self._bits_per_word
-        order = range(width) if self._lsb_first else range(width - 1, -1, -1)
-        mosi = [(word >> i) & 1 for word in data for i in order]
+        width, lsb = self._bits_per_word, self._lsb_first
+        key = (width, lsb, *data)
+        mosi = _WIRE.get(key)
+        if mosi is None:
+            # each word's bits as clocked out: high bit first, or low bit first with lsb_first
+            mosi = "".join(format(word, f"0{width}b")[:: -1 if lsb else 1] for word in data)
+            if len(mosi) != width * len(data):
+                raise ValueError(f"SPI words wider than {width} bits: {data}")
+            if len(_WIRE) > 4096:
+                _WIRE.clear()
+            _WIRE[key] = mosi
         chip = self.pin_factory.chips.get(self._select_pin)
-        miso = chip.answer(mosi) if chip is not None else [0] * len(mosi)
-        words = []
-        for w in range(len(data)):
-            word = 0
-            for bit, i in zip(miso[w * width : (w + 1) * width], order, strict=True):
-                word |= bit << i
-            words.append(word)
-        return words
+        miso = chip.answer(mosi) if chip is not None else "0" * len(mosi)
+        return [int(miso[i : i + width][:: -1 if lsb else 1], 2) for i in range(0, len(miso), width)]
 
     def _get_clock_mode(self) -> int:
         return self._clock_mode
@@ -324,9 +341,17 @@ class ResampledPressure:
                 del self._t[:-8], self._p[:-8]
         if not self._t:
             return 0.0
-        if t >= self._t[-1] or len(self._t) == 1:
-            return self._p[-1]
-        return float(np.interp(t, self._t, self._p))
+        xs, ps = self._t, self._p
+        if t >= xs[-1] or len(xs) == 1:
+            return ps[-1]
+        # np.interp's arithmetic for one point, without building arrays (800 calls a second)
+        j = bisect.bisect_right(xs, t) - 1
+        if j < 0:
+            return ps[0]
+        if t == xs[j]:
+            return ps[j]
+        slope = (ps[j + 1] - ps[j]) / (xs[j + 1] - xs[j])
+        return slope * (t - xs[j]) + ps[j]
 
 
 class AnalogFrontEnd:
@@ -355,18 +380,27 @@ class AnalogFrontEnd:
         self.noise_v = noise_v
         self.rng = np.random.default_rng(seed)
         self.t = 0.0
+        self._volts: dict[int, float] = {}  # each channel's noiseless volts at `t`
+        self._noise: list[float] = []  # the rng's next draws, the same numbers drawn one by one
 
     def set_time(self, t: float) -> None:
+        if t != self.t:
+            self._volts.clear()
         self.t = t
 
     def voltage(self, channel: int) -> float:
-        if channel == self.probe_channel:
-            p = self.pressure_at(self.t)
-        elif channel == self.abdominal_channel and self.abdominal_at is not None:
-            p = self.abdominal_at(self.t)
-        else:
-            return 0.0
-        return float(self.transfer.volts(p)) + self.rng.normal(0.0, self.noise_v)
+        volts = self._volts.get(channel)
+        if volts is None:
+            if channel == self.probe_channel:
+                p = self.pressure_at(self.t)
+            elif channel == self.abdominal_channel and self.abdominal_at is not None:
+                p = self.abdominal_at(self.t)
+            else:
+                return 0.0
+            volts = self._volts[channel] = float(self.transfer.volts(p))
+        if not self._noise:
+            self._noise = self.rng.normal(0.0, self.noise_v, 1024).tolist()[::-1]
+        return volts + self._noise.pop()
 
 
 def simulated_adc_probe(
