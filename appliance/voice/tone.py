@@ -404,52 +404,51 @@ class ToneSynth:
         if not loud:
             out.fill(0.0)
             return
-        # Only the blocks that sound: silent ones are zeros, as `render` writes them.
-        fig = np.array([figures[i] for i in loud]).T.copy()
+        # Only the blocks that sound (silent ones are zeros, as `render` writes them), one
+        # row each, padded to the longest: every figure broadcasts along its row.
+        fig = np.array([figures[i] for i in loud]).T[:, :, None]
         n_loud = lengths[loud]
-        total = int(n_loud.sum())
-        kidx = np.arange(total) - np.repeat(np.cumsum(n_loud) - n_loud, n_loud)
-        k, lag, lag_sum = self._k[kidx], self._lag[kidx], self._lag_sum[kidx]
-        phase, w0, wt, amp, amp_t, _, _, _, _, _, _, lw, lfo = (np.repeat(c, n_loud) for c in fig)
-        g = gains[loud].T.copy()
-        g0, g1 = np.repeat(g[0], n_loud), np.repeat(g[1], n_loud)
+        width = int(n_loud.max())
+        k, lag, lag_sum = self._k[:width], self._lag[:width], self._lag_sum[:width]
+        phase, w0, wt, amp, amp_t, _, _, _, _, _, _, lw, lfo = fig
+        g = gains[loud]
+        g0, g1 = g[:, :1], g[:, 1:]
         ph = k * wt
         ph += lag_sum * (w0 - wt)
         ph += phase
         y = np.sin(ph)
         for col, multiple in ((5, 1.5), (7, 3.0)):
-            used = (fig[col] != 0.0) | (fig[col + 1] != 0.0)
+            used = (fig[col, :, 0] != 0.0) | (fig[col + 1, :, 0] != 0.0)
             if used.any():
-                sel = np.repeat(used, n_loud)
-                w_start, w_target = np.repeat(fig[col][used], n_loud[used]), np.repeat(fig[col + 1][used], n_loud[used])
-                tmp = np.sin(ph[sel] * multiple)
-                tmp *= lag[sel] * (w_start - w_target) + w_target
-                y[sel] += tmp
+                w_start, w_target = fig[col][used], fig[col + 1][used]
+                tmp = np.sin(ph[used] * multiple)
+                tmp *= lag * (w_start - w_target) + w_target
+                y[used] += tmp
         env = lag * (amp - amp_t) + amp_t
-        ramp = k * ((g1 - g0) / np.repeat(n_loud, n_loud))
+        ramp = k * ((g1 - g0) / n_loud[:, None])
         ramp += g0
         env *= ramp
-        used = (fig[9] != 0.0) | (fig[10] != 0.0)
+        used = (fig[9, :, 0] != 0.0) | (fig[10, :, 0] != 0.0)
         if used.any():
-            sel = np.repeat(used, n_loud)
-            d0, d_t = np.repeat(fig[9][used], n_loud[used]), np.repeat(fig[10][used], n_loud[used])
-            lfo_now = k[sel] * lw[sel]
-            lfo_now += lfo[sel]
+            d0, d_t = fig[9][used], fig[10][used]
+            lfo_now = k * lw[used]
+            lfo_now += lfo[used]
             np.cos(lfo_now, out=lfo_now)
             np.subtract(1.0, lfo_now, out=lfo_now)
             lfo_now *= 0.5
-            depth = lag[sel] * (d0 - d_t) + d_t
+            depth = lag * (d0 - d_t) + d_t
             depth *= lfo_now
             np.subtract(1.0, depth, out=depth)
-            env[sel] *= depth
+            env[used] *= depth
         y *= env
+        valid = y[np.arange(width) < n_loud[:, None]]
         if len(loud) == len(figures):
-            out[:] = y
+            out[:] = valid
         else:
             is_loud = np.zeros(len(figures), bool)
             is_loud[loud] = True
             out.fill(0.0)
-            out[np.repeat(is_loud, lengths)] = y
+            out[np.repeat(is_loud, lengths)] = valid
 
     def _add_partial(
         self,
