@@ -65,9 +65,14 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2, help="runs of each path (default 2)")
     ap.add_argument("--checkout", type=Path, default=HERE, help="the project checkout to measure")
     ap.add_argument("--no-adc", action="store_true", help="only the direct path")
+    ap.add_argument("--programme", default=None,
+                    help="another programme (e.g. postop, 3.9 min: a quicker --via-adc before/after)")
     args = ap.parse_args()
     checkout = args.checkout.resolve()
-    paths = [("direct", ())] if args.no_adc else [("direct", ()), ("--via-adc", ("--via-adc",))]
+    programme = ("--programme", args.programme) if args.programme else ()
+    paths = [("direct", programme)]
+    if not args.no_adc:
+        paths.append(("--via-adc", ("--via-adc", *programme)))
     with tempfile.TemporaryDirectory(prefix="simulate-speed-") as tmp:
         cache = Path(tmp) / "xdg"
         (cache / "speech").mkdir(parents=True)
