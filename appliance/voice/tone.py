@@ -378,8 +378,9 @@ class ToneSynth:
         # _advance, inlined (it runs for every block of a simulated session)
         self._phase = (phase + wt * n + (w0 - wt) * self._lag_sum_list[i]) % PHASE_WRAP
         f, target = self._freq, p.freq_hz
-        f = target + (f - target) * lag_end
-        self._freq = target if abs(f - target) <= 1e-7 * target else f
+        if f != target:
+            f = target + (f - target) * lag_end
+            self._freq = target if abs(f - target) <= 1e-7 * target else f
         if amp != p.amplitude:
             self._amp = _settle(amp, p.amplitude, lag_end, 1e-7)
         if fifth0 != timbre.fifth:
