@@ -224,6 +224,19 @@ class AudioConfig:
 
 
 @dataclass(frozen=True)
+class SpeechConfig:
+    """Whose voice the patient hears: a clinic's recorded voice pack, else the synthesizer.
+
+    `voice_pack` is a pack folder (it serves the language its voice.toml names) or a
+    table of one folder per language (`{ nl = "...", en = "..." }`); relative paths are
+    taken from the configuration file's folder.
+    """
+
+    voice_pack: str | dict[str, str] | None = None
+    instruction_wpm: int = bounded(140, 100, 200)  # measured rate of long instructions
+
+
+@dataclass(frozen=True)
 class SensorConfig:
     source: str = choice("simulated", "simulated", "adc")
     chip: str = choice("MCP3008", "MCP3008", "MCP3208")
@@ -261,6 +274,7 @@ class DeviceConfig:
 
     language: str = choice("nl", "nl", "en")
     audio: AudioConfig = field(default_factory=AudioConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
     sensor: SensorConfig = field(default_factory=SensorConfig)
     voice: VoiceConfig = field(default_factory=VoiceConfig)
     controls: ControlsConfig = field(default_factory=ControlsConfig)
@@ -295,12 +309,53 @@ def spi_pins(sensor: SensorConfig) -> dict[int, str]:
             cs: f"{bus} chip select {sensor.spi_device} (sensor.spi_device)"}
 
 
+def voice_pack_dirs(speech: SpeechConfig, file: str | Path) -> dict[str, Path]:
+    """The voice pack folder per language that `[speech] voice_pack` names, each checked.
+
+    Refuses (naming file, key and value) a folder without a readable voice.toml, and a
+    pack named for one language whose voice.toml says another.
+    """
+    from appliance.voice.voicepack import LANGUAGES, read_info
+
+    raw = speech.voice_pack
+    if raw is None:
+        return {}
+    base = Path(file).parent if str(file) != "(defaults)" else Path.cwd()
+    named: dict[str | None, tuple[str, Any]] = {}
+    if isinstance(raw, str):
+        named[None] = ("speech.voice_pack", raw)
+    else:
+        for lang, folder in raw.items():
+            key = f"speech.voice_pack.{lang}"
+            if lang not in LANGUAGES:
+                raise ConfigError(file, key, folder, f"is not a language (known: {', '.join(LANGUAGES)})")
+            if not isinstance(folder, str):
+                raise ConfigError(file, key, folder, "must be the path of a voice pack folder")
+            named[lang] = (key, folder)
+    packs: dict[str, Path] = {}
+    for wanted, (key, folder) in named.items():
+        path = Path(folder).expanduser()
+        if not path.is_absolute():
+            path = base / path
+        if not path.is_dir():
+            raise ConfigError(file, key, folder, "is not a folder (a voice pack is a folder with voice.toml)")
+        try:
+            info = read_info(path)
+        except ConfigError as exc:
+            raise ConfigError(file, key, folder, f"is not a usable voice pack: {exc}") from None
+        if wanted is not None and info.language != wanted:
+            raise ConfigError(file, key, folder, f"is a {info.language!r} voice pack (its voice.toml says so)")
+        packs[info.language] = path
+    return packs
+
+
 def check_device_config(cfg: DeviceConfig, file: str | Path) -> None:
     """Refuse combinations of keys that each pass alone: pin clashes, silent tones, sluggish audio.
 
     Called by `load_device_config`; every refusal names file, key and value.
     """
     audio, sensor, controls = cfg.audio, cfg.sensor, cfg.controls
+    voice_pack_dirs(cfg.speech, file)
     if not audio.tone_rest_hz < audio.tone_target_hz:
         raise ConfigError(file, "audio.tone_rest_hz", audio.tone_rest_hz,
                           f"must be below audio.tone_target_hz ({audio.tone_target_hz:g}): the tone rises "
@@ -338,7 +393,7 @@ def parse_device_config(data: dict[str, Any], file: str | Path) -> DeviceConfig:
     cfg = load_dataclass(DeviceConfig, {k: v for k, v in data.items() if k != "source"}, file)
     if "source" in data:
         raise ConfigError(file, "source", data["source"], "is not a configuration key (known: "
-                          "audio, controls, language, sensor, voice)")
+                          "audio, controls, language, sensor, speech, voice)")
     check_device_config(cfg, file)
     return dataclasses.replace(cfg, source=str(file))
 

@@ -256,3 +256,50 @@ def test_louder_softer_and_pace_settings_reach_mixer_and_speech(caplog):
         sink.emit(Event(1.0, "say", {"phrase": "no.such.phrase", "at": 1.0}))
     assert mixer.volume == 0.5
     assert "'loud'" in caplog.text and "no.such.phrase" in caplog.text
+
+
+class _Steady:
+    """A probe without a sampler thread of its own: 30 cmH2O at 200 Hz."""
+
+    sample_rate_hz = 200.0
+
+    def __init__(self) -> None:
+        self._next = 0.0
+
+    def read_until(self, t: float):
+        times = []
+        while self._next <= t:
+            times.append(self._next)
+            self._next += 0.005
+        return times, [30.0] * len(times)
+
+    @property
+    def status(self):
+        from appliance.sensor.base import ProbeStatus
+
+        return ProbeStatus.OK
+
+    def close(self) -> None:
+        return None
+
+
+def test_the_sessions_wiring_gives_the_tone_every_sample_the_loop_reads():
+    from appliance.clock import SimClock
+    from appliance.coach.programme import load_programme
+    from appliance.coach.session import Calibration
+    from appliance.device.wiring import SessionParts, build_session
+    from appliance.voice.phrases import Catalogue
+
+    class ToneOnly(AudioSink):
+        def emit(self, event: Event) -> None:  # no phrases rendered: the tone alone
+            return None
+
+    catalogue = Catalogue.load("nl")
+    mixer = Mixer(SR)
+    sink = ToneOnly(mixer, None, ToneShaper())  # type: ignore[arg-type]
+    built = build_session(load_programme("leaflet", catalogue.keys()), catalogue, SimClock(),
+                          SessionParts(source=_Steady(), audio=sink, calibration=Calibration(20.0, 40.0)))
+    slot = mixer.tone.slot
+    assert slot is not None and slot.value is None
+    built.source.read_until(0.1025)  # samples at 0, 5, ... 100 ms
+    assert slot.count == 21 and slot.value == pytest.approx(30.0)

@@ -76,7 +76,7 @@ def test_status_counts_sessions_and_storage(state):
 def test_export_writes_tables_matching_the_database(state, tmp_path):
     files = export(state, tmp_path / "out", datetime(2026, 3, 10, tzinfo=UTC), with_report=False)
     names = {f.name for f in files}
-    assert {"sessions.csv", "repetitions.csv", "observations.fhir.json", "prescription.toml"} <= names
+    assert {"sessions.csv", "repetitions.csv", "summary.csv", "observations.fhir.json", "prescription.toml"} <= names
     folder = files[0].parent
     assert folder.name.startswith(CODE)
     sessions = list(csv.DictReader((folder / "sessions.csv").open()))
@@ -87,8 +87,17 @@ def test_export_writes_tables_matching_the_database(state, tmp_path):
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
     codes = [e["resource"]["code"]["coding"][0]["code"] for e in bundle["entry"]]
     mvc = [c for c in codes if c == "mvc-squeeze-pressure"]
-    assert len(mvc) == st.sessions
+    # One per maximal squeeze measured; a short set that carries the day's calibration over adds none.
+    assert len(mvc) == sum(s["mvc_measured"] == "1" for s in sessions) > 0
     assert {e["resource"]["subject"]["identifier"]["value"] for e in bundle["entry"]} == {CODE}
+
+
+def test_export_writes_the_report_in_the_language_asked(state, tmp_path):
+    files = export(state, tmp_path / "out", datetime(2026, 3, 10, tzinfo=UTC), lang="en")
+    folder = files[0].parent
+    assert (folder / "report.pdf").exists() and (folder / "report-1.png").exists()
+    rows = list(csv.DictReader((folder / "summary.csv").open()))
+    assert "main sessions done" in {r["label"] for r in rows}
 
 
 def test_export_refuses_without_a_patient_or_into_the_state_dir(state, tmp_path):

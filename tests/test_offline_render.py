@@ -6,11 +6,12 @@ import pytest
 from wav_fixture import digest, short_session_wav
 
 from appliance.voice.audio import Mixer
-from appliance.voice.tone import ToneCue, ToneParams
+from appliance.voice.tone import LivePitch, ToneCue, ToneMapping, ToneParams
 
-# Printed by `PYTHONPATH=<main at 9b36be3> python tests/wav_fixture.py`, before the offline
-# renderer existed (the mixer then rendered every 64-sample block on its own).
-MAIN_DIGEST = "c0b6e4a66395be0f060a1b5ce7d70c4e40954d7632b74a9730e03444e8a3be4a"
+# Printed by `PYTHONPATH=<main> python tests/wav_fixture.py` before the offline renderer was
+# merged (the mixer then rendered every 64-sample block on its own): c0b6e4a6...e3be4a on
+# main at 9b36be3, this one on main at 1663935 (the tone's live pitch and 1 ms pitch glide).
+MAIN_DIGEST = "370ccf4c3a6e5f14a1a79a8950c0c052c694b4159d293d547eeb60c0c3786951"
 
 
 def test_the_patient_hears_in_session_wav_what_the_device_played_before_offline_rendering(tmp_path):
@@ -33,20 +34,31 @@ def _drive(seed):
         if r < 0.3:
             cue = list(ToneCue)[rng.integers(len(ToneCue))]
             amp = 0.0 if rng.random() < 0.3 else float(rng.choice([0.08, 0.3]))
-            action["tone"] = ToneParams(float(rng.uniform(200, 1000)), amp, cue)
+            live = LivePitch(10.0, 30.0, ToneMapping()) if rng.random() < 0.5 else None
+            action["tone"] = ToneParams(float(rng.uniform(200, 1000)), amp, cue, live)
         elif r < 0.36:
             action["say"] = (int(rng.integers(len(clips))), frame + int(rng.integers(-50, 600)))
         elif r < 0.37:
             action["cancel"] = True
         elif r < 0.39:
             action["volume"] = float(rng.choice([0.2, 0.8, 1.0]))
+        if rng.random() < 0.3:  # the sensor side writes the live pressure slot
+            action["pressure"] = float(rng.uniform(5.0, 60.0))
         n = int(rng.integers(1, 65))
         steps.append((action, n))
         frame += n
     return clips, steps
 
 
+class Slot:
+    """The live pressure slot, as the audio thread reads it: the newest value."""
+
+    value = None
+
+
 def _apply(mixer, clips, action):
+    if "pressure" in action:
+        mixer.tone.slot.value = action["pressure"]
     if "tone" in action:
         mixer.set_tone(action["tone"])
     if "say" in action:
@@ -62,6 +74,7 @@ def _apply(mixer, clips, action):
 def test_blocks_rendered_offline_are_the_speakers_blocks_bit_for_bit(seed):
     clips, steps = _drive(seed)
     live, offline = Mixer(22050), Mixer(22050)
+    live.tone.slot, offline.tone.slot = Slot(), Slot()
     heard, made, pending = [], [], 0
     for i, (action, n) in enumerate(steps):
         _apply(live, clips, action)

@@ -239,3 +239,23 @@ def test_abdominal_channel_equal_to_probe_channel_is_refused():
     config = dataclasses.replace(SensorConfig(), abdominal_channel=0)
     with pytest.raises(ConfigError, match="abdominal_channel"):
         simulated_adc_probe(lambda t: REST, config, SimClock())
+
+
+def test_the_live_tone_hears_each_sample_as_the_sampler_takes_it_with_the_zero_applied():
+    from appliance.sensor.live import LivePressure
+
+    probe, _sim, _front, clock = make(lambda t: REST + (15.0 if t >= 1.0 else 0.0), oversample=4)
+    probe.set_atmosphere_zero(2.0)
+    slot = LivePressure(probe.sample_rate_hz)
+    assert probe.publish_live(slot)
+    probe.sampler.acquire_until(0.0)  # the sampler's schedule starts at 0
+    clock.advance(0.995)
+    probe.sampler.acquire_until(clock.now())  # taken, not yet read by the control loop
+    assert slot.count == 100
+    assert slot.value == pytest.approx(REST - 2.0, abs=0.5)
+    clock.advance(0.05)
+    probe.sampler.acquire_until(clock.now())
+    assert slot.value is not None and slot.value > REST - 2.0 + 7.5  # past halfway within a few samples
+    times, values = probe.read_until(clock.now())  # the coach still gets every sample
+    assert len(times) == 105 and values[-1] == pytest.approx(REST + 15.0 - 2.0, abs=0.5)
+    probe.close()

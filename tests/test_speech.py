@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -11,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from appliance.voice.loudness import TARGET_DBFS, active_level_db
 from appliance.voice.phrases import Catalogue
 from appliance.voice.speech import (
-    SPEECH_PEAK,
     Clip,
     EspeakCli,
     PhraseBank,
@@ -133,28 +134,33 @@ def test_a_hanging_pyttsx3_is_killed_and_espeak_ng_takes_over(tmp_path, caplog):
     hanging = Pyttsx3Worker(timeout_s=0.5, python=fake_python(tmp_path, "exec sleep 60"))
     renderer = SpeechRenderer(tmp_path / "cache", engines=[hanging, EspeakCli()])
     t0 = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="appliance.voice.speech"):
+    with caplog.at_level(logging.INFO, logger="appliance.voice.speech"):
         r = renderer.render("Laat ^los.", "nl", 150)
     assert time.monotonic() - t0 < 5.0
     assert r.engine == "espeak-ng" and r.samples.shape[0] > 0.3 * SR
     assert 0.1 < r.keyword_offset_s < r.samples.shape[0] / SR
     assert "no answer within 0.5 s" in caplog.text
+    assert "^" not in caplog.text  # the marker is internal
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING]  # quietly
     with pytest.raises(ProcessLookupError):  # the hung child is gone, not orphaned
         os.kill(hanging.last_pid, 0)
 
 
-def test_without_pyttsx3_every_phrase_comes_from_espeak_ng(tmp_path):
+def test_without_pyttsx3_every_phrase_comes_from_espeak_ng_and_it_is_noted_once(tmp_path, caplog):
     missing = fake_python(
         tmp_path,
         """echo '{"ok": false, "fatal": true, "error": "No module named pyttsx3"}'""",
     )
     worker = Pyttsx3Worker(timeout_s=5.0, python=missing)
     renderer = SpeechRenderer(tmp_path / "cache", engines=[worker, EspeakCli()])
-    assert renderer.render("Houd ^vast.", "nl", 150).engine == "espeak-ng"
-    assert "No module named pyttsx3" in worker.broken
-    pid = worker.last_pid
-    assert renderer.render("Adem ^in.", "nl", 150).engine == "espeak-ng"
+    with caplog.at_level(logging.INFO, logger="appliance.voice.speech"):
+        assert renderer.render("Houd ^vast.", "nl", 150).engine == "espeak-ng"
+        assert "No module named pyttsx3" in worker.broken
+        pid = worker.last_pid
+        assert renderer.render("Adem ^in.", "nl", 150).engine == "espeak-ng"
     assert worker.last_pid == pid  # not started again for every phrase
+    notes = [rec for rec in caplog.records if "pyttsx3" in rec.getMessage()]
+    assert len(notes) == 1 and notes[0].levelno == logging.INFO
 
 
 def test_an_unknown_voice_is_refused_by_name(tmp_path, worker):
@@ -184,7 +190,8 @@ def test_clips_are_trimmed_normalised_and_resampled_for_the_mixer():
     assert clip.sample_rate == 16000
     assert clip.duration_s == pytest.approx(1.0 + 2 * 0.005, abs=2e-3)
     assert clip.keyword_offset_s == pytest.approx(0.25 + 0.005, abs=1e-3)
-    assert np.abs(clip.samples).max() == pytest.approx(SPEECH_PEAK, rel=1e-3)
+    assert active_level_db(clip.samples, 16000) == pytest.approx(TARGET_DBFS, abs=0.2)
+    assert np.abs(clip.samples).max() < 1.0
     assert not clip.samples.flags.writeable  # shared by reference with the audio thread
 
 
@@ -253,3 +260,75 @@ def test_appliance_say_names_the_catalogue_for_an_unknown_phrase(tmp_path):
     r = _appliance(tmp_path, "say", "cue.relase", "--out", str(tmp_path / "x.wav"))
     assert r.returncode == 2
     assert "nl.toml" in r.stderr and "'cue.relase'" in r.stderr and "cue.release" in r.stderr
+
+
+# --- the synthesizer, better (issue 16) ----------------------------------------------------
+
+
+def test_gynaecoloog_and_plasspier_are_said_as_the_lexicon_spells_them(tmp_path, worker):
+    import subprocess
+
+    from appliance.voice.lexicon import lexicon_for
+    from appliance.voice.speech import _read_wav
+
+    lexicon = lexicon_for("nl")
+    for word in ("gynaecoloog", "uroloog", "plasspier", "toiletbezoek"):
+        phonemes = lexicon.words[word]
+        said = subprocess.run(["espeak-ng", "-v", "nl", "-x", "-q", f"[[{phonemes}]]"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        assert said == phonemes, word  # espeak-ng takes the lexicon's phonemes as they are
+        default = subprocess.run(["espeak-ng", "-v", "nl", "-x", "-q", word], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+        assert default != phonemes, word  # and it did say the word otherwise
+    # both engines speak the phonemes, not the brackets: the same length either way
+    renderer = SpeechRenderer(tmp_path, engines=[worker])
+    a = renderer.render("Vraag het aan uw ^gynaecoloog.", "nl", 150)
+    EspeakCli().synth(f"Vraag het aan uw [[{lexicon.words['gynaecoloog']}]].", "nl", 150, 1.0, tmp_path / "b.wav")
+    b, rate = _read_wav(tmp_path / "b.wav")
+    assert abs(a.samples.size - b.size) / rate < 0.05
+    meta = next(tmp_path.glob("*.json")).read_text()
+    assert "Vraag het aan uw ^gynaecoloog." in meta  # the cache keeps the catalogue's words (the wipe reads them)
+
+
+def test_long_instructions_are_heard_at_about_140_words_a_minute_and_cues_keep_their_rate(tmp_path, worker):
+    cat = Catalogue.load("nl")
+    long_keys = sorted(k for k in cat.keys() if "^" not in cat.raw(k) and len(cat.text(k).split()) >= 12)[:3]
+    renderer = SpeechRenderer(tmp_path, engines=[worker, EspeakCli()])
+    bank = PhraseBank(cat, renderer, lang="nl", rate_wpm=150, sample_rate=SR, instruction_wpm=140)
+    bank.prepare([*long_keys, "cue.release"])
+    for key in long_keys:
+        clip = bank.clip(key)
+        words = len(re.findall(r"\w+", cat.text(key)))
+        heard = 60.0 * words / clip.duration_s
+        assert 130 <= heard <= 150, (key, round(heard))
+    plain = to_clip("cue.release", "", renderer.render(marked_text(cat, "cue.release"), "nl", 150), SR)
+    assert bank.clip("cue.release").duration_s == pytest.approx(plain.duration_s, abs=1e-3)
+
+
+def test_every_phrase_is_equally_loud(tmp_path, worker):
+    cat = Catalogue.load("nl")
+    keys = ["count.1", "cue.release", "session.welcome", max(cat.keys(), key=lambda k: len(cat.text(k)))]
+    bank = PhraseBank(cat, SpeechRenderer(tmp_path, engines=[worker, EspeakCli()]), lang="nl", rate_wpm=150,
+                      sample_rate=SR)
+    bank.prepare(keys)
+    levels = [active_level_db(bank.clip(k).samples, SR) for k in keys]
+    assert max(levels) - min(levels) < 0.5, levels
+
+
+def test_a_first_run_prints_one_progress_line_and_a_second_none(tmp_path, worker, caplog):
+    counts = [f"count.{i}" for i in range(1, 11)] + ["cue.hold", "cue.release", "session.start", "cue.breathe_in"]
+
+    def prepare() -> None:
+        bank = PhraseBank(Catalogue.load("nl"), SpeechRenderer(tmp_path, engines=[worker]), lang="nl",
+                          rate_wpm=150, sample_rate=SR)
+        bank.prepare(counts[:2])  # a few phrases first (the device's own), then the rest
+        bank.prepare(counts)
+
+    with caplog.at_level(logging.INFO, logger="appliance.voice.speech"):
+        prepare()
+    shown = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(shown) == 1 and "rendering 12 nl phrases once" in shown[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="appliance.voice.speech"):
+        prepare()
+    assert not caplog.records

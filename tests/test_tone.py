@@ -250,3 +250,60 @@ def test_the_tone_does_not_depend_on_how_the_stream_is_cut_into_blocks():
     small, large = run(64), run(4096)
     assert np.abs(small - large).max() < 1e-5  # under a 16-bit step (3e-5): inaudible, unstorable
     assert np.abs(small).max() > 0.25  # and there was a tone to compare
+
+
+class Slot:
+    """The live pressure as the sensor side leaves it (appliance.sensor.live.LivePressure)."""
+
+    def __init__(self, value: float | None = None) -> None:
+        self.value = value
+        self.count = 0
+
+
+def test_the_pitch_follows_the_squeeze_within_a_block_without_waiting_for_the_coach():
+    mapping = ToneMapping(220.0, 880.0)
+    shaper = ToneShaper(mapping)
+    synth, slot = ToneSynth(SR), Slot(20.0)  # rest 20, MVC 40 cmH2O, target 50 %: 20 cmH2O above rest
+    synth.slot = slot
+    # One coach tick: the squeeze is at 30 % of the target; no other tick follows.
+    synth.set_params(shaper.update(Feedback(0.0, 15.0, 50.0, True), calibration=(20.0, 40.0)))
+    x = np.zeros(BLOCK * 40)
+    for i in range(0, x.shape[0], BLOCK):
+        synth.render(x[i : i + BLOCK])
+    assert measure_pitch(x[BLOCK * 10 :]) == pytest.approx(220.0, rel=0.01)  # the slot: at rest
+    slot.value = 20.0 + 0.5 * 20.0  # the sampler: half the target, between two ticks
+    synth.render(x[:BLOCK])  # the very next block moves: within its 3 ms, 90 % of the octave
+    assert 12 * math.log2(synth.current_freq_hz / 220.0) > 0.9 * 12
+    synth.render(x[:BLOCK])
+    assert synth.current_freq_hz == pytest.approx(440.0, rel=0.01)
+    for i in range(0, x.shape[0], BLOCK):
+        synth.render(x[i : i + BLOCK])
+    assert measure_pitch(x) == pytest.approx(440.0, rel=0.01)
+
+
+def test_the_cue_stays_the_coachs_while_the_pitch_is_live():
+    shaper = ToneShaper(ToneMapping(220.0, 880.0))
+    params = shaper.update(Feedback(0.0, 48.0, 50.0, True), calibration=(20.0, 40.0))
+    assert params.cue is ToneCue.ON_TARGET and params.live is not None
+    assert params.live.hz(20.0 + 40.0 * 0.5) == pytest.approx(880.0)  # rest + MVC·target: the target pitch
+    quiet = shaper.update(Feedback(0.01, 48.0, 50.0, False), calibration=(20.0, 40.0))
+    assert quiet.amplitude == 0.0 and quiet.live is None  # nothing asked: silent, the coach says so
+
+
+def test_a_stalled_sampler_hands_the_pitch_back_to_the_coachs_ticks():
+    from appliance.coach.plan import Calibration
+    from appliance.voice.audio import Mixer
+    from appliance.voice.output import LIVE_STALE_TICKS, AudioSink
+
+    mixer = Mixer(SR)
+    sink = AudioSink(mixer, None, ToneShaper())  # type: ignore[arg-type]  # the tone only
+    slot = sink.follow_live(200.0, lambda: Calibration(20.0, 40.0))
+    slot.push(30.0)
+    sink.feedback(Feedback(0.0, 25.0, 50.0, True))
+    assert mixer.tone.params.live is not None
+    for i in range(LIVE_STALE_TICKS + 1):
+        sink.feedback(Feedback(0.005 * (i + 1), 25.0, 50.0, True))
+    assert mixer.tone.params.live is None  # no new sample for 100 ms: the tick's pitch again
+    slot.push(30.0)
+    sink.feedback(Feedback(1.0, 25.0, 50.0, True))
+    assert mixer.tone.params.live is not None

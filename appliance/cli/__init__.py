@@ -15,7 +15,7 @@ from appliance import __version__
 from appliance.cli.common import UserError
 from appliance.config import ConfigError
 
-SUBCOMMAND_MODULES = ("run", "simulate", "selftest", "calibrate", "clinic", "say", "listen", "stim_off")
+SUBCOMMAND_MODULES = ("run", "simulate", "selftest", "calibrate", "clinic", "say", "listen", "voice", "stim_off")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -127,5 +127,5 @@ def _run(args: argparse.Namespace) -> int:
     path = cal.store_result(args.state_dir, result)
     squeezes = ", ".join(f"{p:.1f}" for p in result.squeezes_cmh2o)
     print(f"rest {result.rest_cmh2o:.1f} cmH2O above atmosphere; squeezes {squeezes} cmH2O; "
-          f"MVC {result.mvc_cmh2o:.1f} cmH2O: Oxford band {result.oxford_band}; saved to {path}")
+          f"MVC {result.mvc_cmh2o:.1f} cmH2O above rest: Oxford band {result.oxford_band}; saved to {path}")
     return 0

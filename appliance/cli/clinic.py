@@ -29,11 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common_args(a)
     a.add_argument("--out", type=Path, required=True, metavar="DIR")
     a.add_argument("--no-report", action="store_true", help="tables only (faster)")
+    a.add_argument("--lang", choices=("nl", "en"), default=None,
+                   help="the report's language (default: the prescription's)")
     a.set_defaults(func=run_export)
 
     a = actions.add_parser("report", help="the physiotherapist's report: PDF, PNG pages, CSV, FHIR JSON")
     add_common_args(a)
     a.add_argument("--out", type=Path, required=True, metavar="DIR")
+    a.add_argument("--lang", choices=("nl", "en"), default=None,
+                   help="the report's language (default: the prescription's)")
     a.set_defaults(func=run_report)
 
     a = actions.add_parser("wipe", help="remove every trace of the patient and prove it by a byte scan")
@@ -86,7 +90,7 @@ def run_status(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from appliance.clinic.enrolment import DAMAGE_NOTE_FILE, export
 
-    files = export(args.state_dir, args.out, with_report=not args.no_report)
+    files = export(args.state_dir, args.out, with_report=not args.no_report, lang=args.lang)
     print(f"exported {len(files)} files to {files[0].parent}")
     for f in files:
         print(f"  {f.name}")
@@ -98,7 +102,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 @_refusal
 def run_report(args: argparse.Namespace) -> int:
-    from appliance.clinic import report
+    from appliance.clinic import report, tables
     from appliance.clinic.enrolment import current_enrolment, current_prescription, db_path
 
     enrolment = current_enrolment(args.state_dir)
@@ -107,9 +111,10 @@ def run_report(args: argparse.Namespace) -> int:
     if not db_path(args.state_dir).exists():
         raise UserError(f"no sessions stored in {args.state_dir} yet")
     rx = current_prescription(args.state_dir)
+    enrolled = enrolment.since_utc.astimezone(rx.tz).date() if rx else enrolment.since_utc.date()
     try:
-        files = report.write_tables(db_path(args.state_dir), args.out, enrolment.code, rx)
-        files += report.write_report(db_path(args.state_dir), args.out, enrolment.code, rx)
+        files = tables.write_tables(db_path(args.state_dir), args.out, enrolment.code, rx, args.lang, enrolled)
+        files += report.write_report(db_path(args.state_dir), args.out, enrolment.code, rx, args.lang, enrolled)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     for f in files:

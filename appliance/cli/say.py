@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from appliance.voice.output import prepare_speech
     from appliance.voice.phrases import Catalogue
     from appliance.voice.speech import SpeechError
+    from appliance.voice.voicepack import pack_for
 
     config = device_config(args)
     cfg = config.audio
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
         raise UserError(f"{catalogue.source} has no phrase {args.phrase!r}{hint}")
     try:
-        clip = prepare_speech(lang, cfg, keys=[args.phrase]).clip(args.phrase)
+        clip = prepare_speech(lang, cfg, keys=[args.phrase], pack=pack_for(config, lang)).clip(args.phrase)
     except SpeechError as exc:
         raise UserError(f"cannot render {args.phrase!r}: {exc}") from None
 

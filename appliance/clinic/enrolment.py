@@ -241,13 +241,15 @@ def status(state_dir: Path) -> Status:
 DAMAGE_NOTE_FILE = "database-damaged.txt"  # in an export made from a damaged database: what was recovered
 
 
-def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_report: bool = True) -> list[Path]:
+def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_report: bool = True,
+           lang: str | None = None) -> list[Path]:
     """Write the patient's data for the clinic into `out_dir/<code>-<date>/`; returns the files.
 
     From a damaged database the readable rows are exported (`appliance.store.salvage`) and
-    DAMAGE_NOTE_FILE says in one sentence what was damaged and how much was recovered.
+    DAMAGE_NOTE_FILE says in one sentence what was damaged and how much was recovered. The
+    report and summary.csv are in `lang` (default: the prescription's language).
     """
-    from appliance.clinic import report
+    from appliance.clinic import report, tables
 
     state_dir = Path(state_dir)
     enrolment = current_enrolment(state_dir)
@@ -272,13 +274,14 @@ def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_rep
     target = out_dir / f"{enrolment.code}-{now:%Y%m%d-%H%M}"
     target.mkdir(parents=True, exist_ok=True)
     rx = current_prescription(state_dir)
+    enrolled = enrolment.since_utc.astimezone(rx.tz).date() if rx else enrolment.since_utc.date()
     if found is None:
         try:
-            files = report.write_tables(db_path(state_dir), target, enrolment.code, rx)
+            files = tables.write_tables(db_path(state_dir), target, enrolment.code, rx, lang, enrolled)
             shutil.copyfile(prescription_path(state_dir), target / PRESCRIPTION_FILE)
             files.append(target / PRESCRIPTION_FILE)
             if with_report:
-                files.extend(report.write_report(db_path(state_dir), target, enrolment.code, rx))
+                files.extend(report.write_report(db_path(state_dir), target, enrolment.code, rx, lang, enrolled))
             return files
         except (*UNREADABLE, ValueError, KeyError, TypeError) as exc:
             # Pages intact, a value in them not (a flipped byte in a text or a timestamp): the
@@ -286,16 +289,16 @@ def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_rep
             damage = StoreDamaged(db_path(state_dir), f"has rows that cannot be read or used ({exc})")
             found = salvage(db_path(state_dir))
     reason = damage.reason if damage else "is damaged"
-    return _export_salvaged(found, reason, target, enrolment.code, rx, with_report, prescription_path(state_dir))
+    return _export_salvaged(found, reason, target, enrolment.code, rx, with_report, prescription_path(state_dir), lang)
 
 
 def _export_salvaged(found: Salvaged, reason: str, target: Path, code: str, rx: Prescription | None, with_report: bool,
-                     rx_file: Path) -> list[Path]:
+                     rx_file: Path, lang: str | None = None) -> list[Path]:
     """The export of what a damaged database still holds; the tables come out whatever the rows are."""
     import csv
     import tempfile
 
-    from appliance.clinic import report
+    from appliance.clinic import report, tables
 
     note = (f"The database was damaged ({reason}); {found.describe()} from it, and this export holds "
             f"those {found.count('repetitions')} repetitions.")
@@ -303,7 +306,7 @@ def _export_salvaged(found: Salvaged, reason: str, target: Path, code: str, rx: 
     with tempfile.TemporaryDirectory(prefix="appliance-export-") as tmp:
         source = found.write_database(Path(tmp) / "salvaged.db")
         try:
-            files = report.write_tables(source, target, code, rx)
+            files = tables.write_tables(source, target, code, rx, lang)
         except Exception as exc:  # noqa: BLE001 - damaged rows the tables cannot shape: write them raw
             log.warning("salvaged rows written as they are (%s)", exc)
             files = []
@@ -320,7 +323,7 @@ def _export_salvaged(found: Salvaged, reason: str, target: Path, code: str, rx: 
             files.append(target / PRESCRIPTION_FILE)
         if with_report:
             try:
-                files.extend(report.write_report(source, target, code, rx))
+                files.extend(report.write_report(source, target, code, rx, lang))
             except Exception as exc:  # noqa: BLE001 - the tables are what counts from a damaged file
                 log.warning("no report from the salvaged rows: %s", exc)
                 note += f" No report could be drawn from them ({type(exc).__name__})."

@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from appliance.clock import Clock
 from appliance.coach.session import Session
@@ -34,6 +37,14 @@ class ScriptedCommand:
             raise ValueError(f"--say {text!r}: expected SECONDS:COMMAND, e.g. 95:pause ({exc})") from None
 
 
+def _plain(samples: tuple[Any, Any]) -> tuple[list[float], list[float]]:
+    """A real probe delivers numpy arrays; plain floats keep numpy scalars out of events.
+    (`tolist` converts a whole array in one call.)"""
+    times, values = samples
+    return (times.tolist() if isinstance(times, np.ndarray) else [float(x) for x in times],
+            values.tolist() if isinstance(values, np.ndarray) else [float(x) for x in values])
+
+
 def run(session: Session, source: PressureSource, clock: Clock, tick_s: float = 0.01,
         script: Iterable[ScriptedCommand] = (), max_seconds: float = 4 * 3600.0,
         on_tick: Callable[[float], None] | None = None, should_stop: Callable[[], bool] | None = None) -> None:
@@ -49,9 +60,7 @@ def run(session: Session, source: PressureSource, clock: Clock, tick_s: float = 
         if now - t > 10 * tick_s:  # fell behind (a slow disk, a busy CPU): do not try to catch up
             log.warning("control loop late by %.0f ms", (now - t) * 1000)
             t = now
-        raw_times, raw_values = source.read_until(t)
-        # A real probe delivers numpy arrays; plain floats keep numpy scalars out of events.
-        times, values = [float(x) for x in raw_times], [float(x) for x in raw_values]
+        times, values = _plain(source.read_until(t))
         st = t - session.t0
         while i < len(pending) and pending[i].t <= st:
             session.command(pending[i].command, source="script")

@@ -272,12 +272,15 @@ class Appliance(SessionRunning, Reminding):
             return
         try:
             from appliance.voice.speech import PhraseBank, SpeechRenderer
+            from appliance.voice.voicepack import pack_for
 
             renderer = SpeechRenderer(self.options.speech_cache
                                       or self.options.state_dir / "cache" / "speech")
             self.bank = PhraseBank(self.catalogue, renderer, lang=self.lang,
                                    rate_wpm=cfg.audio.speech_rate_wpm,
-                                   sample_rate=cfg.audio.sample_rate, volume=1.0)
+                                   sample_rate=cfg.audio.sample_rate, volume=1.0,
+                                   pack=pack_for(cfg, self.lang),
+                                   instruction_wpm=cfg.speech.instruction_wpm)
             self.bank.prepare([k for k in DEVICE_PHRASES if self.catalogue.has(k)])
             # Between sessions only speech: the tone is the session's.
             self.idle_audio = speaker_sink(self.mixer, self.bank, cfg.audio, tone_always_on=False)

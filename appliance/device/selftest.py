@@ -82,6 +82,7 @@ class SelfTest:
     def run_all(self, stim: bool = False) -> list[CheckResult]:
         checks: list[tuple[str, Callable[[], CheckResult]]] = [
             ("speaker", self.check_speaker),
+            ("speech", self.check_voice_pack),
             ("microphone", self.check_microphone),
             ("voice model", self.check_recognizer),
             ("probe", self.check_probe),
@@ -114,9 +115,12 @@ class SelfTest:
             lang = self.config.language
             cache = self.state_dir / "cache" / "speech" if os.access(self.state_dir, os.W_OK) \
                 else self.work / "speech"
+            from appliance.voice.voicepack import pack_for
+
             self._bank = PhraseBank(Catalogue.load(lang), SpeechRenderer(cache), lang=lang,
                                     rate_wpm=self.config.audio.speech_rate_wpm,
-                                    sample_rate=self.config.audio.sample_rate)
+                                    sample_rate=self.config.audio.sample_rate,
+                                    pack=pack_for(self.config, lang))
             self._bank.prepare([k for k in self._bank.catalogue.keys() if k.startswith("selftest.")])
         return self._bank
 
@@ -196,6 +200,22 @@ class SelfTest:
                                f"output wrong: phrase rms {rms:.3f}, tone at {peak_hz:.0f} Hz")
         return CheckResult("speaker", Status.OK, f"phrase rms {rms:.2f} and tone at "
                            f"{peak_hz:.0f} Hz in {self.wav_path.name} (simulated)")
+
+    def check_voice_pack(self) -> CheckResult:
+        """Whose voice speaks: the pack's recordings, and how many phrases fall back."""
+        from appliance.config import voice_pack_dirs
+
+        lang = self.config.language
+        if lang not in voice_pack_dirs(self.config.speech, self.config.source):
+            return CheckResult("speech", Status.SKIP, f"none configured: the synthesizer speaks ({lang})")
+        bank = self.bank()
+        if bank.pack is None:
+            return CheckResult("speech", Status.FAIL, "configured but unreadable (see the journal)")
+        fallback = bank.fallback_keys()
+        total = len(bank.catalogue.keys())
+        detail = (f"{bank.pack.describe()}: {total - len(fallback)} of {total} phrases recorded, "
+                  f"{len(fallback)} fall back to the synthesizer")
+        return CheckResult("speech", Status.WARN if fallback else Status.OK, detail)
 
     def _detector(self):
         from appliance.voice.listener import AcceptanceRules, CommandDetector, Vocabulary, build_engine

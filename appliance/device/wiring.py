@@ -21,11 +21,12 @@ from appliance.events import Sink
 from appliance.patient.progress import JumpCounter
 from appliance.sensor.base import PressureSource
 from appliance.sensor.breath import BreathDetector
+from appliance.sensor.live import publish_live
 from appliance.sensor.technique import ObservedSource, TechniqueMonitor
 from appliance.store import StoreSink
 from appliance.voice.phrases import Catalogue
 
-CONTROL_TICK_S = 0.005  # 5 ms: the live tone follows within ~14 ms (bench/latency.py)
+CONTROL_TICK_S = 0.005  # 5 ms: the coach's decisions; the tone's pitch does not wait for it (bench/latency.py)
 
 
 class SessionStore(Sink, Protocol):
@@ -81,7 +82,13 @@ def build_session(programme: Programme, catalogue: Catalogue, clock: Clock, part
                       volume=parts.volume)
     session.more_phrase = parts.more_phrase
     session.tz = parts.tz
-    observed = ObservedSource(parts.source, session, BreathDetector(), TechniqueMonitor(session.observe_warning))
+    source: PressureSource = parts.source
+    follow_live = getattr(parts.audio, "follow_live", None)
+    if follow_live is not None:
+        # The tone's pitch from the sensor side's newest sample, not the control tick; the
+        # coach's calibration says what a pressure means (appliance.sensor.live).
+        source = publish_live(source, follow_live(source.sample_rate_hz, lambda: session.calibration))
+    observed = ObservedSource(source, session, BreathDetector(), TechniqueMonitor(session.observe_warning))
     session.add_sink(observed)
     if parts.follow_breath:
         session.breath_follower = BreathFollower(observed.breath)

@@ -114,6 +114,9 @@ class AdcSampler:
         self._conversion_s: deque[float] = deque(maxlen=MAX_BUFFERED)
         self._overruns = 0
         self.error: BaseException | None = None
+        # Called with (t, counts) as each sample is taken, in the sampling thread (the live
+        # tone's pressure slot: appliance.sensor.probe.Probe.publish_live).
+        self.on_sample: Callable[[float, tuple[float, ...]], None] | None = None
 
     @property
     def channels(self) -> int:
@@ -129,6 +132,9 @@ class AdcSampler:
             self._stamps.append(t)
             self._lateness.append(t - due)
             self._conversion_s.append(took)
+        on_sample = self.on_sample
+        if on_sample is not None:
+            on_sample(t, counts)
 
     # --- threaded, real time -------------------------------------------------------------
 

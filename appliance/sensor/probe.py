@@ -25,6 +25,7 @@ from appliance.sensor.base import ProbeStatus
 
 if TYPE_CHECKING:
     from appliance.clock import Clock
+    from appliance.sensor.live import LivePressure
 
 log = logging.getLogger(__name__)
 
@@ -371,6 +372,22 @@ class Probe:
         if self.sampler.channels > 1:
             self.abdominal = (times, pressure[:, 1])
         return times, pressure[:, 0]
+
+    def publish_live(self, slot: LivePressure) -> bool:
+        """Publish every sample's pressure (cmH2O, zeroed) into `slot` as the sampler takes it.
+
+        On the device that is the sampler's thread, so the live tone hears a squeeze
+        within a sample, without waiting for the control loop's next read.
+        """
+        vref, bits, transfer = self.vref, self.bits, self.transfer
+        scale = vref / (1 << bits)
+
+        def on_sample(t: float, counts: tuple[float, ...]) -> None:
+            volts = (counts[0] + 0.5) * scale  # counts_to_volts, for one sample
+            slot.push(float(transfer.cmh2o(volts)) - self.zero_cmh2o)
+
+        self.sampler.on_sample = on_sample
+        return True
 
     def set_atmosphere_zero(self, offset_cmh2o: float) -> None:
         """Subtract this (the mean reading at atmosphere, probe out) from every later reading."""

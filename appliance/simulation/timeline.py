@@ -95,7 +95,8 @@ class ConsoleTimeline:
                     f" release {'ok' if d['release_complete'] else 'incomplete'}")
         elif e.kind == "calibration":
             self._flush_phase()
-            line = (f"{ts}  calibration rest {d['rest_cmh2o']:.1f} cmH2O, MVC {d['mvc_cmh2o']:.1f} cmH2O"
+            # The MVC is the rise above rest, never an absolute pressure: say so in the words.
+            line = (f"{ts}  calibration rest {d['rest_cmh2o']:.1f} cmH2O, MVC {d['mvc_cmh2o']:.1f} cmH2O above rest"
                     f" ({d['oxford_band']})")
         elif e.kind in ("command", "warning", "exercise", "session", "setting", "stim", "probe"):
             if e.kind == "session" and d.get("state") in ("paused", "stopped", "done"):

@@ -7,20 +7,25 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.config import AudioConfig
 from appliance.events import Event, Feedback
+from appliance.sensor.live import LivePressure
 from appliance.voice.audio import DeviceOutput, Mixer, WavSink, frames_for
 from appliance.voice.speech import PhraseBank, RenderedTiming, SpeechError, SpeechRenderer
 from appliance.voice.tone import ToneMapping, ToneShaper
+
+if TYPE_CHECKING:
+    from appliance.voice.voicepack import VoicePack
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BREATH_S = 10.0  # the coach's default breath (4 s in, 6 s out); speech rate 1:1 there
 MIN_RATE_WPM, MAX_RATE_WPM = 100, 220
+LIVE_STALE_TICKS = 20  # control ticks without a new live sample before the tick's pitch takes over
 
 
 def rate_for_pace(base_wpm: int, breath_s: float) -> int:
@@ -37,7 +42,9 @@ class AudioSink:
     - `setting` `volume` (0..1): master volume, immediately; `pace` (`[inhale_s, exhale_s]`,
       a dict of those, or breath seconds): speech re-rendered at a matching rate in the
       background.
-    - `feedback`: the tone's pitch and cue at every control tick.
+    - `feedback`: the tone's loudness and cue at every control tick, and its pitch: from
+      the live pressure slot once the wiring has called `follow_live` (the pitch then moves
+      within an audio block of each sample, between ticks), else from the tick.
 
     With a `WavSink` every event and tick first renders the file up to its time, so the
     WAV holds exactly what the speaker would have played, sample for sample.
@@ -63,6 +70,10 @@ class AudioSink:
         self._last_t = 0.0
         self._tick_frame = 0
         self._speech_end = 0.0
+        self._live: LivePressure | None = None
+        self._calibration: Callable[[], Any] | None = None
+        self._live_count = -1
+        self._live_idle_ticks = 0
 
     @classmethod
     def for_config(
@@ -93,7 +104,32 @@ class AudioSink:
 
     def feedback(self, fb: Feedback) -> None:
         self._advance(fb.t)
-        self.mixer.set_tone(self.shaper.update(fb))
+        self.mixer.set_tone(self.shaper.update(fb, self._live_calibration()))
+
+    # -- the live pitch ---------------------------------------------------------------------------
+    def follow_live(self, rate_hz: float, calibration: Callable[[], Any]) -> LivePressure:
+        """A new live pressure slot for the tone (one per session): the sensor side writes it,
+        the audio callback reads it. `calibration()` gives the coach's current calibration
+        (rest_cmh2o, mvc_cmh2o; None before it is measured): what a pressure means."""
+        slot = LivePressure(rate_hz)
+        self._live, self._calibration = slot, calibration
+        self._live_count, self._live_idle_ticks = -1, 0
+        self.mixer.tone.slot = slot
+        return slot
+
+    def _live_calibration(self) -> tuple[float, float] | None:
+        """(rest, MVC) while the live slot is fresh; None sends the pitch of the tick instead."""
+        slot, calibration = self._live, self._calibration
+        if slot is None or calibration is None:
+            return None
+        if slot.count != self._live_count:
+            self._live_count, self._live_idle_ticks = slot.count, 0
+        else:
+            self._live_idle_ticks += 1
+        if slot.value is None or self._live_idle_ticks > LIVE_STALE_TICKS:
+            return None  # the sampler stopped: the pitch falls back to the coach's ticks
+        cal = calibration()
+        return None if cal is None else (float(cal.rest_cmh2o), float(cal.mvc_cmh2o))
 
     # -- actions --------------------------------------------------------------------------------
     def say(self, key: str, at: float) -> bool:
@@ -173,8 +209,10 @@ def prepare_speech(
     cfg: AudioConfig,
     cache_dir: str | Path | None = None,
     keys: Iterable[str] | None = None,
+    pack: VoicePack | None = None,
 ) -> PhraseBank:
-    """Every phrase of `lang` (or just `keys`) rendered before a session starts."""
+    """Every phrase of `lang` (or just `keys`) rendered before a session starts; with a
+    voice pack its recordings where it has them."""
     from appliance.voice.phrases import Catalogue
 
     catalogue = Catalogue.load(lang)
@@ -185,6 +223,7 @@ def prepare_speech(
         lang=lang,
         rate_wpm=cfg.speech_rate_wpm,
         sample_rate=cfg.sample_rate,
+        pack=pack,
     )
     try:
         bank.prepare(keys)

@@ -2,6 +2,13 @@
 
 `ToneShaper` turns the coach's `Feedback` into `ToneParams` (pitch, loudness, cue) at each
 control tick; `ToneSynth` turns those into phase-continuous samples inside the audio callback.
+
+The coach decides what the tone means (whether it sounds, the target, the cue); the pitch
+itself need not wait for the coach. When the session's wiring gives the synth a live
+pressure slot (`appliance.sensor.live.LivePressure`, written by the sensor side at every
+sample) and the coach's `ToneParams` carry a `LivePitch` (the calibration and the target in
+cmH2O), the audio callback reads the newest smoothed pressure at every block and the pitch
+follows it within a block, between control ticks (bench/latency.py).
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 import numpy as np
 
@@ -53,12 +61,42 @@ TIMBRES: dict[ToneCue, CueTimbre] = {
 
 
 @dataclass(frozen=True)
+class LivePitch:
+    """What the coach's target means in pressure: the pitch of a probe reading, between ticks.
+
+    `rest_cmh2o` is the patient's rest, `target_cmh2o` the rise above rest that is the
+    target (MVC · target %). Same semitone scale as `ToneMapping.pitch_hz`.
+    """
+
+    rest_cmh2o: float
+    target_cmh2o: float
+    mapping: ToneMapping
+
+    def hz(self, cmh2o: float) -> float:
+        m = self.mapping
+        r = min(max((cmh2o - self.rest_cmh2o) / self.target_cmh2o, 0.0), m.max_ratio)
+        return m.rest_hz * (m.target_hz / m.rest_hz) ** r
+
+
+@dataclass(frozen=True)
 class ToneParams:
-    """One control tick's instruction to the synthesiser (swapped in whole, never mutated)."""
+    """One control tick's instruction to the synthesiser (swapped in whole, never mutated).
+
+    With `live`, the pitch comes from the synth's live pressure slot (the newest sample),
+    and `freq_hz` (the pitch at the tick) is used only while the slot has nothing.
+    """
 
     freq_hz: float
     amplitude: float
     cue: ToneCue = ToneCue.QUIET
+    live: LivePitch | None = None
+
+
+class PressureSlot(Protocol):
+    """The newest smoothed probe pressure (cmH2O), None before the first sample."""
+
+    @property
+    def value(self) -> float | None: ...
 
 
 SILENT = ToneParams(freq_hz=220.0, amplitude=0.0, cue=ToneCue.QUIET)
@@ -132,12 +170,15 @@ class ToneShaper:
         self._cue = ToneCue.QUIET
         self._reached = False  # target reached during the current active stretch
         self._last_target = 100.0
+        self._live: LivePitch | None = None  # the last one, kept while calibration and target stay
 
     @property
     def cue(self) -> ToneCue:
         return self._cue
 
-    def update(self, fb: Feedback) -> ToneParams:
+    def update(self, fb: Feedback, calibration: tuple[float, float] | None = None) -> ToneParams:
+        """The tone for this tick. With `calibration` (rest, MVC in cmH2O) an active tone's
+        pitch follows the live pressure between ticks (`LivePitch`); the cue stays the coach's."""
         if fb.target_pct > 0:
             self._last_target = fb.target_pct
         if not fb.active:
@@ -150,7 +191,13 @@ class ToneShaper:
         target = fb.target_pct if fb.target_pct > 0 else self._last_target
         r = fb.strength_pct / target
         self._cue = self._next_cue(r)
-        return ToneParams(self.mapping.pitch_hz(fb.strength_pct, target), self.amplitude, self._cue)
+        live = None
+        if calibration is not None and calibration[1] > 0:
+            live = self._live
+            target_cmh2o = calibration[1] * target / 100.0
+            if live is None or live.rest_cmh2o != calibration[0] or live.target_cmh2o != target_cmh2o:
+                live = self._live = LivePitch(calibration[0], target_cmh2o, self.mapping)
+        return ToneParams(self.mapping.pitch_hz(fb.strength_pct, target), self.amplitude, self._cue, live)
 
     def _quiet_freq(self, fb: Feedback) -> float:
         # Keep the pitch where the squeeze is, so the tone fades in at the right note.
@@ -175,17 +222,24 @@ class ToneShaper:
 class ToneSynth:
     """Phase-continuous synthesis of the tone, for use inside the audio callback.
 
-    Pitch, loudness, partial weights and tremolo depth all glide towards the newest
-    `ToneParams` with the same per-sample one-pole lag (`glide_ms`), so nothing jumps
-    between samples, and the output does not depend on how the stream is cut into
-    blocks: a WAV rendered in large blocks equals the speaker's 64-sample callbacks.
-    All tables are computed up front; `render` allocates no arrays.
+    Loudness, partial weights and tremolo depth glide towards the newest `ToneParams`
+    with a per-sample one-pole lag (`glide_ms`), so nothing clicks; the pitch glides with
+    its own, shorter lag (`pitch_glide_ms`): just enough to smooth the sensor's 5 ms steps,
+    not so much that the squeeze is heard late. The output does not depend on how the
+    stream is cut into blocks: a WAV rendered in large blocks equals the speaker's
+    64-sample callbacks. All tables are computed up front; `render` allocates no arrays.
+
+    `slot` (set by the session's wiring, any object with a `value`) is the live pressure:
+    while the params carry a `LivePitch`, each block's pitch is read from it.
     """
 
-    def __init__(self, sample_rate: int, max_block: int = 4096, glide_ms: float = 4.0) -> None:
+    def __init__(self, sample_rate: int, max_block: int = 4096, glide_ms: float = 4.0,
+                 pitch_glide_ms: float = 1.0) -> None:
         self.sample_rate = int(sample_rate)
         self.max_block = int(max_block)
         self.glide_ms = glide_ms
+        self.pitch_glide_ms = pitch_glide_ms
+        self.slot: PressureSlot | None = None
         self._params = SILENT
         self._freq = SILENT.freq_hz
         self._amp = 0.0
@@ -196,12 +250,10 @@ class ToneSynth:
         self._phase = 0.0
         self._lfo_phase = 0.0
         k = np.arange(1, self.max_block + 1, dtype=np.float64)
-        decay = math.exp(-1.0 / (glide_ms * 1e-3 * self.sample_rate)) if glide_ms > 0 else 0.0
         self._k = k  # 1..max_block
-        self._lag = decay**k  # what is left of a step after k samples
-        self._lag_sum = np.cumsum(self._lag)  # its running sum: the phase of the glide
-        self._lag_list: list[float] = self._lag.tolist()  # the same as floats, for `plan`
-        self._lag_sum_list: list[float] = self._lag_sum.tolist()
+        self._lag = _lag_table(k, glide_ms, self.sample_rate)  # what is left of a step after k samples
+        self._plag = _lag_table(k, pitch_glide_ms, self.sample_rate)  # the same for the pitch
+        self._plag_sum = np.cumsum(self._plag)  # its running sum: the phase of the glide
         self._ph = np.zeros(self.max_block)
         self._tmp = np.zeros(self.max_block)
         self._env = np.zeros(self.max_block)
@@ -228,13 +280,22 @@ class ToneSynth:
         """Nothing sounds now and nothing is asked to (the mixer may skip the tone)."""
         return self._amp == 0.0 and self._params.amplitude == 0.0
 
+    def target_hz(self, params: ToneParams) -> float:
+        """The pitch asked for now: from the live pressure when the params say so."""
+        live, slot = params.live, self.slot
+        if live is not None and slot is not None:
+            value = slot.value
+            if value is not None:
+                return live.hz(value)
+        return params.freq_hz
+
     def skip_silent(self, n: int) -> None:
         """Let `n` silent samples pass without rendering them (phase and glides run on)."""
         p = self._params
         self._advance(
             n,
             TWO_PI * self._freq / self.sample_rate,
-            TWO_PI * p.freq_hz / self.sample_rate,
+            TWO_PI * self.target_hz(p) / self.sample_rate,
             TIMBRES[p.cue],
             self._lag[n - 1],
         )
@@ -279,7 +340,7 @@ class ToneSynth:
         tmp = self._tmp[:n]
         env = self._env[:n]
         w0 = TWO_PI * self._freq / sr
-        wt = TWO_PI * p.freq_hz / sr
+        wt = TWO_PI * self.target_hz(p) / sr
 
         # Most of a session no contraction is asked for: silence costs one fill. The
         # phase still runs on, so a tone that fades in later starts where it would have.
@@ -291,7 +352,7 @@ class ToneSynth:
         # Phase of a one-pole pitch glide, exactly: φ[k] = φ0 + ωt·(k+1) + (ω0-ωt)·Σlag
         np.multiply(self._k[:n], wt, out=ph)
         if w0 != wt:
-            np.multiply(self._lag_sum[:n], w0 - wt, out=tmp)
+            np.multiply(self._plag_sum[:n], w0 - wt, out=tmp)
             ph += tmp
         ph += self._phase
         np.sin(ph, out=out)
@@ -333,13 +394,22 @@ class ToneSynth:
 
     def _advance(self, n: int, w0: float, wt: float, timbre: CueTimbre, lag_end: float) -> None:
         """Move the glides on by `n` samples; snap to the target once inaudibly close."""
+        # Called for every block of the audio callback: what has settled is left alone.
         p = self._params
-        self._phase = (self._phase + wt * n + (w0 - wt) * self._lag_sum[n - 1]) % PHASE_WRAP
-        self._freq = _settle(self._freq, p.freq_hz, lag_end, 1e-7 * p.freq_hz)
-        self._amp = _settle(self._amp, p.amplitude, lag_end, 1e-7)
-        self._fifth = _settle(self._fifth, timbre.fifth, lag_end, 1e-7)
-        self._third = _settle(self._third, timbre.third_harmonic, lag_end, 1e-7)
-        self._trem_depth = _settle(self._trem_depth, timbre.tremolo_depth, lag_end, 1e-7)
+        if w0 == wt:
+            self._phase = (self._phase + wt * n) % PHASE_WRAP
+        else:
+            self._phase = (self._phase + wt * n + (w0 - wt) * self._plag_sum[n - 1]) % PHASE_WRAP
+            target_hz = wt * self.sample_rate / TWO_PI
+            self._freq = _settle(self._freq, target_hz, self._plag[n - 1], 1e-7 * target_hz)
+        if self._amp != p.amplitude:
+            self._amp = _settle(self._amp, p.amplitude, lag_end, 1e-7)
+        if self._fifth != timbre.fifth:
+            self._fifth = _settle(self._fifth, timbre.fifth, lag_end, 1e-7)
+        if self._third != timbre.third_harmonic:
+            self._third = _settle(self._third, timbre.third_harmonic, lag_end, 1e-7)
+        if self._trem_depth != timbre.tremolo_depth:
+            self._trem_depth = _settle(self._trem_depth, timbre.tremolo_depth, lag_end, 1e-7)
 
     # -- offline (appliance.voice.audio.Mixer.plan_block): the same block, samples later ----------
     def plan(self, n: int, gain_start: float, gain_end: float, silent: bool = False) -> tuple | None:
@@ -355,11 +425,8 @@ class ToneSynth:
         p = self._params
         timbre = TIMBRES[p.cue]
         sr = self.sample_rate
-        i = n - 1
-        lag_end = self._lag_list[i]
         w0 = TWO_PI * self._freq / sr
-        wt = TWO_PI * p.freq_hz / sr
-        phase = self._phase
+        wt = TWO_PI * self.target_hz(p) / sr
         amp, fifth0, third0, depth0 = self._amp, self._fifth, self._third, self._trem_depth
         figures = None
         if not silent and not (amp == 0.0 and p.amplitude == 0.0):
@@ -374,21 +441,8 @@ class ToneSynth:
                 depth = (depth0, timbre.tremolo_depth)
                 self._lfo_phase = (lfo + lw * n) % TWO_PI
                 self._trem_hz = trem_hz
-            figures = (phase, w0, wt, amp, p.amplitude, *fifth, *third, *depth, lw, lfo)
-        # _advance, inlined (it runs for every block of a simulated session)
-        self._phase = (phase + wt * n + (w0 - wt) * self._lag_sum_list[i]) % PHASE_WRAP
-        f, target = self._freq, p.freq_hz
-        if f != target:
-            f = target + (f - target) * lag_end
-            self._freq = target if abs(f - target) <= 1e-7 * target else f
-        if amp != p.amplitude:
-            self._amp = _settle(amp, p.amplitude, lag_end, 1e-7)
-        if fifth0 != timbre.fifth:
-            self._fifth = _settle(fifth0, timbre.fifth, lag_end, 1e-7)
-        if third0 != timbre.third_harmonic:
-            self._third = _settle(third0, timbre.third_harmonic, lag_end, 1e-7)
-        if depth0 != timbre.tremolo_depth:
-            self._trem_depth = _settle(depth0, timbre.tremolo_depth, lag_end, 1e-7)
+            figures = (self._phase, w0, wt, amp, p.amplitude, *fifth, *third, *depth, lw, lfo)
+        self._advance(n, w0, wt, timbre, self._lag[n - 1])  # render's own step of the glides
         return figures
 
     def render_planned(self, out: np.ndarray, lengths: np.ndarray, figures: list[tuple | None],
@@ -410,7 +464,7 @@ class ToneSynth:
         fig = np.array([figures[i] for i in loud]).T[:, :, None]
         n_loud = lengths[loud]
         width = int(n_loud.max())
-        k, lag, lag_sum = self._k[:width], self._lag[:width], self._lag_sum[:width]
+        k, lag, lag_sum = self._k[:width], self._lag[:width], self._plag_sum[:width]
         phase, w0, wt, amp, amp_t, _, _, _, _, _, _, lw, lfo = fig
         g = gains[loud]
         g0, g1 = g[:, :1], g[:, 1:]
@@ -466,6 +520,12 @@ class ToneSynth:
         self._glide_into(env, weight0, weight_target)
         tmp *= env
         out += tmp
+
+
+def _lag_table(k: np.ndarray, glide_ms: float, sample_rate: int) -> np.ndarray:
+    """`decay**k`: what is left of a step after k samples of a one-pole lag of `glide_ms`."""
+    decay = math.exp(-1.0 / (glide_ms * 1e-3 * sample_rate)) if glide_ms > 0 else 0.0
+    return np.asarray(decay**k, dtype=np.float64)
 
 
 def _settle(value: float, target: float, lag: float, close: float) -> float:
