@@ -9,8 +9,10 @@ Run as a script to print the digest of the current checkout:
 
     PYTHONPATH=/path/to/checkout python tests/wav_fixture.py
 
-The digest in tests/test_offline_render.py was printed this way on main at 9b36be3
-(before the offline renderer), and must stay what it is while the session's timing does.
+The digest in tests/test_offline_render.py was printed this way on main (before the
+offline renderer was merged), and must stay what it is while the session's timing and the
+tone's synthesis do; when either changes on purpose, print it again on main as it is
+before the change that should keep the bytes.
 """
 
 from __future__ import annotations
