@@ -107,12 +107,18 @@ class McpChip:
         if not self.connected or sample < 0:
             return level * len(mosi)
         code = self._convert(single, channel)
-        n = self.model.bits
-        msb_first = format(code, f"0{n}b")
-        # a null bit, the result MSB first, then LSB first (its LSB is not sent twice), then zeros
-        tx = level + "0" + msb_first + msb_first[-2::-1]
-        tail = len(mosi) - sample - 1
-        return (level * (sample + 1) + tx[:tail]).ljust(len(mosi), "0")
+        key = (code, self.model.bits, level, sample, len(mosi))
+        miso = _ANSWERS.get(key)
+        if miso is None:
+            msb_first = format(code, f"0{self.model.bits}b")
+            # a null bit, the result MSB first, then LSB first (its LSB is not sent twice), then zeros
+            tx = level + "0" + msb_first + msb_first[-2::-1]
+            tail = len(mosi) - sample - 1
+            miso = (level * (sample + 1) + tx[:tail]).ljust(len(mosi), "0")
+            if len(_ANSWERS) > 65536:
+                _ANSWERS.clear()
+            _ANSWERS[key] = miso
+        return miso
 
     def _convert(self, single: bool, channel: int) -> int:
         self.conversions += 1
@@ -128,6 +134,7 @@ class McpChip:
 
 
 _COMMANDS: dict[str, tuple[int, bool, int]] = {}  # MOSI bits -> (bit D0 is on, SGL, channel)
+_ANSWERS: dict[tuple, str] = {}  # (code, bits, float level, D0's bit, length) -> the MISO bits
 
 
 def _check_chip(chip: str, port: int, device: int) -> tuple[int, int, int, int]:
@@ -233,6 +240,7 @@ class McpTransferSimulator(McpChip):
 
 
 _WIRE: dict[tuple, str] = {}  # (bits per word, LSB first, *words) -> the MOSI bits
+_WORDS: dict[tuple, list[int]] = {}  # (MISO bits, bits per word, LSB first) -> the words read
 
 
 def _gpio_name(pin: int | str) -> str:
@@ -280,7 +288,13 @@ class _McpSpi(SPI):
             _WIRE[key] = mosi
         chip = self.pin_factory.chips.get(self._select_pin)
         miso = chip.answer(mosi) if chip is not None else "0" * len(mosi)
-        return [int(miso[i : i + width][:: -1 if lsb else 1], 2) for i in range(0, len(miso), width)]
+        words = _WORDS.get((miso, width, lsb))
+        if words is None:
+            words = [int(miso[i : i + width][:: -1 if lsb else 1], 2) for i in range(0, len(miso), width)]
+            if len(_WORDS) > 65536:
+                _WORDS.clear()
+            _WORDS[(miso, width, lsb)] = words
+        return list(words)
 
     def _get_clock_mode(self) -> int:
         return self._clock_mode
