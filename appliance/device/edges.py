@@ -180,7 +180,9 @@ class SimulatedSpeaker:
         self.t_open = clock.now()
         self.last_error: str | None = None
         self.output_latency_s: float | None = None
-        self.wav = WavSink(wav_path, mixer, block_size=max(block_size, 64)) if wav_path else None
+        # The sound card's blocks are planned as the clock moves and their samples made a
+        # second at a time (Mixer.plan_block): the bytes the speaker's callbacks would give.
+        self.wav = WavSink(wav_path, mixer, block_size=max(block_size, 64), deferred=True) if wav_path else None
         self._stopped = False
         clock.on_advance(self._pull)
 

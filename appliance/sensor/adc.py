@@ -198,7 +198,8 @@ class AdcSampler:
         if not out:
             return np.empty(0), np.empty((0, self.channels))
         times = np.fromiter((s[0] for s in out), float, len(out))
-        counts = np.array([s[1] for s in out], dtype=float).reshape(len(out), self.channels)
+        counts = np.fromiter((c for s in out for c in s[1]), float, len(out) * self.channels)
+        counts = counts.reshape(len(out), self.channels)
         return times, counts
 
     def stats(self) -> SamplingStats:

@@ -118,6 +118,11 @@ class Mixer:
         # the samples. float64 like `_mix`, so the copy never needs a cast buffer.
         self._tap = np.zeros(max(int(OUTPUT_TAP_S * self.sample_rate), 2 * self.max_block))
         self._tap_end = 0
+        # Offline rendering (`plan_block`, `render_planned`): blocks planned, samples not yet made.
+        self._planned: list[tuple] = []
+        self._runs: list[list] = []  # speech to add: [offset, samples, src, length, fade_pos or -1]
+        self._run_of: dict[int, int] = {}  # id(samples) -> its latest plain run in _runs
+        self._planned_frames = 0
 
     # -- producer side -----------------------------------------------------------------------
     def set_tone(self, params: ToneParams) -> None:
@@ -350,6 +355,140 @@ class Mixer:
             self._fading = None
 
 
+    # -- offline: the same blocks, their samples made many at a time ----------------------------
+    def plan_block(self, n: int) -> None:
+        """Do what `render` does for a block of `n` samples, except making the samples.
+
+        Speech, ducking, volume and the tone move on exactly as in `render` (so
+        `playback_state`, `frame_now` and `has_queued_speech` answer as they would), and
+        the block is remembered; `render_planned` then makes the samples of every block
+        planned so far in one go, bit for bit what `render` would have given block by
+        block. Simulation renders `session.wav` this way (`WavSink(deferred=True)`).
+        """
+        offset = self._planned_frames
+        self._planned_frames = offset + n
+        block_start = self._frame
+        block_end = block_start + n
+        tone = self.tone
+        if (
+            self._ring_r == self._ring_w
+            and self._active is None
+            and self._fading is None
+            and not self._pending
+            and tone.is_silent()
+        ):
+            tone.plan(n, 1.0, 1.0, silent=True)
+            self._planned.append((n, None, 1.0, 1.0, False, 1.0, 1.0))
+            self._frame = block_end
+            self._vol = self.volume
+            self._duck = 1.0
+            return
+        self._take_from_ring()
+        if self._cancel_seen != self._cancel_req:
+            self._cancel_seen = self._cancel_req
+            self._pending.clear()
+            if self._active is not None:
+                self._start_fade(self._active)
+                self._active = None
+        pending = self._pending
+        spoke = (
+            self._fading is not None
+            or self._active is not None
+            or (bool(pending) and pending[0].start_frame < block_end)
+        )
+        fading = self._fading
+        if fading is not None:
+            samples = fading.item.samples
+            m = min(n, self._fade.shape[0] - self._fade_pos, samples.shape[0] - fading.pos)
+            if m > 0:
+                self._runs.append([offset, samples, fading.pos, m, self._fade_pos])
+                fading.pos += m
+                self._fade_pos += m
+            if m <= 0 or self._fade_pos >= self._fade.shape[0] or fading.pos >= samples.shape[0]:
+                self._fading = None
+        active = self._active
+        if active is not None:
+            samples = active.item.samples
+            take = min(n, samples.shape[0] - active.pos)
+            self._plan_clip(offset, samples, active.pos, take)
+            active.pos += take
+            if active.pos >= samples.shape[0]:
+                active = self._active = None
+        while pending and pending[0].start_frame < block_end:
+            item = pending.pop(0)
+            start = max(0, item.start_frame - block_start)
+            if active is not None:
+                self._start_fade(active)
+            take = min(n - start, item.samples.shape[0])
+            self._plan_clip(offset + start, item.samples, 0, take)
+            active = self._active = _Voice(item, take)
+            if take >= item.samples.shape[0]:
+                active = self._active = None
+        speaking = spoke or (bool(pending) and pending[0].start_frame - block_end < self.duck_frames)
+        duck_target = self.duck_gain if speaking else 1.0
+        step = n / (self.duck_frames if speaking else self.unduck_frames) * (1.0 - self.duck_gain)
+        duck0 = self._duck
+        duck1 = min(duck0 + step, duck_target) if duck_target > duck0 else max(duck0 - step, duck_target)
+        vol0 = self._vol
+        vol1 = self.volume
+        vstep = n / self.volume_frames
+        vol1 = min(vol0 + vstep, vol1) if vol1 > vol0 else max(vol0 - vstep, vol1)
+        g0, g1 = duck0 * vol0, duck1 * vol1
+        self._planned.append((n, tone.plan(n, g0, g1), g0, g1, spoke, vol0, vol1))
+        self._duck = duck1
+        self._vol = vol1
+        self._frame = block_end
+
+    def _plan_clip(self, offset: int, samples: np.ndarray, src: int, length: int) -> None:
+        """Speech to add at `offset`; joined to the clip's previous run where it continues it."""
+        key = id(samples)
+        i = self._run_of.get(key)
+        if i is not None:
+            run = self._runs[i]
+            if run[1] is samples and run[0] + run[3] == offset and run[2] + run[3] == src:
+                run[3] += length
+                return
+        self._run_of[key] = len(self._runs)
+        self._runs.append([offset, samples, src, length, -1])
+
+    def planned_frames(self) -> int:
+        """Frames planned by `plan_block` whose samples `render_planned` has not made yet."""
+        return self._planned_frames
+
+    def render_planned(self, out: np.ndarray) -> None:
+        """Make the samples of every block planned so far into `out` (float64, exactly
+        `planned_frames()` long), as `render` would have made them block by block."""
+        planned, runs = self._planned, self._runs
+        self._planned, self._runs, self._run_of, self._planned_frames = [], [], {}, 0
+        total = out.shape[0]
+        if not planned:
+            return
+        lengths = np.fromiter((b[0] for b in planned), np.int64, len(planned))
+        gains = np.array([(b[2], b[3]) for b in planned])
+        self.tone.render_planned(out, lengths, [b[1] for b in planned], gains)
+        if runs:
+            sp = np.zeros(total)
+            fade = self._fade
+            for offset, samples, src, length, fade_pos in runs:
+                clip = samples[src : src + length].astype(np.float64)
+                if fade_pos >= 0:
+                    clip *= fade[fade_pos : fade_pos + length]
+                sp[offset : offset + length] += clip
+            blk = np.repeat(np.arange(len(planned)), lengths)
+            k = np.arange(total) - (np.cumsum(lengths) - lengths)[blk] + 1
+            v = np.array([(b[5], b[6]) for b in planned])
+            v0, v1 = v[blk, 0], v[blk, 1]
+            vol = k * ((v1 - v0) / lengths[blk])
+            vol += v0
+            sp *= vol
+            out += sp
+            spoke = np.fromiter((b[4] for b in planned), bool, len(planned))[blk]
+            np.minimum(out, 1.0, out=out, where=spoke)
+            np.maximum(out, -1.0, out=out, where=spoke)
+        for start in range(0, total, self.max_block):
+            self._tap_write(out[start:], min(self.max_block, total - start))
+
+
 class WavSink:
     """Pulls the mixer into a 16-bit mono WAV file, in session time, sample-exact.
 
@@ -359,10 +498,13 @@ class WavSink:
     callbacks would play (only the corners of duck/volume ramps may differ by a block).
     """
 
-    def __init__(self, path: str | Path, mixer: Mixer, block_size: int = 1024) -> None:
+    def __init__(self, path: str | Path, mixer: Mixer, block_size: int = 1024, *, deferred: bool = False) -> None:
         self.path = Path(path)
         self.mixer = mixer
         self.block_size = min(int(block_size), mixer.max_block)
+        # Deferred: the mixer plans each block as time passes and makes the samples a second
+        # at a time (`Mixer.plan_block`); the same bytes, without a numpy call per block.
+        self.deferred = deferred
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._wav = wave.open(str(self.path), "wb")
         self._wav.setnchannels(1)
@@ -378,7 +520,10 @@ class WavSink:
     def render_until_frame(self, frame: int) -> None:
         while self.frames_written < frame:
             n = min(self.block_size, frame - self.frames_written, self._buf.shape[0] - self._fill)
-            self.mixer.render(self._buf[self._fill : self._fill + n])
+            if self.deferred:
+                self.mixer.plan_block(n)
+            else:
+                self.mixer.render(self._buf[self._fill : self._fill + n])
             self._fill += n
             self.frames_written += n
             if self._fill == self._buf.shape[0]:
@@ -388,6 +533,8 @@ class WavSink:
         self.render_until_frame(frames_for(t, self.mixer.sample_rate))
 
     def _flush(self) -> None:
+        if self.deferred:
+            self.mixer.render_planned(self._buf[: self._fill])
         if self._fill:
             np.multiply(self._buf[: self._fill], 32767.0, out=self._buf[: self._fill])
             np.rint(self._buf[: self._fill], out=self._buf[: self._fill])

@@ -411,6 +411,100 @@ class ToneSynth:
         if self._trem_depth != timbre.tremolo_depth:
             self._trem_depth = _settle(self._trem_depth, timbre.tremolo_depth, lag_end, 1e-7)
 
+    # -- offline (appliance.voice.audio.Mixer.plan_block): the same block, samples later ----------
+    def plan(self, n: int, gain_start: float, gain_end: float, silent: bool = False) -> tuple | None:
+        """What `render(out[:n], gain_start, gain_end)` (or `skip_silent(n)` with `silent`)
+        would do to this synth, done now, and the block's figures for `render_planned`.
+
+        The state moves on exactly as `render` moves it (same arithmetic, same order), so
+        phase, glides and `current_*` are the same after either; the samples come later, for
+        many blocks at once. The figures: (phase, ω0, ωt, amp, amp target, fifth, its
+        target, third, its target, tremolo depth, its target, LFO ω, LFO phase), with the
+        partials and tremolo zeroed where `render` leaves them out; None for a silent block.
+        """
+        p = self._params
+        timbre = TIMBRES[p.cue]
+        sr = self.sample_rate
+        w0 = TWO_PI * self._freq / sr
+        wt = TWO_PI * self.target_hz(p) / sr
+        amp, fifth0, third0, depth0 = self._amp, self._fifth, self._third, self._trem_depth
+        figures = None
+        if not silent and not (amp == 0.0 and p.amplitude == 0.0):
+            fifth = (fifth0, timbre.fifth) if fifth0 > 1e-6 or timbre.fifth > 0 else (0.0, 0.0)
+            third = (third0, timbre.third_harmonic) if third0 > 1e-6 or timbre.third_harmonic > 0 else (0.0, 0.0)
+            lw = lfo = 0.0
+            depth = (0.0, 0.0)
+            if depth0 > 1e-6 or timbre.tremolo_depth > 0:
+                trem_hz = timbre.tremolo_hz if timbre.tremolo_depth > 0 else self._trem_hz
+                lw = TWO_PI * trem_hz / sr
+                lfo = self._lfo_phase
+                depth = (depth0, timbre.tremolo_depth)
+                self._lfo_phase = (lfo + lw * n) % TWO_PI
+                self._trem_hz = trem_hz
+            figures = (self._phase, w0, wt, amp, p.amplitude, *fifth, *third, *depth, lw, lfo)
+        self._advance(n, w0, wt, timbre, self._lag[n - 1])  # render's own step of the glides
+        return figures
+
+    def render_planned(self, out: np.ndarray, lengths: np.ndarray, figures: list[tuple | None],
+                       gains: np.ndarray) -> None:
+        """The samples of blocks planned by `plan`, all at once: `out` (float64) is their
+        concatenation, block i `lengths[i]` long with gains `gains[i]` = (start, end).
+
+        Each sample is computed with the arithmetic `render` uses for it, element by
+        element, so the result is bit for bit what `render` wrote block by block; a
+        partial or tremolo that `render` leaves out is here a zero weight, which adds
+        exactly nothing.
+        """
+        loud = [i for i, f in enumerate(figures) if f is not None]
+        if not loud:
+            out.fill(0.0)
+            return
+        # Only the blocks that sound (silent ones are zeros, as `render` writes them), one
+        # row each, padded to the longest: every figure broadcasts along its row.
+        fig = np.array([figures[i] for i in loud]).T[:, :, None]
+        n_loud = lengths[loud]
+        width = int(n_loud.max())
+        k, lag, lag_sum = self._k[:width], self._lag[:width], self._plag_sum[:width]
+        phase, w0, wt, amp, amp_t, _, _, _, _, _, _, lw, lfo = fig
+        g = gains[loud]
+        g0, g1 = g[:, :1], g[:, 1:]
+        ph = k * wt
+        ph += lag_sum * (w0 - wt)
+        ph += phase
+        y = np.sin(ph)
+        for col, multiple in ((5, 1.5), (7, 3.0)):
+            used = (fig[col, :, 0] != 0.0) | (fig[col + 1, :, 0] != 0.0)
+            if used.any():
+                w_start, w_target = fig[col][used], fig[col + 1][used]
+                tmp = np.sin(ph[used] * multiple)
+                tmp *= lag * (w_start - w_target) + w_target
+                y[used] += tmp
+        env = lag * (amp - amp_t) + amp_t
+        ramp = k * ((g1 - g0) / n_loud[:, None])
+        ramp += g0
+        env *= ramp
+        used = (fig[9, :, 0] != 0.0) | (fig[10, :, 0] != 0.0)
+        if used.any():
+            d0, d_t = fig[9][used], fig[10][used]
+            lfo_now = k * lw[used]
+            lfo_now += lfo[used]
+            np.cos(lfo_now, out=lfo_now)
+            np.subtract(1.0, lfo_now, out=lfo_now)
+            lfo_now *= 0.5
+            depth = lag * (d0 - d_t) + d_t
+            depth *= lfo_now
+            np.subtract(1.0, depth, out=depth)
+            env[used] *= depth
+        y *= env
+        valid = y[np.arange(width) < n_loud[:, None]]
+        if len(loud) == len(figures):
+            out[:] = valid
+        else:
+            is_loud = np.zeros(len(figures), bool)
+            is_loud[loud] = True
+            out.fill(0.0)
+            out[np.repeat(is_loud, lengths)] = valid
+
     def _add_partial(
         self,
         out: np.ndarray,

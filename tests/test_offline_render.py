@@ -1,0 +1,102 @@
+"""session.wav rendered offline: the speaker's blocks planned as the clock moves, their
+samples made a second at a time, and still exactly what the speaker would have played."""
+
+import numpy as np
+import pytest
+from wav_fixture import digest, short_session_wav
+
+from appliance.voice.audio import Mixer
+from appliance.voice.tone import LivePitch, ToneCue, ToneMapping, ToneParams
+
+# Printed by `PYTHONPATH=<main> python tests/wav_fixture.py` before the offline renderer was
+# merged (the mixer then rendered every 64-sample block on its own): c0b6e4a6...e3be4a on
+# main at 9b36be3, this one on main at 1663935 (the tone's live pitch and 1 ms pitch glide).
+MAIN_DIGEST = "370ccf4c3a6e5f14a1a79a8950c0c052c694b4159d293d547eeb60c0c3786951"
+
+
+def test_the_patient_hears_in_session_wav_what_the_device_played_before_offline_rendering(tmp_path):
+    wav = short_session_wav(tmp_path)
+    assert digest(wav) == MAIN_DIGEST
+
+
+def _drive(seed):
+    """A random session's worth of mixer control, in the speaker's blocks: tone changes
+    every few blocks (all cues, glides, silence), phrases that overlap and preempt,
+    cancellations and volume steps."""
+    rng = np.random.default_rng(seed)
+    clips = [(rng.uniform(-0.8, 0.8, int(n)) * np.hanning(int(n))).astype(np.float32)
+             for n in rng.integers(30, 4000, 6)]
+    steps = []
+    frame = 0
+    for _ in range(1500):
+        action = {}
+        r = rng.random()
+        if r < 0.3:
+            cue = list(ToneCue)[rng.integers(len(ToneCue))]
+            amp = 0.0 if rng.random() < 0.3 else float(rng.choice([0.08, 0.3]))
+            live = LivePitch(10.0, 30.0, ToneMapping()) if rng.random() < 0.5 else None
+            action["tone"] = ToneParams(float(rng.uniform(200, 1000)), amp, cue, live)
+        elif r < 0.36:
+            action["say"] = (int(rng.integers(len(clips))), frame + int(rng.integers(-50, 600)))
+        elif r < 0.37:
+            action["cancel"] = True
+        elif r < 0.39:
+            action["volume"] = float(rng.choice([0.2, 0.8, 1.0]))
+        if rng.random() < 0.3:  # the sensor side writes the live pressure slot
+            action["pressure"] = float(rng.uniform(5.0, 60.0))
+        n = int(rng.integers(1, 65))
+        steps.append((action, n))
+        frame += n
+    return clips, steps
+
+
+class Slot:
+    """The live pressure slot, as the audio thread reads it: the newest value."""
+
+    value = None
+
+
+def _apply(mixer, clips, action):
+    if "pressure" in action:
+        mixer.tone.slot.value = action["pressure"]
+    if "tone" in action:
+        mixer.set_tone(action["tone"])
+    if "say" in action:
+        i, at = action["say"]
+        mixer.schedule(clips[i], at, f"clip{i}")
+    if action.get("cancel"):
+        mixer.cancel_speech()
+    if "volume" in action:
+        mixer.volume = action["volume"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_blocks_rendered_offline_are_the_speakers_blocks_bit_for_bit(seed):
+    clips, steps = _drive(seed)
+    live, offline = Mixer(22050), Mixer(22050)
+    live.tone.slot, offline.tone.slot = Slot(), Slot()
+    heard, made, pending = [], [], 0
+    for i, (action, n) in enumerate(steps):
+        _apply(live, clips, action)
+        _apply(offline, clips, action)
+        out = np.zeros(n)
+        live.render(out)
+        heard.append(out)
+        offline.plan_block(n)
+        pending += n
+        # What the rest of the device asks between blocks is answered as by the live mixer.
+        assert offline.playback_state() == live.playback_state()
+        assert offline.frame_now() == live.frame_now()
+        assert offline.has_queued_speech() == live.has_queued_speech()
+        if i % 97 == 96 or i == len(steps) - 1:
+            block = np.zeros(pending)
+            offline.render_planned(block)
+            made.append(block)
+            pending = 0
+    heard_all, made_all = np.concatenate(heard), np.concatenate(made)
+    assert np.abs(heard_all).max() > 0.05  # the tone and the clips were there
+    assert np.array_equal(heard_all, made_all)
+    # and the echo canceller's copy of the output is the same too
+    end = live.output_frame()
+    assert offline.output_frame() == end
+    assert np.array_equal(live.output_reference(end - 22050, end), offline.output_reference(end - 22050, end))
