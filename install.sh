@@ -46,6 +46,8 @@ DEVICE_APT_PACKAGES=(espeak-ng libespeak-ng1 libportaudio2 libatomic1 libstdc++6
 # carries it; Debian's does not: installed when apt can find it, otherwise a note.
 OPTIONAL_APT_PACKAGES=(python3-lgpio)
 DEVICE_REQUIREMENTS="$REPO_DIR/device-requirements.txt"
+# What the appliance imports on the device; the install checks that each one loads.
+VENV_MODULES=(appliance numpy matplotlib gpiozero sounddevice pyttsx3 vosk pocketsphinx spidev)
 
 # Vosk small models. Alpha Cephei publishes no checksums; these SHA-256 are the values that
 # other projects recorded for the same archives. en: the same hash in several independent
@@ -333,16 +335,30 @@ ensure_venv() {
     log "installing the appliance package into $VENV"
     run "${pip[@]}" install -q --disable-pip-version-check --no-input --no-warn-script-location \
         --no-deps --no-build-isolation --no-index "$REPO_DIR"
-    # pip check also reads the system's Python packages: a mismatch there is the system's own
-    # business, so it is shown and noted, not fatal.
-    if ! run "${pip[@]}" check --disable-pip-version-check; then
-        note "pip check found requirements that do not fit (shown above); the appliance may still" \
-            "run: 'appliance selftest' tells"
+    # Every module the appliance imports must load, C libraries included (vosk's libvosk.so
+    # needs libatomic.so.1, sounddevice needs PortAudio): a missing one is an install error.
+    if [[ $DRY_RUN -eq 1 ]]; then
+        echo "would run: import check of ${VENV_MODULES[*]} in $VENV"
+    elif ! "$VENV/bin/python" - "${VENV_MODULES[@]}" <<'EOF'
+import importlib, sys
+failed = []
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # OSError for a missing C library, ImportError for the rest
+        failed.append(f"{name} ({type(exc).__name__}: {exc})")
+if failed:
+    print("install.sh: error: the venv cannot import " + "; ".join(failed), file=sys.stderr)
+    sys.exit(1)
+EOF
+    then
+        exit 1
     fi
     if [[ $DRY_RUN -eq 0 ]]; then
         echo "$stamp" >"$VENV/.install-stamp"
     fi
     if [[ ! -L $BIN_LINK ]]; then
+        run install -d -m 0755 "$(dirname "$BIN_LINK")"
         run ln -sfn "$VENV/bin/appliance" "$BIN_LINK"
     fi
 }
