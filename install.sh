@@ -172,6 +172,9 @@ apt_install_optional() {
         if [[ -z $(missing_apt_packages "$pkg") ]]; then
             continue
         fi
+        if ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; then
+            run env DEBIAN_FRONTEND=noninteractive apt-get update -qq  # a card that never ran it
+        fi
         if [[ -n $(apt-cache show --no-all-versions "$pkg" 2>/dev/null) ]]; then
             found+=("$pkg")
         else
