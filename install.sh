@@ -237,9 +237,13 @@ in_chroot() {
         return 0
     fi
     local here pid1
-    here="$(stat -c %d:%i / 2>/dev/null)" || return 1
-    pid1="$(stat -Lc %d:%i /proc/1/root/ 2>/dev/null)" || return 1
-    [[ $here != "$pid1" ]]
+    if here="$(stat -c %d:%i / 2>/dev/null)" && pid1="$(stat -Lc %d:%i /proc/1/root/ 2>/dev/null)"; then
+        [[ $here != "$pid1" ]]
+        return
+    fi
+    # /proc/1/root is closed to us (a container without ptrace rights): the kernel lists only
+    # mounts visible from our root, so a chroot into a plain directory has no "/" mount.
+    [[ -r /proc/self/mountinfo ]] && ! awk '$5 == "/" { found = 1 } END { exit !found }' /proc/self/mountinfo
 }
 
 # systemd manages this system right now: it is PID 1 here (not in a chroot, not in a
