@@ -145,6 +145,14 @@ fresh_root() {
     bind /dev "$root/dev"
     bind /dev/pts "$root/dev/pts"
     cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+    # The chroot reaches the network as this machine does: the same name servers, and the
+    # certificate authorities this machine trusts (a proxy in front of PyPI may need one the
+    # fresh system lacks). Kept under /usr/local/share so a regenerated bundle keeps them.
+    if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
+        mkdir -p "$root/usr/local/share/ca-certificates"
+        cp /etc/ssl/certs/ca-certificates.crt "$root/usr/local/share/ca-certificates/bench-host.crt"
+        cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+    fi
     # Daemons that packages start on install would run on the host's kernel: not in a chroot.
     printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
     chmod 0755 "$root/usr/sbin/policy-rc.d"
