@@ -64,7 +64,8 @@ def isolated_env(tmp_path: Path) -> dict[str, str]:
 
 def test_shellcheck_finds_nothing():
     assert shutil.which("shellcheck"), "shellcheck missing: run ./install.sh --dev"
-    scripts = [INSTALL] + [p for p in [REPO / ".ci" / "device-checks.sh"] if p.exists()]
+    scripts = [INSTALL] + [p for p in [REPO / ".ci" / "device-checks.sh", REPO / "bench" / "pi_rootfs.sh"]
+                           if p.exists()]
     result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
