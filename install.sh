@@ -2,7 +2,7 @@
 # install.sh - set up the pelvic-floor trainer appliance, or a development machine.
 #
 #   ./install.sh --dev                 development / CI: Debian packages + .venv in the repo
-#   ./install.sh [options]             device: fresh Raspberry Pi OS Lite (Bookworm) -> appliance
+#   ./install.sh [options]             device: fresh Raspberry Pi OS Lite 64-bit -> appliance
 #   ./install.sh --uninstall [--purge] remove what the device install added
 #
 # Every step is idempotent: running it twice changes nothing the second time.
@@ -20,6 +20,7 @@ INSTALL_MODEL=1
 START_SERVICE=1
 PREFIX=/opt/appliance
 # Tests point these elsewhere; on a device they stay at the defaults the unit expects.
+# APPLIANCE_BOOT_CONFIG (tests): the firmware config.txt instead of /boot/firmware/config.txt.
 CONFIG_DIR="${APPLIANCE_CONFIG_DIR:-/etc/appliance}"
 STATE_DIR="${APPLIANCE_STATE_DIR:-/var/lib/appliance}"
 UNIT_DIR="${APPLIANCE_UNIT_DIR:-/etc/systemd/system}"
@@ -30,15 +31,23 @@ MODEL_FILES=()
 ONLY_STEPS=""          # --only: comma-separated subset of the device steps (tests, repairs)
 LANGUAGES="nl en"
 
-DEV_APT_PACKAGES=(espeak-ng flite libportaudio2 alsa-utils sox pulseaudio pulseaudio-utils
-    shellcheck poppler-utils python3-venv systemd)
-# python3-lgpio: gpiozero 2's default pin factory on Bookworm (works on the Pi 5's RP1 too).
-# python3-spidev: the MCP3008-style ADC; the venv uses system site packages to reach both,
-# since lgpio needs the C library Debian builds and there is no compiler on a Lite image.
-DEVICE_APT_PACKAGES=(espeak-ng libportaudio2 alsa-utils python3-venv python3-pip
-    python3-spidev python3-numpy ca-certificates)
-# Only Raspberry Pi OS carries python3-lgpio; elsewhere (CI) gpiozero is not driven by real pins.
-PI_APT_PACKAGES=(python3-lgpio)
+DEV_APT_PACKAGES=(espeak-ng flite libportaudio2 libatomic1 alsa-utils sox pulseaudio
+    pulseaudio-utils shellcheck poppler-utils python3-venv systemd)
+# The device takes from Debian what has no wheel for the board and the C libraries the
+# wheels load; everything else is an exact pin in device-requirements.txt, installed as
+# wheels only, so no compiler is needed and the next card gets the same versions.
+#   libatomic1, libstdc++6: vosk's libvosk.so; libportaudio2: sounddevice;
+#   espeak-ng (libespeak-ng1): pyttsx3's espeak driver and the espeak-ng command;
+#   python3-spidev: the ADC (sdist only on PyPI); python3-srt: a vosk import (sdist only).
+# The venv sees them through --system-site-packages.
+DEVICE_APT_PACKAGES=(espeak-ng libespeak-ng1 libportaudio2 libatomic1 libstdc++6 alsa-utils
+    python3-venv python3-spidev python3-srt ca-certificates)
+# gpiozero 2's pin driver on every Pi model (the Pi 5's RP1 too). Raspberry Pi OS's archive
+# carries it; Debian's does not: installed when apt can find it, otherwise a note.
+OPTIONAL_APT_PACKAGES=(python3-lgpio)
+DEVICE_REQUIREMENTS="$REPO_DIR/device-requirements.txt"
+# What the appliance imports on the device; the install checks that each one loads.
+VENV_MODULES=(appliance numpy matplotlib gpiozero sounddevice pyttsx3 vosk pocketsphinx spidev)
 
 # Vosk small models. Alpha Cephei publishes no checksums; these SHA-256 are the values that
 # other projects recorded for the same archives. en: the same hash in several independent
@@ -48,6 +57,7 @@ PI_APT_PACKAGES=(python3-lgpio)
 # unverified download is never installed. If upstream re-publishes an archive, set
 # APPLIANCE_MODEL_SHA256_nl / _en, or bring the file with --model.
 MODEL_BASE_URL="${APPLIANCE_MODEL_BASE_URL:-https://alphacephei.com/vosk/models}"
+declare -A LANG_NAME=([nl]=Dutch [en]=English)
 declare -A MODEL_NAME=([nl]=vosk-model-small-nl-0.22 [en]=vosk-model-small-en-us-0.15)
 declare -A MODEL_SHA256=(
     [nl]="${APPLIANCE_MODEL_SHA256_nl:-039811c3b829de64e4f123a9f684a53784005b212a346ac0b899dc7efce2ed0a}"
@@ -56,6 +66,7 @@ declare -A MODEL_SHA256=(
 # Marks the lines this script adds to files it does not own (config.txt), so --uninstall
 # removes exactly those.
 MARKER="# added by appliance install.sh"
+MARKER_END="# end of what appliance install.sh added"
 
 usage() {
     sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -103,6 +114,12 @@ done
 # --- helpers ---------------------------------------------------------------------------------
 log() { echo "install.sh: $*"; }
 die() { echo "install.sh: error: $*" >&2; exit 1; }
+# note TEXT: say it now and repeat it in the closing summary (what the technician must do).
+NOTES=()
+note() {
+    log "note: $*"
+    NOTES+=("$*")
+}
 
 # run CMD...: do it, or in --dry-run only say it. Output of successful commands is hidden
 # (kept in a log) so a re-run is quiet; on failure the log is shown.
@@ -148,6 +165,29 @@ apt_install() {
         "${missing[@]}"
 }
 
+# apt_install_optional PKG...: install those the configured archives carry; note the others.
+apt_install_optional() {
+    local pkg found=()
+    for pkg in "$@"; do
+        if [[ -z $(missing_apt_packages "$pkg") ]]; then
+            continue
+        fi
+        if ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; then
+            run env DEBIAN_FRONTEND=noninteractive apt-get update -qq  # a card that never ran it
+        fi
+        if [[ -n $(apt-cache show --no-all-versions "$pkg" 2>/dev/null) ]]; then
+            found+=("$pkg")
+        else
+            note "$pkg is not in this system's package archives (plain Debian, not Raspberry Pi OS):" \
+                "gpiozero falls back to its own pin driver, which does not know the Pi 5;" \
+                "on a Pi 5 use Raspberry Pi OS"
+        fi
+    done
+    if [[ ${#found[@]} -gt 0 ]]; then
+        apt_install "${found[@]}"
+    fi
+}
+
 # A stamp of what the venv was built from lets re-runs skip pip entirely.
 pip_stamp() {
     { cat "$REPO_DIR/pyproject.toml"; echo "$*"; } | sha256sum | cut -d' ' -f1
@@ -191,18 +231,43 @@ SERVICE_UNITS=(appliance.service appliance-reminder.service appliance-reminder.t
     appliance-stick@.service)
 UDEV_RULES=99-appliance-stick.rules  # starts appliance-stick@<partition> for a clinic stick
 
-is_raspberry_pi() {
-    grep -qs "Raspberry Pi" /proc/device-tree/model
+# In a chroot the root directory is not PID 1's (systemd-detect-virt --chroot says the same).
+in_chroot() {
+    if command -v systemd-detect-virt >/dev/null && systemd-detect-virt --quiet --chroot 2>/dev/null; then
+        return 0
+    fi
+    local here pid1
+    if here="$(stat -c %d:%i / 2>/dev/null)" && pid1="$(stat -Lc %d:%i /proc/1/root/ 2>/dev/null)"; then
+        [[ $here != "$pid1" ]]
+        return
+    fi
+    # /proc/1/root is closed to us (a container without ptrace rights): the kernel lists only
+    # mounts visible from our root, so a chroot into a plain directory has no "/" mount.
+    [[ -r /proc/self/mountinfo ]] && ! awk '$5 == "/" { found = 1 } END { exit !found }' /proc/self/mountinfo
 }
 
+# systemd manages this system right now: it is PID 1 here (not in a chroot, not in a
+# container started without it). Then units are started and udev reloaded; otherwise they
+# are only enabled, for the next boot.
 systemd_running() {
-    [[ -d /run/systemd/system ]]
+    [[ -d /run/systemd/system ]] && ! in_chroot
+}
+
+# The device install supports the 64-bit userland (arm64; amd64 for CI and test machines).
+check_architecture() {
+    local arch
+    arch="$(dpkg --print-architecture 2>/dev/null || echo unknown)"
+    case "$arch" in
+        arm64|amd64) ;;
+        armhf|armel) die "32-bit Raspberry Pi OS ($arch) is not supported, because numpy, matplotlib, cffi and pocketsphinx have no 32-bit ARM wheels on PyPI: write Raspberry Pi OS Lite (64-bit) to the card (every Pi from the 3 and the Zero 2 W runs it)" ;;
+        *) die "this system's architecture ($arch) is not supported: the device install needs Raspberry Pi OS Lite (64-bit, arm64)" ;;
+    esac
 }
 
 # The firmware config moved to /boot/firmware in Bookworm; older images keep /boot.
 boot_config() {
     local f
-    for f in /boot/firmware/config.txt /boot/config.txt; do
+    for f in ${APPLIANCE_BOOT_CONFIG:-/boot/firmware/config.txt /boot/config.txt}; do
         if [[ -f $f ]]; then
             echo "$f"
             return 0
@@ -226,10 +291,10 @@ ensure_user() {
         run useradd --system --home-dir "$STATE_DIR" --no-create-home \
             --shell /usr/sbin/nologin --comment "pelvic-floor trainer appliance" "$SERVICE_USER"
     fi
-    local group
+    local group absent=()
     for group in audio gpio spi; do
         if ! getent group "$group" >/dev/null; then
-            log "group $group does not exist here (not a Raspberry Pi?): skipped"
+            absent+=("$group")
             continue
         fi
         if id -nG "$SERVICE_USER" 2>/dev/null | tr ' ' '\n' | grep -qx "$group"; then
@@ -237,11 +302,22 @@ ensure_user() {
         fi
         run usermod -a -G "$group" "$SERVICE_USER"
     done
+    # Raspberry Pi OS creates gpio and spi (and the udev rules that give /dev/gpiochip* and
+    # /dev/spidev* to them); a chroot built from plain Debian, or plain Debian, has neither.
+    if [[ ${#absent[@]} -gt 0 ]]; then
+        note "group(s) ${absent[*]} do not exist here (not Raspberry Pi OS): $SERVICE_USER was not" \
+            "added to them; on the Pi, run this install again so it can read the probe"
+    fi
+}
+
+# Hash of everything the venv is built from, the pins included.
+venv_stamp() {
+    { source_stamp; sha256sum "$DEVICE_REQUIREMENTS"; } | sha256sum | cut -d' ' -f1
 }
 
 ensure_venv() {
-    local stamp
-    stamp="$(source_stamp)"
+    local stamp pip
+    stamp="$(venv_stamp)"
     if [[ -f "$VENV/.install-stamp" && "$(cat "$VENV/.install-stamp")" == "$stamp" ]] \
         && "$VENV/bin/python" -c 'import appliance' 2>/dev/null; then
         log "venv $VENV up to date"
@@ -250,16 +326,46 @@ ensure_venv() {
     run install -d -m 0755 "$PREFIX"
     if [[ ! -x "$VENV/bin/python" ]]; then
         log "creating venv $VENV"
-        # System site packages: lgpio, spidev and numpy come from Debian, built for this board.
+        # System site packages: spidev, srt and lgpio come from Debian / Raspberry Pi OS.
         run /usr/bin/python3 -m venv --system-site-packages "$VENV"
     fi
+    pip=("$VENV/bin/python" -m pip)
+    # Wheels only, exact versions, no dependency resolution beyond the pinned list: pip never
+    # builds anything and the next card gets the same files. The system's pip.conf (an
+    # extra index) is honoured; only PyPI-compatible wheels are accepted.
+    log "installing the pinned wheels of $(basename "$DEVICE_REQUIREMENTS") into $VENV"
+    if ! run "${pip[@]}" install -q --disable-pip-version-check --no-input --no-warn-script-location \
+        --only-binary=:all: --no-deps -r "$DEVICE_REQUIREMENTS"; then
+        die "pip could not install the pinned wheels (no route to PyPI? a board without wheels?)"
+    fi
+    # The appliance itself: pure Python, built with the pinned setuptools, not a downloaded one.
     log "installing the appliance package into $VENV"
-    run "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-warn-script-location \
-        "${REPO_DIR}[voice]"
+    run "${pip[@]}" install -q --disable-pip-version-check --no-input --no-warn-script-location \
+        --no-deps --no-build-isolation --no-index "$REPO_DIR"
+    # Every module the appliance imports must load, C libraries included (vosk's libvosk.so
+    # needs libatomic.so.1, sounddevice needs PortAudio): a missing one is an install error.
+    if [[ $DRY_RUN -eq 1 ]]; then
+        echo "would run: import check of ${VENV_MODULES[*]} in $VENV"
+    elif ! "$VENV/bin/python" - "${VENV_MODULES[@]}" <<'EOF'
+import importlib, sys
+failed = []
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # OSError for a missing C library, ImportError for the rest
+        failed.append(f"{name} ({type(exc).__name__}: {exc})")
+if failed:
+    print("install.sh: error: the venv cannot import " + "; ".join(failed), file=sys.stderr)
+    sys.exit(1)
+EOF
+    then
+        exit 1
+    fi
     if [[ $DRY_RUN -eq 0 ]]; then
         echo "$stamp" >"$VENV/.install-stamp"
     fi
     if [[ ! -L $BIN_LINK ]]; then
+        run install -d -m 0755 "$(dirname "$BIN_LINK")"
         run ln -sfn "$VENV/bin/appliance" "$BIN_LINK"
     fi
 }
@@ -331,7 +437,7 @@ install_model_zip() {
 
 ensure_models() {
     if [[ $INSTALL_MODEL -eq 0 ]]; then
-        log "--no-model: no Vosk model installed (the button alone drives sessions)"
+        log "--no-model: no Vosk model installed (the button drives sessions; English voice commands use pocketsphinx)"
         return 0
     fi
     declare -A local_zip=()
@@ -377,15 +483,46 @@ ensure_models() {
             continue
         fi
         dl="$(mktemp -d)"
-        /usr/bin/python3 - "$url" "$dl/${MODEL_NAME[$lang]}.zip" <<'EOF' \
-            || { rm -rf "$dl"; die "cannot download $url (no network? use --model FILE)"; }
+        # A model that cannot be had leaves a working device (the button, and English through
+        # pocketsphinx); the technician is told how to add it later.
+        if /usr/bin/python3 - "$url" "$dl/${MODEL_NAME[$lang]}.zip" 2>"$dl/error" <<'EOF'
 import shutil, sys, urllib.request
 with urllib.request.urlopen(sys.argv[1], timeout=60) as r, open(sys.argv[2], "wb") as f:
     shutil.copyfileobj(r, f)
 EOF
-        install_model_zip "$lang" "$dl/${MODEL_NAME[$lang]}.zip" "${MODEL_SHA256[$lang]}"
+        then
+            if ! (install_model_zip "$lang" "$dl/${MODEL_NAME[$lang]}.zip" "${MODEL_SHA256[$lang]}"); then
+                missing_model "$lang" "the downloaded archive was refused"
+            fi
+        else
+            missing_model "$lang" "cannot download it ($(tail -n 1 "$dl/error"))"
+        fi
         rm -rf "$dl"
     done
+}
+
+# missing_model LANG WHY: note what the device does without it and how to add it.
+missing_model() {
+    local lang="$1" why="$2" name="${MODEL_NAME[$1]}"
+    case "$lang" in
+        en) note "no English voice model ($name): $why; English voice commands use pocketsphinx" \
+                "instead. To add it: copy $name.zip to the device and run" \
+                "sudo ./install.sh --only models --languages en --model /path/to/$name.zip" ;;
+        *) note "no ${LANG_NAME[$lang]:-$lang} voice model ($name): $why. The device works: the button drives" \
+                "sessions and voice commands are understood in English only (pocketsphinx);" \
+                "'appliance selftest' says the model is missing. To add it: copy $name.zip to the" \
+                "device and run sudo ./install.sh --only models --languages $lang --model /path/to/$name.zip" ;;
+    esac
+}
+
+# spi_enabled_in CFG: dtparam=spi=on stands where it applies to every board: before the
+# first [section] or in an [all] section (a [pi4] or [cm4] section holds for that model only).
+spi_enabled_in() {
+    awk '
+        /^[[:space:]]*\[/ { s = $0; gsub(/[[:space:]]/, "", s); all = (tolower(s) == "[all]"); next }
+        /^[[:space:]]*dtparam=spi=on[[:space:]]*$/ && all { found = 1 }
+        END { exit !found }
+    ' all=1 "$1"
 }
 
 ensure_spi() {
@@ -395,21 +532,27 @@ ensure_spi() {
     fi
     local cfg
     if ! cfg="$(boot_config)"; then
-        log "warning: no /boot/firmware/config.txt (not a Raspberry Pi?): SPI not enabled; use --no-spi"
+        note "no /boot/firmware/config.txt here (a chroot, a container or not a Raspberry Pi):" \
+            "SPI not enabled; on the Pi, run this install again (or --only spi) and reboot"
         return 0
     fi
-    if grep -Eq '^[[:space:]]*dtparam=spi=on' "$cfg"; then
+    if spi_enabled_in "$cfg"; then
         log "SPI already enabled in $cfg"
         return 0
     fi
     log "enabling SPI in $cfg (takes effect after a reboot)"
+    # The firmware reads whole-line comments only; [all] ends whatever board filter the file
+    # ended in. --uninstall removes the block from its first to its last line.
     if [[ $DRY_RUN -eq 1 ]]; then
-        echo "would run: append 'dtparam=spi=on $MARKER' to $cfg"
+        echo "would run: append '$MARKER', '[all]', 'dtparam=spi=on', '$MARKER_END' to $cfg"
     else
-        printf 'dtparam=spi=on %s\n' "$MARKER" >>"$cfg"
+        if [[ -s $cfg && -n $(tail -c 1 "$cfg") ]]; then
+            echo >>"$cfg"
+        fi
+        printf '%s (SPI for the pressure probe)\n[all]\ndtparam=spi=on\n%s\n' "$MARKER" "$MARKER_END" >>"$cfg"
     fi
     if [[ ! -e /dev/spidev0.0 ]]; then
-        log "reboot needed before the probe can be read (/dev/spidev0.0 appears after it)"
+        note "reboot the Pi once the install is done: SPI (/dev/spidev0.0) appears after it"
     fi
 }
 
@@ -453,29 +596,37 @@ ensure_units() {
     else
         # No systemd as PID 1 (a container or chroot): enable offline, start at next boot.
         run systemctl --root=/ enable appliance.service appliance-reminder.timer
-        log "systemd is not running here: units enabled for the next boot, not started"
+        note "systemd is not running here (chroot or container): the service is enabled and" \
+            "starts at the next boot, not now"
     fi
 }
 
 install_device() {
     need_root
-    local packages=("${DEVICE_APT_PACKAGES[@]}")
-    if is_raspberry_pi; then
-        packages+=("${PI_APT_PACKAGES[@]}")
-    else
-        log "not a Raspberry Pi: skipping ${PI_APT_PACKAGES[*]}"
+    check_architecture
+    if in_chroot; then
+        log "running in a chroot: steps that need the running Pi are skipped with a note"
     fi
     local step
     for step in packages user venv dirs models spi units; do
         if [[ -n $ONLY_STEPS && " ${ONLY_STEPS//,/ } " != *" $step "* ]]; then
             continue
         fi
+        log "step $step"
         case "$step" in
-            packages) apt_install "${packages[@]}" ;;
+            packages) apt_install "${DEVICE_APT_PACKAGES[@]}"
+                apt_install_optional "${OPTIONAL_APT_PACKAGES[@]}" ;;
             *) "ensure_$step" ;;
         esac
     done
     log "appliance installed (venv $VENV, configuration $CONFIG_DIR, data $STATE_DIR)"
+    if [[ ${#NOTES[@]} -gt 0 ]]; then
+        log "still to do or to know:"
+        local n
+        for n in "${NOTES[@]}"; do
+            echo "  - $n"
+        done
+    fi
 }
 
 uninstall_device() {
@@ -508,7 +659,8 @@ uninstall_device() {
     fi
     local cfg
     if cfg="$(boot_config)" && grep -qF "$MARKER" "$cfg"; then
-        run sed -i "/$MARKER/d" "$cfg"
+        # The block this script adds, and the one-line form older versions added.
+        run sed -i -e "/^$MARKER/,/^$MARKER_END\$/d" -e "/$MARKER/d" "$cfg"
     fi
     if [[ $PURGE -eq 1 ]]; then
         log "--purge: deleting patient data ($STATE_DIR) and configuration ($CONFIG_DIR)"

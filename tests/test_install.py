@@ -64,7 +64,8 @@ def isolated_env(tmp_path: Path) -> dict[str, str]:
 
 def test_shellcheck_finds_nothing():
     assert shutil.which("shellcheck"), "shellcheck missing: run ./install.sh --dev"
-    scripts = [INSTALL] + [p for p in [REPO / ".ci" / "device-checks.sh"] if p.exists()]
+    scripts = [INSTALL] + [p for p in [REPO / ".ci" / "device-checks.sh", REPO / "bench" / "pi_rootfs.sh"]
+                           if p.exists()]
     result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
@@ -77,8 +78,10 @@ def test_dry_run_prints_every_step_and_changes_nothing(tmp_path):
     out = result.stdout
     # Each step is announced, not done.
     for expected in (
-        "/usr/bin/python3 -m venv",
+        "/usr/bin/python3 -m venv --system-site-packages",
         "pip install",
+        "--only-binary=:all: --no-deps -r " + str(REPO / "device-requirements.txt"),
+        "--no-build-isolation",
         f"{tmp_path}/etc/appliance.toml",
         "download https://",
         "vosk-model-small-nl-0.22.zip",
@@ -157,6 +160,118 @@ def test_local_archive_that_is_not_a_vosk_model_is_refused(tmp_path):
     assert result.returncode != 0
     assert "not a Vosk model" in result.stderr
     assert not (tmp_path / "state" / "models" / "en").exists()
+
+
+@needs_root
+def test_a_model_that_cannot_be_downloaded_leaves_the_install_going_and_says_what_to_do(tmp_path):
+    env = isolated_env(tmp_path)
+    env["APPLIANCE_MODEL_BASE_URL"] = (tmp_path / "no-such-host").as_uri()
+    result = run_install("--only", "models", "--languages", "nl en", env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "no Dutch voice model (vosk-model-small-nl-0.22)" in out
+    assert "English only (pocketsphinx)" in out
+    assert "--model /path/to/vosk-model-small-nl-0.22.zip" in out
+    assert "English voice commands use pocketsphinx" in out
+    # Repeated in the closing summary, where the technician reads it.
+    summary = out.split("still to do or to know:", 1)[1]
+    assert "no Dutch voice model" in summary and "no English voice model" in summary
+    assert not (tmp_path / "state" / "models" / "nl").exists()
+
+
+def fake_dpkg(tmp_path: Path, arch: str) -> dict[str, str]:
+    """PATH with a dpkg that reports `arch` as this system's architecture."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    dpkg = bin_dir / "dpkg"
+    dpkg.write_text(f"#!/bin/sh\n[ \"$1\" = --print-architecture ] && echo {arch} && exit 0\nexit 1\n")
+    dpkg.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_32_bit_raspberry_pi_os_is_refused_with_one_sentence_that_names_the_64_bit_image(tmp_path):
+    env = {**isolated_env(tmp_path), **fake_dpkg(tmp_path, "armhf")}
+    result = run_install("--dry-run", "--prefix", str(tmp_path / "opt"), env=env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "32-bit Raspberry Pi OS (armhf) is not supported" in lines[0]
+    assert "Raspberry Pi OS Lite (64-bit)" in lines[0]
+    assert "would run" not in result.stdout  # refused before any step
+
+
+def test_the_device_takes_what_pypi_has_no_wheel_for_from_debian_and_pins_everything_else():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    needed = {Requirement(r).name.lower() for r in project["dependencies"]}
+    needed |= {Requirement(r).name.lower() for r in project["optional-dependencies"]["voice"]}
+    pins = {}
+    for line in (REPO / "device-requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"device-requirements.txt: {line!r} is not an exact pin"
+            assert name.lower() not in pins, f"{name} pinned twice"
+            pins[name.lower()] = version
+    assert needed <= set(pins), f"not pinned for the device: {needed - set(pins)}"
+    # Source-only on PyPI: these come from the Debian archive, never built on the Pi.
+    script = INSTALL.read_text()
+    apt = script[script.index("DEVICE_APT_PACKAGES=("):]
+    apt = apt[:apt.index(")")]
+    for name, package in (("spidev", "python3-spidev"), ("srt", "python3-srt")):
+        assert name not in pins
+        assert package in apt
+    for library in ("libatomic1", "libportaudio2", "libespeak-ng1"):
+        assert library in apt
+
+
+def boot_config(tmp_path: Path, text: str) -> tuple[Path, dict[str, str]]:
+    cfg = tmp_path / "config.txt"
+    cfg.write_text(text)
+    env = isolated_env(tmp_path)
+    env["APPLIANCE_BOOT_CONFIG"] = str(cfg)
+    env["APPLIANCE_USER"] = "appl-no-such-user"
+    return cfg, env
+
+
+PI_CONFIG = ("# For more options see config.txt docs\n#dtparam=spi=on\ndtoverlay=vc4-kms-v3d\n\n"
+             "[cm4]\notg_mode=1\n\n[pi5]\narm_boost=1\n")
+
+
+@needs_root
+def test_spi_goes_into_an_all_section_with_whole_line_comments_and_uninstall_restores_config_txt(tmp_path):
+    cfg, env = boot_config(tmp_path, PI_CONFIG)
+    first = run_install("--only", "spi", env=env)
+    assert first.returncode == 0, first.stderr
+    lines = cfg.read_text().splitlines()
+    added = lines[len(PI_CONFIG.splitlines()):]
+    assert added[1:3] == ["[all]", "dtparam=spi=on"]
+    assert all(line.startswith("#") for line in (added[0], added[3]))
+    # The firmware reads whole-line comments only: no setting carries one.
+    assert not [line for line in lines if not line.startswith("#") and "#" in line]
+    again = run_install("--only", "spi", env=env)
+    assert "SPI already enabled" in again.stdout
+    assert cfg.read_text().count("dtparam=spi=on") == 2  # the commented default and ours
+    removed = run_install("--uninstall", "--prefix", str(tmp_path / "opt"), env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert cfg.read_text() == PI_CONFIG
+
+
+@needs_root
+@pytest.mark.parametrize(("text", "already"), [
+    ("dtparam=spi=on\n[pi4]\narm_boost=1\n", True),
+    ("[pi4]\narm_boost=1\n[all]\ndtparam=spi=on\n", True),
+    ("[pi4]\ndtparam=spi=on\n", False),  # only for a Pi 4: the Pi 5 would have no SPI
+])
+def test_spi_counts_as_enabled_only_where_it_applies_to_every_board(tmp_path, text, already):
+    cfg, env = boot_config(tmp_path, text)
+    result = run_install("--only", "spi", env=env)
+    assert result.returncode == 0, result.stderr
+    assert ("SPI already enabled" in result.stdout) is already
+    assert (cfg.read_text() == text) is already
 
 
 def unit_root(tmp_path: Path) -> Path:
