@@ -10,6 +10,12 @@ PortAudio would; there is no sound card here). The calibration is given, so the
 exercises (tone on, prompts spoken) start after the intro. No microphone: the listener's
 share is bench/device_budget.py's.
 
+`--via-adc` reads the simulated floor through the device's probe path instead (the chip
+simulator behind gpiozero on the `adc-sampler` thread, then `Probe.read_until` and the
+probe's status monitor in the control loop): the control loop's share is then the
+device's, with the probe's own per-read work in it; the sampler thread's share is the
+chip simulator's, not a Pi's SPI transfer.
+
 Prints `realtime_cpu_fraction=…`: CPU seconds of the control loop plus the audio callback
 per second of session, then each thread's share and the whole process's.
 """
@@ -37,6 +43,8 @@ def main() -> None:
     parser.add_argument("--tick", type=float, default=None, help="control tick in seconds (default: the device's)")
     parser.add_argument("--speech-cache", type=Path, default=Path(tempfile.gettempdir()) / "appliance-bench-speech",
                         help="rendered phrases, kept between runs")
+    parser.add_argument("--via-adc", action="store_true",
+                        help="read the floor through the probe path (chip simulator, sampler, probe monitor)")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the control loop and the audio callback; print their top entries")
     args = parser.parse_args()
@@ -45,16 +53,17 @@ def main() -> None:
     cfg = DeviceConfig()
     loop_prof = cProfile.Profile() if args.profile else None
     audio_prof = cProfile.Profile() if args.profile else None
-    edges = RigEdges(profile_audio=audio_prof)
+    edges = RigEdges(profile_audio=audio_prof, via_adc=args.via_adc)
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
         run = run_session(args.seconds, edges, Path(tmp), lang=args.lang, speech_cache=args.speech_cache,
                           tick_s=args.tick, profile=loop_prof)
     realtime = sum(v for k, v in run.per_thread.items() if k in REALTIME_THREADS)
     from appliance.device.wiring import CONTROL_TICK_S
 
+    via = " via the ADC" if args.via_adc else ""
     print(
         f"config: sample_rate={cfg.audio.sample_rate} Hz block_size={cfg.audio.block_size} "
-        f"sensor={cfg.sensor.sample_rate_hz:.0f} Hz control_tick={(args.tick or CONTROL_TICK_S) * 1000:.0f} ms; "
+        f"sensor={cfg.sensor.sample_rate_hz:.0f} Hz{via} control_tick={(args.tick or CONTROL_TICK_S) * 1000:.0f} ms; "
         f"{run.seconds:.1f} s of session, state {run.state}, {run.callbacks} audio callbacks ({run.late} late)"
     )
     print(f"realtime_cpu_fraction={realtime:.4f}")
