@@ -10,11 +10,12 @@ PortAudio would; there is no sound card here). The calibration is given, so the
 exercises (tone on, prompts spoken) start after the intro. No microphone: the listener's
 share is bench/device_budget.py's.
 
-`--via-adc` reads the simulated floor through the device's probe path instead (the chip
-simulator behind gpiozero on the `adc-sampler` thread, then `Probe.read_until` and the
-probe's status monitor in the control loop): the control loop's share is then the
-device's, with the probe's own per-read work in it; the sampler thread's share is the
-chip simulator's, not a Pi's SPI transfer.
+`--via-adc` reads the simulated floor through the device's probe path instead: the
+MCP3xxx chip simulator behind gpiozero, the ADC sampler, `Probe.read_until` and the
+probe's status monitor. The simulated probe is stepped, so the chip simulator runs in the
+control loop; its share (`AdcSampler.acquire_until`, a bit-level simulation, not what a
+Pi's SPI transfer costs) is printed apart, and the control loop less it is what the
+device's control loop does with a probe.
 
 Prints `realtime_cpu_fraction=…`: CPU seconds of the control loop plus the audio callback
 per second of session, then each thread's share and the whole process's.
@@ -53,6 +54,7 @@ def main() -> None:
     cfg = DeviceConfig()
     loop_prof = cProfile.Profile() if args.profile else None
     audio_prof = cProfile.Profile() if args.profile else None
+    chip = _time_chip_simulator() if args.via_adc else None
     edges = RigEdges(profile_audio=audio_prof, via_adc=args.via_adc)
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
         run = run_session(args.seconds, edges, Path(tmp), lang=args.lang, speech_cache=args.speech_cache,
@@ -70,6 +72,10 @@ def main() -> None:
     for name, share in sorted(run.per_thread.items(), key=lambda kv: -kv[1]):
         if share >= 0.00005:
             print(f"  {name}={share:.4f}")
+    if chip is not None:
+        main_thread = run.per_thread.get("MainThread", 0.0)
+        print(f"  of MainThread, the stepped chip simulator={chip[0] / run.seconds:.4f} "
+              f"(the control loop without it={main_thread - chip[0] / run.seconds:.4f})")
     print(f"  of audio-callback, inside Mixer.render={run.render:.4f} (the rest: the stand-in card's wake-ups)")
     print(f"  whole process={run.process:.4f}")
     for name, prof in (("control loop (MainThread, start-up included)", loop_prof), ("audio callback", audio_prof)):
@@ -77,6 +83,25 @@ def main() -> None:
             print(f"--- cProfile: {name}, by own time")
             pstats.Stats(prof).sort_stats("tottime").print_stats(18)
             pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
+
+
+def _time_chip_simulator() -> list[float]:
+    """Thread CPU seconds spent taking samples from the chip simulator (session and start-up
+    alike; the session's share dominates). A list, filled in as the run goes."""
+    import time
+
+    from appliance.sensor.adc import AdcSampler
+
+    spent = [0.0]
+    acquire = AdcSampler.acquire_until
+
+    def timed(self: AdcSampler, t: float) -> None:
+        t0 = time.thread_time()
+        acquire(self, t)
+        spent[0] += time.thread_time() - t0
+
+    AdcSampler.acquire_until = timed  # type: ignore[method-assign]
+    return spent
 
 
 if __name__ == "__main__":
