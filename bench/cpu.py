@@ -46,6 +46,8 @@ def main() -> None:
                         help="rendered phrases, kept between runs")
     parser.add_argument("--via-adc", action="store_true",
                         help="read the floor through the probe path (chip simulator, sampler, probe monitor)")
+    parser.add_argument("--split", action="store_true",
+                        help="time the control loop's pieces (thread CPU per call, no profiler) and print their shares")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the control loop and the audio callback; print their top entries")
     args = parser.parse_args()
@@ -55,6 +57,7 @@ def main() -> None:
     loop_prof = cProfile.Profile() if args.profile else None
     audio_prof = cProfile.Profile() if args.profile else None
     chip = _time_chip_simulator() if args.via_adc else None
+    pieces = _time_pieces() if args.split else None
     edges = RigEdges(profile_audio=audio_prof, via_adc=args.via_adc)
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
         run = run_session(args.seconds, edges, Path(tmp), lang=args.lang, speech_cache=args.speech_cache,
@@ -76,6 +79,10 @@ def main() -> None:
         main_thread = run.per_thread.get("MainThread", 0.0)
         print(f"  of MainThread, the stepped chip simulator={chip[0] / run.seconds:.4f} "
               f"(the control loop without it={main_thread - chip[0] / run.seconds:.4f})")
+    if pieces is not None:
+        print("  of MainThread, by piece (thread CPU per second of session; nested pieces indented):")
+        for label, spent in pieces.items():
+            print(f"    {label}={spent / run.seconds:.4f}")
     print(f"  of audio-callback, inside Mixer.render={run.render:.4f} (the rest: the stand-in card's wake-ups)")
     print(f"  whole process={run.process:.4f}")
     for name, prof in (("control loop (MainThread, start-up included)", loop_prof), ("audio callback", audio_prof)):
@@ -83,6 +90,44 @@ def main() -> None:
             print(f"--- cProfile: {name}, by own time")
             pstats.Stats(prof).sort_stats("tottime").print_stats(18)
             pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
+
+
+def _time_pieces() -> dict[str, float]:
+    """Wrap the control loop's pieces to add up their thread CPU seconds (a dict, filled in as
+    the run goes; start-up's few ticks included). Costs about a microsecond a call itself."""
+    import time
+
+    from appliance.coach.session import Session
+    from appliance.device.health import HealthChecks
+    from appliance.sensor.breath import BreathDetector
+    from appliance.sensor.live import LiveSource
+    from appliance.sensor.technique import ObservedSource, TechniqueMonitor
+
+    spent: dict[str, float] = {}
+    for owner, name, label in (
+        (ObservedSource, "read_until", "ObservedSource.read_until (the loop's read)"),
+        (LiveSource, "read_until", "  LiveSource.read_until (the floor, the live slot)"),
+        (BreathDetector, "add", "  BreathDetector.add"),
+        (BreathDetector, "_fit", "  BreathDetector._fit"),
+        (TechniqueMonitor, "add", "  TechniqueMonitor.add"),
+        (Session, "tick", "Session.tick"),
+        (Session, "_take_samples", "  Session._take_samples"),
+        (Session, "_follow_plan", "  Session._follow_plan"),
+        (Session, "_give_feedback", "  Session._give_feedback"),
+        (HealthChecks, "_check_health", "HealthChecks._check_health"),
+    ):
+        spent[label] = 0.0
+        original = getattr(owner, name)
+
+        def timed(*args: object, _f: object = original, _label: str = label, **kwargs: object) -> object:
+            t0 = time.thread_time()
+            try:
+                return _f(*args, **kwargs)  # type: ignore[operator]
+            finally:
+                spent[_label] += time.thread_time() - t0
+
+        setattr(owner, name, timed)
+    return spent
 
 
 def _time_chip_simulator() -> list[float]:

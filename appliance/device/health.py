@@ -135,7 +135,10 @@ class HealthChecks:
 
     def _check_probe(self, now: float) -> None:
         # What the control loop read for this tick (session.probe_status), not a second read.
-        status = getattr(self.session, "probe_status", None) or getattr(self.source, "status", ProbeStatus.OK)
+        status: ProbeStatus | None = getattr(self.session, "probe_status", None)
+        if status is None:
+            status = getattr(self.source, "status", ProbeStatus.OK)
+        assert status is not None
         if status is ProbeStatus.OK:
             self.health.probe_bad_since = None
             self.health.probe_logged = False

@@ -240,7 +240,7 @@ class ProbeMonitor:
         # sample's (time, counts, cmH2O, at the low rail, at the high rail, saturated, below
         # insertion), how many of the window's samples have each flag, and its lowest and
         # highest counts (monotonic queues: the ADC moves, the window's extremes seldom).
-        self._recent: deque[tuple[float, float, float, bool, bool, bool, bool]] = deque()
+        self._recent: deque[tuple[float, float, float, tuple[bool, bool, bool, bool]]] = deque()
         self._flags = [0, 0, 0, 0]
         self._lowest: deque[tuple[float, float]] = deque()
         self._highest: deque[tuple[float, float]] = deque()
@@ -279,10 +279,10 @@ class ProbeMonitor:
         low_v, high_v, sat, below = self._rail_low_v, self._rail_high_v, self._saturation_cmh2o, \
             self.limits.insert_min_cmh2o
         for t, c, v, p in zip(_floats(times), _floats(counts), _floats(volts), _floats(cmh2o), strict=True):
-            sample = (t, c, p, v <= low_v, v >= high_v, p >= sat, p < below)
-            recent.append(sample)
+            flagged = (v <= low_v, v >= high_v, p >= sat, p < below)
+            recent.append((t, c, p, flagged))
             for i in range(4):
-                flags[i] += sample[3 + i]
+                flags[i] += flagged[i]
             while lowest and lowest[-1][1] >= c:
                 lowest.pop()
             lowest.append((t, c))
@@ -293,9 +293,9 @@ class ProbeMonitor:
         t_now = recent[-1][0]
         cut = t_now - self.limits.window_s
         while recent and recent[0][0] <= cut:
-            gone = recent.popleft()
+            gone = recent.popleft()[3]
             for i in range(4):
-                flags[i] -= gone[3 + i]
+                flags[i] -= gone[i]
         while lowest[0][0] <= cut:
             lowest.popleft()
         while highest[0][0] <= cut:
