@@ -219,10 +219,9 @@ class BreathDetector:
         period = 1.0 / f
         starts = np.arange(-period, 0.0, s.timing_step_s)  # breath starts (in-breath), rel. t_end
         # Template and slow trend are fitted together: over a window of one or two breaths a
-        # trend fitted first would swallow part of the breath. Without forming each projected
-        # template: with
-        # T the trend, W the weights and G = T'WT, the template g's part beyond the trend has
-        # amplitude numerator g'W(y - T G⁻¹T'Wy) and weight g'Wg - (g'WT) G⁻¹ (T'Wg).
+        # trend fitted first would swallow part of the breath. No projected template is formed:
+        # with T the trend, W the weights and G = T'WT, a template g's part beyond the trend
+        # has amplitude numerator g'W(y - T G⁻¹T'Wy) and weight g'Wg - (g'WT) G⁻¹ (T'Wg).
         trend_w = trend * w[:, None]
         gram_inv = np.linalg.inv(trend.T @ trend_w)
         wy = w * y
