@@ -165,3 +165,29 @@ def test_an_irregular_breather_gets_the_paced_rhythm():
     followed, _, decisions = cue_errors("irregular_breather")
     assert decisions >= 10
     assert len(followed) <= 0.15 * decisions
+
+
+def test_the_breath_fit_gathers_the_cosines_it_would_compute():
+    """The breath fit gathers its cosines from tables on the bin and timing grids; off those
+    grids (or for any window) they must be the cosines the formulas give."""
+    from appliance.sensor.breath import _Templates
+
+    det = BreathDetector()
+    t = -0.1 * np.r_[np.arange(0, 120), np.arange(150, 240)][::-1]  # a window with a gap
+    period = 7.3
+    starts = np.arange(-period, 0.0, det.settings.timing_step_s)
+    fractions = det.settings.inhale_fractions
+    table = _Templates(t, starts, period, fractions, det.settings.timing_step_s, 0.1)
+    direct = _Templates(t + 1e-4, starts, period, fractions, det.settings.timing_step_s, 0.1)  # off the grid
+    assert table._table is not None and direct._table is None
+    idx = np.arange(0, len(starts), 3)
+    tau = np.mod(t[None, :] - starts[idx][:, None], period)
+    for i, r in enumerate(fractions):
+        rise = r * period
+        expected = np.where(tau < rise, -np.cos(np.pi * tau / rise), np.cos(np.pi * (tau - rise) / (period - rise)))
+        assert np.allclose(table.at(idx)[i], expected, atol=1e-9)
+        assert np.allclose(table.at(np.tile(idx, (len(fractions), 1)))[i], expected, atol=1e-9)
+        assert np.allclose(direct.at(idx)[i], expected, atol=2e-3)  # shifted by 0.1 ms
+    wt = 2 * np.pi * det._freqs[:, None] * t[None, :]
+    cos, sin = det._harmonics(t)
+    assert np.allclose(cos, np.cos(wt), atol=1e-9) and np.allclose(sin, np.sin(wt), atol=1e-9)

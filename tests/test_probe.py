@@ -259,3 +259,48 @@ def test_the_live_tone_hears_each_sample_as_the_sampler_takes_it_with_the_zero_a
     times, values = probe.read_until(clock.now())  # the coach still gets every sample
     assert len(times) == 105 and values[-1] == pytest.approx(REST + 15.0 - 2.0, abs=0.5)
     probe.close()
+
+
+def test_status_from_running_counts_is_what_the_whole_window_says():
+    """The monitor keeps counts over its window instead of arrays; on every read it must
+    say what the window's samples, taken whole, say (rails, stuck, saturated, not inserted)."""
+    from appliance.sensor.probe import Mpx5010Transfer, ProbeMonitor, counts_to_volts
+
+    transfer = Mpx5010Transfer()
+    monitor = ProbeMonitor(transfer, 3.3, 10, rest_reference_cmh2o=None)
+    rail_low, rail_high, saturation = monitor._rail_low_v, monitor._rail_high_v, monitor._saturation_cmh2o
+    lim = monitor.limits
+    rng = np.random.default_rng(7)
+    window: list[tuple[float, float, float, float]] = []
+    seen = set()
+    t = 0.0
+    for kind in ["ok", "low", "ok", "stuck", "sat", "out", "high", "ok", "sat", "out"] * 2:
+        level = {"sat": 104.0, "out": 1.0}.get(kind, 20.0)
+        for _ in range(int(rng.integers(60, 200))):
+            n = int(rng.integers(0, 4))
+            times = t + 0.005 * np.arange(1, n + 1)
+            t = float(times[-1]) if n else t
+            counts = np.floor(transfer.volts(level + rng.normal(0.0, 0.6, n)) / 3.3 * 1024)
+            if kind in ("low", "high", "stuck"):
+                counts = np.full(n, {"low": 0.0, "high": 1023.0, "stuck": 480.0}[kind])
+            volts = counts_to_volts(counts, 3.3, 10)
+            cmh2o = transfer.cmh2o(volts)
+            before = monitor.status
+            status = monitor.update(times, counts, volts, cmh2o)
+            window += list(zip(times, counts, volts, cmh2o, strict=True))
+            window = [s for s in window if s[0] > t - lim.window_s]
+            if not n or window[-1][0] - window[0][0] < 0.8 * lim.window_s:
+                assert status is before
+                continue
+            _, c, v, p = (np.array(x) for x in zip(*window, strict=True))
+            if np.all(v <= rail_low) or np.all(v >= rail_high) or np.ptp(c) <= lim.stuck_ptp_counts:
+                expected = ProbeStatus.DISCONNECTED
+            elif np.median(p) >= saturation:
+                expected = ProbeStatus.SATURATED
+            elif np.all(p < lim.insert_min_cmh2o):
+                expected = ProbeStatus.NOT_INSERTED if np.median(p) > -lim.drift_limit_cmh2o else ProbeStatus.DRIFTING
+            else:
+                expected = ProbeStatus.OK
+            assert status is expected, f"at {t:.3f} s"
+            seen.add(status)
+    assert seen == set(ProbeStatus) - {ProbeStatus.DRIFTING}  # the floor's drift is tested above

@@ -39,10 +39,17 @@ class ScriptedCommand:
 
 def _plain(samples: tuple[Any, Any]) -> tuple[list[float], list[float]]:
     """A real probe delivers numpy arrays; plain floats keep numpy scalars out of events.
-    (`tolist` converts a whole array in one call.)"""
+    (`tolist` converts a whole array in one call; a list of floats is taken as it is.)"""
     times, values = samples
-    return (times.tolist() if isinstance(times, np.ndarray) else [float(x) for x in times],
-            values.tolist() if isinstance(values, np.ndarray) else [float(x) for x in values])
+    return _floats(times), _floats(values)
+
+
+def _floats(xs: Any) -> list[float]:
+    if isinstance(xs, np.ndarray):
+        return xs.tolist()
+    if type(xs) is list and (not xs or type(xs[0]) is float):  # exactly float: np.float64 is a float too
+        return xs
+    return [float(x) for x in xs]
 
 
 def run(session: Session, source: PressureSource, clock: Clock, tick_s: float = 0.01,

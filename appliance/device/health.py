@@ -134,7 +134,11 @@ class HealthChecks:
                 log.error("announcement %r is not a phrase in %s", phrase, self.lang)
 
     def _check_probe(self, now: float) -> None:
-        status = getattr(self.source, "status", ProbeStatus.OK)
+        # What the control loop read for this tick (session.probe_status), not a second read.
+        status: ProbeStatus | None = getattr(self.session, "probe_status", None)
+        if status is None:
+            status = getattr(self.source, "status", ProbeStatus.OK)
+        assert status is not None
         if status is ProbeStatus.OK:
             self.health.probe_bad_since = None
             self.health.probe_logged = False

@@ -182,9 +182,12 @@ class SessionRunning(HealthChecks):
                 cmd, src = self.commands.get_nowait()
                 session.command(cmd, source=src)
             self._check_health(now, in_session=True)
-            if self.controls is not None and self.controls.state is not ActivityState.NEEDS_ATTENTION:
-                self.controls.show(ActivityState.PAUSED if session.state is State.PAUSED
-                                   else ActivityState.IN_SESSION)
+            controls = self.controls
+            if controls is not None:
+                shown = controls.state  # the LED is set only when it should change
+                want = ActivityState.PAUSED if session.state is State.PAUSED else ActivityState.IN_SESSION
+                if shown is not want and shown is not ActivityState.NEEDS_ATTENTION:
+                    controls.show(want)
 
         def should_stop() -> bool:
             if self.signals.stop.is_set() and not session.finished:

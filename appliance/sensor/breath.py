@@ -76,6 +76,14 @@ class BreathDetector:
         self._t: deque[float] = deque(maxlen=maxlen)
         self._p: deque[float] = deque(maxlen=maxlen)
         self._freqs = np.arange(s.min_bpm, s.max_bpm + 1e-9, s.bpm_step) / 60.0
+        # On the bin grid (t = -k bins) a candidate rate's phase is a whole number of Nths of
+        # a cycle (N = 2400 with the defaults): cosines and sines from one table of N.
+        first, per_cycle = s.min_bpm / s.bpm_step, 60.0 / (s.bpm_step * self._bin)
+        self._cycles: np.ndarray | None = None
+        if abs(first - round(first)) < 1e-9 and abs(per_cycle - round(per_cycle)) < 1e-6:
+            self._cycles = round(first) + np.arange(len(self._freqs))  # Nths of a cycle per bin
+            angles = 2 * math.pi * np.arange(round(per_cycle)) / round(per_cycle)
+            self._cos, self._sin = np.cos(angles), np.sin(angles)
         self._cached: BreathEstimate | None = None
         self._history: deque[tuple[float, float, float]] = deque()
 
@@ -142,8 +150,7 @@ class BreathDetector:
         # All candidate rates at once: weighted normal equations, one small solve each. The
         # trend's block of the normal equations is the same for every rate, and at the
         # solution the weighted residual is y'Wy - beta'X'Wy: no design matrix per rate.
-        wt = 2 * math.pi * self._freqs[:, None] * t[None, :]
-        harmonics = [fn(k * wt) for k in range(1, s.harmonics + 1) for fn in (np.cos, np.sin)]
+        harmonics = self._harmonics(t)
         n_f, p = len(self._freqs), trend.shape[1]
         m = p + len(harmonics)
         wy = w * y
@@ -176,6 +183,21 @@ class BreathDetector:
         _, f, _ = best
         return self._fit_breath_shape(t, y - trend @ beta0, w, var0, f, t_end, trend, y)
 
+    def _harmonics(self, t: np.ndarray) -> list[np.ndarray]:
+        """cos and sin of k·2πft for every candidate rate f (rows) and harmonic k."""
+        s = self.settings
+        bins = np.rint(-t / self._bin)
+        if self._cycles is not None and float(np.max(np.abs(t + bins * self._bin))) < 1e-6 * self._bin:
+            n = len(self._cos)
+            base = (self._cycles[:, None] * bins.astype(np.int64)[None, :]) % n  # Nths of a cycle
+            out = []
+            for k in range(1, s.harmonics + 1):
+                idx = base if k == 1 else (k * base) % n
+                out += [self._cos[idx], -self._sin[idx]]  # t <= 0: the angle is -2π·idx/N
+            return out
+        wt = 2 * math.pi * self._freqs[:, None] * t[None, :]
+        return [fn(k * wt) for k in range(1, s.harmonics + 1) for fn in (np.cos, np.sin)]
+
     def _fit_breath_shape(
         self,
         t: np.ndarray,
@@ -197,39 +219,38 @@ class BreathDetector:
         period = 1.0 / f
         starts = np.arange(-period, 0.0, s.timing_step_s)  # breath starts (in-breath), rel. t_end
         # Template and slow trend are fitted together: over a window of one or two breaths a
-        # trend fitted first would swallow part of the breath.
-        to_trend = np.linalg.solve(trend.T @ (trend * w[:, None]), (trend * w[:, None]).T)
+        # trend fitted first would swallow part of the breath. No projected template is formed:
+        # with T the trend, W the weights and G = T'WT, a template g's part beyond the trend
+        # has amplitude numerator g'W(y - T G⁻¹T'Wy) and weight g'Wg - (g'WT) G⁻¹ (T'Wg).
+        trend_w = trend * w[:, None]
+        gram_inv = np.linalg.inv(trend.T @ trend_w)
         wy = w * y
+        u = wy - trend_w @ (gram_inv @ (trend.T @ wy))
+        against = np.column_stack([u, trend_w])
+        shapes = _Templates(t, starts, period, s.inhale_fractions, s.timing_step_s, self._bin)
 
-        def scan(candidates: np.ndarray, r: float) -> tuple[float, float, float]:
-            tau = np.mod(t[None, :] - candidates[:, None], period)
-            rise = r * period
-            g = np.where(
-                tau < rise,
-                -np.cos(np.pi * tau / rise),
-                np.cos(np.pi * (tau - rise) / (period - rise)),
-            )
-            g = g - (g @ to_trend.T) @ trend.T
-            num = g @ wy
-            den = (g * g) @ w
+        def scan(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """Scores of templates g (fractions, candidates, samples): best per fraction."""
+            proj = g @ against
+            num = proj[..., 0]
+            d = proj[..., 1:]
+            den = (g * g) @ w - np.sum((d @ gram_inv) * d, axis=-1)
             # Pressure rises on the in-breath: only a positive amplitude is a breath.
-            score = np.where(num > 0, num * num / den, 0.0)
-            k = int(np.argmax(score))
-            return float(score[k]), float(candidates[k]), float(num[k] / den[k])
+            score = np.where(num > 0, num * num / np.where(den > 0, den, 1.0), 0.0)
+            k = np.argmax(score, axis=1)
+            rows = np.arange(len(k))
+            return score[rows, k], k, num[rows, k] / den[rows, k]
 
         # Coarse to fine: the score is smooth in the start time (the template slides), so a
         # scan at four timing steps and a fine scan around its best find the same start at a
-        # quarter of the cost (the fit runs every half second on a Pi Zero).
-        coarse = s.timing_step_s * COARSE_STEPS
-        best: tuple[float, float, float, float] | None = None
-        for r in s.inhale_fractions:
-            _, c_start, _ = scan(starts[::COARSE_STEPS], r)
-            fine = np.arange(c_start - coarse, c_start + coarse + 1e-9, s.timing_step_s)
-            fine = fine[(fine >= -period) & (fine < 0.0)]
-            score, start, amplitude = scan(fine if len(fine) else starts, r)
-            if best is None or score > best[0]:
-                best = (score, start, r, amplitude)
-        assert best is not None, "BreathSettings.inhale_fractions is empty"
+        # quarter of the cost (the fit runs every half second on a Pi Zero). Every inhale
+        # fraction is scanned at once.
+        coarse = np.arange(0, len(starts), COARSE_STEPS)
+        _, k, _ = scan(shapes.at(coarse))
+        fine = np.clip(coarse[k][:, None] + np.arange(-COARSE_STEPS, COARSE_STEPS + 1)[None, :], 0, len(starts) - 1)
+        scores, k, amplitudes = scan(shapes.at(fine))
+        i = int(np.argmax(scores))  # the first of equals, as a scan fraction by fraction would
+        best = (float(scores[i]), float(starts[fine[i, k[i]]]), float(s.inhale_fractions[i]), float(amplitudes[i]))
         score, start, r, amplitude = best
         explained = min(1.0, score / var0)
         ripple = 2.0 * amplitude
@@ -305,3 +326,52 @@ class BreathDetector:
             next_out_s=next_out,
             next_in_s=next_in,
         )
+
+
+class _Templates:
+    """The breath template for each inhale fraction, at each candidate start, at each sample.
+
+    `at(idx)` gives (fractions, *idx.shape, samples) for indices into `starts`. The samples
+    sit on the detector's bin grid and the candidates on the timing grid, so a template's
+    value depends on the whole number of timing steps between sample and start only: it is
+    computed once per step count and gathered (a few hundred cosines instead of tens of
+    thousands). Samples off the grid (other settings) get the template computed directly.
+    """
+
+    def __init__(self, t: np.ndarray, starts: np.ndarray, period: float,
+                 fractions: tuple[float, ...], step: float, bin_s: float) -> None:
+        self.t, self.starts, self.period = t, starts, period
+        self.rises = np.asarray(fractions, dtype=float) * period
+        self._table: np.ndarray | None = None
+        if len(t) and len(starts):
+            q = round(bin_s / step)
+            k = np.rint(-t / (q * step)) if q >= 1 else None
+            if k is not None and abs(bin_s - q * step) < 1e-9 * step \
+                    and float(np.max(np.abs(t + k * q * step))) < 1e-6 * step \
+                    and abs(float(starts[0]) + period) < 1e-9 and k.min() >= 0:
+                self._m = (q * k).astype(np.intp)  # steps from each sample back to starts[0], less j
+                steps = np.arange(int(self._m.max()) + len(starts))
+                self._table = self._shape(np.mod(period - step * steps, period)[None, :])
+
+    def _shape(self, tau: np.ndarray) -> np.ndarray:
+        """Half-cosine rise over the in-breath, half-cosine fall over the out-breath;
+        `tau` (seconds into the breath) has a first axis for the fractions (or 1)."""
+        rise = self.rises.reshape(self.rises.shape + (1,) * (tau.ndim - 1))  # one row per fraction
+        return np.where(
+            tau < rise,
+            -np.cos(np.pi * tau / rise),
+            np.cos(np.pi * (tau - rise) / (self.period - rise)),
+        )
+
+    def at(self, idx: np.ndarray) -> np.ndarray:
+        """Templates at start indices `idx`, (candidates) for every fraction or (fractions,
+        candidates) one row each: (fractions, candidates, samples)."""
+        table = self._table
+        if table is not None:
+            if idx.ndim == 1:
+                return np.take(table, idx[:, None] + self._m[None, :], axis=1)
+            rows = np.arange(len(self.rises))[:, None, None] * table.shape[1]
+            return table.ravel()[rows + idx[:, :, None] + self._m[None, None, :]]
+        idx = np.broadcast_to(idx, (len(self.rises), idx.shape[-1]))
+        tau = np.mod(self.t[None, None, :] - self.starts[idx][:, :, None], self.period)
+        return self._shape(tau)

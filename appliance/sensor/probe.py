@@ -180,6 +180,11 @@ def transfer_from_config(
     return calibration.two_point
 
 
+def _floats(values: Any) -> list[float]:
+    """Python floats of an array or a sequence, in one call for an array."""
+    return values.tolist() if isinstance(values, np.ndarray) else [float(x) for x in values]
+
+
 def counts_to_volts(counts: np.ndarray, vref: float, bits: int) -> np.ndarray:
     """Code n stands for inputs in [n, n+1)·Vref/2^bits; its centre removes the half-LSB bias."""
     return (np.asarray(counts, dtype=float) + 0.5) * vref / (1 << bits)
@@ -231,7 +236,14 @@ class ProbeMonitor:
             # The sensor can reach the ADC's top: only the top code counts as a rail.
             self._rail_high_v = self.vref * (1 - 1.5 / (1 << self.bits))
         self._saturation_cmh2o = float(self.transfer.cmh2o(hi)) * self.limits.saturation_fraction
-        self._recent: deque[tuple[float, float, float, float]] = deque()
+        # The window, kept so that a decision costs a few comparisons, not arrays of it: each
+        # sample's (time, counts, cmH2O, at the low rail, at the high rail, saturated, below
+        # insertion), how many of the window's samples have each flag, and its lowest and
+        # highest counts (monotonic queues: the ADC moves, the window's extremes seldom).
+        self._recent: deque[tuple[float, float, float, tuple[bool, bool, bool, bool]]] = deque()
+        self._flags = [0, 0, 0, 0]
+        self._lowest: deque[tuple[float, float]] = deque()
+        self._highest: deque[tuple[float, float]] = deque()
         self._floor: deque[tuple[float, float]] = deque()
         self._status = ProbeStatus.OK
         self._since = 0.0
@@ -248,6 +260,9 @@ class ProbeMonitor:
         """Time of the last status change."""
         return self._since
 
+    def _median_cmh2o(self) -> float:
+        return float(np.median(np.fromiter((r[2] for r in self._recent), float, len(self._recent))))
+
     @property
     def floor_cmh2o(self) -> float | None:
         return min(v for _, v in self._floor) if self._floor else None
@@ -258,19 +273,37 @@ class ProbeMonitor:
     def update(
         self, times: np.ndarray, counts: np.ndarray, volts: np.ndarray, cmh2o: np.ndarray
     ) -> ProbeStatus:
-        for t, c, v, p in zip(times, counts, volts, cmh2o, strict=True):
-            self._recent.append((float(t), float(c), float(v), float(p)))
-            self._track_floor(float(t), float(p))
         if len(times) == 0:
             return self._status
-        t_now = float(times[-1])
-        while self._recent and self._recent[0][0] <= t_now - self.limits.window_s:
-            self._recent.popleft()
-        span = self._recent[-1][0] - self._recent[0][0] if self._recent else 0.0
+        recent, flags, lowest, highest = self._recent, self._flags, self._lowest, self._highest
+        low_v, high_v, sat, below = self._rail_low_v, self._rail_high_v, self._saturation_cmh2o, \
+            self.limits.insert_min_cmh2o
+        for t, c, v, p in zip(_floats(times), _floats(counts), _floats(volts), _floats(cmh2o), strict=True):
+            flagged = (v <= low_v, v >= high_v, p >= sat, p < below)
+            recent.append((t, c, p, flagged))
+            for i in range(4):
+                flags[i] += flagged[i]
+            while lowest and lowest[-1][1] >= c:
+                lowest.pop()
+            lowest.append((t, c))
+            while highest and highest[-1][1] <= c:
+                highest.pop()
+            highest.append((t, c))
+            self._track_floor(t, p)
+        t_now = recent[-1][0]
+        cut = t_now - self.limits.window_s
+        while recent and recent[0][0] <= cut:
+            gone = recent.popleft()[3]
+            for i in range(4):
+                flags[i] -= gone[i]
+        while lowest[0][0] <= cut:
+            lowest.popleft()
+        while highest[0][0] <= cut:
+            highest.popleft()
+        span = recent[-1][0] - recent[0][0] if recent else 0.0
         if span < self.limits.window_s * 0.8:
             return self._status  # not a whole window yet
-        arr = np.array(self._recent)
-        new = self._decide(arr[:, 1], arr[:, 2], arr[:, 3])
+        new = self._decide()
         if new is not self._status:
             log.info("probe status %s -> %s at %.2f s", self._status.value, new.value, t_now)
             self._status = new
@@ -288,17 +321,21 @@ class ProbeMonitor:
             while self._floor and self._floor[0][0] < t - self.limits.drift_window_s:
                 self._floor.popleft()
 
-    def _decide(self, counts: np.ndarray, volts: np.ndarray, cmh2o: np.ndarray) -> ProbeStatus:
+    def _decide(self) -> ProbeStatus:
+        """The status from the window's counts of flags and extremes (the same tests on the
+        whole window as arrays would make; a median only when it can matter)."""
         lim = self.limits
-        if np.all(volts <= self._rail_low_v) or np.all(volts >= self._rail_high_v):
+        n = len(self._recent)
+        at_low, at_high, saturated, below = self._flags
+        if at_low == n or at_high == n:
             return ProbeStatus.DISCONNECTED
-        if np.ptp(counts) <= lim.stuck_ptp_counts:
+        if self._highest[0][1] - self._lowest[0][1] <= lim.stuck_ptp_counts:
             return ProbeStatus.DISCONNECTED
-        if np.median(cmh2o) >= self._saturation_cmh2o:
+        if saturated and self._median_cmh2o() >= self._saturation_cmh2o:
             return ProbeStatus.SATURATED
-        if self.expect_inserted and np.all(cmh2o < lim.insert_min_cmh2o):
+        if self.expect_inserted and below == n:
             # Below atmosphere by more than the drift limit is a moved zero, not an empty probe.
-            if np.median(cmh2o) > -lim.drift_limit_cmh2o:
+            if self._median_cmh2o() > -lim.drift_limit_cmh2o:
                 return ProbeStatus.NOT_INSERTED
             return ProbeStatus.DRIFTING
         floor = self.floor_cmh2o
