@@ -49,13 +49,12 @@ def _enrolled(tmp_path: Path, extra: str = "", surgery: date | None = None) -> P
 
 
 def test_ten_days_after_surgery_no_maximal_squeeze_is_asked_nor_more_than_30_pct(tmp_path):
-    """The lending through the device, surgery 10 days before the start: awareness work only.
-    Three days here (the gate is the same every day of the six weeks); the 14-day run is
-    `appliance simulate --state-dir S --days 14` (issue 14's note)."""
-    state = _enrolled(tmp_path, '[reminders]\ntimes = ["11:00", "17:30"]\n', surgery=START - timedelta(days=10))
-    summary = simulate_days(state, 3, first_day=START, patient="postop", seed=4)
+    """The lending through the device, surgery 10 days before the start: fourteen days of
+    awareness work (a main session and a short set a day), never a maximal squeeze."""
+    state = _enrolled(tmp_path, '[reminders]\ntimes = ["17:30"]\n', surgery=START - timedelta(days=10))
+    summary = simulate_days(state, 14, first_day=START, patient="postop", seed=4)
     db = state / "appliance.db"
-    assert summary.main == 3 and summary.short_sets >= 3
+    assert summary.main == 14 and summary.short_sets >= 7
     said = [d["phrase"] for _, d in _events(db, "say")]
     assert "calibrate.squeeze_gentle" in said
     assert not MAXIMAL_CUES & set(said)
@@ -63,12 +62,13 @@ def test_ten_days_after_surgery_no_maximal_squeeze_is_asked_nor_more_than_30_pct
     asked = [d["level_pct"] for d in phases]
     assert max(asked) == pytest.approx(30.0)  # the gentle reference squeeze is the most asked
     assert all(level <= 30.0 for level in asked)
-    # The gentle squeezes once, in the first session; every later one measures the rest
-    # pressure only (once a day at most, again after a week or when the baseline moved).
-    squeezes_by_session = {sid for sid, d in _events(db, "phase") if d["phase"] == "calibrate_squeeze"}
-    assert squeezes_by_session == {1}
+    # The gentle squeezes in the first session and again a week later; every other session
+    # measures the rest pressure only (once a week, or when the baseline moved).
+    squeezes_by_session = sorted({sid for sid, d in _events(db, "phase") if d["phase"] == "calibrate_squeeze"})
+    assert squeezes_by_session[0] == 1 and len(squeezes_by_session) <= 3
     sources = [d["mvc_source"] for _, d in _events(db, "calibration")]
-    assert sources == ["squeeze"] + ["earlier"] * (summary.sessions - 1)
+    assert sources.count("squeeze") == len(squeezes_by_session)
+    assert set(sources) <= {"squeeze", "earlier"}
 
 
 def test_the_mvc_the_clinic_measured_replaces_every_calibration_squeeze(tmp_path):
