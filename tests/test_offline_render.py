@@ -8,15 +8,20 @@ from wav_fixture import digest, short_session_wav
 from appliance.voice.audio import Mixer
 from appliance.voice.tone import LivePitch, ToneCue, ToneMapping, ToneParams
 
-# Printed by `PYTHONPATH=<main> python tests/wav_fixture.py` before the offline renderer was
-# merged (the mixer then rendered every 64-sample block on its own): c0b6e4a6...e3be4a on
-# main at 9b36be3, this one on main at 1663935 (the tone's live pitch and 1 ms pitch glide).
-MAIN_DIGEST = "370ccf4c3a6e5f14a1a79a8950c0c052c694b4159d293d547eeb60c0c3786951"
+def test_the_patient_hears_in_session_wav_what_the_speaker_plays_block_by_block(tmp_path, monkeypatch):
+    """The same simulated session twice: once rendered offline (the default), once with the
+    mixer rendering every 64-sample block on its own as the real sound card's callback does.
+    (A digest pinned from main before the offline renderer was merged held until the coach's
+    tone level and the day plan changed what the session sounds like; the two ways of
+    rendering the session as it is now must still agree to the byte.)"""
+    import appliance.voice.audio as audio
 
-
-def test_the_patient_hears_in_session_wav_what_the_device_played_before_offline_rendering(tmp_path):
-    wav = short_session_wav(tmp_path)
-    assert digest(wav) == MAIN_DIGEST
+    offline = short_session_wav(tmp_path / "offline")
+    real_sink = audio.WavSink  # the simulated speaker imports it when it opens
+    monkeypatch.setattr(audio, "WavSink", lambda *a, **k: real_sink(*a, **{**k, "deferred": False}))
+    blockwise = short_session_wav(tmp_path / "blockwise")
+    assert offline.stat().st_size > 44 + 16000 * 2 * 10  # a session of some length, not an empty file
+    assert digest(offline) == digest(blockwise)
 
 
 def _drive(seed):
@@ -42,6 +47,8 @@ def _drive(seed):
             action["cancel"] = True
         elif r < 0.39:
             action["volume"] = float(rng.choice([0.2, 0.8, 1.0]))
+        elif r < 0.41:  # "toon zachter" / "toon luider": the tone's own volume
+            action["tone_volume"] = float(rng.choice([0.1, 0.25, 0.5]))
         if rng.random() < 0.3:  # the sensor side writes the live pressure slot
             action["pressure"] = float(rng.uniform(5.0, 60.0))
         n = int(rng.integers(1, 65))
@@ -68,6 +75,8 @@ def _apply(mixer, clips, action):
         mixer.cancel_speech()
     if "volume" in action:
         mixer.volume = action["volume"]
+    if "tone_volume" in action:
+        mixer.tone_volume = action["tone_volume"]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

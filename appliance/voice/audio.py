@@ -381,6 +381,7 @@ class Mixer:
             self._planned.append((n, None, 1.0, 1.0, False, 1.0, 1.0))
             self._frame = block_end
             self._vol = self.volume
+            self._tvol = self.tone_volume
             self._duck = 1.0
             return
         self._take_from_ring()
@@ -433,10 +434,13 @@ class Mixer:
         vol1 = self.volume
         vstep = n / self.volume_frames
         vol1 = min(vol0 + vstep, vol1) if vol1 > vol0 else max(vol0 - vstep, vol1)
-        g0, g1 = duck0 * vol0, duck1 * vol1
+        tv0, tv1 = self._tvol, self.tone_volume
+        tv1 = min(tv0 + vstep, tv1) if tv1 > tv0 else max(tv0 - vstep, tv1)
+        g0, g1 = duck0 * vol0 * tv0, duck1 * vol1 * tv1  # the tone's gain, as `render` gives it
         self._planned.append((n, tone.plan(n, g0, g1), g0, g1, spoke, vol0, vol1))
         self._duck = duck1
         self._vol = vol1
+        self._tvol = tv1
         self._frame = block_end
 
     def _plan_clip(self, offset: int, samples: np.ndarray, src: int, length: int) -> None:
