@@ -238,19 +238,10 @@ class Mixer:
 
         # Duck the tone while speech plays, starting just before a clip begins.
         speaking = spoke or (bool(pending) and pending[0].start_frame - block_end < self.duck_frames)
-        duck_target = self.duck_gain if speaking else 1.0
-        step = n / (self.duck_frames if speaking else self.unduck_frames) * (1.0 - self.duck_gain)
-        duck0 = self._duck
-        duck1 = min(duck0 + step, duck_target) if duck_target > duck0 else max(duck0 - step, duck_target)
-        vol0 = self._vol
-        vol1 = self.volume
-        vstep = n / self.volume_frames
-        vol1 = min(vol0 + vstep, vol1) if vol1 > vol0 else max(vol0 - vstep, vol1)
-        tv0, tv1 = self._tvol, self.tone_volume
-        tv1 = min(tv0 + vstep, tv1) if tv1 > tv0 else max(tv0 - vstep, tv1)
+        tone0, tone1, vol0, vol1 = self._ramp_gains(n, speaking)
 
         mix = self._mix[:n]
-        self.tone.render(mix, duck0 * vol0 * tv0, duck1 * vol1 * tv1)
+        self.tone.render(mix, tone0, tone1)
         if spoke:  # the tone alone never comes near full scale: no mixing, no clipping
             if vol0 == vol1:
                 sp *= vol1
@@ -269,10 +260,25 @@ class Mixer:
         else:
             out[:] = mix
         self._tap_write(mix, n)
-        self._duck = duck1
-        self._vol = vol1
-        self._tvol = tv1
         self._frame = block_end
+
+    def _ramp_gains(self, n: int, speaking: bool) -> tuple[float, float, float, float]:
+        """Move the duck, the master volume and the tone's own volume on by one block of
+        `n` samples; returns the tone's gain and the master volume at its two ends.
+        `render` and `plan_block` both step through here, so session.wav and the speaker
+        ramp alike."""
+        duck_target = self.duck_gain if speaking else 1.0
+        step = n / (self.duck_frames if speaking else self.unduck_frames) * (1.0 - self.duck_gain)
+        duck0 = self._duck
+        duck1 = min(duck0 + step, duck_target) if duck_target > duck0 else max(duck0 - step, duck_target)
+        vol0 = self._vol
+        vol1 = self.volume
+        vstep = n / self.volume_frames
+        vol1 = min(vol0 + vstep, vol1) if vol1 > vol0 else max(vol0 - vstep, vol1)
+        tv0, tv1 = self._tvol, self.tone_volume
+        tv1 = min(tv0 + vstep, tv1) if tv1 > tv0 else max(tv0 - vstep, tv1)
+        self._duck, self._vol, self._tvol = duck1, vol1, tv1
+        return duck0 * vol0 * tv0, duck1 * vol1 * tv1, vol0, vol1
 
     def _tap_write(self, mix: np.ndarray | None, n: int) -> None:
         """Append n rendered samples (None: silence) to the output ring; audio thread only."""
@@ -426,21 +432,8 @@ class Mixer:
             if take >= item.samples.shape[0]:
                 active = self._active = None
         speaking = spoke or (bool(pending) and pending[0].start_frame - block_end < self.duck_frames)
-        duck_target = self.duck_gain if speaking else 1.0
-        step = n / (self.duck_frames if speaking else self.unduck_frames) * (1.0 - self.duck_gain)
-        duck0 = self._duck
-        duck1 = min(duck0 + step, duck_target) if duck_target > duck0 else max(duck0 - step, duck_target)
-        vol0 = self._vol
-        vol1 = self.volume
-        vstep = n / self.volume_frames
-        vol1 = min(vol0 + vstep, vol1) if vol1 > vol0 else max(vol0 - vstep, vol1)
-        tv0, tv1 = self._tvol, self.tone_volume
-        tv1 = min(tv0 + vstep, tv1) if tv1 > tv0 else max(tv0 - vstep, tv1)
-        g0, g1 = duck0 * vol0 * tv0, duck1 * vol1 * tv1  # the tone's gain, as `render` gives it
+        g0, g1, vol0, vol1 = self._ramp_gains(n, speaking)
         self._planned.append((n, tone.plan(n, g0, g1), g0, g1, spoke, vol0, vol1))
-        self._duck = duck1
-        self._vol = vol1
-        self._tvol = tv1
         self._frame = block_end
 
     def _plan_clip(self, offset: int, samples: np.ndarray, src: int, length: int) -> None:
