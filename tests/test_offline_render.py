@@ -8,6 +8,7 @@ from wav_fixture import digest, short_session_wav
 from appliance.voice.audio import Mixer
 from appliance.voice.tone import LivePitch, ToneCue, ToneMapping, ToneParams
 
+
 def test_the_patient_hears_in_session_wav_what_the_speaker_plays_block_by_block(tmp_path, monkeypatch):
     """The same simulated session twice: once rendered offline (the default), once with the
     mixer rendering every 64-sample block on its own as the real sound card's callback does.
