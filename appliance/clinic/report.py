@@ -155,7 +155,8 @@ def targets_by_column(summary: Summary) -> tuple[list[tuple[date, date]], dict[s
             continue
         col = next(i for i, (a, b) in enumerate(columns) if a <= s.day <= b)
         for r in s.reps:
-            found[r["exercise"]][col].append(float(r["target_pct"]))
+            if r["exercise"] not in NOT_STRENGTH:  # walking and hopping: probe out, no strength target
+                found[r["exercise"]][col].append(float(r["target_pct"]))
     table = {ex: [(min(v), max(v)) if v else None for v in cols] for ex, cols in found.items()}
     return [(a, b) for a, b in columns], table
 
