@@ -150,12 +150,17 @@ def cue_errors(patient, seeds=(5,)):
     return np.array(followed), np.array(paced), decisions
 
 
-@pytest.mark.parametrize("patient", ["quick_breather", "calm_breather"])
-def test_contract_cues_land_on_a_regular_breathers_out_breath(patient):
-    # Pooled over four seeds: the calm breather's breath is clear enough to follow in only
-    # 0-3 of a session's 19 decisions in its first ten minutes (how many depends on how her
-    # rhythm meets the coach's rests), so one seed is too few to measure how well they land.
-    followed, paced, _ = cue_errors(patient, seeds=(5, 6, 7, 8))
+@pytest.mark.parametrize(
+    ("patient", "seeds"), [("quick_breather", range(5, 9)), ("calm_breather", range(5, 13))]
+)
+def test_contract_cues_land_on_a_regular_breathers_out_breath(patient, seeds):
+    # Pooled over seeds: the calm breather's breath is clear enough to follow in only 0-3 of
+    # a session's 22 decisions in its first ten minutes (how many depends on how her rhythm
+    # meets the coach's rests), so one seed is too few to measure how well they land. Since
+    # the day plan and the coach's breathing through the holds reshaped those ten minutes,
+    # about one decision in 24 is followed (seeds 5-16: 11 of 264), so she needs eight seeds
+    # for the four followed cues the bound below asks for.
+    followed, paced, _ = cue_errors(patient, seeds=tuple(seeds))
     assert len(followed) >= 4
     assert np.mean(followed <= 0.35) >= 0.8, np.round(followed, 2)
     assert np.median(followed) < np.median(paced)  # paced cues fall anywhere in her breath
