@@ -245,7 +245,10 @@ def test_a_three_breath_hold_is_breathed_through_and_its_breaths_counted():
         inside = [s["phrase"] for s in says(result) if start <= s["at"] < end]
         counted = [k for k in inside if k.startswith("breath.in_")]
         assert counted == ["breath.in_1", "breath.in_2", "breath.in_3"], inside
-        assert inside.count("breath.out_hold") >= 2
+        # Three breaths within 10 s: "En uit." between two counts ("En uit. Blijf vasthouden."
+        # when the breath is long enough for it).
+        outs = [k for k in inside if k in ("breath.out_hold", "breath_counted.out")]
+        assert len(outs) >= 2, inside
 
 
 @pytest.mark.parametrize("patient", ["weak", "strong"])

@@ -238,12 +238,27 @@ def test_english_cues_land_on_the_transition_too():
 
 
 def test_exercise_1_counts_to_five_on_the_second(average_session):
-    for rep in (1, 4):
+    """Every hold of exercise 1 is counted to five on the second; where the patient let go
+    and was told to hold on (a correction, heard whole), the count stops for it, never
+    spoken over it, and the counts before it stayed on the second."""
+    says = [e.data for e in average_session.log.of("say")]
+    whole = 0
+    for rep in range(1, 9):
         hold = _first(average_session, "ex1", "hold", rep=rep)
-        counts = [(e.data["at"], e.data["phrase"]) for e in average_session.log.of("say")
-                  if e.data["phrase"].startswith("count.") and hold["start"] <= e.data["at"] < hold["end"]]
-        assert [k for _, k in counts] == [f"count.{i}" for i in range(1, 6)]
-        assert [round(at - hold["start"], 2) for at, _ in counts] == [0.0, 1.0, 2.0, 3.0, 4.0]
+        inside = [s for s in says if hold["start"] <= s["at"] < hold["end"]]
+        counts = [(s["at"], s["phrase"], s["duration_s"]) for s in inside if s["phrase"].startswith("count.")]
+        fixes = [s for s in inside if s.get("priority") == "correction"]
+        n = len(counts)
+        assert [k for _, k, _ in counts] == [f"count.{i}" for i in range(1, n + 1)]
+        assert [round(at - hold["start"], 2) for at, _, _ in counts] == [float(i) for i in range(n)]
+        if not fixes:
+            assert n == 5, (rep, counts)
+            whole += 1
+        else:  # only the counts due while the correction was said are left out
+            assert n == 5 or hold["start"] + n > fixes[0]["at"] - 0.6, (rep, counts, fixes[0])
+        for f in fixes:
+            assert not [k for at, k, d in counts if at < f["at"] + f["duration_s"] and at + d > f["at"]]
+    assert whole >= 6
 
 
 def test_slower_and_faster_change_the_breath_within_bounds(average_session):

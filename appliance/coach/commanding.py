@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from appliance.coach.kinds import RUNNING, SegmentKind, State
+from appliance.coach.plan import BREATH_CUES
 from appliance.commands import Command
 from appliance.events import EventKind
 
@@ -147,7 +148,7 @@ class Commanding:
         seg = self._segment
         if self.quiet and seg is not None:
             seg.prompts[seg.prompt_index:] = [p for p in seg.prompts[seg.prompt_index:]
-                                              if not p.key.startswith("breath.")]
+                                              if not p.key.startswith(BREATH_CUES)]
         self._emit(EventKind.SETTING, setting="quiet", value=self.quiet)
         self._say_now("quiet.on" if self.quiet else "quiet.off")
         return True

@@ -34,6 +34,7 @@ CALIBRATION_RECOVER_S = 8.0
 GAP_S = 0.35  # silence between two prompts
 MIN_HOLD_TO_BREATH_S = 1.5  # a hold before a squeeze on the out-breath lasts at least this
 MAX_WAIT_S = 0.8  # a correction waits at most this long for a routine prompt to finish
+BREATH_CUES = ("breath.", "breath_counted.")  # key prefixes of the cues breathing with the patient
 
 
 class Priority(IntEnum):
@@ -259,6 +260,8 @@ class Planning:
         repetition's first out-breath), the breaths of a hold counted in breaths."""
         if ph.kind not in (PhaseKind.HOLD, PhaseKind.MOVE) or self.quiet:
             return []
+        if ph.breaths:
+            return self._counted_breath_cues(ph.breaths, start, dur)
         breath, inhale = self.pace.breath_s, self.pace.inhale_s
         origin = self._out_breath if self._out_breath is not None else start - inhale
         first = origin + breath - inhale  # the next in-breath after the out-breath
@@ -275,6 +278,26 @@ class Planning:
             if out < start + dur - 1.5:
                 prompts.append(Prompt(out, "breath.out_hold", latest=out + 0.8))
             at += breath
+        return prompts
+
+    def _counted_breath_cues(self, breaths: int, start: float, dur: float) -> list[Prompt]:
+        """A hold of `breaths` breaths, each in-breath counted and an out-breath between two,
+        on the hold's own breath: its length over its breaths (the patient's free breathing,
+        or shorter when the hold is capped, e.g. three breaths within 10 s). A short breath
+        gets the short out-cue; a count that would run past the hold is left out."""
+        period = dur / breaths
+        inhale = period * self.pace.inhale_s / self.pace.breath_s
+        out_key = "breath.out_hold"
+        if self.timing.duration(out_key) + GAP_S > period - inhale:
+            out_key = "breath_counted.out"
+        lead = min(1.0, 0.3 * period)
+        prompts: list[Prompt] = []
+        for i in range(breaths):
+            at = start + lead + i * period
+            key = f"breath.in_{i + 1}" if i < 5 else "breath.in_hold"
+            prompts.append(Prompt(at, key, latest=min(at + 1.5, start + dur - self.timing.duration(key))))
+            if i + 1 < breaths:  # the out-breath before the next count, not after the last
+                prompts.append(Prompt(at + inhale, out_key, latest=at + period))
         return prompts
 
     def _last_rep_cue(self, ex: Exercise, phases: list[PlannedPhase]) -> list[Prompt]:
@@ -306,7 +329,7 @@ class Planning:
             end = start + self.timing.duration(p.key)
             placed.append((start, end, Prompt(start, p.key, aligned=True)))
         # Breathing with the patient first (it is timed on her breath), then the rest in gaps.
-        for p in sorted(flexible, key=lambda p: (not p.key.startswith("breath."), p.at)):
+        for p in sorted(flexible, key=lambda p: (not p.key.startswith(BREATH_CUES), p.at)):
             dur = self.timing.duration(p.key)
             at = max(p.at, busy)
             for s, e, _ in sorted(placed, key=lambda x: x[0]):

@@ -200,7 +200,9 @@ class Rating:
             self._last_verdict[index] = (last, since + 1)
             self._rest_word(seg, t)
             return
-        if self._say_in_rest(seg, t, key):
+        # A changed target is always told (the next squeeze asks for it), even when a
+        # correction's explanation already fills the rest: the rest lasts as long as it needs.
+        if self._say_in_rest(seg, t, key, must=adapted is not None):
             self._last_verdict[index] = (key, 0)
 
     def _rest_word(self, seg: Segment, t: float) -> None:
@@ -212,9 +214,10 @@ class Rating:
         self._rest_words += 1
         self._say_in_rest(seg, t, REST_WORDS[self._rest_words % len(REST_WORDS)])
 
-    def _say_in_rest(self, seg: Segment, t: float, key: str) -> bool:
+    def _say_in_rest(self, seg: Segment, t: float, key: str, must: bool = False) -> bool:
         """Say `key` in the rest, after what is being said and what is still to come in it;
-        the rest lasts up to `MAX_REST_EXTENSION_S` longer so that a breath follows it."""
+        the rest lasts up to `MAX_REST_EXTENSION_S` longer so that a breath follows it (as
+        long as it needs when the phrase `must` be heard)."""
         dur = self.timing.duration(key)
         busy = max((h.end for h in self._heard if h.end > t), default=t)
         at = busy + GAP_S if busy > t else t
@@ -223,7 +226,7 @@ class Rating:
                 at = max(at, p.at + self.timing.duration(p.key) + GAP_S)
         rest = seg.phases[-1]
         need = at + dur + REST_AFTER_FEEDBACK_S
-        if need - rest.end > MAX_REST_EXTENSION_S:
+        if need - rest.end > MAX_REST_EXTENSION_S and not must:
             return False
         rest.end = max(rest.end, need)
         self._say(key, at)
