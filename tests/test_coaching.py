@@ -353,3 +353,31 @@ def test_the_patients_own_tone_and_voice_volumes_are_remembered_for_the_next_ses
     voice = [s["value"] for s in starts if s["setting"] == "volume"]
     assert tone == [0.25, 0.15, 0.15]  # the default, she turns it down, the next session starts there
     assert voice[0] - 0.1 == pytest.approx(voice[1]) and voice[2] == voice[1]
+
+
+def test_hoe_doe_ik_het_counts_todays_earlier_session_too(tmp_path):
+    """Through the device with a patient's state: the morning's repetitions are in the
+    afternoon's answer, read from what the device stored."""
+    from datetime import UTC, datetime
+
+    from appliance.clinic.enrolment import enroll
+    from appliance.coach.runner import ScriptedCommand
+    from appliance.commands import Command
+
+    rx = tmp_path / "rx.toml"
+    rx.write_text('[patient]\ncode = "GNT-2026-0143"\n[reminders]\nenabled = false\n'
+                  '[exercise.ex1]\nrepetitions = 3\n[day]\ndaily = ["ex1"]\n')
+    state = tmp_path / "state"
+    enroll(state, rx, datetime(2026, 3, 3, 7, tzinfo=UTC))
+    morning = simulate(state_dir=state, seed=3, lang=None, patient="strong",
+                       start_wall=datetime(2026, 3, 3, 9, tzinfo=UTC))
+    before = [r for r in morning.session.reps if r["status"] == "complete" and r["peak_pct"] is not None]
+    assert len(before) >= 3  # awareness and exercise 1
+    asked = 80.0
+    afternoon = simulate(state_dir=state, seed=4, lang=None, patient="strong",
+                         start_wall=datetime(2026, 3, 3, 15, tzinfo=UTC),
+                         script=[ScriptedCommand(asked, Command.STATUS)])
+    now = [r for r in afternoon.session.reps if r["status"] == "complete" and r["t_end"] <= asked]
+    answer = [s for s in says(afternoon) if s["at"] >= asked][:3]
+    assert [s["phrase"] for s in answer] == ["status_today.today", f"count.{len(before) + len(now)}",
+                                             "status_today.reps_done"]

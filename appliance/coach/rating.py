@@ -56,7 +56,7 @@ def verdict_of(m: dict, target_pct: float, released: bool) -> Verdict:
     if asked > 0:
         frac = float(m["held_s"]) / asked
         easy = frac >= 0.95 and float(m.get("mean_hold_pct") or 0.0) >= 1.15 * target_pct
-        steadiness = float(m["steadiness_pct"])
+        steadiness = float(m.get("steadiness_pct") or 0.0)
     else:
         frac = float(m.get("peak_pct") or 0.0) / max(target_pct, 1.0)
         easy = frac >= 1.3
@@ -67,7 +67,8 @@ def verdict_of(m: dict, target_pct: float, released: bool) -> Verdict:
 
 def _measured(reps: list[dict]) -> list[dict]:
     """The complete repetitions the probe measured (not the daily-life ones done without it)."""
-    return [r for r in reps if r["status"] == "complete" and r.get("peak_pct") is not None]
+    return [r for r in reps if r["status"] == "complete" and r.get("peak_pct") is not None
+            and not str(r["exercise"]).startswith("perfect")]  # the weekly assessment is not training
 
 
 def feedback_phrase(v: Verdict, steadier: bool) -> str:
@@ -121,6 +122,9 @@ class Rating:
         self._steadiness: dict[int, float] = {}  # exercise index -> the last held repetition's SD
         self._rest_feedback_at: float | None = None
         self._rest_words = 0
+        # Today's earlier sessions' repetitions, as stored (the device hands them in), so
+        # that "hoe doe ik het" answers with the day's figures, not only this session's.
+        self.earlier_today: list[dict] = []
 
     # --- the target within the set --------------------------------------------------------
 
@@ -247,7 +251,7 @@ class Rating:
 
     def _status_keys(self) -> list[str]:
         """Today's figures: repetitions done, how often the target was held, how it goes now."""
-        done = _measured(self.reps)
+        done = _measured(self.earlier_today) + _measured(self.reps)
         if not done:
             return ["status.none_yet"]
         held = sum(1 for r in done if verdict_of(r, float(r["target_pct"]), True).kind == "held")

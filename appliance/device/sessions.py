@@ -9,6 +9,7 @@ import logging
 import sqlite3
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from appliance.coach.session import Session, State
@@ -160,9 +161,22 @@ class SessionRunning(HealthChecks):
             volume=remembered.get("volume", self.config.audio.volume),
             tone_volume=remembered.get("tone_volume", DEFAULT_TONE_VOLUME),
             more_phrase=plan.day.more_phrase if plan.day is not None else None,
-            tz=self.rx.tz if self.rx is not None else None))
+            tz=self.rx.tz if self.rx is not None else None,
+            earlier_today=self._earlier_today(store)))
         self.source = built.source
         return built.session, store_sink
+
+    def _earlier_today(self, store: Any) -> list[dict]:
+        """The repetitions of today's earlier sessions (the prescription's local day)."""
+        tz = self.rx.tz if self.rx is not None else None
+        today = self.clock.wall().astimezone(tz).date()
+        try:
+            ids = {s["id"] for s in store.sessions()
+                   if datetime.fromisoformat(s["started_utc"]).astimezone(tz).date() == today}
+            return [r for r in store.repetitions() if r["session_id"] in ids]
+        except (sqlite3.Error, ValueError, TypeError) as exc:  # a figure less, never a session less
+            log.warning("today's earlier repetitions not read: %s", exc)
+            return []
 
     def _session_audio(self) -> tuple[Any, Any]:
         if self.bank is None:

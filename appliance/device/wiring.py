@@ -52,6 +52,7 @@ class SessionParts:
     more_phrase: str | None = None  # what to answer "more" with (post-op weeks)
     follow_breath: bool = True
     tz: tzinfo | None = None  # the prescription's time zone (stimulation counts its local days)
+    earlier_today: Sequence[dict] = ()  # today's earlier repetitions, as stored (for "status")
 
 
 @dataclass
@@ -83,6 +84,7 @@ def build_session(programme: Programme, catalogue: Catalogue, clock: Clock, part
                       volume=parts.volume, tone_volume=parts.tone_volume)
     session.more_phrase = parts.more_phrase
     session.tz = parts.tz
+    session.earlier_today = list(parts.earlier_today)
     source: PressureSource = parts.source
     follow_live = getattr(parts.audio, "follow_live", None)
     if follow_live is not None:
