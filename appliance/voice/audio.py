@@ -197,21 +197,7 @@ class Mixer:
             self._duck = 1.0
             return
         sp = self._speech[:n]
-        self._take_from_ring()
-        if self._cancel_seen != self._cancel_req:
-            self._cancel_seen = self._cancel_req
-            self._pending.clear()
-            if self._active is not None:
-                self._start_fade(self._active)
-                self._active = None
-
-        pending = self._pending
-        # Speech in this block? (Also keeps the tone ducked to the clip's last sample.)
-        spoke = (
-            self._fading is not None
-            or self._active is not None
-            or (bool(pending) and pending[0].start_frame < block_end)
-        )
+        pending, spoke = self._begin_block(block_end)
         if spoke:
             sp.fill(0.0)
         fading = self._fading
@@ -261,6 +247,25 @@ class Mixer:
             out[:] = mix
         self._tap_write(mix, n)
         self._frame = block_end
+
+    def _begin_block(self, block_end: int) -> tuple[list[SpeechItem], bool]:
+        """Take in what the control side queued or cancelled; returns the pending clips and
+        whether speech sounds in the block (which also keeps the tone ducked to the clip's
+        last sample). Shared by `render` and `plan_block`."""
+        self._take_from_ring()
+        if self._cancel_seen != self._cancel_req:
+            self._cancel_seen = self._cancel_req
+            self._pending.clear()
+            if self._active is not None:
+                self._start_fade(self._active)
+                self._active = None
+        pending = self._pending
+        spoke = (
+            self._fading is not None
+            or self._active is not None
+            or (bool(pending) and pending[0].start_frame < block_end)
+        )
+        return pending, spoke
 
     def _ramp_gains(self, n: int, speaking: bool) -> tuple[float, float, float, float]:
         """Move the duck, the master volume and the tone's own volume on by one block of
@@ -390,19 +395,7 @@ class Mixer:
             self._tvol = self.tone_volume
             self._duck = 1.0
             return
-        self._take_from_ring()
-        if self._cancel_seen != self._cancel_req:
-            self._cancel_seen = self._cancel_req
-            self._pending.clear()
-            if self._active is not None:
-                self._start_fade(self._active)
-                self._active = None
-        pending = self._pending
-        spoke = (
-            self._fading is not None
-            or self._active is not None
-            or (bool(pending) and pending[0].start_frame < block_end)
-        )
+        pending, spoke = self._begin_block(block_end)
         fading = self._fading
         if fading is not None:
             samples = fading.item.samples
