@@ -104,6 +104,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from appliance.clinic import report, tables
     from appliance.clinic.enrolment import current_enrolment, current_prescription, db_path
+    from appliance.clinic.summary import summarise
 
     enrolment = current_enrolment(args.state_dir)
     if enrolment is None:
@@ -113,8 +114,9 @@ def run_report(args: argparse.Namespace) -> int:
     rx = current_prescription(args.state_dir)
     enrolled = enrolment.since_utc.astimezone(rx.tz).date() if rx else enrolment.since_utc.date()
     try:
-        files = tables.write_tables(db_path(args.state_dir), args.out, enrolment.code, rx, args.lang, enrolled)
-        files += report.write_report(db_path(args.state_dir), args.out, enrolment.code, rx, args.lang, enrolled)
+        summary = summarise(db_path(args.state_dir), enrolment.code, rx, args.lang, enrolled)  # read once for both
+        files = tables.write_tables(db_path(args.state_dir), args.out, enrolment.code, rx, summary=summary)
+        files += report.write_report(db_path(args.state_dir), args.out, enrolment.code, rx, summary=summary)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     for f in files:

@@ -250,6 +250,7 @@ def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_rep
     report and summary.csv are in `lang` (default: the prescription's language).
     """
     from appliance.clinic import report, tables
+    from appliance.clinic.summary import summarise
 
     state_dir = Path(state_dir)
     enrolment = current_enrolment(state_dir)
@@ -277,11 +278,12 @@ def export(state_dir: Path, out_dir: Path, now: datetime | None = None, with_rep
     enrolled = enrolment.since_utc.astimezone(rx.tz).date() if rx else enrolment.since_utc.date()
     if found is None:
         try:
-            files = tables.write_tables(db_path(state_dir), target, enrolment.code, rx, lang, enrolled)
+            summary = summarise(db_path(state_dir), enrolment.code, rx, lang, enrolled)  # read once for both
+            files = tables.write_tables(db_path(state_dir), target, enrolment.code, rx, summary=summary)
             shutil.copyfile(prescription_path(state_dir), target / PRESCRIPTION_FILE)
             files.append(target / PRESCRIPTION_FILE)
             if with_report:
-                files.extend(report.write_report(db_path(state_dir), target, enrolment.code, rx, lang, enrolled))
+                files.extend(report.write_report(db_path(state_dir), target, enrolment.code, rx, summary=summary))
             return files
         except (*UNREADABLE, ValueError, KeyError, TypeError) as exc:
             # Pages intact, a value in them not (a flipped byte in a text or a timestamp): the

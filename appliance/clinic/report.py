@@ -341,11 +341,12 @@ def page_quality(summary: Summary, w: Wording):
 # --- The report ----------------------------------------------------------------------------------
 
 def write_report(db_path: Path, out_dir: Path, code: str, rx: Prescription | None, lang: str | None = None,
-                 enrolled: date | None = None) -> list[Path]:
-    """Write report.pdf and report-<n>.png pages in `lang` (else the prescription's); returns the paths."""
+                 enrolled: date | None = None, *, summary: Summary | None = None) -> list[Path]:
+    """Write report.pdf and report-<n>.png pages in `lang` (else the prescription's); returns the paths.
+    `summary`: the database as the tables already read it (else it is read here)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarise(db_path, code, rx, lang, enrolled)
+    summary = summary or summarise(db_path, code, rx, lang, enrolled)
     w = Wording.load(summary.lang)
     tz = rx.tz if rx else ZoneInfo("UTC")  # as appliance.clinic.summary reads the days
     first = plt.figure(figsize=A4)

@@ -33,10 +33,12 @@ SUMMARY_FIELDS = ("figure", "label", "week", "start", "end", "value", "unit")
 
 
 def write_tables(db_path: Path, out_dir: Path, code: str, rx: Prescription | None, lang: str | None = None,
-                 enrolled: date | None = None) -> list[Path]:
+                 enrolled: date | None = None, *, summary: Summary | None = None) -> list[Path]:
+    """Write sessions.csv, repetitions.csv, summary.csv and the FHIR bundle; `summary`, when
+    the caller has read the database already for the report, is not read again."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarise(db_path, code, rx, lang, enrolled)
+    summary = summary or summarise(db_path, code, rx, lang, enrolled)
     words = Wording.load(summary.lang)
     stored = {s.id: s for s in summary.sessions}
     s_path = out_dir / "sessions.csv"
