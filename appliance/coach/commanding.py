@@ -119,27 +119,25 @@ class Commanding:
         return True
 
     def _volume(self, cmd: Command, t: float) -> bool:
-        louder = cmd is Command.LOUDER
-        step = VOLUME_STEP if louder else -VOLUME_STEP
-        new_volume = round(min(MAX_VOLUME, max(MIN_VOLUME, self.volume + step)), 2)
-        if new_volume == self.volume:
-            self._say_now("session.loudest" if louder else "session.softest")
-            return False
-        self.volume = new_volume
-        self._emit(EventKind.SETTING, setting="volume", value=new_volume)
-        self._say_now("session.louder" if louder else "session.softer")
-        return True
+        return self._step_setting("volume", cmd is Command.LOUDER, VOLUME_STEP, MIN_VOLUME, MAX_VOLUME, "session")
 
     def _tone_volume(self, cmd: Command, t: float) -> bool:
-        louder = cmd is Command.TONE_LOUDER
-        step = TONE_VOLUME_STEP if louder else -TONE_VOLUME_STEP
-        new = round(min(MAX_TONE_VOLUME, max(MIN_TONE_VOLUME, self.tone_volume + step)), 2)
-        if new == self.tone_volume:
-            self._say_now("tone.loudest" if louder else "tone.softest")
+        return self._step_setting("tone_volume", cmd is Command.TONE_LOUDER, TONE_VOLUME_STEP,
+                                  MIN_TONE_VOLUME, MAX_TONE_VOLUME, "tone")
+
+    def _step_setting(self, setting: str, louder: bool, step: float, lowest: float, highest: float,
+                      phrases: str) -> bool:
+        """One step of the session's `setting` (`volume`, `tone_volume`) within its bounds,
+        stored as a `setting` event and said; at a bound it stays and the patient hears so
+        (`<phrases>.loudest` / `.softest`)."""
+        value: float = getattr(self, setting)
+        new = round(min(highest, max(lowest, value + (step if louder else -step))), 2)
+        if new == value:
+            self._say_now(f"{phrases}.loudest" if louder else f"{phrases}.softest")
             return False
-        self.tone_volume = new
-        self._emit(EventKind.SETTING, setting="tone_volume", value=new)
-        self._say_now("tone.louder" if louder else "tone.softer")
+        setattr(self, setting, new)
+        self._emit(EventKind.SETTING, setting=setting, value=new)
+        self._say_now(f"{phrases}.louder" if louder else f"{phrases}.softer")
         return True
 
     def _quiet(self, cmd: Command, t: float) -> bool:
