@@ -154,8 +154,11 @@ def test_the_relay_loop_never_holds_the_line_past_its_lease_off_or_end_of_file(s
             continue
         down = min(t for t in ends if t > up)
         before = [(t, k) for t, k in sent if t <= down]
-        ons = [t for t, k in before if k == "on"]
-        assert ons and ons[-1] <= up + TOLERANCE_S, "high without an on"
+        # The rise follows an on: the latest one sent by then is at most the tolerance before
+        # it. (An "on" that renews the line while it is high is no rise; the assertion used
+        # to take the last on before the line went down, and so failed on such a renewal.)
+        causes = [t for t, k in sent if k == "on" and t <= up + TOLERANCE_S]
+        assert causes and up - causes[-1] <= TOLERANCE_S, "high without an on"
         renewals = [t for t, k in before if k in ("on", "feed")]
         assert down - renewals[-1] <= lease_s + TOLERANCE_S, "held past the lease"
         drops = [t for t, k in sent if k == "off" and up < t] + [eof_at]
