@@ -3,6 +3,9 @@
 import json
 import subprocess
 import sys
+import wave
+
+import numpy as np
 
 
 def appliance(*args):
@@ -21,6 +24,13 @@ def test_simulate_writes_database_and_timeline_and_prints_a_readable_timeline(tm
                for x in lines)
     assert all(x["phrase"] and x["text"] for x in lines if x["kind"] == "say")
     assert (out / "appliance.db").exists()
+    # session.wav opens with the ready phrase; the timeline says where the session starts in it
+    (wav,) = [x for x in lines if x["kind"] == "wav"]
+    with wave.open(str(out / wav["file"])) as w:
+        rate = w.getframerate()
+        welcome = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")[
+            int(wav["session_starts_at_s"] * rate):int((wav["session_starts_at_s"] + 0.5) * rate)]
+    assert wav["session_starts_at_s"] > 1.0 and np.sqrt(np.mean((welcome / 32768.0) ** 2)) > 0.01
     assert "Breathe in slowly, until your belly rises." in r.stdout
     assert "█" in r.stdout and "session done" in r.stdout
 

@@ -99,12 +99,30 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot render the spoken phrases: {exc}") from None
     except SimulationError as exc:
         raise UserError(str(exc)) from None
+    if not args.no_audio:
+        _note_wav_start(args.out, result)
     reps = [e.data for e in result.log.of("rep")]
     complete = sum(r["status"] == "complete" for r in reps)
     where = f"stored in {args.state_dir}, files in {args.out}" if args.state_dir else f"files in {args.out}"
     print(f"\nsession {result.session.state.value}: {result.duration_s / 60:.1f} min, "
           f"{complete} complete and {len(reps) - complete} partial repetitions; {where}")
     return 0
+
+
+def _note_wav_start(out: Path, result: object) -> None:
+    """Add to timeline.jsonl where the session starts in session.wav: the WAV begins when
+    the speaker opens (the device says it is ready, the patient says "start"), the
+    timeline's times count from the session's start."""
+    import json
+
+    speaker = getattr(getattr(getattr(result, "appliance", None), "edges", None), "speaker", None)
+    session = getattr(result, "session", None)
+    if speaker is None or session is None:
+        return
+    line = {"t": round(float(getattr(result, "duration_s", 0.0)), 3), "kind": "wav", "file": "session.wav",
+            "session_starts_at_s": round(session.t0 - speaker.t_open, 4)}
+    with (out / "timeline.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(line) + "\n")
 
 
 def _lending(args: argparse.Namespace) -> int:
