@@ -247,6 +247,26 @@ def test_post_operative_weeks_give_their_dates_and_no_maximal_squeeze(two_weeks,
 
 # --- The pages -------------------------------------------------------------------------------------
 
+def test_a_period_without_technique_problems_says_so_instead_of_a_flat_line_at_zero(two_weeks):
+    from dataclasses import replace
+
+    import matplotlib.pyplot as plt
+
+    from appliance.clinic.report import page_quality
+
+    s = _summary(two_weeks, "nl")
+    clean = replace(s, weeks=[replace(wk, warnings=dict.fromkeys(wk.warnings, 0), incomplete_release=0)
+                              for wk in s.weeks])
+    w = Wording.load("nl")
+    for summary, empty in ((clean, True), (s, False)):
+        fig = page_quality(summary, w)
+        technique = next(ax for ax in fig.axes if ax.get_title(loc="left") == w("chart.technique_title"))
+        texts = [t.get_text() for t in technique.texts]
+        assert technique.get_ylim()[0] == 0 and technique.get_ylim()[1] >= 1  # counts, never below zero
+        assert (w("chart.technique_empty") in texts) is empty
+        plt.close(fig)
+
+
 def test_report_on_two_weeks_writes_five_a4_pages_that_render(report_nl, tmp_path):
     pdf = report_nl / "report.pdf"
     info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout

@@ -327,10 +327,15 @@ def page_quality(summary: Summary, w: Wording):
     weeks = summary.weeks
     x = np.arange(len(weeks))
     kinds = [*TECHNIQUE_WARNINGS, "incomplete_release"]
+    top = 0
     for k, kind in enumerate(kinds):
         vals = [wk.warnings[kind] if kind in wk.warnings else wk.incomplete_release for wk in weeks]
+        top = max([top, *vals])
         ax.bar(x + (k - 1.5) * 0.2, vals, 0.2, color=GREYS[k], hatch=HATCHES[k], edgecolor="black", lw=0.5,
                label=w(f"technique.{kind}"))
+    ax.set_ylim(0, max(top, 1) * 1.15)  # counts: never below zero, and a clean period is not a flat line at 0
+    if top == 0:
+        ax.text(0.5, 0.5, w("chart.technique_empty"), ha="center", va="center", transform=ax.transAxes, fontsize=9)
     ax.set_xticks(x, [f"{w('chart.week')} {wk.index}\n{w.day(wk.start, year=False)}" for wk in weeks], fontsize=7.5)
     ax.set_ylabel(w("chart.count"))
     ax.set_title(w("chart.technique_title"), fontsize=9.5, loc="left")
