@@ -44,7 +44,13 @@ class ConfigError(ValueError):
         if shown is None and isinstance(value, bool):
             shown = str(value).lower()  # as the file has it: true/false, not Python's True/False
         self.shown = shown
-        super().__init__(f"{self.file}: {key} = {repr(value) if shown is None else shown}: {reason}")
+        if key == "(file)":  # the file itself: "FILE: file not found", not "FILE: (file) = 'FILE': ..."
+            message = f"{self.file}: {reason}"
+        elif key == "(syntax)":
+            message = f"{self.file}: {reason} ({value})"
+        else:
+            message = f"{self.file}: {key} = {repr(value) if shown is None else shown}: {reason}"
+        super().__init__(message)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

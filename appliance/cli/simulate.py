@@ -8,7 +8,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from appliance.cli.common import UserError, add_common_args
+from appliance.cli.common import UserError, add_common_args, check_dir, check_programme
 from appliance.sensor.simulated import PROFILES, Fault
 
 MAX_DAYS = 120
@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         script = [ScriptedCommand.parse(s) for s in args.say]
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if args.programme is not None:
+        check_programme(args.programme)  # refused here in one sentence, not by the device mid-run
     if args.days is not None:
         return _lending(args)
     if not getattr(args, "verbose", False):
@@ -73,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("appliance.device").setLevel(logging.ERROR)
     if args.out is None:
         raise UserError("--out DIR is required for one simulated session (or give --days N with --state-dir DIR)")
-    _check_dir(args.out, "--out")
+    check_dir(args.out, "--out")
     if args.state_dir is not None:
-        _check_dir(args.state_dir, "--state-dir")
+        check_dir(args.state_dir, "--state-dir")
     from appliance.simulation.session import SimulationError, simulate
     from appliance.voice.speech import SpeechError
 
@@ -136,7 +138,7 @@ def _lending(args: argparse.Namespace) -> int:
     if args.state_dir is None:
         raise UserError("--days needs --state-dir DIR (a state directory, enrolled with "
                         "`appliance clinic enroll` or empty for the leaflet's defaults)")
-    _check_dir(args.state_dir, "--state-dir")
+    check_dir(args.state_dir, "--state-dir")
     first = None
     if args.start is not None:
         try:
@@ -151,12 +153,3 @@ def _lending(args: argparse.Namespace) -> int:
           f"{summary.reminders} reminders; stored in {args.state_dir}. "
           f"`appliance clinic report --state-dir {args.state_dir}` shows what the device did.")
     return 0
-
-
-def _check_dir(path: Path, flag: str) -> None:
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path}: exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{flag} {path}: cannot create the directory ({exc.strerror or exc})") from None
