@@ -247,6 +247,21 @@ def test_post_operative_weeks_give_their_dates_and_no_maximal_squeeze(two_weeks,
 
 # --- The pages -------------------------------------------------------------------------------------
 
+def test_a_period_after_the_post_operative_weeks_does_not_count_zero_days_of_them(two_weeks):
+    from dataclasses import replace
+
+    from appliance.clinic.summary_page import _facts
+
+    s = _summary(two_weeks, "nl")
+    w = Wording.load("nl")
+    label = w("summary.postop")
+    after = replace(s, surgery_date=date(2026, 1, 5), unlock_date=date(2026, 2, 16))
+    assert after.postop_days == 0  # every session of the period on the full programme
+    (fact,) = [v for k, v in _facts(after, w) if k == label]
+    assert fact == "operatie 5 jan 2026; volledig programma sinds 16 feb 2026"
+    # (a period with post-operative days names them: test_post_operative_weeks_give_their_dates...)
+
+
 def test_a_period_without_technique_problems_says_so_instead_of_a_flat_line_at_zero(two_weeks):
     from dataclasses import replace
 

@@ -270,7 +270,7 @@ def page_strength(summary: Summary, w: Wording, tz):
 
 def _short_name(w: Wording, exercise_id: str) -> str:
     """An exercise's name on two or three short lines under a bar."""
-    return textwrap.fill(w.exercise(exercise_id), 13)
+    return textwrap.fill(w.exercise(exercise_id), 13, break_long_words=False, break_on_hyphens=False)
 
 
 def page_quality(summary: Summary, w: Wording):
@@ -316,7 +316,9 @@ def page_quality(summary: Summary, w: Wording):
         ax.tick_params(axis="x", labelsize=7)
         dropped = sum(is_artefact(r) for e in strength for r in by_ex[e])
         if dropped:
-            ax.text(1.0, 1.02, f"{w('chart.artefacts')}: {dropped}", transform=ax.transAxes, ha="right", fontsize=7)
+            # under the exercise names, right: the title above runs the whole width
+            ax.text(1.0, -0.24, f"{w('chart.artefacts')}: {dropped}", transform=ax.transAxes, ha="right",
+                    va="top", fontsize=7)
     else:
         ax.text(0.5, 0.5, w("chart.no_data"), ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel(w("chart.peak_axis"))
