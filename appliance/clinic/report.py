@@ -329,7 +329,7 @@ def page_quality(summary: Summary, w: Wording):
     weeks = summary.weeks
     x = np.arange(len(weeks))
     kinds = [*TECHNIQUE_WARNINGS, "incomplete_release"]
-    top = 0
+    top = 0.0
     for k, kind in enumerate(kinds):
         vals = [wk.warnings[kind] if kind in wk.warnings else wk.incomplete_release for wk in weeks]
         top = max([top, *vals])
