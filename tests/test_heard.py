@@ -75,3 +75,18 @@ def test_no_prompt_is_cut_off_and_nothing_clips(heard):
     for a, b in zip(says, says[1:], strict=False):
         assert b["at"] >= a["at"] + a["duration_s"] - 0.01, (a["phrase"], b["phrase"])
     assert np.abs(x).max() < 0.99
+
+
+@pytest.mark.parametrize("lang", ["nl", "en"])
+def test_the_gentle_post_operative_squeeze_is_asked_whole_before_let_go(tmp_path, lang):
+    """After surgery the calibration asks a gentle squeeze of 5 s: the request must end
+    before "let go" starts (it ran a second into it, cut off mid-sentence)."""
+    simulate(out_dir=tmp_path, lang=lang, seed=3, programme="postop", wav_path=tmp_path / "session.wav",
+             speech_cache=tmp_path / "speech", max_seconds=75.0)
+    says = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()
+            if '"say"' in line]
+    asked = [i for i, s in enumerate(says) if s["phrase"] == "calibrate.squeeze_gentle"]
+    assert len(asked) >= 2
+    for i in asked:
+        ask, after = says[i], says[i + 1]
+        assert after["at"] >= ask["at"] + ask["duration_s"], (ask["text"], after["text"])
