@@ -282,6 +282,26 @@ def test_a_period_without_technique_problems_says_so_instead_of_a_flat_line_at_z
         plt.close(fig)
 
 
+def test_what_the_device_said_over_the_traces_ends_inside_the_chart(two_weeks):
+    import matplotlib.pyplot as plt
+
+    from appliance.clinic.traces import page_traces
+
+    s = _summary(two_weeks, "nl")
+    w = Wording.load("nl")
+    fig = page_traces(s, w, db_path(two_weeks), current_prescription(two_weeks).tz)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = 0
+    for ax in fig.axes:
+        right = ax.get_window_extent(renderer).x1
+        for t in ax.texts:
+            labels += 1
+            assert t.get_window_extent(renderer).x1 <= right + 1.0, t.get_text()  # not cut off mid-word
+    assert labels >= 10
+    plt.close(fig)
+
+
 def test_report_on_two_weeks_writes_five_a4_pages_that_render(report_nl, tmp_path):
     pdf = report_nl / "report.pdf"
     info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
