@@ -41,8 +41,16 @@ class ConfigError(ValueError):
         self.key = key
         self.value = value
         self.reason = reason
+        if shown is None and isinstance(value, bool):
+            shown = str(value).lower()  # as the file has it: true/false, not Python's True/False
         self.shown = shown
-        super().__init__(f"{self.file}: {key} = {repr(value) if shown is None else shown}: {reason}")
+        if key == "(file)":  # the file itself: "FILE: file not found", not "FILE: (file) = 'FILE': ..."
+            message = f"{self.file}: {reason}"
+        elif key == "(syntax)":
+            message = f"{self.file}: {reason} ({value})"
+        else:
+            message = f"{self.file}: {key} = {repr(value) if shown is None else shown}: {reason}"
+        super().__init__(message)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -113,6 +121,13 @@ def check_range(file: str | Path, key: str, value: Any, lo: float | None, hi: fl
         raise ConfigError(file, key, value, f"must be between {lo} and {hi}")
 
 
+def _either(reasons: list[str]) -> str:
+    """One reason from a union's: "must be text or a table", not "must be text or must be a table"."""
+    if all(r.startswith("must be ") for r in reasons):
+        return "must be " + " or ".join(r.removeprefix("must be ") for r in reasons)
+    return " or ".join(reasons)
+
+
 def _coerce(file: str | Path, key: str, tp: Any, value: Any) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -126,8 +141,10 @@ def _coerce(file: str | Path, key: str, tp: Any, value: Any) -> Any:
             try:
                 return _coerce(file, key, arg, value)
             except ConfigError as exc:
+                if exc.key != key:  # a part of it was wrong (an item, a key of a table): say that
+                    raise
                 errors.append(exc.reason)
-        raise ConfigError(file, key, value, " or ".join(errors))
+        raise ConfigError(file, key, value, _either(errors))
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(file, key, value, "must be a table")
@@ -141,7 +158,8 @@ def _coerce(file: str | Path, key: str, tp: Any, value: Any) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(file, key, value, "must be a table")
-        return dict(value)
+        inner = args[1] if len(args) == 2 else Any
+        return {k: _coerce(file, f"{key}.{k}", inner, v) for k, v in value.items()}
     if tp is Any:
         return value
     if isinstance(tp, type) and issubclass(tp, enum.Enum):

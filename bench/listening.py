@@ -26,6 +26,13 @@ from appliance.voice.audio import Mixer
 
 def load(out: Path) -> tuple[list[dict], np.ndarray, int]:
     events = [json.loads(line) for line in (out / "timeline.jsonl").read_text().splitlines() if line.strip()]
+    # session.wav starts before the session (the ready phrase, the wait for "start"): the
+    # timeline's session times are moved onto the WAV by the offset `appliance simulate` notes.
+    offset = next((float(e["session_starts_at_s"]) for e in events if e["kind"] == "wav"), 0.0)
+    for e in events:
+        for key in ("at", "start", "end"):
+            if key in e:
+                e[key] += offset
     with wave.open(str(out / "session.wav"), "rb") as w:
         rate = w.getframerate()
         x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64) / 32768.0

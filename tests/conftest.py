@@ -18,3 +18,16 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("pulse"):
             item.add_marker(pytest.mark.flaky(reruns=2, reruns_delay=2))
+
+
+@pytest.fixture(autouse=True)
+def _stop_handlers_are_left_as_found():
+    """A test (or the device code it runs) that installs a SIGINT/SIGTERM handler takes it
+    away again: a handler left in the worker changes what every later test's Ctrl-C or
+    stop does (the stim exit handlers chained to a closed line, once per session)."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    left = [signal.Signals(s).name for s, h in before.items() if signal.getsignal(s) is not h]
+    assert not left, f"{', '.join(left)} handler left installed by this test"

@@ -3,6 +3,9 @@
 import json
 import subprocess
 import sys
+import wave
+
+import numpy as np
 
 
 def appliance(*args):
@@ -21,6 +24,13 @@ def test_simulate_writes_database_and_timeline_and_prints_a_readable_timeline(tm
                for x in lines)
     assert all(x["phrase"] and x["text"] for x in lines if x["kind"] == "say")
     assert (out / "appliance.db").exists()
+    # session.wav opens with the ready phrase; the timeline says where the session starts in it
+    (wav,) = [x for x in lines if x["kind"] == "wav"]
+    with wave.open(str(out / wav["file"])) as w:
+        rate = w.getframerate()
+        welcome = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")[
+            int(wav["session_starts_at_s"] * rate):int((wav["session_starts_at_s"] + 0.5) * rate)]
+    assert wav["session_starts_at_s"] > 1.0 and np.sqrt(np.mean((welcome / 32768.0) ** 2)) > 0.01
     assert "Breathe in slowly, until your belly rises." in r.stdout
     assert "█" in r.stdout and "session done" in r.stdout
 
@@ -66,3 +76,30 @@ def test_every_sub_command_has_help():
     for name in ("simulate",):
         h = appliance(name, "--help")
         assert h.returncode == 0 and "--config" in h.stdout and "--state-dir" in h.stdout
+
+
+def test_a_new_user_s_wrong_input_is_one_sentence_each_with_a_non_zero_exit(tmp_path):
+    afile = tmp_path / "a-file"
+    afile.write_text("keep me\n")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[audio\nvolume = 1\n")
+    state = str(tmp_path / "state")
+    cases = [
+        (("frobnicate",), "invalid choice: 'frobnicate'"),
+        (("simulate", "--out", str(tmp_path / "o"), "--lang", "xx"), "--lang"),
+        (("simulate", "--out", str(tmp_path / "o"), "--seed", "abc"), "--seed"),
+        (("simulate", "--out", str(tmp_path / "o"), "--programme", "nope"), "--programme nope: no such programme"),
+        (("simulate", "--out", str(tmp_path / "o"), "--config", str(tmp_path / "none.toml")), "file not found"),
+        (("simulate", "--out", str(tmp_path / "o"), "--config", str(broken)), f"{broken}: not valid TOML"),
+        (("simulate", "--out", str(tmp_path / "o"), "--config", str(tmp_path)), "is a directory"),
+        (("clinic", "export", "--state-dir", state, "--out", str(afile / "sub")), f"--out {afile / 'sub'}"),
+        (("clinic", "enroll", "--state-dir", state, str(tmp_path / "rx.toml")), "file not found"),
+        (("say", "cue.release", "--out", str(tmp_path)), f"--out {tmp_path}"),
+    ]
+    for args, named in cases:
+        r = appliance(*args)
+        assert r.returncode != 0, args
+        err = r.stderr.strip()
+        assert named in err and "Traceback" not in err and len(err.splitlines()) == 1, (args, err)
+        assert "(file) =" not in err and "usage:" not in err, err
+    assert afile.read_text() == "keep me\n"

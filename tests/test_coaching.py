@@ -290,12 +290,25 @@ def test_stil_leaves_only_the_tone_in_the_holds():
     assert any(k.startswith("breath.") for k in before)
 
 
+def test_the_awareness_summary_speaks_of_squeezing_not_of_holding():
+    """Awareness has no hold (2 s squeeze, 2 s let go): its summary must not say she held it."""
+    result = ex_run(("awareness", "ex1"))
+    said = says(result)
+    ex1_start = next(e.t for e in result.log.of("exercise") if e.data["exercise"] == "ex1")
+    awareness = [s["phrase"] for s in said if s["phrase"].startswith("summary") and s["at"] < ex1_start]
+    ex1 = [s["phrase"] for s in said if s["phrase"].startswith("summary") and s["at"] > ex1_start]
+    assert awareness == ["summary_squeeze.all"]
+    assert ex1 == ["summary.held_all"]  # the strong patient held every ex1 repetition
+    cat = Catalogue.load("nl")
+    assert "vast" not in cat.text(awareness[0]) and "vast" in cat.text(ex1[0])
+
+
 def test_toon_zachter_turns_the_tone_down_and_not_the_voice():
     result = ex_run(("ex1",), say=((150.0, "tone_softer"), (160.0, "tone_softer")))
     settings = [(e.data["setting"], e.data["value"]) for e in result.log.of("setting")]
-    assert [v for s, v in settings if s == "tone_volume"] == [0.25, 0.15, 0.1]  # down to the softest
+    assert [v for s, v in settings if s == "tone_volume"] == [0.15, 0.1]  # down to the softest
     assert len({v for s, v in settings if s == "volume"}) == 1  # the voice stays as it was
-    assert "tone.softer" in phrases(result)
+    assert "tone.softer" in phrases(result) and "tone.softest" in phrases(result)  # the second stays
 
 
 def test_the_mixer_plays_the_tone_at_its_own_volume_under_the_voice():
@@ -351,7 +364,7 @@ def test_the_patients_own_tone_and_voice_volumes_are_remembered_for_the_next_ses
     Appliance(options, edges).main()
     tone = [s["value"] for s in starts if s["setting"] == "tone_volume"]
     voice = [s["value"] for s in starts if s["setting"] == "volume"]
-    assert tone == [0.25, 0.15, 0.15]  # the default, she turns it down, the next session starts there
+    assert tone == [0.15, 0.1, 0.1]  # the default, she turns it down, the next session starts there
     assert voice[0] - 0.1 == pytest.approx(voice[1]) and voice[2] == voice[1]
 
 

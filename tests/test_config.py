@@ -172,3 +172,15 @@ def test_selftest_refuses_a_nan_sample_rate_instead_of_saying_ok(tmp_path, capsy
     err = one_sentence_error(capsys, ["selftest", "--simulated", "--quiet", "--config", str(cfg),
                                       "--state-dir", str(tmp_path / "s")])
     assert "sensor.sample_rate_hz = nan" in err and str(cfg) in err
+
+
+@pytest.mark.parametrize(("text", "key", "shown", "reason"), [
+    ("[speech]\nvoice_pack = 3\n", "speech.voice_pack", "3", "must be text or a table"),
+    ("[speech]\nvoice_pack = true\n", "speech.voice_pack", "true", "must be text or a table"),
+    ('[speech]\nvoice_pack = { nl = 3 }\n', "speech.voice_pack.nl", "3", "must be text"),
+])
+def test_a_voice_pack_of_the_wrong_kind_is_one_sentence_naming_key_and_value(tmp_path, text, key, shown, reason):
+    err = refused(tmp_path, text)
+    assert (err.key, err.reason) == (key, reason)
+    assert str(err).endswith(f"{key} = {shown}: {reason}")
+    assert str(err).count("must be") == 1

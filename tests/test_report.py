@@ -247,6 +247,61 @@ def test_post_operative_weeks_give_their_dates_and_no_maximal_squeeze(two_weeks,
 
 # --- The pages -------------------------------------------------------------------------------------
 
+def test_a_period_after_the_post_operative_weeks_does_not_count_zero_days_of_them(two_weeks):
+    from dataclasses import replace
+
+    from appliance.clinic.summary_page import _facts
+
+    s = _summary(two_weeks, "nl")
+    w = Wording.load("nl")
+    label = w("summary.postop")
+    after = replace(s, surgery_date=date(2026, 1, 5), unlock_date=date(2026, 2, 16))
+    assert after.postop_days == 0  # every session of the period on the full programme
+    (fact,) = [v for k, v in _facts(after, w) if k == label]
+    assert fact == "operatie 5 jan 2026; volledig programma sinds 16 feb 2026"
+    # (a period with post-operative days names them: test_post_operative_weeks_give_their_dates...)
+
+
+def test_a_period_without_technique_problems_says_so_instead_of_a_flat_line_at_zero(two_weeks):
+    from dataclasses import replace
+
+    import matplotlib.pyplot as plt
+
+    from appliance.clinic.report import page_quality
+
+    s = _summary(two_weeks, "nl")
+    clean = replace(s, weeks=[replace(wk, warnings=dict.fromkeys(wk.warnings, 0), incomplete_release=0)
+                              for wk in s.weeks])
+    w = Wording.load("nl")
+    for summary, empty in ((clean, True), (s, False)):
+        fig = page_quality(summary, w)
+        technique = next(ax for ax in fig.axes if ax.get_title(loc="left") == w("chart.technique_title"))
+        texts = [t.get_text() for t in technique.texts]
+        assert technique.get_ylim()[0] == 0 and technique.get_ylim()[1] >= 1  # counts, never below zero
+        assert (w("chart.technique_empty") in texts) is empty
+        plt.close(fig)
+
+
+def test_what_the_device_said_over_the_traces_ends_inside_the_chart(two_weeks):
+    import matplotlib.pyplot as plt
+
+    from appliance.clinic.traces import page_traces
+
+    s = _summary(two_weeks, "nl")
+    w = Wording.load("nl")
+    fig = page_traces(s, w, db_path(two_weeks), current_prescription(two_weeks).tz)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = 0
+    for ax in fig.axes:
+        right = ax.get_window_extent(renderer).x1
+        for t in ax.texts:
+            labels += 1
+            assert t.get_window_extent(renderer).x1 <= right + 1.0, t.get_text()  # not cut off mid-word
+    assert labels >= 10
+    plt.close(fig)
+
+
 def test_report_on_two_weeks_writes_five_a4_pages_that_render(report_nl, tmp_path):
     pdf = report_nl / "report.pdf"
     info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout

@@ -242,8 +242,7 @@ def test_every_way_out_drops_the_line_at_once(way_out, line, factory, clock) -> 
 def test_sigterm_and_sigint_drive_the_line_low(signum, line, factory, clock) -> None:
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        # From Python's own handlers, as in a fresh process: a device simulated earlier in
-        # this test process leaves its stop handlers installed, and ours chain to those.
+        # From Python's own handlers, as in a fresh process (whatever ran before in this worker).
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         install_exit_handlers(line)
@@ -577,6 +576,20 @@ class _FedLine(_SpyLine):
     def close(self) -> None:
         self.is_active = False
         self.closed = True
+
+
+def test_open_stim_puts_the_stop_handlers_back_once_the_line_is_low_and_closed(factory, clock) -> None:
+    """The device opens the line for every stimulation session: its exit handlers go with
+    it, so sessions do not pile up handlers (each chained to a closed line)."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    rx = parse_stim_prescription(table(), "rx.toml")
+    for _ in range(2):
+        with open_stim(PIN, rx, pin_factory=factory) as ctrl:
+            assert all(signal.getsignal(s) is not h for s, h in before.items())  # guarded while open
+            ctrl.begin(clock.now(), TODAY)
+            drive(ctrl, clock, 1.0, ACTIVE)
+        assert {s: signal.getsignal(s) for s in before} == before
+        assert factory.pin(PIN).state is False
 
 
 def test_open_stim_takes_an_opened_line_feeds_it_every_tick_and_closes_it(clock) -> None:

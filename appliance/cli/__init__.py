@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import typing
 
 from appliance import __version__
 from appliance.cli.common import UserError
@@ -18,8 +19,15 @@ from appliance.config import ConfigError
 SUBCOMMAND_MODULES = ("run", "simulate", "selftest", "calibrate", "clinic", "say", "listen", "voice", "stim_off")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a wrong argument is one sentence (not the whole usage) and a pointer to --help."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="appliance",
         description="Voice-guided pelvic-floor home trainer.",
     )
@@ -46,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ConfigError) as exc:
         print(f"appliance {args.command}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a place the sub-command did not check first: still one sentence
+        if args.verbose:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"appliance {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

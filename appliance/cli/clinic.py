@@ -7,7 +7,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from appliance.cli.common import UserError, add_common_args
+from appliance.cli.common import UserError, add_common_args, check_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,6 +90,7 @@ def run_status(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from appliance.clinic.enrolment import DAMAGE_NOTE_FILE, export
 
+    check_dir(args.out, "--out")
     files = export(args.state_dir, args.out, with_report=not args.no_report, lang=args.lang)
     print(f"exported {len(files)} files to {files[0].parent}")
     for f in files:
@@ -111,6 +112,7 @@ def run_report(args: argparse.Namespace) -> int:
         raise UserError(f"no patient is enrolled in {args.state_dir}; nothing to report")
     if not db_path(args.state_dir).exists():
         raise UserError(f"no sessions stored in {args.state_dir} yet")
+    check_dir(args.out, "--out")
     rx = current_prescription(args.state_dir)
     enrolled = enrolment.since_utc.astimezone(rx.tz).date() if rx else enrolment.since_utc.date()
     try:

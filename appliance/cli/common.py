@@ -32,3 +32,23 @@ def add_common_args(parser: argparse.ArgumentParser, state_dir_default: Path | N
 
 def device_config(args: argparse.Namespace) -> DeviceConfig:
     return load_device_config(getattr(args, "config", None))
+
+
+def check_dir(path: Path, flag: str) -> None:
+    """`path` as a directory to write into (made if missing), or one sentence naming `flag`."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot create the directory ({exc.strerror or exc})") from None
+
+
+def check_programme(name: str) -> None:
+    """A shipped programme's name or a programme TOML file that loads, else one sentence."""
+    from appliance.coach.programme import PROGRAMME_DIR, load_programme
+
+    if Path(name).suffix != ".toml" and not (PROGRAMME_DIR / f"{name}.toml").exists():
+        shipped = ", ".join(sorted(p.stem for p in PROGRAMME_DIR.glob("*.toml")))
+        raise UserError(f"--programme {name}: no such programme (shipped: {shipped}; or give a .toml file)")
+    load_programme(name)  # a ConfigError names the file, key and value

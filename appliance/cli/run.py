@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-from appliance.cli.common import UserError, add_common_args
+from appliance.cli.common import UserError, add_common_args, check_programme
 from appliance.device.appliance import Appliance, RunOptions
 from appliance.device.edges import DeviceEdges, SimulatedEdges
 from appliance.device.service import Notifier, Signals
@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         calibration = Calibration(rest, mvc)
     if args.sessions is not None and args.sessions < 1:
         raise UserError(f"--sessions {args.sessions}: must be at least 1")
+    if args.programme is not None:
+        check_programme(args.programme)
     options = RunOptions(
         config_path=args.config,
         state_dir=args.state_dir,

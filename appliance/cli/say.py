@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     config = device_config(args)
     cfg = config.audio
     lang = args.lang or config.language
+    if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
+        raise UserError(f"--out {args.out}: give a WAV file name in an existing folder"
+                        + (" (this is a folder)" if args.out.is_dir() else f" ({args.out.parent} does not exist)"))
     catalogue = Catalogue.load(lang)
     if not catalogue.has(args.phrase):
         near = difflib.get_close_matches(args.phrase, sorted(catalogue.keys()), n=4, cutoff=0.6)

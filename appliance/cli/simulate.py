@@ -8,7 +8,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from appliance.cli.common import UserError, add_common_args
+from appliance.cli.common import UserError, add_common_args, check_dir, check_programme
 from appliance.sensor.simulated import PROFILES, Fault
 
 MAX_DAYS = 120
@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         script = [ScriptedCommand.parse(s) for s in args.say]
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if args.programme is not None:
+        check_programme(args.programme)  # refused here in one sentence, not by the device mid-run
     if args.days is not None:
         return _lending(args)
     if not getattr(args, "verbose", False):
@@ -73,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("appliance.device").setLevel(logging.ERROR)
     if args.out is None:
         raise UserError("--out DIR is required for one simulated session (or give --days N with --state-dir DIR)")
-    _check_dir(args.out, "--out")
+    check_dir(args.out, "--out")
     if args.state_dir is not None:
-        _check_dir(args.state_dir, "--state-dir")
+        check_dir(args.state_dir, "--state-dir")
     from appliance.simulation.session import SimulationError, simulate
     from appliance.voice.speech import SpeechError
 
@@ -99,12 +101,30 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot render the spoken phrases: {exc}") from None
     except SimulationError as exc:
         raise UserError(str(exc)) from None
+    if not args.no_audio:
+        _note_wav_start(args.out, result)
     reps = [e.data for e in result.log.of("rep")]
     complete = sum(r["status"] == "complete" for r in reps)
     where = f"stored in {args.state_dir}, files in {args.out}" if args.state_dir else f"files in {args.out}"
     print(f"\nsession {result.session.state.value}: {result.duration_s / 60:.1f} min, "
           f"{complete} complete and {len(reps) - complete} partial repetitions; {where}")
     return 0
+
+
+def _note_wav_start(out: Path, result: object) -> None:
+    """Add to timeline.jsonl where the session starts in session.wav: the WAV begins when
+    the speaker opens (the device says it is ready, the patient says "start"), the
+    timeline's times count from the session's start."""
+    import json
+
+    speaker = getattr(getattr(getattr(result, "appliance", None), "edges", None), "speaker", None)
+    session = getattr(result, "session", None)
+    if speaker is None or session is None:
+        return
+    line = {"t": round(float(getattr(result, "duration_s", 0.0)), 3), "kind": "wav", "file": "session.wav",
+            "session_starts_at_s": round(session.t0 - speaker.t_open, 4)}
+    with (out / "timeline.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(line) + "\n")
 
 
 def _lending(args: argparse.Namespace) -> int:
@@ -118,7 +138,7 @@ def _lending(args: argparse.Namespace) -> int:
     if args.state_dir is None:
         raise UserError("--days needs --state-dir DIR (a state directory, enrolled with "
                         "`appliance clinic enroll` or empty for the leaflet's defaults)")
-    _check_dir(args.state_dir, "--state-dir")
+    check_dir(args.state_dir, "--state-dir")
     first = None
     if args.start is not None:
         try:
@@ -133,12 +153,3 @@ def _lending(args: argparse.Namespace) -> int:
           f"{summary.reminders} reminders; stored in {args.state_dir}. "
           f"`appliance clinic report --state-dir {args.state_dir}` shows what the device did.")
     return 0
-
-
-def _check_dir(path: Path, flag: str) -> None:
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path}: exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{flag} {path}: cannot create the directory ({exc.strerror or exc})") from None

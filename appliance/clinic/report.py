@@ -270,7 +270,7 @@ def page_strength(summary: Summary, w: Wording, tz):
 
 def _short_name(w: Wording, exercise_id: str) -> str:
     """An exercise's name on two or three short lines under a bar."""
-    return textwrap.fill(w.exercise(exercise_id), 13)
+    return textwrap.fill(w.exercise(exercise_id), 13, break_long_words=False, break_on_hyphens=False)
 
 
 def page_quality(summary: Summary, w: Wording):
@@ -316,7 +316,9 @@ def page_quality(summary: Summary, w: Wording):
         ax.tick_params(axis="x", labelsize=7)
         dropped = sum(is_artefact(r) for e in strength for r in by_ex[e])
         if dropped:
-            ax.text(1.0, 1.02, f"{w('chart.artefacts')}: {dropped}", transform=ax.transAxes, ha="right", fontsize=7)
+            # under the exercise names, right: the title above runs the whole width
+            ax.text(1.0, -0.24, f"{w('chart.artefacts')}: {dropped}", transform=ax.transAxes, ha="right",
+                    va="top", fontsize=7)
     else:
         ax.text(0.5, 0.5, w("chart.no_data"), ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel(w("chart.peak_axis"))
@@ -327,10 +329,15 @@ def page_quality(summary: Summary, w: Wording):
     weeks = summary.weeks
     x = np.arange(len(weeks))
     kinds = [*TECHNIQUE_WARNINGS, "incomplete_release"]
+    top = 0.0
     for k, kind in enumerate(kinds):
         vals = [wk.warnings[kind] if kind in wk.warnings else wk.incomplete_release for wk in weeks]
+        top = max([top, *vals])
         ax.bar(x + (k - 1.5) * 0.2, vals, 0.2, color=GREYS[k], hatch=HATCHES[k], edgecolor="black", lw=0.5,
                label=w(f"technique.{kind}"))
+    ax.set_ylim(0, max(top, 1) * 1.15)  # counts: never below zero, and a clean period is not a flat line at 0
+    if top == 0:
+        ax.text(0.5, 0.5, w("chart.technique_empty"), ha="center", va="center", transform=ax.transAxes, fontsize=9)
     ax.set_xticks(x, [f"{w('chart.week')} {wk.index}\n{w.day(wk.start, year=False)}" for wk in weeks], fontsize=7.5)
     ax.set_ylabel(w("chart.count"))
     ax.set_title(w("chart.technique_title"), fontsize=9.5, loc="left")

@@ -147,8 +147,11 @@ def _facts(summary: Summary, w: Wording) -> list[tuple[str, str]]:
     if summary.unlock_date is not None:
         start = summary.surgery_date or summary.catheter_removal_date
         assert start is not None
-        postop = w("summary.postop_value", surgery=w.day(start), unlock=w.day(summary.unlock_date),
-                   days=summary.postop_days)
+        if summary.postop_days:
+            postop = w("summary.postop_value", surgery=w.day(start), unlock=w.day(summary.unlock_date),
+                       days=summary.postop_days)
+        else:  # the whole period after the gate opened: no "0 days of awareness only"
+            postop = w("summary.postop_value_before", surgery=w.day(start), unlock=w.day(summary.unlock_date))
         if summary.catheter_removal_date is not None:
             postop += f"; {w('summary.postop_catheter', date=w.day(summary.catheter_removal_date))}"
         facts.append((w("summary.postop"), postop))

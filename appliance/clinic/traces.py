@@ -36,6 +36,20 @@ def _trace(db_path: Path, session_id: int) -> tuple[np.ndarray, list[tuple], lis
 PHASE_SHADES = {"contract": ("0.85", ""), "hold": ("0.7", ""), "move": ("0.7", "//"), "release": ("0.93", "..")}
 
 
+def _fit_before_right_edge(ax, label, text: str) -> None:
+    """Shorten `label` (with "…") until it ends inside the chart; a stub is dropped (the line
+    still shows when it was said). Clipped at the edge it was cut off mid-word."""
+    renderer = ax.figure.canvas.get_renderer()
+    right = ax.get_window_extent(renderer).x1
+    n = min(len(text), 34)
+    while label.get_window_extent(renderer).x1 > right:
+        n -= 1
+        if n < 6:
+            label.remove()
+            return
+        label.set_text(" " + text[:n].rstrip() + "…")
+
+
 def page_traces(summary: Summary, w: Wording, db_path: Path, tz):
     candidates = [s for s in summary.sessions if s.kind == Kind.MAIN and s.reps]
     if not candidates:
@@ -67,11 +81,13 @@ def page_traces(summary: Summary, w: Wording, db_path: Path, tz):
         lo, hi = ax.get_ylim()
         ax.set_ylim(lo, hi + (hi - lo) * 0.45)
         shown = [(a, text) for a, text in says if t0 <= a <= t1 and text]
+        ax.set_xlim(t0, t1)  # before the labels are fitted to it
         for i, (at, text) in enumerate(shown):
             ax.axvline(at, color="0.4", lw=0.5)
             short = text if len(text) <= 34 else text[:33] + "…"
-            ax.text(at, 0.98 - (i % 4) * 0.075, " " + short, transform=ax.get_xaxis_transform(), fontsize=6,
-                    va="top", clip_on=True)
+            label = ax.text(at, 0.98 - (i % 4) * 0.075, " " + short, transform=ax.get_xaxis_transform(),
+                            fontsize=6, va="top", clip_on=True)
+            _fit_before_right_edge(ax, label, text)
         ex = reps[0]["exercise"]
         title = "chart.trace_title_postop" if s.postop else "chart.trace_title"
         ax.set_title(w(title, when=w.day(session_time(s, tz).date(), weekday=True)

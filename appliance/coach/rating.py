@@ -245,9 +245,12 @@ class Rating:
             return []
         held = sum(1 for r in done if verdict_of(r, float(r["target_pct"]), True).kind == "held")
         frac = held / len(done)
-        key = ("summary.held_all" if frac >= 0.99 else "summary.held_most" if frac >= 0.6
-               else "summary.held_some" if frac >= 0.25 else "summary.hard")
-        return [key]
+        # An exercise with no hold (awareness: squeeze and let go) is summed up by its squeeze.
+        if any(float(r.get("hold_asked_s") or 0.0) > 0 for r in done):
+            all_, most, some = "summary.held_all", "summary.held_most", "summary.held_some"
+        else:
+            all_, most, some = "summary_squeeze.all", "summary_squeeze.most", "summary_squeeze.some"
+        return [all_ if frac >= 0.99 else most if frac >= 0.6 else some if frac >= 0.25 else "summary.hard"]
 
     def _status_keys(self) -> list[str]:
         """Today's figures: repetitions done, how often the target was held, how it goes now."""

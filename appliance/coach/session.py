@@ -54,9 +54,10 @@ __all__ = [  # the names other modules import from here
 log = logging.getLogger(__name__)
 
 WARNING_REPEAT_S = 30.0  # the same technique warning at most this often
-# The tone's own gain: its level at rest sits below the voice, and ducked under speech
-# some 14 dB below it (bench/listening.py; at 1.0 the tone was 5 dB above the voice).
-DEFAULT_TONE_VOLUME = 0.25
+# The tone's own gain: alone (between prompts) it sits some 10 dB below the voice, and
+# ducked under speech some 22 dB below it (tests/test_heard.py; at 1.0 the tone was 5 dB
+# above the voice, at 0.25 only 4-5 dB below it).
+DEFAULT_TONE_VOLUME = 0.15
 
 
 class Session(Planning, Measuring, Commanding, Correcting, Rating):

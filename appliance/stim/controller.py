@@ -374,7 +374,7 @@ def open_stim(
         raise TypeError("open_stim needs a Line or a BCM pin number, not a bool")
     if isinstance(line, int):
         line = StimLine(line, pin_factory=pin_factory)
-    install_exit_handlers(line)
+    uninstall = install_exit_handlers(line)
     watchdog = StimWatchdog(line).start() if isinstance(line, StimLine) else None
     controller = StimController(line, prescription, watchdog=watchdog, sessions_on=sessions_on)
     try:
@@ -388,3 +388,5 @@ def open_stim(
             close = getattr(line, "close", None)
             if close is not None:
                 close()
+            # Low and closed: the handlers that guarded it go (they stay if closing failed).
+            uninstall()

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -147,34 +148,51 @@ class StimWatchdog:
                       "control loop stopped ticking" if stale else "on-time exceeded")
 
 
-def install_exit_handlers(line: Line) -> None:
+def install_exit_handlers(line: Line) -> Callable[[], None]:
     """Drive the line low at interpreter exit and on SIGTERM/SIGINT, then do what was done before.
 
     Call from the main thread. A handler installed later must chain to this one.
     SIGKILL and power loss cannot be caught: the relay process (`RelayedLine`), the
     pull-down and `appliance stim-off` cover those (docs/stimulation.md).
+
+    Returns the undo, for when the line is low and closed (`open_stim`'s end): the
+    previous handlers back and the atexit hook gone, so a device that opens the line for
+    every session does not pile up a handler (and a closed line) per session.
     """
     atexit.register(line.off)
+    installed: dict[int, tuple[Any, Any]] = {}
     if threading.current_thread() is not threading.main_thread():
         log.warning("stim exit handlers: not the main thread, so atexit only (no signals)")
-        return
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        previous = signal.getsignal(signum)
+    else:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(signum)
 
-        def handler(sig: int, frame: Any, previous: Any = previous) -> None:
-            line.off()
-            log.warning("stim line driven low on signal %s", signal.Signals(sig).name)
-            if callable(previous):
-                previous(sig, frame)
-            elif previous == signal.SIG_IGN:
-                return
-            elif sig == signal.SIGINT:
-                raise KeyboardInterrupt
-            else:
-                raise SystemExit(128 + sig)
+            def handler(sig: int, frame: Any, previous: Any = previous) -> None:
+                line.off()
+                log.warning("stim line driven low on signal %s", signal.Signals(sig).name)
+                if callable(previous):
+                    previous(sig, frame)
+                elif previous == signal.SIG_IGN:
+                    return
+                elif sig == signal.SIGINT:
+                    raise KeyboardInterrupt
+                else:
+                    raise SystemExit(128 + sig)
 
-        signal.signal(signum, handler)
+            signal.signal(signum, handler)
+            installed[signum] = (previous, handler)
 
+    def uninstall() -> None:
+        atexit.unregister(line.off)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, (previous, handler) in installed.items():
+            # Only our own, still on top, with a previous Python can put back; a handler
+            # installed since chains to ours, which stays (it only drives a low line low).
+            if signal.getsignal(signum) is handler and previous is not None:
+                signal.signal(signum, previous)
+
+    return uninstall
 
 
 def drive_low(pin: int, pin_factory: Any = None) -> None:

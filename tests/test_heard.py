@@ -1,0 +1,92 @@
+"""What the patient hears, measured on the device's own session.wav (`appliance simulate`)."""
+
+from __future__ import annotations
+
+import json
+import wave
+
+import numpy as np
+import pytest
+
+from appliance.coach.programme import load_programme
+from appliance.simulation.session import simulate
+
+ACTIVE = ("contract", "hold", "move", "calibrate_squeeze")  # the phases the tone may sound in
+HOLDS = ("hold", "move")  # the tone sounds all through these
+CLEAR_S = 0.3  # the duck's ramps and a clip's tail stay out of the "alone" stretches
+
+
+@pytest.fixture(scope="module")
+def heard(tmp_path_factory) -> tuple[list[dict], np.ndarray, int]:
+    """Calibration and exercise 2 (holds of three breaths, the tone between the breath cues)
+    in Dutch: the timeline and session.wav."""
+    out = tmp_path_factory.mktemp("heard")
+    result = simulate(out_dir=out, lang="nl", seed=3, programme=load_programme("leaflet").only("ex2"),
+                      wav_path=out / "session.wav", speech_cache=out / "speech", max_seconds=400.0)
+    events = [json.loads(line) for line in (out / "timeline.jsonl").read_text().splitlines() if line.strip()]
+    # The WAV starts when the speaker opens (the device says it is ready, the patient says
+    # "start"); the timeline counts from the session's start: move it onto the WAV.
+    offset = result.session.t0 - result.appliance.edges.speaker.t_open
+    assert offset > 1.0  # the ready phrase is in the WAV, before the session
+    for e in events:
+        for key in ("at", "start", "end"):
+            if key in e:
+                e[key] += offset
+    with wave.open(str(out / "session.wav"), "rb") as w:
+        rate = w.getframerate()
+        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64) / 32768.0
+    return events, x, rate
+
+
+def mask(n: int, rate: int, spans: list[tuple[float, float]]) -> np.ndarray:
+    m = np.zeros(n, bool)
+    for a, b in spans:
+        m[max(0, int(a * rate)):max(0, min(n, int(b * rate)))] = True
+    return m
+
+
+def db(power: float) -> float:
+    return float(10.0 * np.log10(max(power, 1e-12)))
+
+
+def test_the_patient_hears_the_prompts_clearly_above_the_tone(heard):
+    events, x, rate = heard
+    speech = [(e["at"], e["at"] + e["duration_s"]) for e in events if e["kind"] == "say"]
+    active = [(e["start"], e["end"]) for e in events if e["kind"] == "phase" and e["phase"] in ACTIVE]
+    holds = [(e["start"], e["end"]) for e in events if e["kind"] == "phase" and e["phase"] in HOLDS]
+    near_tone = mask(len(x), rate, [(a - CLEAR_S, b + CLEAR_S) for a, b in active])
+    near_speech = mask(len(x), rate, [(a - CLEAR_S, b + CLEAR_S) for a, b in speech])
+    speech_alone = mask(len(x), rate, speech) & ~near_tone
+    tone_alone = mask(len(x), rate, holds) & ~near_speech
+    w = int(0.05 * rate)
+    n = len(x) // w
+    whole = tone_alone[: n * w].reshape(n, w).all(axis=1)
+    tone_windows = np.mean(x[: n * w].reshape(n, w)[whole] ** 2, axis=1)
+    assert speech_alone.sum() > 20 * rate and len(tone_windows) > 40  # enough of each to measure
+    speech_db = db(float(np.mean(x[speech_alone] ** 2)))
+    tone_db = db(float(np.median(tone_windows)))
+    assert tone_db > -40.0  # the tone is there, to be followed
+    assert speech_db - tone_db >= 6.0, (speech_db, tone_db)  # 5 dB with the tone at 0.25, 10 dB at 0.15
+
+
+def test_no_prompt_is_cut_off_and_nothing_clips(heard):
+    events, x, _ = heard
+    says = [e for e in events if e["kind"] == "say"]
+    for a, b in zip(says, says[1:], strict=False):
+        assert b["at"] >= a["at"] + a["duration_s"] - 0.01, (a["phrase"], b["phrase"])
+    assert np.abs(x).max() < 0.99
+
+
+@pytest.mark.parametrize("lang", ["nl", "en"])
+def test_the_gentle_post_operative_squeeze_is_asked_whole_before_let_go(tmp_path, lang):
+    """After surgery the calibration asks a gentle squeeze of 5 s: the request must end
+    before "let go" starts (it ran a second into it, cut off mid-sentence)."""
+    simulate(out_dir=tmp_path, lang=lang, seed=3, programme="postop", wav_path=tmp_path / "session.wav",
+             speech_cache=tmp_path / "speech", max_seconds=75.0)
+    says = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()
+            if '"say"' in line]
+    asked = [i for i, s in enumerate(says) if s["phrase"] == "calibrate.squeeze_gentle"]
+    assert len(asked) >= 2
+    for i in asked:
+        ask, after = says[i], says[i + 1]
+        assert after["at"] >= ask["at"] + ask["duration_s"], (ask["text"], after["text"])
