@@ -7,6 +7,7 @@ a 5 s / 10 s cycle is checked to the prescription's second without waiting for i
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -590,6 +591,28 @@ def test_open_stim_puts_the_stop_handlers_back_once_the_line_is_low_and_closed(f
             drive(ctrl, clock, 1.0, ACTIVE)
         assert {s: signal.getsignal(s) for s in before} == before
         assert factory.pin(PIN).state is False
+
+
+class _UnclosableLine(_FedLine):
+    def close(self) -> None:
+        raise OSError("gpio chip gone")
+
+
+def test_open_stim_keeps_the_stop_handlers_when_the_line_cannot_be_closed(clock) -> None:
+    """A line that could not be closed keeps its guards: SIGTERM/SIGINT and exit still drive it low."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    line = _UnclosableLine()
+    try:
+        with pytest.raises(OSError):
+            with open_stim(line, parse_stim_prescription(table(), "rx.toml")) as ctrl:
+                ctrl.begin(clock.now(), TODAY)
+                drive(ctrl, clock, 1.0, ACTIVE)
+        assert not line.is_active
+        assert all(signal.getsignal(s) is not h for s, h in saved.items())
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+        atexit.unregister(line.off)
 
 
 def test_open_stim_takes_an_opened_line_feeds_it_every_tick_and_closes_it(clock) -> None:

@@ -380,13 +380,17 @@ def open_stim(
     try:
         yield controller
     finally:
+        low = False
         try:
             controller.shutdown(controller._last_tick or 0.0, "closed")
+            low = True
         finally:
             if watchdog is not None:
                 watchdog.stop()
             close = getattr(line, "close", None)
             if close is not None:
                 close()
-            # Low and closed: the handlers that guarded it go (they stay if closing failed).
-            uninstall()
+            # Low and closed: the handlers that guarded it go. They stay if the shutdown
+            # or the closing failed (then they still drive the line low at exit).
+            if low:
+                uninstall()
