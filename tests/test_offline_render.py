@@ -32,6 +32,8 @@ def _drive(seed):
     rng = np.random.default_rng(seed)
     clips = [(rng.uniform(-0.8, 0.8, int(n)) * np.hanning(int(n))).astype(np.float32)
              for n in rng.integers(30, 4000, 6)]
+    # the phrase bank's clips are int16 PCM; a tool's may be floats: both kinds, overlapping
+    clips = [np.rint(c * 32767).astype(np.int16) if i % 2 else c for i, c in enumerate(clips)]
     steps = []
     frame = 0
     for _ in range(1500):

@@ -21,6 +21,7 @@ from appliance.voice.tone import ToneParams, ToneSynth
 
 log = logging.getLogger(__name__)
 
+PCM_SCALE = 1.0 / 32768.0  # int16 clip samples to floats; a power of two, so exact
 RING_SLOTS = 64  # speech items in flight between the coach and the audio thread
 OUTPUT_TAP_S = 3.0  # seconds of rendered output kept for the listener's echo canceller
 
@@ -41,11 +42,13 @@ class PlaybackState:
 
 @dataclass(frozen=True)
 class SpeechItem:
-    """A clip queued by reference: `samples` (float32, mono, mixer rate) starts at `start_frame`."""
+    """A clip queued by reference: `samples` (mono, mixer rate) starts at `start_frame`;
+    `scale` takes a sample to full scale 1.0 (1/32768 for int16 PCM, 1 for floats)."""
 
     start_frame: int
     samples: np.ndarray
     phrase: str
+    scale: float = 1.0
 
 
 class _Voice:
@@ -116,7 +119,9 @@ class Mixer:
         # The rendered output, for the echo canceller: a preallocated ring written by the
         # audio thread (no allocation), `_tap_end` frames written so far, published after
         # the samples. float64 like `_mix`, so the copy never needs a cast buffer.
-        self._tap = np.zeros(max(int(OUTPUT_TAP_S * self.sample_rate), 2 * self.max_block))
+        # A whole number of the largest block, so that fixed-size blocks never wrap around it.
+        blocks = -(-max(int(OUTPUT_TAP_S * self.sample_rate), 2 * self.max_block) // self.max_block)
+        self._tap = np.zeros(blocks * self.max_block)
         self._tap_end = 0
         # Offline rendering (`plan_block`, `render_planned`): blocks planned, samples not yet made.
         self._planned: list[tuple] = []
@@ -133,7 +138,10 @@ class Mixer:
         return self._frame
 
     def schedule(self, samples: np.ndarray, start_frame: int, phrase: str = "") -> bool:
-        """Queue a clip (by reference) to start at `start_frame`; False if it was dropped."""
+        """Queue a clip (by reference) to start at `start_frame`; False if it was dropped.
+
+        `samples`: int16 PCM (full scale 32768, what the phrase bank holds: half the memory
+        of float32, and mapped from the speech cache) or floats in [-1, 1]."""
         if not self.running:
             log.debug("no output device: speech %r dropped", phrase)
             self.dropped_items += 1
@@ -142,7 +150,8 @@ class Mixer:
             log.warning("speech queue full: %r dropped", phrase)
             self.dropped_items += 1
             return False
-        self._ring[self._ring_w % RING_SLOTS] = SpeechItem(int(start_frame), samples, phrase)
+        scale = PCM_SCALE if samples.dtype.kind in "iu" else 1.0
+        self._ring[self._ring_w % RING_SLOTS] = SpeechItem(int(start_frame), samples, phrase, scale)
         self._ring_w += 1  # published only after the slot is written
         return True
 
@@ -172,7 +181,13 @@ class Mixer:
 
     # -- consumer side -------------------------------------------------------------------------
     def render(self, out: np.ndarray) -> None:
-        """Fill `out` (shape (n,) or (n, 1), any float dtype) with the next n samples."""
+        """Fill `out` (shape (n,) or (n, 1), any float dtype) with the next n samples.
+
+        The audio callback: 344 calls a second at the device's 64-sample blocks, where
+        numpy's cost per call, not per sample, is what counts. Silence is one fill; the
+        tone alone (most of a contraction) skips everything speech needs; the samples are
+        made in the echo canceller's output ring itself and copied once, into `out`.
+        """
         n = out.shape[0]
         if n > self.max_block:
             for start in range(0, n, self.max_block):
@@ -180,21 +195,25 @@ class Mixer:
             return
         block_start = self._frame
         block_end = block_start + n
-        if (
-            self._ring_r == self._ring_w
-            and self._active is None
-            and self._fading is None
-            and not self._pending
-            and self.tone.is_silent()
-        ):
-            # Nothing to say and no tone: the common case between contractions.
-            out.fill(0.0)
-            self.tone.skip_silent(n)
-            self._tap_write(None, n)
-            self._frame = block_end
-            self._vol = self.volume
-            self._tvol = self.tone_volume
-            self._duck = 1.0
+        cancel = self._cancel_req  # read first: a later cancellation waits for the next block
+        tone = self.tone
+        if self._ring_r == self._ring_w and self._active is None and self._fading is None and not self._pending:
+            self._cancel_seen = cancel  # nothing said or queued: nothing to cancel, nothing left pending
+            if tone.is_silent():
+                # Nothing to say and no tone: the common case between contractions.
+                out.fill(0.0)
+                tone.skip_silent(n)
+                self._tap_write(None, n)
+                self._frame = block_end
+                self._vol = self.volume
+                self._tvol = self.tone_volume
+                self._duck = 1.0
+                return
+            # The tone alone: no speech to mix, nothing to clip.
+            tone0, tone1, _, _ = self._ramp_gains(n, False)
+            mix = self._tap_slot(n)
+            tone.render(mix, tone0, tone1)
+            self._emit(out, mix, n)
             return
         sp = self._speech[:n]
         pending, spoke = self._begin_block(block_end)
@@ -207,7 +226,7 @@ class Mixer:
         if active is not None:
             samples = active.item.samples
             take = min(n, samples.shape[0] - active.pos)
-            self._add_clip(sp[:take], samples[active.pos : active.pos + take])
+            self._add_clip(sp[:take], samples[active.pos : active.pos + take], active.item.scale)
             active.pos += take
             if active.pos >= samples.shape[0]:
                 active = self._active = None
@@ -217,7 +236,7 @@ class Mixer:
             if active is not None:  # preempted: it fades out from the next block on
                 self._start_fade(active)
             take = min(n - offset, item.samples.shape[0])
-            self._add_clip(sp[offset : offset + take], item.samples[:take])
+            self._add_clip(sp[offset : offset + take], item.samples[:take], item.scale)
             active = self._active = _Voice(item, take)
             if take >= item.samples.shape[0]:
                 active = self._active = None
@@ -226,27 +245,43 @@ class Mixer:
         speaking = spoke or (bool(pending) and pending[0].start_frame - block_end < self.duck_frames)
         tone0, tone1, vol0, vol1 = self._ramp_gains(n, speaking)
 
-        mix = self._mix[:n]
-        self.tone.render(mix, tone0, tone1)
+        mix = self._tap_slot(n)
+        tone.render(mix, tone0, tone1)
         if spoke:  # the tone alone never comes near full scale: no mixing, no clipping
             if vol0 == vol1:
                 sp *= vol1
             else:
                 tmp = self._tmp[:n]
-                self.tone.ramp_into(tmp, vol0, vol1)
+                tone.ramp_into(tmp, vol0, vol1)
                 sp *= tmp
             mix += sp
             # np.clip's wrapper costs more than the clipping on a 64-sample block: two ufuncs.
             np.minimum(mix, 1.0, out=mix)
             np.maximum(mix, -1.0, out=mix)
+        self._emit(out, mix, n)
+
+    def _tap_slot(self, n: int) -> np.ndarray:
+        """Where to make the next n samples: the output ring's own slice when they fit in
+        one piece (always, for the sound card's fixed blocks: the ring is a whole number of
+        them), else scratch space that `_emit` copies into the ring."""
+        start = self._tap_end % self._tap.shape[0]
+        if start + n <= self._tap.shape[0]:
+            return self._tap[start : start + n]
+        return self._mix[:n]
+
+    def _emit(self, out: np.ndarray, mix: np.ndarray, n: int) -> None:
+        """The block made (in `_tap_slot(n)`) goes to the sound card and is published to the ring."""
         if out.ndim == 2:
             out[:, 0] = mix
             if out.shape[1] > 1:
                 out[:, 1:] = out[:, :1]
         else:
             out[:] = mix
-        self._tap_write(mix, n)
-        self._frame = block_end
+        if mix.base is self._tap:
+            self._tap_end += n  # published after the samples are in place
+        else:
+            self._tap_write(mix, n)
+        self._frame += n
 
     def _begin_block(self, block_end: int) -> tuple[list[SpeechItem], bool]:
         """Take in what the control side queued or cancelled; returns the pending clips and
@@ -272,6 +307,9 @@ class Mixer:
         `n` samples; returns the tone's gain and the master volume at its two ends.
         `render` and `plan_block` both step through here, so session.wav and the speaker
         ramp alike."""
+        if not speaking and self._duck == 1.0 and self._vol == self.volume and self._tvol == self.tone_volume:
+            g = self._vol * self._tvol  # all settled: the same numbers as the steps below give
+            return g, g, self._vol, self._vol
         duck_target = self.duck_gain if speaking else 1.0
         step = n / (self.duck_frames if speaking else self.unduck_frames) * (1.0 - self.duck_gain)
         duck0 = self._duck
@@ -292,10 +330,12 @@ class Mixer:
         first = min(n, size - start)
         if mix is None:
             self._tap[start : start + first] = 0.0
-            self._tap[: n - first] = 0.0
+            if first < n:
+                self._tap[: n - first] = 0.0
         else:
             self._tap[start : start + first] = mix[:first]
-            self._tap[: n - first] = mix[first:n]
+            if first < n:
+                self._tap[: n - first] = mix[first:n]
         self._tap_end += n  # published after the samples are in place
 
     # -- the rendered output, for the echo canceller (any thread) ---------------------------
@@ -327,11 +367,13 @@ class Mixer:
                 return None
         return out
 
-    def _add_clip(self, dst: np.ndarray, src: np.ndarray) -> None:
-        # A mixed-dtype `+=` would allocate numpy's cast buffer on every call; a casting
-        # copy into scratch space does not.
+    def _add_clip(self, dst: np.ndarray, src: np.ndarray, scale: float) -> None:
+        # A mixed-dtype `+=` (or multiply) would allocate numpy's cast buffer on every call;
+        # a casting copy into scratch space does not.
         tmp = self._cast[: dst.shape[0]]
         np.copyto(tmp, src)
+        if scale != 1.0:
+            tmp *= scale
         dst += tmp
 
     def _take_from_ring(self) -> None:
@@ -358,6 +400,8 @@ class Mixer:
         if m > 0:
             tmp = self._tmp[:m]
             np.copyto(tmp, samples[voice.pos : voice.pos + m])
+            if voice.item.scale != 1.0:
+                tmp *= voice.item.scale
             tmp *= self._fade[self._fade_pos : self._fade_pos + m]
             sp[:m] += tmp
             voice.pos += m
@@ -388,6 +432,7 @@ class Mixer:
             and not self._pending
             and tone.is_silent()
         ):
+            self._cancel_seen = self._cancel_req  # as `render`: nothing said or queued to cancel
             tone.plan(n, 1.0, 1.0, silent=True)
             self._planned.append((n, None, 1.0, 1.0, False, 1.0, 1.0))
             self._frame = block_end
@@ -461,6 +506,8 @@ class Mixer:
             fade = self._fade
             for offset, samples, src, length, fade_pos in runs:
                 clip = samples[src : src + length].astype(np.float64)
+                if samples.dtype.kind in "iu":
+                    clip *= PCM_SCALE
                 if fade_pos >= 0:
                     clip *= fade[fade_pos : fade_pos + length]
                 sp[offset : offset + length] += clip

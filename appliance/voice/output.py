@@ -146,7 +146,7 @@ class AudioSink:
             # (its time and the frame the mixer was at then). A prompt already due plays
             # in the next block.
             frame = self._tick_frame + frames_for(at - self._last_t, self.mixer.sample_rate)
-        queued = self.mixer.schedule(clip.samples, frame, key)
+        queued = self.mixer.schedule(clip.pcm, frame, key)
         if queued:
             self.spoken.append((at, key, clip.duration_s))
             self._speech_end = max(self._speech_end, at + clip.duration_s)

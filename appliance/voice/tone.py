@@ -321,6 +321,11 @@ class ToneSynth:
         """Write the next `len(out)` samples of tone into `out` (float64).
 
         `gain_start`/`gain_end` scale the block linearly (the mixer's ducking and volume).
+
+        Called 344 times a second at the device's 64-sample blocks, where numpy's per-call
+        cost outweighs the arithmetic: a weight, loudness or tremolo depth that has settled
+        is a scalar, not a glide table (the same numbers: the glide of a settled value is
+        that value exactly), so a steady hold costs about half the calls of a changing one.
         """
         n = out.shape[0]
         if n > self.max_block:
@@ -336,21 +341,22 @@ class ToneSynth:
         timbre = TIMBRES[p.cue]
         sr = self.sample_rate
         lag_end = self._lag[n - 1]
-        ph = self._ph[:n]
-        tmp = self._tmp[:n]
-        env = self._env[:n]
+        amp, amp_t = self._amp, p.amplitude
         w0 = TWO_PI * self._freq / sr
         wt = TWO_PI * self.target_hz(p) / sr
 
         # Most of a session no contraction is asked for: silence costs one fill. The
         # phase still runs on, so a tone that fades in later starts where it would have.
-        if self._amp == 0.0 and p.amplitude == 0.0:
+        if amp == 0.0 and amp_t == 0.0:
             out.fill(0.0)
             self._advance(n, w0, wt, timbre, lag_end)
             return
 
+        ph = self._ph[:n]
+        tmp = self._tmp[:n]
+        k = self._k[:n]
         # Phase of a one-pole pitch glide, exactly: φ[k] = φ0 + ωt·(k+1) + (ω0-ωt)·Σlag
-        np.multiply(self._k[:n], wt, out=ph)
+        np.multiply(k, wt, out=ph)
         if w0 != wt:
             np.multiply(self._plag_sum[:n], w0 - wt, out=tmp)
             ph += tmp
@@ -359,36 +365,48 @@ class ToneSynth:
 
         fifth0, third0, depth0 = self._fifth, self._third, self._trem_depth
         if fifth0 > 1e-6 or timbre.fifth > 0:
-            self._add_partial(out, ph, 1.5, fifth0, timbre.fifth, tmp, env)
+            self._add_partial(out, ph, 1.5, fifth0, timbre.fifth, tmp)
         if third0 > 1e-6 or timbre.third_harmonic > 0:
-            self._add_partial(out, ph, 3.0, third0, timbre.third_harmonic, tmp, env)
+            self._add_partial(out, ph, 3.0, third0, timbre.third_harmonic, tmp)
 
         tremolo = depth0 > 1e-6 or timbre.tremolo_depth > 0
-        if self._amp == p.amplitude and gain_start == gain_end and not tremolo:
-            out *= self._amp * gain_start  # steady loudness: one multiply
+        steady = amp == amp_t and gain_start == gain_end
+        if steady and not tremolo:
+            out *= amp * gain_start  # steady loudness: one multiply
             self._advance(n, w0, wt, timbre, lag_end)
             return
-        self._glide_into(env, self._amp, p.amplitude)
-        if gain_start != gain_end:
-            self.ramp_into(tmp, gain_start, gain_end)
-            env *= tmp
-        elif gain_start != 1.0:
-            env *= gain_start
+        env = self._env[:n]
         if tremolo:
+            # The LFO's dip, 1 - h·(1 - cos(LFO phase)) with h half the depth: 0..1 deep.
             trem_hz = timbre.tremolo_hz if timbre.tremolo_depth > 0 else self._trem_hz
             lw = TWO_PI * trem_hz / sr
-            np.multiply(self._k[:n], lw, out=tmp)
+            np.multiply(k, lw, out=tmp)
             tmp += self._lfo_phase
             np.cos(tmp, out=tmp)
             np.subtract(1.0, tmp, out=tmp)
-            tmp *= 0.5  # the LFO, 0..1
-            depth = self._scratch[:n]
-            self._glide_into(depth, depth0, timbre.tremolo_depth)
-            depth *= tmp
-            np.subtract(1.0, depth, out=depth)
-            env *= depth
+            if depth0 == timbre.tremolo_depth:
+                tmp *= 0.5 * depth0
+            else:
+                depth = self._scratch[:n]
+                self._glide_into(depth, 0.5 * depth0, 0.5 * timbre.tremolo_depth)
+                tmp *= depth
+            np.subtract(1.0, tmp, out=tmp)
             self._lfo_phase = (self._lfo_phase + lw * n) % TWO_PI
             self._trem_hz = trem_hz
+            if steady:
+                tmp *= amp * gain_start
+                out *= tmp
+                self._advance(n, w0, wt, timbre, lag_end)
+                return
+        self._glide_into(env, amp, amp_t)
+        if gain_start != gain_end:
+            g = self._scratch[:n]
+            self.ramp_into(g, gain_start, gain_end)
+            env *= g
+        elif gain_start != 1.0:
+            env *= gain_start
+        if tremolo:
+            env *= tmp
         out *= env
         self._advance(n, w0, wt, timbre, lag_end)
 
@@ -485,16 +503,14 @@ class ToneSynth:
         env *= ramp
         used = (fig[9, :, 0] != 0.0) | (fig[10, :, 0] != 0.0)
         if used.any():
-            d0, d_t = fig[9][used], fig[10][used]
-            lfo_now = k * lw[used]
-            lfo_now += lfo[used]
-            np.cos(lfo_now, out=lfo_now)
-            np.subtract(1.0, lfo_now, out=lfo_now)
-            lfo_now *= 0.5
-            depth = lag * (d0 - d_t) + d_t
-            depth *= lfo_now
-            np.subtract(1.0, depth, out=depth)
-            env[used] *= depth
+            h0, h_t = 0.5 * fig[9][used], 0.5 * fig[10][used]  # half the depth, as `render` glides it
+            trem = k * lw[used]
+            trem += lfo[used]
+            np.cos(trem, out=trem)
+            np.subtract(1.0, trem, out=trem)
+            trem *= lag * (h0 - h_t) + h_t
+            np.subtract(1.0, trem, out=trem)
+            env[used] *= trem
         y *= env
         valid = y[np.arange(width) < n_loud[:, None]]
         if len(loud) == len(figures):
@@ -505,20 +521,16 @@ class ToneSynth:
             out.fill(0.0)
             out[np.repeat(is_loud, lengths)] = valid
 
-    def _add_partial(
-        self,
-        out: np.ndarray,
-        ph: np.ndarray,
-        multiple: float,
-        weight0: float,
-        weight_target: float,
-        tmp: np.ndarray,
-        env: np.ndarray,
-    ) -> None:
+    def _add_partial(self, out: np.ndarray, ph: np.ndarray, multiple: float, weight0: float,
+                     weight_target: float, tmp: np.ndarray) -> None:
         np.multiply(ph, multiple, out=tmp)
         np.sin(tmp, out=tmp)
-        self._glide_into(env, weight0, weight_target)
-        tmp *= env
+        if weight0 == weight_target:
+            tmp *= weight0
+        else:
+            w = self._env[: tmp.shape[0]]
+            self._glide_into(w, weight0, weight_target)
+            tmp *= w
         out += tmp
 
 
