@@ -128,6 +128,7 @@ class Mixer:
         self._runs: list[list] = []  # speech to add: [offset, samples, src, length, fade_pos or -1]
         self._run_of: dict[int, int] = {}  # id(samples) -> its latest plain run in _runs
         self._planned_frames = 0
+        self._silent_entry = -1  # index in _planned of the entry silent blocks are joining
 
     # -- producer side -----------------------------------------------------------------------
     def set_tone(self, params: ToneParams) -> None:
@@ -433,8 +434,13 @@ class Mixer:
             and tone.is_silent()
         ):
             self._cancel_seen = self._cancel_req  # as `render`: nothing said or queued to cancel
-            tone.plan(n, 1.0, 1.0, silent=True)
-            self._planned.append((n, None, 1.0, 1.0, False, 1.0, 1.0))
+            tone.skip_silent(n)
+            planned = self._planned
+            if self._silent_entry == len(planned) - 1 >= 0:  # silence goes on: one longer entry
+                planned[-1] = (planned[-1][0] + n, None, 1.0, 1.0, False, 1.0, 1.0)
+            else:
+                self._silent_entry = len(planned)
+                planned.append((n, None, 1.0, 1.0, False, 1.0, 1.0))
             self._frame = block_end
             self._vol = self.volume
             self._tvol = self.tone_volume
@@ -495,6 +501,7 @@ class Mixer:
         `planned_frames()` long), as `render` would have made them block by block."""
         planned, runs = self._planned, self._runs
         self._planned, self._runs, self._run_of, self._planned_frames = [], [], {}, 0
+        self._silent_entry = -1
         total = out.shape[0]
         if not planned:
             return

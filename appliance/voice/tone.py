@@ -249,6 +249,7 @@ class ToneSynth:
         self._trem_hz = 0.0
         self._phase = 0.0
         self._lfo_phase = 0.0
+        self._asleep = True  # silent since the last sounding block: see `_wake`
         k = np.arange(1, self.max_block + 1, dtype=np.float64)
         self._k = k  # 1..max_block
         self._lag = _lag_table(k, glide_ms, self.sample_rate)  # what is left of a step after k samples
@@ -290,15 +291,19 @@ class ToneSynth:
         return params.freq_hz
 
     def skip_silent(self, n: int) -> None:
-        """Let `n` silent samples pass without rendering them (phase and glides run on)."""
-        p = self._params
-        self._advance(
-            n,
-            TWO_PI * self._freq / self.sample_rate,
-            TWO_PI * self.target_hz(p) / self.sample_rate,
-            TIMBRES[p.cue],
-            self._lag[n - 1],
-        )
+        """Let `n` silent samples pass without rendering them: the tone sleeps (nothing moves)."""
+        self._asleep = True
+
+    def _wake(self, hz: float, timbre: CueTimbre) -> None:
+        """The first sounding block after silence: pitch and timbre start where they are asked
+        to be (the loudness still fades in from nothing, so nothing clicks); the phase goes on
+        from where it stopped. Silence itself costs nothing, block after block."""
+        self._asleep = False
+        self._freq = hz
+        self._fifth, self._third = timbre.fifth, timbre.third_harmonic
+        self._trem_depth = timbre.tremolo_depth
+        if timbre.tremolo_depth > 0:
+            self._trem_hz = timbre.tremolo_hz
 
     def prepare(self, n: int) -> None:
         """Nothing to precompute per block length any more; kept for the mixer's API."""
@@ -338,19 +343,20 @@ class ToneSynth:
         if n == 0:
             return
         p = self._params
+        amp, amp_t = self._amp, p.amplitude
+        # Most of a session no contraction is asked for: silence costs one fill.
+        if amp == 0.0 and amp_t == 0.0:
+            out.fill(0.0)
+            self._asleep = True
+            return
         timbre = TIMBRES[p.cue]
         sr = self.sample_rate
         lag_end = self._lag[n - 1]
-        amp, amp_t = self._amp, p.amplitude
+        hz = self.target_hz(p)
+        if self._asleep:
+            self._wake(hz, timbre)
         w0 = TWO_PI * self._freq / sr
-        wt = TWO_PI * self.target_hz(p) / sr
-
-        # Most of a session no contraction is asked for: silence costs one fill. The
-        # phase still runs on, so a tone that fades in later starts where it would have.
-        if amp == 0.0 and amp_t == 0.0:
-            out.fill(0.0)
-            self._advance(n, w0, wt, timbre, lag_end)
-            return
+        wt = TWO_PI * hz / sr
 
         ph = self._ph[:n]
         tmp = self._tmp[:n]
@@ -441,25 +447,29 @@ class ToneSynth:
         partials and tremolo zeroed where `render` leaves them out; None for a silent block.
         """
         p = self._params
+        if silent or (self._amp == 0.0 and p.amplitude == 0.0):
+            self._asleep = True
+            return None
         timbre = TIMBRES[p.cue]
         sr = self.sample_rate
+        hz = self.target_hz(p)
+        if self._asleep:
+            self._wake(hz, timbre)
         w0 = TWO_PI * self._freq / sr
-        wt = TWO_PI * self.target_hz(p) / sr
+        wt = TWO_PI * hz / sr
         amp, fifth0, third0, depth0 = self._amp, self._fifth, self._third, self._trem_depth
-        figures = None
-        if not silent and not (amp == 0.0 and p.amplitude == 0.0):
-            fifth = (fifth0, timbre.fifth) if fifth0 > 1e-6 or timbre.fifth > 0 else (0.0, 0.0)
-            third = (third0, timbre.third_harmonic) if third0 > 1e-6 or timbre.third_harmonic > 0 else (0.0, 0.0)
-            lw = lfo = 0.0
-            depth = (0.0, 0.0)
-            if depth0 > 1e-6 or timbre.tremolo_depth > 0:
-                trem_hz = timbre.tremolo_hz if timbre.tremolo_depth > 0 else self._trem_hz
-                lw = TWO_PI * trem_hz / sr
-                lfo = self._lfo_phase
-                depth = (depth0, timbre.tremolo_depth)
-                self._lfo_phase = (lfo + lw * n) % TWO_PI
-                self._trem_hz = trem_hz
-            figures = (self._phase, w0, wt, amp, p.amplitude, *fifth, *third, *depth, lw, lfo)
+        fifth = (fifth0, timbre.fifth) if fifth0 > 1e-6 or timbre.fifth > 0 else (0.0, 0.0)
+        third = (third0, timbre.third_harmonic) if third0 > 1e-6 or timbre.third_harmonic > 0 else (0.0, 0.0)
+        lw = lfo = 0.0
+        depth = (0.0, 0.0)
+        if depth0 > 1e-6 or timbre.tremolo_depth > 0:
+            trem_hz = timbre.tremolo_hz if timbre.tremolo_depth > 0 else self._trem_hz
+            lw = TWO_PI * trem_hz / sr
+            lfo = self._lfo_phase
+            depth = (depth0, timbre.tremolo_depth)
+            self._lfo_phase = (lfo + lw * n) % TWO_PI
+            self._trem_hz = trem_hz
+        figures = (self._phase, w0, wt, amp, p.amplitude, *fifth, *third, *depth, lw, lfo)
         self._advance(n, w0, wt, timbre, self._lag[n - 1])  # render's own step of the glides
         return figures
 
