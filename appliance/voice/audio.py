@@ -216,8 +216,31 @@ class Mixer:
             tone.render(mix, tone0, tone1)
             self._emit(out, mix, n)
             return
-        sp = self._speech[:n]
         pending, spoke = self._begin_block(block_end)
+        active = self._active
+        if (
+            active is not None
+            and self._fading is None
+            and active.item.scale != 1.0  # PCM: at most full scale, never clipped at volume <= 1
+            and active.item.samples.shape[0] - active.pos >= n
+            and not (pending and pending[0].start_frame < block_end)
+            and self._vol == self.volume <= 1.0
+            and tone.is_silent()
+        ):
+            # One phrase and no tone (an instruction): the clip at the volume, the very numbers
+            # the full path below makes (+0.0 and clipping change nothing here), in three calls.
+            _, _, _, vol = self._ramp_gains(n, True)
+            mix = self._tap_slot(n)
+            np.copyto(mix, active.item.samples[active.pos : active.pos + n])
+            mix *= active.item.scale
+            mix *= vol
+            active.pos += n
+            if active.pos >= active.item.samples.shape[0]:
+                self._active = None
+            tone.skip_silent(n)
+            self._emit(out, mix, n)
+            return
+        sp = self._speech[:n]
         if spoke:
             sp.fill(0.0)
         fading = self._fading
