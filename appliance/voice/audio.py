@@ -449,13 +449,14 @@ class Mixer:
         block_start = self._frame
         block_end = block_start + n
         tone = self.tone
-        if (
-            self._ring_r == self._ring_w
-            and self._active is None
-            and self._fading is None
-            and not self._pending
-            and tone.is_silent()
-        ):
+        quiet = self._ring_r == self._ring_w and self._active is None and self._fading is None and not self._pending
+        if quiet and not tone.is_silent():  # the tone alone, as in `render`
+            self._cancel_seen = self._cancel_req
+            g0, g1, vol0, vol1 = self._ramp_gains(n, False)
+            self._planned.append((n, tone.plan(n, g0, g1), g0, g1, False, vol0, vol1))
+            self._frame = block_end
+            return
+        if quiet:
             self._cancel_seen = self._cancel_req  # as `render`: nothing said or queued to cancel
             tone.skip_silent(n)
             planned = self._planned
@@ -541,19 +542,35 @@ class Mixer:
                 if fade_pos >= 0:
                     clip *= fade[fade_pos : fade_pos + length]
                 sp[offset : offset + length] += clip
-            blk = np.repeat(np.arange(len(planned)), lengths)
-            k = np.arange(total) - (np.cumsum(lengths) - lengths)[blk] + 1
-            v = np.array([(b[5], b[6]) for b in planned])
-            v0, v1 = v[blk, 0], v[blk, 1]
-            vol = k * ((v1 - v0) / lengths[blk])
-            vol += v0
-            sp *= vol
-            out += sp
-            spoke = np.fromiter((b[4] for b in planned), bool, len(planned))[blk]
-            np.minimum(out, 1.0, out=out, where=spoke)
-            np.maximum(out, -1.0, out=out, where=spoke)
+            # The volume, the mix and the clipping where speech sounds (as `render` does
+            # them for a block that speaks), a stretch of such blocks at a time.
+            pos, start, vol = 0, -1, 0.0
+            for n, _, _, _, spoke, v0, v1 in planned:
+                if start >= 0 and not (spoke and v0 == v1 == vol):
+                    _mix_speech(out, sp, start, pos, vol)
+                    start = -1
+                if spoke and v0 == v1:
+                    if start < 0:
+                        start, vol = pos, v0
+                elif spoke:  # the volume moves within the block: its ramp, as `ramp_into`
+                    ramp = np.arange(1, n + 1) * ((v1 - v0) / n)
+                    ramp += v0
+                    _mix_speech(out, sp, pos, pos + n, ramp)
+                pos += n
+            if start >= 0:
+                _mix_speech(out, sp, start, pos, vol)
         for start in range(0, total, self.max_block):
             self._tap_write(out[start:], min(self.max_block, total - start))
+
+
+def _mix_speech(out: np.ndarray, sp: np.ndarray, start: int, stop: int, vol: float | np.ndarray) -> None:
+    """`out[start:stop]` += speech at `vol`, clipped to full scale (the mixing step of `Mixer.render`)."""
+    s = sp[start:stop]
+    s *= vol
+    o = out[start:stop]
+    o += s
+    np.minimum(o, 1.0, out=o)
+    np.maximum(o, -1.0, out=o)
 
 
 class WavSink:

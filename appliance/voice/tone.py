@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from itertools import chain
 from typing import Protocol
 
 import numpy as np
@@ -253,6 +254,8 @@ class ToneSynth:
         self._phase = 0.0
         self._lfo_phase = 0.0
         self._asleep = True  # silent since the last sounding block: see `_wake`
+        self._hz_of: tuple = (None, None, 0.0)  # (live pitch, pressure, its pitch): the last one
+        self._timbre_of: tuple = (None, TIMBRES[ToneCue.QUIET])
         k = np.arange(1, self.max_block + 1, dtype=np.float64)
         self._k = k  # 1..max_block
         self._lag = _lag_table(k, glide_ms, self.sample_rate)  # what is left of a step after k samples
@@ -291,8 +294,16 @@ class ToneSynth:
         if live is not None and slot is not None:
             value = slot.value
             if value is not None:
-                return live.hz(value)
+                if value != self._hz_of[1] or live is not self._hz_of[0]:  # a new sample (not every block)
+                    self._hz_of = (live, value, live.hz(value))
+                return self._hz_of[2]
         return params.freq_hz
+
+    def _timbre(self, params: ToneParams) -> CueTimbre:
+        """`TIMBRES[params.cue]`, looked up once per params (an Enum's hash is Python code)."""
+        if params is not self._timbre_of[0]:
+            self._timbre_of = (params, TIMBRES[params.cue])
+        return self._timbre_of[1]
 
     def skip_silent(self, n: int) -> None:
         """Let `n` silent samples pass without rendering them: the tone sleeps (nothing moves)."""
@@ -353,7 +364,7 @@ class ToneSynth:
             out.fill(0.0)
             self._asleep = True
             return
-        timbre = TIMBRES[p.cue]
+        timbre = self._timbre(p)
         sr = self.sample_rate
         lag_end = self._lag[n - 1]
         hz = self.target_hz(p)
@@ -457,30 +468,51 @@ class ToneSynth:
         partials and tremolo zeroed where `render` leaves them out; None for a silent block.
         """
         p = self._params
-        if silent or (self._amp == 0.0 and p.amplitude == 0.0):
+        amp, amp_t = self._amp, p.amplitude
+        if silent or (amp == 0.0 and amp_t == 0.0):
             self._asleep = True
             return None
-        timbre = TIMBRES[p.cue]
+        timbre = self._timbre(p)
         sr = self.sample_rate
         hz = self.target_hz(p)
         if self._asleep:
             self._wake(hz, timbre)
         w0 = TWO_PI * self._freq / sr
         wt = TWO_PI * hz / sr
-        amp, fifth0, third0, depth0 = self._amp, self._fifth, self._third, self._trem_depth
-        fifth = (fifth0, timbre.fifth) if fifth0 > 1e-6 or timbre.fifth > 0 else (0.0, 0.0)
-        third = (third0, timbre.third_harmonic) if third0 > 1e-6 or timbre.third_harmonic > 0 else (0.0, 0.0)
+        fifth0, third0, depth0 = self._fifth, self._third, self._trem_depth
+        t_fifth, t_third, t_depth = timbre.fifth, timbre.third_harmonic, timbre.tremolo_depth
+        if not (fifth0 > 1e-6 or t_fifth > 0):
+            fifth0 = t_fifth = 0.0
+        if not (third0 > 1e-6 or t_third > 0):
+            third0 = t_third = 0.0
         lw = lfo = 0.0
-        depth = (0.0, 0.0)
-        if depth0 > 1e-6 or timbre.tremolo_depth > 0:
-            trem_hz = timbre.tremolo_hz if timbre.tremolo_depth > 0 else self._trem_hz
+        if depth0 > 1e-6 or t_depth > 0:
+            trem_hz = timbre.tremolo_hz if t_depth > 0 else self._trem_hz
             lw = TWO_PI * trem_hz / sr
             lfo = self._lfo_phase
-            depth = (depth0, timbre.tremolo_depth)
             self._lfo_phase = (lfo + lw * n) % TWO_PI
             self._trem_hz = trem_hz
-        figures = (self._phase, w0, wt, amp, p.amplitude, *fifth, *third, *depth, lw, lfo)
-        self._advance(n, w0, wt, timbre, self._lag[n - 1])  # render's own step of the glides
+        else:
+            depth0 = t_depth = 0.0
+        figures = (self._phase, w0, wt, amp, amp_t, fifth0, t_fifth, third0, t_third, depth0, t_depth, lw, lfo)
+        # render's own step of the glides (`_advance`), inline: this runs for every block
+        if w0 == wt:
+            self._phase = (self._phase + wt * n) % PHASE_WRAP
+        else:
+            self._phase = (self._phase + wt * n + (w0 - wt) * self._plag_sum[n - 1]) % PHASE_WRAP
+            target_hz = wt * sr / TWO_PI
+            self._freq = _settle(self._freq, target_hz, self._plag[n - 1], 1e-7 * target_hz)
+        if amp != amp_t or self._fifth != timbre.fifth or self._third != timbre.third_harmonic \
+                or self._trem_depth != timbre.tremolo_depth:
+            lag_end = self._lag[n - 1]
+            if amp != amp_t:
+                self._amp = _settle(amp, amp_t, lag_end, 1e-7)
+            if self._fifth != timbre.fifth:
+                self._fifth = _settle(self._fifth, timbre.fifth, lag_end, 1e-7)
+            if self._third != timbre.third_harmonic:
+                self._third = _settle(self._third, timbre.third_harmonic, lag_end, 1e-7)
+            if self._trem_depth != timbre.tremolo_depth:
+                self._trem_depth = _settle(self._trem_depth, timbre.tremolo_depth, lag_end, 1e-7)
         return figures
 
     def render_planned(self, out: np.ndarray, lengths: np.ndarray, figures: list[tuple | None],
@@ -498,46 +530,65 @@ class ToneSynth:
             out.fill(0.0)
             return
         # Only the blocks that sound (silent ones are zeros, as `render` writes them), one
-        # row each, padded to the longest: every figure broadcasts along its row.
-        fig = np.array([figures[i] for i in loud]).T[:, :, None]
+        # column each, padded to the longest: sample k of every block is row k, so each
+        # numpy call runs along a row of blocks (long), not along a block (64 samples).
+        fig = np.fromiter(chain.from_iterable(figures[i] for i in loud), np.float64,
+                          13 * len(loud)).reshape(len(loud), 13).T.copy()
         n_loud = lengths[loud]
         width = int(n_loud.max())
-        k, lag, lag_sum = self._k[:width], self._lag[:width], self._plag_sum[:width]
+        k, lag, lag_sum = self._k[:width, None], self._lag[:width, None], self._plag_sum[:width, None]
         phase, w0, wt, amp, amp_t, _, _, _, _, _, _, lw, lfo = fig
         g = gains[loud]
-        g0, g1 = g[:, :1], g[:, 1:]
+        g0, g1 = g[:, 0], g[:, 1]
         ph = k * wt
         ph += lag_sum * (w0 - wt)
         ph += phase
         long = n_loud > SHORT_BLOCK
         if long.any():  # as `render` wraps a long block's phase
-            wraps = np.floor(ph[long] * (1.0 / PHASE_WRAP))
+            wraps = np.floor(ph[:, long] * (1.0 / PHASE_WRAP))
             wraps *= PHASE_WRAP
-            ph[long] -= wraps
+            ph[:, long] -= wraps
         y = np.sin(ph.astype(np.float32)).astype(np.float64)
+        # A glide that has settled (start == target) is its target exactly, as in `render`:
+        # a row of numbers then, not a (samples x blocks) table.
         for col, multiple in ((5, 1.5), (7, 3.0)):
-            used = (fig[col, :, 0] != 0.0) | (fig[col + 1, :, 0] != 0.0)
+            used = (fig[col] != 0.0) | (fig[col + 1] != 0.0)
             if used.any():
                 w_start, w_target = fig[col][used], fig[col + 1][used]
-                tmp = np.sin((ph[used] * multiple).astype(np.float32)).astype(np.float64)
-                tmp *= lag * (w_start - w_target) + w_target
-                y[used] += tmp
-        env = lag * (amp - amp_t) + amp_t
-        ramp = k * ((g1 - g0) / n_loud[:, None])
-        ramp += g0
-        env *= ramp
-        used = (fig[9, :, 0] != 0.0) | (fig[10, :, 0] != 0.0)
+                p_used = ph if used.all() else ph[:, used]
+                tmp = np.sin((p_used * multiple).astype(np.float32)).astype(np.float64)
+                tmp *= w_target if (w_start == w_target).all() else lag * (w_start - w_target) + w_target
+                if used.all():
+                    y += tmp
+                else:
+                    y[:, used] += tmp
+        if (amp == amp_t).all() and (g0 == g1).all():
+            env = (amp_t * g0)[None, :]
+        else:
+            env = lag * (amp - amp_t) + amp_t
+            ramp = k * ((g1 - g0) / n_loud)
+            ramp += g0
+            env *= ramp
+        used = (fig[9] != 0.0) | (fig[10] != 0.0)
         if used.any():
             h0, h_t = 0.5 * fig[9][used], 0.5 * fig[10][used]  # half the depth, as `render` glides it
             trem = k * lw[used]
             trem += lfo[used]
             trem = np.cos(trem.astype(np.float32)).astype(np.float64)
             np.subtract(1.0, trem, out=trem)
-            trem *= lag * (h0 - h_t) + h_t
+            trem *= h_t if (h0 == h_t).all() else lag * (h0 - h_t) + h_t
             np.subtract(1.0, trem, out=trem)
-            env[used] *= trem
+            if used.all():
+                trem *= env
+                env = trem
+            else:
+                env = np.broadcast_to(env, y.shape).copy()
+                env[:, used] *= trem
         y *= env
-        valid = y[np.arange(width) < n_loud[:, None]]
+        if (n_loud == width).all():
+            valid = y.T.ravel()
+        else:
+            valid = y.T[np.arange(width) < n_loud[:, None]]
         if len(loud) == len(figures):
             out[:] = valid
         else:
