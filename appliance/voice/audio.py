@@ -129,6 +129,7 @@ class Mixer:
         self._run_of: dict[int, int] = {}  # id(samples) -> its latest plain run in _runs
         self._planned_frames = 0
         self._silent_entry = -1  # index in _planned of the entry silent blocks are joining
+        self._speech_entry = -1  # and of the entry blocks of one phrase without tone are joining
 
     # -- producer side -----------------------------------------------------------------------
     def set_tone(self, params: ToneParams) -> None:
@@ -471,6 +472,30 @@ class Mixer:
             self._duck = 1.0
             return
         pending, spoke = self._begin_block(block_end)
+        active = self._active
+        if (
+            active is not None
+            and self._fading is None
+            and active.item.samples.shape[0] - active.pos >= n
+            and not (pending and pending[0].start_frame < block_end)
+            and tone.is_silent()
+        ):
+            # One phrase, no tone (an instruction): its run grows, and so does the block's
+            # entry while the volume stays (render_planned mixes a stretch at a time anyway).
+            self._plan_clip(offset, active.item.samples, active.pos, n)
+            active.pos += n
+            if active.pos >= active.item.samples.shape[0]:
+                self._active = None
+            _, _, vol0, vol1 = self._ramp_gains(n, True)
+            tone.skip_silent(n)
+            planned = self._planned
+            if self._speech_entry == len(planned) - 1 >= 0 and vol0 == vol1 == planned[-1][5] == planned[-1][6]:
+                planned[-1] = (planned[-1][0] + n, None, 1.0, 1.0, True, vol0, vol1)
+            else:
+                self._speech_entry = len(planned)
+                planned.append((n, None, 1.0, 1.0, True, vol0, vol1))
+            self._frame = block_end
+            return
         fading = self._fading
         if fading is not None:
             samples = fading.item.samples
@@ -525,7 +550,7 @@ class Mixer:
         `planned_frames()` long), as `render` would have made them block by block."""
         planned, runs = self._planned, self._runs
         self._planned, self._runs, self._run_of, self._planned_frames = [], [], {}, 0
-        self._silent_entry = -1
+        self._silent_entry = self._speech_entry = -1
         total = out.shape[0]
         if not planned:
             return
@@ -602,15 +627,18 @@ class WavSink:
         self._closed = False
 
     def render_until_frame(self, frame: int) -> None:
+        block, size = self.block_size, self._buf.shape[0]
+        plan, render = self.mixer.plan_block, self.mixer.render
         while self.frames_written < frame:
-            n = min(self.block_size, frame - self.frames_written, self._buf.shape[0] - self._fill)
+            fill = self._fill
+            n = min(block, frame - self.frames_written, size - fill)
             if self.deferred:
-                self.mixer.plan_block(n)
+                plan(n)
             else:
-                self.mixer.render(self._buf[self._fill : self._fill + n])
-            self._fill += n
+                render(self._buf[fill : fill + n])
+            self._fill = fill + n
             self.frames_written += n
-            if self._fill == self._buf.shape[0]:
+            if self._fill == size:
                 self._flush()
 
     def render_until(self, t: float) -> None:
