@@ -362,8 +362,14 @@ def test_a_warm_cache_serves_every_clip_mapped_from_disk_without_rendering_or_re
     for key in keys:
         a, b = first.clip(key), again.clip(key)
         assert b.pcm.dtype == np.int16 and not b.pcm.flags.writeable
-        assert not b.pcm.flags.owndata  # the cache file's pages, not a copy in memory
         assert np.array_equal(a.pcm, b.pcm) and a.keyword_offset_s == b.keyword_offset_s
+    # a long instruction is the cache file's pages, not a copy in memory; a short cue is read
+    import mmap
+
+    long_clip, short_clip = again.clip(instruction), again.clip("count.1")
+    assert long_clip.duration_s >= speech.MAP_FROM_S > short_clip.duration_s
+    assert isinstance(long_clip.pcm.base, memoryview) and isinstance(long_clip.pcm.base.obj, mmap.mmap)
+    assert isinstance(short_clip.pcm.base, bytes)
 
 
 def test_a_damaged_cached_clip_is_made_again_from_its_rendering(tmp_path, worker, caplog):
