@@ -115,6 +115,27 @@ def test_cancel_fades_out_current_speech_and_drops_the_queue():
     assert not mixer.playback_state().speaking
 
 
+def test_the_welcome_after_the_sound_card_opens_is_heard():
+    """Opening the card cancels what was queued while silent; with nothing playing that
+    cancellation must not linger and swallow the first prompt queued afterwards."""
+    mixer = Mixer(SR, volume=1.0)
+    mixer.cancel_speech()  # what DeviceOutput does when the stream opens
+    render(mixer, 0.05)  # silence: no tone, nothing said
+    mixer.schedule(sine(1000.0, SR // 2, 0.5), mixer.frame_now(), "session.welcome")
+    x = render(mixer, 0.4)
+    assert band_amplitude(x[1000:10000], 1000) == pytest.approx(0.5, rel=0.02)
+
+
+def test_a_phrase_banks_int16_clip_sounds_as_its_float_samples():
+    pcm = np.rint(sine(700.0, SR // 2, 0.5) * 32768).astype(np.int16)
+    as_int, as_float = Mixer(SR, volume=0.8), Mixer(SR, volume=0.8)
+    as_int.schedule(pcm, 100, "cue.hold")
+    as_float.schedule(pcm.astype(np.float64) / 32768, 100, "cue.hold")
+    a, b = render(as_int, 0.6), render(as_float, 0.6)
+    assert np.abs(a).max() > 0.3
+    assert np.array_equal(a, b)
+
+
 def test_playback_state_reports_tone_and_phrase_for_the_listener():
     mixer = Mixer(SR, volume=0.5, duck_gain=0.25)
     mixer.set_tone(ToneParams(523.0, 0.4, ToneCue.FOLLOW))
@@ -140,7 +161,7 @@ def test_render_allocates_no_arrays_per_block():
     mixer.set_tone(ToneParams(440.0, 0.3, ToneCue.ON_TARGET))
     mixer.schedule(sine(1000.0, SR * 3, 0.5), 0, "x")
     out = np.zeros((block, 1), dtype=np.float32)
-    next_clip = sine(700.0, SR, 0.5)
+    next_clip = np.rint(sine(700.0, SR, 0.5) * 32768).astype(np.int16)  # as the phrase bank holds them
     for _ in range(5):
         mixer.render(out)
     tracemalloc.start()

@@ -192,7 +192,8 @@ def test_clips_are_trimmed_normalised_and_resampled_for_the_mixer():
     assert clip.keyword_offset_s == pytest.approx(0.25 + 0.005, abs=1e-3)
     assert active_level_db(clip.samples, 16000) == pytest.approx(TARGET_DBFS, abs=0.2)
     assert np.abs(clip.samples).max() < 1.0
-    assert not clip.samples.flags.writeable  # shared by reference with the audio thread
+    # the mixer gets int16 PCM, half the memory of floats, by reference: nobody may write it
+    assert clip.pcm.dtype == np.int16 and not clip.pcm.flags.writeable
 
 
 def small_catalogue() -> Catalogue:
@@ -332,3 +333,57 @@ def test_a_first_run_prints_one_progress_line_and_a_second_none(tmp_path, worker
     with caplog.at_level(logging.INFO, logger="appliance.voice.speech"):
         prepare()
     assert not caplog.records
+
+
+def test_a_warm_cache_serves_every_clip_mapped_from_disk_without_rendering_or_resampling(tmp_path, worker,
+                                                                                        monkeypatch):
+    cat = Catalogue.load("nl")
+    instruction = next(k for k in sorted(cat.keys()) if "^" not in cat.raw(k) and len(cat.text(k).split()) >= 12)
+    keys = [instruction, "cue.hold", "count.1"]
+    engine = Counting(worker)
+
+    def bank() -> PhraseBank:
+        b = PhraseBank(cat, SpeechRenderer(tmp_path, engines=[engine]), lang="nl", rate_wpm=150, sample_rate=SR)
+        b.prepare(keys)
+        return b
+
+    first = bank()
+    rendered = engine.calls
+    assert rendered == len(keys) + 1  # the instruction twice: measured at the plain rate, then at its own
+    import appliance.voice.speech as speech
+
+    def no_resampling(*args):
+        raise AssertionError("a cached clip was levelled and resampled again")
+
+    monkeypatch.setattr(speech.loudness, "resample", no_resampling)
+    monkeypatch.setattr(speech, "_read_wav", no_resampling)  # not even a rendering is read
+    again = bank()
+    assert engine.calls == rendered
+    for key in keys:
+        a, b = first.clip(key), again.clip(key)
+        assert b.pcm.dtype == np.int16 and not b.pcm.flags.writeable
+        assert np.array_equal(a.pcm, b.pcm) and a.keyword_offset_s == b.keyword_offset_s
+    # a long instruction is the cache file's pages, not a copy in memory; a short cue is read
+    import mmap
+
+    long_clip, short_clip = again.clip(instruction), again.clip("count.1")
+    assert long_clip.duration_s >= speech.MAP_FROM_S > short_clip.duration_s
+    assert isinstance(long_clip.pcm.base, memoryview) and isinstance(long_clip.pcm.base.obj, mmap.mmap)
+    assert isinstance(short_clip.pcm.base, bytes)
+
+
+def test_a_damaged_cached_clip_is_made_again_from_its_rendering(tmp_path, worker, caplog):
+    cat = Catalogue.load("nl")
+    engine = Counting(worker)
+    renderer = SpeechRenderer(tmp_path, engines=[engine])
+    bank = PhraseBank(cat, renderer, lang="nl", rate_wpm=150, sample_rate=SR)
+    bank.prepare(["cue.hold"])
+    good = bank.clip("cue.hold").pcm.copy()
+    clip_wav = next(p for p in tmp_path.glob("*.wav")
+                    if '"clip_of"' in p.with_suffix(".json").read_text(encoding="utf-8"))
+    clip_wav.write_bytes(clip_wav.read_bytes()[:100])  # cut short, as by a power cut outside the rename
+    with caplog.at_level(logging.WARNING, logger="appliance.voice.speech"):
+        again = PhraseBank(cat, SpeechRenderer(tmp_path, engines=[engine]), lang="nl", rate_wpm=150, sample_rate=SR)
+        again.prepare(["cue.hold"])
+    assert "unreadable" in caplog.text and engine.calls == 1
+    assert np.array_equal(again.clip("cue.hold").pcm, good)

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.state_dir is not None:
         check_dir(args.state_dir, "--state-dir")
     from appliance.simulation.session import SimulationError, simulate
-    from appliance.voice.speech import SpeechError
+    from appliance.voice.speech import SpeechError, default_cache_dir
 
     try:
         result = simulate(
@@ -96,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
             config_path=args.config,
             wav_path=None if args.no_audio else args.out / "session.wav",
             audio=not args.no_audio,
+            # A fresh --out is a fresh state directory: its phrases come from the user's speech
+            # cache (rendered once per machine), as `appliance say` does; an enrolled state
+            # directory keeps its own, as the device does.
+            speech_cache=None if args.state_dir is not None else default_cache_dir(),
         )
     except SpeechError as exc:
         raise UserError(f"cannot render the spoken phrases: {exc}") from None

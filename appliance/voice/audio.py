@@ -21,6 +21,7 @@ from appliance.voice.tone import ToneParams, ToneSynth
 
 log = logging.getLogger(__name__)
 
+PCM_SCALE = 1.0 / 32768.0  # int16 clip samples to floats; a power of two, so exact
 RING_SLOTS = 64  # speech items in flight between the coach and the audio thread
 OUTPUT_TAP_S = 3.0  # seconds of rendered output kept for the listener's echo canceller
 
@@ -41,11 +42,13 @@ class PlaybackState:
 
 @dataclass(frozen=True)
 class SpeechItem:
-    """A clip queued by reference: `samples` (float32, mono, mixer rate) starts at `start_frame`."""
+    """A clip queued by reference: `samples` (mono, mixer rate) starts at `start_frame`;
+    `scale` takes a sample to full scale 1.0 (1/32768 for int16 PCM, 1 for floats)."""
 
     start_frame: int
     samples: np.ndarray
     phrase: str
+    scale: float = 1.0
 
 
 class _Voice:
@@ -116,13 +119,17 @@ class Mixer:
         # The rendered output, for the echo canceller: a preallocated ring written by the
         # audio thread (no allocation), `_tap_end` frames written so far, published after
         # the samples. float64 like `_mix`, so the copy never needs a cast buffer.
-        self._tap = np.zeros(max(int(OUTPUT_TAP_S * self.sample_rate), 2 * self.max_block))
+        # A whole number of the largest block, so that fixed-size blocks never wrap around it.
+        blocks = -(-max(int(OUTPUT_TAP_S * self.sample_rate), 2 * self.max_block) // self.max_block)
+        self._tap = np.zeros(blocks * self.max_block)
         self._tap_end = 0
         # Offline rendering (`plan_block`, `render_planned`): blocks planned, samples not yet made.
         self._planned: list[tuple] = []
         self._runs: list[list] = []  # speech to add: [offset, samples, src, length, fade_pos or -1]
         self._run_of: dict[int, int] = {}  # id(samples) -> its latest plain run in _runs
         self._planned_frames = 0
+        self._silent_entry = -1  # index in _planned of the entry silent blocks are joining
+        self._speech_entry = -1  # and of the entry blocks of one phrase without tone are joining
 
     # -- producer side -----------------------------------------------------------------------
     def set_tone(self, params: ToneParams) -> None:
@@ -133,7 +140,10 @@ class Mixer:
         return self._frame
 
     def schedule(self, samples: np.ndarray, start_frame: int, phrase: str = "") -> bool:
-        """Queue a clip (by reference) to start at `start_frame`; False if it was dropped."""
+        """Queue a clip (by reference) to start at `start_frame`; False if it was dropped.
+
+        `samples`: int16 PCM (full scale 32768, what the phrase bank holds: half the memory
+        of float32, and mapped from the speech cache) or floats in [-1, 1]."""
         if not self.running:
             log.debug("no output device: speech %r dropped", phrase)
             self.dropped_items += 1
@@ -142,7 +152,8 @@ class Mixer:
             log.warning("speech queue full: %r dropped", phrase)
             self.dropped_items += 1
             return False
-        self._ring[self._ring_w % RING_SLOTS] = SpeechItem(int(start_frame), samples, phrase)
+        scale = PCM_SCALE if samples.dtype.kind in "iu" else 1.0
+        self._ring[self._ring_w % RING_SLOTS] = SpeechItem(int(start_frame), samples, phrase, scale)
         self._ring_w += 1  # published only after the slot is written
         return True
 
@@ -172,7 +183,13 @@ class Mixer:
 
     # -- consumer side -------------------------------------------------------------------------
     def render(self, out: np.ndarray) -> None:
-        """Fill `out` (shape (n,) or (n, 1), any float dtype) with the next n samples."""
+        """Fill `out` (shape (n,) or (n, 1), any float dtype) with the next n samples.
+
+        The audio callback: 344 calls a second at the device's 64-sample blocks, where
+        numpy's cost per call, not per sample, is what counts. Silence is one fill; the
+        tone alone (most of a contraction) skips everything speech needs; the samples are
+        made in the echo canceller's output ring itself and copied once, into `out`.
+        """
         n = out.shape[0]
         if n > self.max_block:
             for start in range(0, n, self.max_block):
@@ -180,24 +197,51 @@ class Mixer:
             return
         block_start = self._frame
         block_end = block_start + n
+        cancel = self._cancel_req  # read first: a later cancellation waits for the next block
+        tone = self.tone
+        if self._ring_r == self._ring_w and self._active is None and self._fading is None and not self._pending:
+            self._cancel_seen = cancel  # nothing said or queued: nothing to cancel, nothing left pending
+            if tone.is_silent():
+                # Nothing to say and no tone: the common case between contractions.
+                out.fill(0.0)
+                tone.skip_silent(n)
+                self._tap_write(None, n)
+                self._frame = block_end
+                self._vol = self.volume
+                self._tvol = self.tone_volume
+                self._duck = 1.0
+                return
+            # The tone alone: no speech to mix, nothing to clip.
+            tone0, tone1, _, _ = self._ramp_gains(n, False)
+            mix = self._tap_slot(n)
+            tone.render(mix, tone0, tone1)
+            self._emit(out, mix, n)
+            return
+        pending, spoke = self._begin_block(block_end)
+        active = self._active
         if (
-            self._ring_r == self._ring_w
-            and self._active is None
+            active is not None
             and self._fading is None
-            and not self._pending
-            and self.tone.is_silent()
+            and active.item.scale != 1.0  # PCM: at most full scale, never clipped at volume <= 1
+            and active.item.samples.shape[0] - active.pos >= n
+            and not (pending and pending[0].start_frame < block_end)
+            and self._vol == self.volume <= 1.0
+            and tone.is_silent()
         ):
-            # Nothing to say and no tone: the common case between contractions.
-            out.fill(0.0)
-            self.tone.skip_silent(n)
-            self._tap_write(None, n)
-            self._frame = block_end
-            self._vol = self.volume
-            self._tvol = self.tone_volume
-            self._duck = 1.0
+            # One phrase and no tone (an instruction): the clip at the volume, the very numbers
+            # the full path below makes (+0.0 and clipping change nothing here), in three calls.
+            _, _, _, vol = self._ramp_gains(n, True)
+            mix = self._tap_slot(n)
+            np.copyto(mix, active.item.samples[active.pos : active.pos + n])
+            mix *= active.item.scale
+            mix *= vol
+            active.pos += n
+            if active.pos >= active.item.samples.shape[0]:
+                self._active = None
+            tone.skip_silent(n)
+            self._emit(out, mix, n)
             return
         sp = self._speech[:n]
-        pending, spoke = self._begin_block(block_end)
         if spoke:
             sp.fill(0.0)
         fading = self._fading
@@ -207,7 +251,7 @@ class Mixer:
         if active is not None:
             samples = active.item.samples
             take = min(n, samples.shape[0] - active.pos)
-            self._add_clip(sp[:take], samples[active.pos : active.pos + take])
+            self._add_clip(sp[:take], samples[active.pos : active.pos + take], active.item.scale)
             active.pos += take
             if active.pos >= samples.shape[0]:
                 active = self._active = None
@@ -217,7 +261,7 @@ class Mixer:
             if active is not None:  # preempted: it fades out from the next block on
                 self._start_fade(active)
             take = min(n - offset, item.samples.shape[0])
-            self._add_clip(sp[offset : offset + take], item.samples[:take])
+            self._add_clip(sp[offset : offset + take], item.samples[:take], item.scale)
             active = self._active = _Voice(item, take)
             if take >= item.samples.shape[0]:
                 active = self._active = None
@@ -226,27 +270,43 @@ class Mixer:
         speaking = spoke or (bool(pending) and pending[0].start_frame - block_end < self.duck_frames)
         tone0, tone1, vol0, vol1 = self._ramp_gains(n, speaking)
 
-        mix = self._mix[:n]
-        self.tone.render(mix, tone0, tone1)
+        mix = self._tap_slot(n)
+        tone.render(mix, tone0, tone1)
         if spoke:  # the tone alone never comes near full scale: no mixing, no clipping
             if vol0 == vol1:
                 sp *= vol1
             else:
                 tmp = self._tmp[:n]
-                self.tone.ramp_into(tmp, vol0, vol1)
+                tone.ramp_into(tmp, vol0, vol1)
                 sp *= tmp
             mix += sp
             # np.clip's wrapper costs more than the clipping on a 64-sample block: two ufuncs.
             np.minimum(mix, 1.0, out=mix)
             np.maximum(mix, -1.0, out=mix)
+        self._emit(out, mix, n)
+
+    def _tap_slot(self, n: int) -> np.ndarray:
+        """Where to make the next n samples: the output ring's own slice when they fit in
+        one piece (always, for the sound card's fixed blocks: the ring is a whole number of
+        them), else scratch space that `_emit` copies into the ring."""
+        start = self._tap_end % self._tap.shape[0]
+        if start + n <= self._tap.shape[0]:
+            return self._tap[start : start + n]
+        return self._mix[:n]
+
+    def _emit(self, out: np.ndarray, mix: np.ndarray, n: int) -> None:
+        """The block made (in `_tap_slot(n)`) goes to the sound card and is published to the ring."""
         if out.ndim == 2:
             out[:, 0] = mix
             if out.shape[1] > 1:
                 out[:, 1:] = out[:, :1]
         else:
             out[:] = mix
-        self._tap_write(mix, n)
-        self._frame = block_end
+        if mix.base is self._tap:
+            self._tap_end += n  # published after the samples are in place
+        else:
+            self._tap_write(mix, n)
+        self._frame += n
 
     def _begin_block(self, block_end: int) -> tuple[list[SpeechItem], bool]:
         """Take in what the control side queued or cancelled; returns the pending clips and
@@ -272,6 +332,9 @@ class Mixer:
         `n` samples; returns the tone's gain and the master volume at its two ends.
         `render` and `plan_block` both step through here, so session.wav and the speaker
         ramp alike."""
+        if not speaking and self._duck == 1.0 and self._vol == self.volume and self._tvol == self.tone_volume:
+            g = self._vol * self._tvol  # all settled: the same numbers as the steps below give
+            return g, g, self._vol, self._vol
         duck_target = self.duck_gain if speaking else 1.0
         step = n / (self.duck_frames if speaking else self.unduck_frames) * (1.0 - self.duck_gain)
         duck0 = self._duck
@@ -292,10 +355,12 @@ class Mixer:
         first = min(n, size - start)
         if mix is None:
             self._tap[start : start + first] = 0.0
-            self._tap[: n - first] = 0.0
+            if first < n:
+                self._tap[: n - first] = 0.0
         else:
             self._tap[start : start + first] = mix[:first]
-            self._tap[: n - first] = mix[first:n]
+            if first < n:
+                self._tap[: n - first] = mix[first:n]
         self._tap_end += n  # published after the samples are in place
 
     # -- the rendered output, for the echo canceller (any thread) ---------------------------
@@ -327,11 +392,13 @@ class Mixer:
                 return None
         return out
 
-    def _add_clip(self, dst: np.ndarray, src: np.ndarray) -> None:
-        # A mixed-dtype `+=` would allocate numpy's cast buffer on every call; a casting
-        # copy into scratch space does not.
+    def _add_clip(self, dst: np.ndarray, src: np.ndarray, scale: float) -> None:
+        # A mixed-dtype `+=` (or multiply) would allocate numpy's cast buffer on every call;
+        # a casting copy into scratch space does not.
         tmp = self._cast[: dst.shape[0]]
         np.copyto(tmp, src)
+        if scale != 1.0:
+            tmp *= scale
         dst += tmp
 
     def _take_from_ring(self) -> None:
@@ -358,6 +425,8 @@ class Mixer:
         if m > 0:
             tmp = self._tmp[:m]
             np.copyto(tmp, samples[voice.pos : voice.pos + m])
+            if voice.item.scale != 1.0:
+                tmp *= voice.item.scale
             tmp *= self._fade[self._fade_pos : self._fade_pos + m]
             sp[:m] += tmp
             voice.pos += m
@@ -381,21 +450,52 @@ class Mixer:
         block_start = self._frame
         block_end = block_start + n
         tone = self.tone
-        if (
-            self._ring_r == self._ring_w
-            and self._active is None
-            and self._fading is None
-            and not self._pending
-            and tone.is_silent()
-        ):
-            tone.plan(n, 1.0, 1.0, silent=True)
-            self._planned.append((n, None, 1.0, 1.0, False, 1.0, 1.0))
+        quiet = self._ring_r == self._ring_w and self._active is None and self._fading is None and not self._pending
+        if quiet and not tone.is_silent():  # the tone alone, as in `render`
+            self._cancel_seen = self._cancel_req
+            g0, g1, vol0, vol1 = self._ramp_gains(n, False)
+            self._planned.append((n, tone.plan(n, g0, g1), g0, g1, False, vol0, vol1))
+            self._frame = block_end
+            return
+        if quiet:
+            self._cancel_seen = self._cancel_req  # as `render`: nothing said or queued to cancel
+            tone.skip_silent(n)
+            planned = self._planned
+            if self._silent_entry == len(planned) - 1 >= 0:  # silence goes on: one longer entry
+                planned[-1] = (planned[-1][0] + n, None, 1.0, 1.0, False, 1.0, 1.0)
+            else:
+                self._silent_entry = len(planned)
+                planned.append((n, None, 1.0, 1.0, False, 1.0, 1.0))
             self._frame = block_end
             self._vol = self.volume
             self._tvol = self.tone_volume
             self._duck = 1.0
             return
         pending, spoke = self._begin_block(block_end)
+        active = self._active
+        if (
+            active is not None
+            and self._fading is None
+            and active.item.samples.shape[0] - active.pos >= n
+            and not (pending and pending[0].start_frame < block_end)
+            and tone.is_silent()
+        ):
+            # One phrase, no tone (an instruction): its run grows, and so does the block's
+            # entry while the volume stays (render_planned mixes a stretch at a time anyway).
+            self._plan_clip(offset, active.item.samples, active.pos, n)
+            active.pos += n
+            if active.pos >= active.item.samples.shape[0]:
+                self._active = None
+            _, _, vol0, vol1 = self._ramp_gains(n, True)
+            tone.skip_silent(n)
+            planned = self._planned
+            if self._speech_entry == len(planned) - 1 >= 0 and vol0 == vol1 == planned[-1][5] == planned[-1][6]:
+                planned[-1] = (planned[-1][0] + n, None, 1.0, 1.0, True, vol0, vol1)
+            else:
+                self._speech_entry = len(planned)
+                planned.append((n, None, 1.0, 1.0, True, vol0, vol1))
+            self._frame = block_end
+            return
         fading = self._fading
         if fading is not None:
             samples = fading.item.samples
@@ -450,6 +550,7 @@ class Mixer:
         `planned_frames()` long), as `render` would have made them block by block."""
         planned, runs = self._planned, self._runs
         self._planned, self._runs, self._run_of, self._planned_frames = [], [], {}, 0
+        self._silent_entry = self._speech_entry = -1
         total = out.shape[0]
         if not planned:
             return
@@ -461,22 +562,40 @@ class Mixer:
             fade = self._fade
             for offset, samples, src, length, fade_pos in runs:
                 clip = samples[src : src + length].astype(np.float64)
+                if samples.dtype.kind in "iu":
+                    clip *= PCM_SCALE
                 if fade_pos >= 0:
                     clip *= fade[fade_pos : fade_pos + length]
                 sp[offset : offset + length] += clip
-            blk = np.repeat(np.arange(len(planned)), lengths)
-            k = np.arange(total) - (np.cumsum(lengths) - lengths)[blk] + 1
-            v = np.array([(b[5], b[6]) for b in planned])
-            v0, v1 = v[blk, 0], v[blk, 1]
-            vol = k * ((v1 - v0) / lengths[blk])
-            vol += v0
-            sp *= vol
-            out += sp
-            spoke = np.fromiter((b[4] for b in planned), bool, len(planned))[blk]
-            np.minimum(out, 1.0, out=out, where=spoke)
-            np.maximum(out, -1.0, out=out, where=spoke)
+            # The volume, the mix and the clipping where speech sounds (as `render` does
+            # them for a block that speaks), a stretch of such blocks at a time.
+            pos, start, vol = 0, -1, 0.0
+            for n, _, _, _, spoke, v0, v1 in planned:
+                if start >= 0 and not (spoke and v0 == v1 == vol):
+                    _mix_speech(out, sp, start, pos, vol)
+                    start = -1
+                if spoke and v0 == v1:
+                    if start < 0:
+                        start, vol = pos, v0
+                elif spoke:  # the volume moves within the block: its ramp, as `ramp_into`
+                    ramp = np.arange(1, n + 1) * ((v1 - v0) / n)
+                    ramp += v0
+                    _mix_speech(out, sp, pos, pos + n, ramp)
+                pos += n
+            if start >= 0:
+                _mix_speech(out, sp, start, pos, vol)
         for start in range(0, total, self.max_block):
             self._tap_write(out[start:], min(self.max_block, total - start))
+
+
+def _mix_speech(out: np.ndarray, sp: np.ndarray, start: int, stop: int, vol: float | np.ndarray) -> None:
+    """`out[start:stop]` += speech at `vol`, clipped to full scale (the mixing step of `Mixer.render`)."""
+    s = sp[start:stop]
+    s *= vol
+    o = out[start:stop]
+    o += s
+    np.minimum(o, 1.0, out=o)
+    np.maximum(o, -1.0, out=o)
 
 
 class WavSink:
@@ -508,15 +627,18 @@ class WavSink:
         self._closed = False
 
     def render_until_frame(self, frame: int) -> None:
+        block, size = self.block_size, self._buf.shape[0]
+        plan, render = self.mixer.plan_block, self.mixer.render
         while self.frames_written < frame:
-            n = min(self.block_size, frame - self.frames_written, self._buf.shape[0] - self._fill)
+            fill = self._fill
+            n = min(block, frame - self.frames_written, size - fill)
             if self.deferred:
-                self.mixer.plan_block(n)
+                plan(n)
             else:
-                self.mixer.render(self._buf[self._fill : self._fill + n])
-            self._fill += n
+                render(self._buf[fill : fill + n])
+            self._fill = fill + n
             self.frames_written += n
-            if self._fill == self._buf.shape[0]:
+            if self._fill == size:
                 self._flush()
 
     def render_until(self, t: float) -> None:

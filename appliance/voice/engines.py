@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,16 @@ def normalize(text: str) -> str:
     """Lower case, single spaces, pocketsphinx's alternative-pronunciation marks `(2)` removed."""
     text = re.sub(r"\(\d+\)", "", text.lower())
     return " ".join(text.split())
+
+
+def _grammar_dict(full: Path, words: set[str], out: Path) -> Path:
+    """The lines of pronouncing dictionary `full` for `words` (every pronunciation), into `out`."""
+    with open(full, encoding="utf-8", errors="replace") as src, open(out, "w", encoding="utf-8") as dst:
+        for line in src:
+            head = line.split(None, 1)[0] if line.strip() else ""
+            if normalize(head) in words:
+                dst.write(line)
+    return out
 
 
 class RecognizerEngine(Protocol):
@@ -230,6 +241,9 @@ class PocketsphinxEngine:
         # No bestpath lattice: with filler loops it costs seconds per utterance, and its word
         # posteriors were no use as confidences (correct words often scored 0.0).
         kwargs: dict = {"samprate": SAMPLE_RATE, "bestpath": False, "loglevel": "FATAL", **(extra_config or {})}
+        # Only grammars are searched (the commands, the fillers, the phone loop): the model's
+        # n-gram language model (63 MB resident for en-us) is never loaded.
+        kwargs.setdefault("lm", None)
         if model_dir is None:
             # The shipped en-us model starts its cepstral mean for a quieter input than a
             # microphone gain set for speech at about -20 dBFS; a cold mean turned the first
@@ -243,10 +257,17 @@ class PocketsphinxEngine:
             dicts = sorted(model_dir.glob("*.dict"))
             if dicts:
                 kwargs["dict"] = str(dicts[0])
-        try:
-            self._dec = Decoder(**kwargs)
-        except Exception as exc:
-            raise EngineUnavailable(f"pocketsphinx does not start: {exc}") from None
+        # Only the grammar's words from the pronouncing dictionary (the whole of cmudict is
+        # about 20 MB resident): a word the dictionary lacks is still refused below.
+        full_dict = Path(kwargs.get("dict") or Path(get_model_path("en-us")) / "cmudict-en-us.dict")
+        wanted = {w for p in (*phrases, *fillers) for w in normalize(p).split()}
+        with tempfile.TemporaryDirectory(prefix="pocketsphinx-") as tmp:
+            if "dict" not in (extra_config or {}) and full_dict.is_file():
+                kwargs["dict"] = str(_grammar_dict(full_dict, wanted, Path(tmp) / "grammar.dict"))
+            try:
+                self._dec = Decoder(**kwargs)
+            except Exception as exc:
+                raise EngineUnavailable(f"pocketsphinx does not start: {exc}") from None
         self.phrases = [p for p in (normalize(p) for p in phrases) if self._all_known(p)]
         dropped = sorted(set(map(normalize, phrases)) - set(self.phrases))
         if dropped:

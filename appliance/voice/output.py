@@ -75,6 +75,7 @@ class AudioSink:
         self._calibration: Callable[[], Any] | None = None
         self._live_count = -1
         self._live_idle_ticks = 0
+        self._cal_of: tuple[Any, tuple[float, float]] = (None, (0.0, 0.0))
 
     @classmethod
     def for_config(
@@ -130,7 +131,11 @@ class AudioSink:
         if slot.value is None or self._live_idle_ticks > LIVE_STALE_TICKS:
             return None  # the sampler stopped: the pitch falls back to the coach's ticks
         cal = calibration()
-        return None if cal is None else (float(cal.rest_cmh2o), float(cal.mvc_cmh2o))
+        if cal is None:
+            return None
+        if cal is not self._cal_of[0]:  # a (frozen) calibration is read once, not every tick
+            self._cal_of = (cal, (float(cal.rest_cmh2o), float(cal.mvc_cmh2o)))
+        return self._cal_of[1]
 
     # -- actions --------------------------------------------------------------------------------
     def say(self, key: str, at: float) -> bool:
@@ -146,7 +151,7 @@ class AudioSink:
             # (its time and the frame the mixer was at then). A prompt already due plays
             # in the next block.
             frame = self._tick_frame + frames_for(at - self._last_t, self.mixer.sample_rate)
-        queued = self.mixer.schedule(clip.samples, frame, key)
+        queued = self.mixer.schedule(clip.pcm, frame, key)
         if queued:
             self.spoken.append((at, key, clip.duration_s))
             self._speech_end = max(self._speech_end, at + clip.duration_s)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import re
 import threading
@@ -43,6 +44,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # bump when the rendering or its metadata changes meaning (2: all samples kept)
+CLIP_FORMAT = 1  # bump when trimming, levelling or resampling a rendering into a clip changes
+PCM_SCALE = 1.0 / 32768.0  # a clip's int16 sample to the mixer's float (a power of two: exact)
+WAV_HEADER = 44  # the `wave` module's header for 16-bit mono PCM: the samples follow it
+# Clips this long or longer are memory-mapped (only what is played becomes resident); the
+# short cues, played again and again anyway, are read: a mapping keeps a file descriptor
+# open, and about half of a catalogue's 280 phrases are shorter (6.6 MB of the 42 MB).
+MAP_FROM_S = 2.0
 VOICES = {"nl": "nl", "en": "en"}  # espeak-ng voice per catalogue language
 TRIM_PAD_S = 0.005
 RECORDING_PAD_S = 0.03  # a recording keeps a breath of its room either side of the speech
@@ -62,17 +70,31 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Clip:
-    """A phrase ready for the mixer: float32 mono at the mixer's rate, silence trimmed."""
+    """A phrase ready for the mixer: mono at the mixer's rate, silence trimmed.
+
+    `pcm` is what the mixer plays, by reference: int16 (full scale 32768), memory-mapped
+    from the speech cache when the clip came from there and is not a short cue (only the
+    pages played become resident), or float samples in [-1, 1] (a test's, a tool's). `samples` is a float32
+    copy, for analysis and for players that want floats.
+    """
 
     key: str
     text: str
-    samples: np.ndarray
+    pcm: np.ndarray
     sample_rate: int
     keyword_offset_s: float
 
     @property
+    def samples(self) -> np.ndarray:
+        if self.pcm.dtype.kind == "f":
+            return self.pcm
+        x = self.pcm.astype(np.float32)
+        x *= PCM_SCALE
+        return x
+
+    @property
     def duration_s(self) -> float:
-        return self.samples.shape[0] / self.sample_rate
+        return self.pcm.shape[0] / self.sample_rate
 
 
 # --- the cache -------------------------------------------------------------------------------
@@ -128,6 +150,46 @@ class SpeechRenderer:
             self._store(rendering, wav_path, meta_path, marked, voice, rate_wpm, volume)
             self.renders += 1
             return rendering
+
+    def clip(self, key: str, text: str, marked: str, voice: str, rate_wpm: int, volume: float,
+             sample_rate: int) -> Clip:
+        """The phrase as a mixer clip at `sample_rate`: from the clip cache (int16, memory-mapped),
+        else rendered (or its rendering loaded), trimmed, levelled, resampled and kept there."""
+        spoken = lexicon_for(voice).apply(marked)
+        digest = self.cache_key(spoken, voice, rate_wpm, volume)
+        clip_id = hashlib.sha256(json.dumps(
+            [CLIP_FORMAT, digest, int(sample_rate), TRIM_PAD_S, loudness.TARGET_DBFS, loudness.LIMIT_KNEE]
+        ).encode()).hexdigest()[:32]
+        wav_path = self.cache_dir / f"{clip_id}.wav"
+        meta_path = self.cache_dir / f"{clip_id}.json"
+        with self._lock:
+            cached = _map_clip(key, text, wav_path, meta_path, sample_rate)
+            if cached is not None:
+                self.cache_hits += 1
+                return cached
+        clip = to_clip(key, text, self.render(marked, voice, rate_wpm, volume), sample_rate)
+        with self._lock:
+            try:
+                _store_clip(clip, wav_path, meta_path, marked, digest)
+            except OSError as exc:  # a full or read-only disk: play it from memory
+                log.warning("speech cache: clip %s not kept (%s)", wav_path, exc)
+                return clip
+            return _map_clip(key, text, wav_path, meta_path, sample_rate) or clip
+
+    def speech_frames(self, marked: str, voice: str, rate_wpm: int, volume: float = 1.0) -> tuple[int, int, int]:
+        """(first, one-past-last sample of the speech, sample rate) of a rendering: from the
+        cache's metadata when it has them (no samples read), else from the samples."""
+        digest = self.cache_key(lexicon_for(voice).apply(marked), voice, rate_wpm, volume)
+        try:
+            meta = json.loads((self.cache_dir / f"{digest}.json").read_text())
+            start, end = meta["speech_frames"]
+            if (self.cache_dir / f"{digest}.wav").exists():
+                return int(start), int(end), int(meta["sample_rate"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        r = self.render(marked, voice, rate_wpm, volume)
+        start, end = _speech_bounds(r.samples)
+        return start, end, r.sample_rate
 
     def _render_fresh(self, marked: str, voice: str, rate_wpm: int, volume: float) -> Rendering:
         errors = []
@@ -187,6 +249,7 @@ class SpeechRenderer:
             "engine": r.engine,
             "keyword_offset_s": r.keyword_offset_s,
             "sample_rate": r.sample_rate,
+            "speech_frames": list(_speech_bounds(r.samples)),
         }
         tmp_meta = meta_path.with_suffix(".json.tmp")
         tmp_meta.write_text(json.dumps(meta, ensure_ascii=False))
@@ -197,6 +260,50 @@ class SpeechRenderer:
             close = getattr(engine, "close", None)
             if close:
                 close()
+
+
+def _store_clip(clip: Clip, wav_path: Path, meta_path: Path, marked: str, rendering: str) -> None:
+    """Keep a clip in the cache: 16-bit WAV (samples right after the plain 44-byte header, so
+    they can be mapped) and its metadata (the catalogue's text, which is how the wipe tells
+    catalogue speech from the rest), both write-then-rename."""
+    tmp_wav = wav_path.with_suffix(".wav.tmp")
+    with wave.open(str(tmp_wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(clip.sample_rate)
+        w.writeframes(np.ascontiguousarray(clip.pcm, dtype="<i2").tobytes())
+    os.replace(tmp_wav, wav_path)
+    meta = {"text": marked, "clip_of": rendering, "keyword_offset_s": clip.keyword_offset_s,
+            "sample_rate": clip.sample_rate, "frames": int(clip.pcm.shape[0])}
+    tmp_meta = meta_path.with_suffix(".json.tmp")
+    tmp_meta.write_text(json.dumps(meta, ensure_ascii=False))
+    os.replace(tmp_meta, meta_path)
+
+
+def _map_clip(key: str, text: str, wav_path: Path, meta_path: Path, sample_rate: int) -> Clip | None:
+    """A cached clip, its samples memory-mapped read-only (None if absent or not as written)."""
+    if not (wav_path.exists() and meta_path.exists()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        frames = int(meta["frames"])
+        if int(meta["sample_rate"]) != sample_rate or frames <= 0:
+            raise ValueError(f"sample rate {meta['sample_rate']}, {frames} frames")
+        with open(wav_path, "rb") as fh:
+            header = fh.read(WAV_HEADER)
+            if (len(header) != WAV_HEADER or header[:4] != b"RIFF" or header[36:40] != b"data"
+                    or int.from_bytes(header[40:44], "little") != 2 * frames
+                    or os.fstat(fh.fileno()).st_size < WAV_HEADER + 2 * frames):
+                raise ValueError("not the 16-bit mono WAV the cache writes")
+            if frames < MAP_FROM_S * sample_rate:  # a short cue: read (bytes are read-only too)
+                data: bytes | mmap.mmap = fh.read(2 * frames)
+            else:
+                data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        pcm = np.frombuffer(data, dtype="<i2", count=frames, offset=0 if isinstance(data, bytes) else WAV_HEADER)
+        return Clip(key, text, pcm, sample_rate, float(meta["keyword_offset_s"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("speech cache clip %s unreadable (%s); making it again", wav_path, exc)
+        return None
 
 
 def to_clip(key: str, text: str, r: Rendering, sample_rate: int) -> Clip:
@@ -213,10 +320,14 @@ def to_clip(key: str, text: str, r: Rendering, sample_rate: int) -> Clip:
 
 
 def finish_clip(key: str, text: str, x: np.ndarray, rate: int, keyword_offset_s: float, sample_rate: int) -> Clip:
-    """Trimmed samples at the common loudness and the mixer's rate, read-only."""
-    x = loudness.resample(loudness.normalise(x, rate), rate, sample_rate)
-    x.setflags(write=False)  # shared by reference with the audio thread
-    return Clip(key, text, x, sample_rate, keyword_offset_s)
+    """Trimmed samples at the common loudness and the mixer's rate, as read-only int16."""
+    y = loudness.resample(loudness.normalise(x, rate), rate, sample_rate)
+    y *= 32768.0
+    np.rint(y, out=y)
+    np.clip(y, -32768.0, 32767.0, out=y)
+    pcm = y.astype(np.int16)
+    pcm.setflags(write=False)  # shared by reference with the audio thread
+    return Clip(key, text, pcm, sample_rate, keyword_offset_s)
 
 
 def recorded_clip(key: str, text: str, samples: np.ndarray, rate: int, keyword_offset_s: float,
@@ -303,8 +414,8 @@ class PhraseBank:
         if recorded is not None:
             return recorded
         marked = marked_text(self.catalogue, key)
-        r = self.renderer.render(marked, self.voice, self._synth_rate(key, rate_wpm), self.volume)
-        return to_clip(key, self.catalogue.text(key), r, self.sample_rate)
+        return self.renderer.clip(key, self.catalogue.text(key), marked, self.voice, self._synth_rate(key, rate_wpm),
+                                  self.volume, self.sample_rate)
 
     def _is_instruction(self, key: str) -> bool:
         """A long explanation, not a cue timed on the breath (those keep the plain rate)."""
@@ -326,11 +437,10 @@ class PhraseBank:
         ratio = self._heard_per_asked.get(key)
         if ratio is None:
             marked = marked_text(self.catalogue, key)
-            r = self.renderer.render(marked, self.voice, rate_wpm, self.volume)
-            start, end = _speech_bounds(r.samples)
+            start, end, rate = self.renderer.speech_frames(marked, self.voice, rate_wpm, self.volume)
             if end <= start:
                 return rate_wpm
-            heard = 60.0 * len(WORD.findall(self.catalogue.text(key))) * r.sample_rate / (end - start)
+            heard = 60.0 * len(WORD.findall(self.catalogue.text(key))) * rate / (end - start)
             ratio = heard / rate_wpm
             self._heard_per_asked[key] = ratio
         target = self.instruction_wpm * rate_wpm / self.base_rate_wpm
