@@ -52,19 +52,38 @@ def _floats(xs: Any) -> list[float]:
     return [float(x) for x in xs]
 
 
+DUE_SLACK_S = 1e-6  # a tick for a planned moment comes this much after it (float rounding)
+
+
 def run(session: Session, source: PressureSource, clock: Clock, tick_s: float = 0.01,
         script: Iterable[ScriptedCommand] = (), max_seconds: float = 4 * 3600.0,
-        on_tick: Callable[[float], None] | None = None, should_stop: Callable[[], bool] | None = None) -> None:
-    """Run until the session is done, `max_seconds` of session time pass, or `should_stop()`."""
+        on_tick: Callable[[float], None] | None = None, should_stop: Callable[[], bool] | None = None,
+        fast_tick_s: float | None = None) -> None:
+    """Run until the session is done, `max_seconds` of session time pass, or `should_stop()`.
+
+    Ticks come every `tick_s`, every `fast_tick_s` while the session asks for it
+    (`Session.needs_fast_tick`: the stimulation exercise), and also at each moment the
+    plan or the script names (`Session.next_due`), so prompts, phases and scripted commands
+    happen on their time whatever the control rate.
+    """
     pending = sorted(script, key=lambda c: c.t)
     t = clock.now()
     end = session.t0 + max_seconds
     i = 0
     while not session.finished and t < end:
-        t += tick_s
+        step = fast_tick_s if fast_tick_s is not None and session.needs_fast_tick else tick_s
+        nxt = t + step
+        late_s = 10 * step
+        due = session.next_due()
+        if i < len(pending):
+            said = session.t0 + pending[i].t
+            due = said if due is None else min(due, said)
+        if due is not None and t < due + DUE_SLACK_S < nxt:
+            nxt = due + DUE_SLACK_S
+        t = nxt
         clock.sleep_until(t)
         now = clock.now()
-        if now - t > 10 * tick_s:  # fell behind (a slow disk, a busy CPU): do not try to catch up
+        if now - t > late_s:  # fell behind (a slow disk, a busy CPU): do not try to catch up
             log.warning("control loop late by %.0f ms", (now - t) * 1000)
             t = now
         times, values = _plain(source.read_until(t))

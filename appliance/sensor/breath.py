@@ -260,14 +260,15 @@ class BreathDetector:
         consistent = self._uniform_fit(t, y_raw, trend, start, r, period)
         if ripple > s.max_ripple_cmh2o:
             faint = 0.0  # swings this large are squeezes, coughs or movement, not breath
-        self._timing = (t_end + start, r * period, period)
+        # Plain floats: these times become the coach's plan and its events' times.
+        self._timing = (float(t_end + start), float(r * period), float(period))
         stable = self._stability(t_end, t_end + start, period)
         est = BreathEstimate(
             t=t_end,
             phase=BreathPhase.UNKNOWN,
-            confidence=max(0.0, min(explained, consistent)) * faint * stable,
-            breaths_per_minute=60.0 * f,
-            ripple_cmh2o=ripple,
+            confidence=float(max(0.0, min(explained, consistent)) * faint * stable),
+            breaths_per_minute=float(60.0 * f),
+            ripple_cmh2o=float(ripple),
             next_out_s=None,
             next_in_s=None,
         )
