@@ -7,6 +7,7 @@ it jumps), so a simulated session exercises exactly the device's code path.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,13 @@ def _floats(xs: Any) -> list[float]:
     return [float(x) for x in xs]
 
 
-DUE_SLACK_S = 1e-6  # a tick for a planned moment comes this much after it (float rounding)
+def clock_time(t0: float, st: float) -> float:
+    """The first clock time whose session time (`now - t0`) is at least `st`: a tick for a
+    planned moment must not fall a rounding error short of it."""
+    t = t0 + st
+    while t - t0 < st:
+        t = math.nextafter(t, math.inf)
+    return t
 
 
 def run(session: Session, source: PressureSource, clock: Clock, tick_s: float = 0.01,
@@ -76,10 +83,11 @@ def run(session: Session, source: PressureSource, clock: Clock, tick_s: float = 
         late_s = 10 * step
         due = session.next_due()
         if i < len(pending):
-            said = session.t0 + pending[i].t
-            due = said if due is None else min(due, said)
-        if due is not None and t < due + DUE_SLACK_S < nxt:
-            nxt = due + DUE_SLACK_S
+            due = pending[i].t if due is None else min(due, pending[i].t)
+        if due is not None:
+            at = clock_time(session.t0, due)
+            if t < at < nxt:
+                nxt = at
         t = nxt
         clock.sleep_until(t)
         now = clock.now()

@@ -162,7 +162,7 @@ class Session(Planning, Measuring, Commanding, Correcting, Rating):
         return ex is not None and ex.id == STIM_EXERCISE_ID
 
     def next_due(self) -> float | None:
-        """Clock time of the plan's next moment: a prompt, a phase, the segment's end or the
+        """Session time of the plan's next moment: a prompt, a phase, the segment's end or the
         words after a repetition (None: nothing planned). The control loop ticks then, so
         what the plan says happens on time whatever the control rate."""
         seg = self._segment
@@ -175,7 +175,7 @@ class Session(Planning, Measuring, Commanding, Correcting, Rating):
             due = min(due, seg.end)
             if self._rest_feedback_at is not None:
                 due = min(due, self._rest_feedback_at)
-        return None if due == math.inf else float(self.t0 + due)  # plain: a plan time may be numpy's
+        return None if due == math.inf else float(due)  # plain: a plan time may be numpy's
 
     def session_time(self, now: float | None = None) -> float:
         return (self.clock.now() if now is None else now) - self.t0
