@@ -31,7 +31,7 @@ from appliance.coach.programme import load_programme
 from appliance.coach.session import Calibration
 from appliance.commands import Command
 from appliance.config import DeviceConfig
-from appliance.device.wiring import SessionParts, build_session
+from appliance.device.wiring import CONTROL_TICK_S, SessionParts, build_session
 from appliance.events import Event, Feedback
 from appliance.sensor.base import ProbeStatus
 from appliance.sensor.live import LivePressure
@@ -130,7 +130,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=600.0, help="session seconds to run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--block", type=int, default=None, help="override the shipped block size")
-    parser.add_argument("--tick", type=float, default=0.005, help="control tick in seconds (the device ships 0.005)")
+    parser.add_argument("--tick", type=float, default=CONTROL_TICK_S,
+                        help=f"control tick in seconds (the device ships {CONTROL_TICK_S})")
     args = parser.parse_args()
 
     cfg = DeviceConfig()

@@ -1,4 +1,4 @@
-"""What the probe's observers cost per control tick, on the device's schedule (5 ms tick, 200 Hz sensor).
+"""What the probe's observers cost per control tick, on the device's schedule (its tick, 200 Hz sensor).
 
 bench/cpu.py measures the whole real-time path; this one times the observers' pieces alone,
 in a steady state the first minute of a session does not reach:
@@ -19,11 +19,12 @@ import time
 
 import numpy as np
 
+from appliance.device.wiring import CONTROL_TICK_S
 from appliance.sensor.breath import BreathDetector
 from appliance.sensor.probe import Mpx5010Transfer, ProbeMonitor, counts_to_volts
 from appliance.sensor.technique import TechniqueMonitor
 
-TICK_S = 0.005
+TICK_S = CONTROL_TICK_S
 SENSOR_HZ = 200.0
 
 

@@ -97,6 +97,45 @@ def test_simulate_state_dir_with_stimulation_prescribed_shows_the_stim_exercise_
     assert lines and not any(x.is_active for x in lines)
 
 
+class TickWatch:
+    """The control ticks as the sinks see them (a feedback per tick, after the tick's prompts),
+    which exercise each falls in, and how late each prompt was fired after its planned moment."""
+
+    def __init__(self) -> None:
+        self.ticks: list[tuple[float, str | None]] = []
+        self.exercise: str | None = None
+        self.unfired: list[float] = []
+        self.late: list[float] = []
+
+    def emit(self, event) -> None:
+        if event.kind == "exercise":
+            self.exercise = event.data["exercise"] if event.data.get("state") == "started" else None
+        elif event.kind == "say" and self.ticks and event.data["at"] > self.ticks[-1][0]:
+            # Due after the last tick: fired by the plan at this tick. (Said at the last tick
+            # or before the first, e.g. an answer to a command, it is not the plan's.)
+            self.unfired.append(float(event.data["at"]))
+
+    def feedback(self, fb) -> None:
+        self.ticks.append((fb.t, self.exercise))
+        self.late.extend(fb.t - at for at in self.unfired if at <= fb.t)  # (said ahead: not late)
+        self.unfired = []
+
+
+def test_the_stimulation_exercise_is_watched_every_5_ms_and_every_prompt_is_said_on_its_moment(tmp_path):
+    """The coach decides every 20 ms, every 5 ms through the stim exercise (its interlocks act
+    at the next tick: docs/stimulation.md), and prompts are fired on their planned moment."""
+    state = enrolled(tmp_path, STIM_RX, datetime(2026, 6, 1, 8, tzinfo=UTC))
+    watch = TickWatch()
+    simulate(state_dir=state, seed=3, start_wall=datetime(2026, 6, 2, 9, tzinfo=UTC), lang=None,
+             extra_sinks=[watch])
+    gaps: dict[bool, list[float]] = {True: [], False: []}
+    for (t0, ex0), (t1, ex1) in zip(watch.ticks, watch.ticks[1:], strict=False):
+        gaps[ex0 == ex1 == "stim"].append(t1 - t0)
+    assert len(gaps[True]) > 1000 and max(gaps[True]) <= 0.005 + 1e-9
+    assert max(gaps[False]) <= 0.020 + 1e-9 and np.median(gaps[False]) > 0.019
+    assert len(watch.late) > 20 and max(watch.late) < 0.001  # to the millisecond, not to the tick
+
+
 def test_without_stimulation_in_the_prescription_the_line_is_never_driven(tmp_path):
     state = enrolled(tmp_path, STIM_RX.replace("[stim]\nenabled = true", "[stim]\nenabled = false"),
                      datetime(2026, 6, 1, 8, tzinfo=UTC))

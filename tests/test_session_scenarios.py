@@ -192,14 +192,17 @@ def test_any_command_in_any_state_gets_an_answer_and_no_crash(state, command):
 
 
 def test_postop_patients_reach_lower_strength_and_the_metrics_say_so(average_session):
-    post = simulate(patient="postop", seed=1, programme=load_programme("leaflet").only("ex1", "ex2"))
+    # Three post-operative patients: one patient's mean peak lands within a few tenths of
+    # the bound either way with the seed (37.4-38.7 %MVC against 0.7 x 55 here).
+    post = [simulate(patient="postop", seed=seed, programme=load_programme("leaflet").only("ex1", "ex2"))
+            for seed in (1, 2, 3)]
 
-    def mean(result, key):
-        rs = reps(result, "ex1", "complete") + reps(result, "ex2", "complete")
+    def mean(results, key):
+        rs = [r for result in results for r in reps(result, "ex1", "complete") + reps(result, "ex2", "complete")]
         return sum(r[key] for r in rs) / len(rs)
 
-    assert mean(post, "peak_pct") < 0.7 * mean(average_session, "peak_pct")
-    assert mean(post, "held_s") < mean(average_session, "held_s")
+    assert mean(post, "peak_pct") < 0.7 * mean([average_session], "peak_pct")
+    assert mean(post, "held_s") < mean([average_session], "held_s")
 
 
 def test_the_same_seed_gives_the_same_session_and_another_seed_another():

@@ -7,6 +7,7 @@ it jumps), so a simulated session exercises exactly the device's code path.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -52,19 +53,45 @@ def _floats(xs: Any) -> list[float]:
     return [float(x) for x in xs]
 
 
+def clock_time(t0: float, st: float) -> float:
+    """The first clock time whose session time (`now - t0`) is at least `st`: a tick for a
+    planned moment must not fall a rounding error short of it."""
+    t = t0 + st
+    while t - t0 < st:
+        t = math.nextafter(t, math.inf)
+    return t
+
+
 def run(session: Session, source: PressureSource, clock: Clock, tick_s: float = 0.01,
         script: Iterable[ScriptedCommand] = (), max_seconds: float = 4 * 3600.0,
-        on_tick: Callable[[float], None] | None = None, should_stop: Callable[[], bool] | None = None) -> None:
-    """Run until the session is done, `max_seconds` of session time pass, or `should_stop()`."""
+        on_tick: Callable[[float], None] | None = None, should_stop: Callable[[], bool] | None = None,
+        fast_tick_s: float | None = None) -> None:
+    """Run until the session is done, `max_seconds` of session time pass, or `should_stop()`.
+
+    Ticks come every `tick_s`, every `fast_tick_s` while the session asks for it
+    (`Session.needs_fast_tick`: the stimulation exercise), and also at each moment the
+    plan or the script names (`Session.next_due`), so prompts, phases and scripted commands
+    happen on their time whatever the control rate.
+    """
     pending = sorted(script, key=lambda c: c.t)
     t = clock.now()
     end = session.t0 + max_seconds
     i = 0
     while not session.finished and t < end:
-        t += tick_s
+        step = fast_tick_s if fast_tick_s is not None and session.needs_fast_tick else tick_s
+        nxt = t + step
+        late_s = 10 * step
+        due = session.next_due()
+        if i < len(pending):
+            due = pending[i].t if due is None else min(due, pending[i].t)
+        if due is not None:
+            at = clock_time(session.t0, due)
+            if t < at < nxt:
+                nxt = at
+        t = nxt
         clock.sleep_until(t)
         now = clock.now()
-        if now - t > 10 * tick_s:  # fell behind (a slow disk, a busy CPU): do not try to catch up
+        if now - t > late_s:  # fell behind (a slow disk, a busy CPU): do not try to catch up
             log.warning("control loop late by %.0f ms", (now - t) * 1000)
             t = now
         times, values = _plain(source.read_until(t))

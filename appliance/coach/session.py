@@ -14,6 +14,7 @@ stimulation and the output are here.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, tzinfo
 
@@ -148,6 +149,34 @@ class Session(Planning, Measuring, Commanding, Correcting, Rating):
     @property
     def strength_pct(self) -> float:
         return self._strength_pct
+
+    @property
+    def needs_fast_tick(self) -> bool:
+        """Whether the control loop must tick at its fast rate: while the stimulation exercise
+        is on (or the line is high), so every interlock is checked as often as specified."""
+        stim = self.stim
+        if stim is None:
+            return False
+        if self._stim_exercise is not None or stim.line_high:
+            return True
+        ex = self.exercise
+        return ex is not None and ex.id == STIM_EXERCISE_ID
+
+    def next_due(self) -> float | None:
+        """Session time of the plan's next moment: a prompt, a phase, the segment's end or the
+        words after a repetition (None: nothing planned). The control loop ticks then, so
+        what the plan says happens on time whatever the control rate."""
+        seg = self._segment
+        if seg is None:
+            return None
+        due = seg.prompts[seg.prompt_index].at if seg.prompt_index < len(seg.prompts) else math.inf
+        if self.state in RUNNING:
+            if seg.phase_index + 1 < len(seg.phases):
+                due = min(due, seg.phases[seg.phase_index + 1].start)
+            due = min(due, seg.end)
+            if self._rest_feedback_at is not None:
+                due = min(due, self._rest_feedback_at)
+        return None if due == math.inf else float(due)  # plain: a plan time may be numpy's
 
     def session_time(self, now: float | None = None) -> float:
         return (self.clock.now() if now is None else now) - self.t0

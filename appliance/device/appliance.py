@@ -36,7 +36,7 @@ from appliance.device.reminding import REMINDER_CHECK_S, Reminding
 from appliance.device.service import Notifier, Signals, WatchdogFeeder
 from appliance.device.sessions import SessionRecord, SessionRunning, speaker_sink
 from appliance.device.sinks import EventWriter, GuardedStoreSink
-from appliance.device.wiring import CONTROL_TICK_S
+from appliance.device.wiring import CONTROL_TICK_S, STIM_TICK_S
 from appliance.events import Event, EventKind, Sink
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class RunOptions:
     exit_when_ready: bool = False
     speech_cache: Path | None = None  # default: STATE_DIR/cache/speech
     tick_s: float = CONTROL_TICK_S
+    fast_tick_s: float = STIM_TICK_S  # while the stimulation exercise is on
     idle_tick_s: float = 0.05
     script: Sequence[ScriptedCommand] = ()  # commands at session seconds (simulate --say)
     max_session_s: float = 4 * 3600.0

@@ -209,7 +209,8 @@ class SessionRunning(HealthChecks):
             return self.signals.stop.is_set()
 
         run_loop(session, self.source, self.clock, tick_s=self.options.tick_s, script=self.options.script,
-                 max_seconds=self.options.max_session_s, on_tick=on_tick, should_stop=should_stop)
+                 max_seconds=self.options.max_session_s, on_tick=on_tick, should_stop=should_stop,
+                 fast_tick_s=min(self.options.fast_tick_s, self.options.tick_s))
 
     def _after_session(self, session: Session, plan: Any) -> None:
         try:

@@ -26,7 +26,12 @@ from appliance.sensor.technique import ObservedSource, TechniqueMonitor
 from appliance.store import StoreSink
 from appliance.voice.phrases import Catalogue
 
-CONTROL_TICK_S = 0.005  # 5 ms: the coach's decisions; the tone's pitch does not wait for it (bench/latency.py)
+# The coach's decisions every 20 ms, and at every moment its plan names (Session.next_due):
+# the tone's pitch does not wait for the tick (appliance.sensor.live, bench/latency.py), the
+# prompts and phases do not either. The stimulation exercise ticks every 5 ms, so its
+# interlocks act as fast as docs/stimulation.md says (Session.needs_fast_tick).
+CONTROL_TICK_S = 0.02
+STIM_TICK_S = 0.005
 
 
 class SessionStore(Sink, Protocol):

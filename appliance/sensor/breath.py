@@ -80,6 +80,7 @@ class BreathDetector:
         # a cycle (N = 2400 with the defaults): cosines and sines from one table of N.
         first, per_cycle = s.min_bpm / s.bpm_step, 60.0 / (s.bpm_step * self._bin)
         self._cycles: np.ndarray | None = None
+        self._harmonics_of: tuple[bytes, list[np.ndarray]] | None = None  # (bins, their columns), read only
         if abs(first - round(first)) < 1e-9 and abs(per_cycle - round(per_cycle)) < 1e-6:
             self._cycles = round(first) + np.arange(len(self._freqs))  # Nths of a cycle per bin
             angles = 2 * math.pi * np.arange(round(per_cycle)) / round(per_cycle)
@@ -188,12 +189,16 @@ class BreathDetector:
         s = self.settings
         bins = np.rint(-t / self._bin)
         if self._cycles is not None and float(np.max(np.abs(t + bins * self._bin))) < 1e-6 * self._bin:
+            key = bins.tobytes()
+            if self._harmonics_of is not None and self._harmonics_of[0] == key:
+                return self._harmonics_of[1]  # the same bins as the last fit (a full, unbroken window)
             n = len(self._cos)
             base = (self._cycles[:, None] * bins.astype(np.int64)[None, :]) % n  # Nths of a cycle
             out = []
             for k in range(1, s.harmonics + 1):
                 idx = base if k == 1 else (k * base) % n
                 out += [self._cos[idx], -self._sin[idx]]  # t <= 0: the angle is -2π·idx/N
+            self._harmonics_of = (key, out)
             return out
         wt = 2 * math.pi * self._freqs[:, None] * t[None, :]
         return [fn(k * wt) for k in range(1, s.harmonics + 1) for fn in (np.cos, np.sin)]
@@ -260,14 +265,15 @@ class BreathDetector:
         consistent = self._uniform_fit(t, y_raw, trend, start, r, period)
         if ripple > s.max_ripple_cmh2o:
             faint = 0.0  # swings this large are squeezes, coughs or movement, not breath
-        self._timing = (t_end + start, r * period, period)
+        # Plain floats: these times become the coach's plan and its events' times.
+        self._timing = (float(t_end + start), float(r * period), float(period))
         stable = self._stability(t_end, t_end + start, period)
         est = BreathEstimate(
             t=t_end,
             phase=BreathPhase.UNKNOWN,
-            confidence=max(0.0, min(explained, consistent)) * faint * stable,
-            breaths_per_minute=60.0 * f,
-            ripple_cmh2o=ripple,
+            confidence=float(max(0.0, min(explained, consistent)) * faint * stable),
+            breaths_per_minute=float(60.0 * f),
+            ripple_cmh2o=float(ripple),
             next_out_s=None,
             next_in_s=None,
         )

@@ -12,6 +12,7 @@ the coach as observations (`Session.observe_warning`) without the loop knowing a
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -175,10 +176,10 @@ class TechniqueMonitor:
 
     def _trim(self, before: float) -> None:
         if self._t and self._t[0] < before:
-            k = int(np.searchsorted(self._t, before))
+            k = bisect_left(self._t, before)  # the lists are in time order: no array built
             del self._t[:k], self._p[:k]
         if self._abd_t and self._abd_t[0] < before:
-            k = int(np.searchsorted(self._abd_t, before))
+            k = bisect_left(self._abd_t, before)
             del self._abd_t[:k], self._abd_p[:k]
 
     # --- the judgement -----------------------------------------------------------------------
@@ -302,7 +303,7 @@ class TechniqueMonitor:
         return float(np.median(before)) if len(before) >= 10 else None
 
     def _recent(self, since: float) -> tuple[np.ndarray, np.ndarray]:
-        k = int(np.searchsorted(self._t, since))
+        k = bisect_left(self._t, since)  # np.searchsorted would copy the whole list first
         return np.array(self._t[k:]), np.array(self._p[k:])
 
     def _live_push_down(self, now: float, moving: bool) -> None:

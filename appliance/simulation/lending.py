@@ -7,7 +7,7 @@ as her adherence profile says (seeded), and the device decides everything else a
 would at home: the post-operative gate, this week's targets, the weekly PERFECT
 assessment, stimulation. Between sessions the supervisor's idle loop steps in
 `IDLE_STEP_S` steps (on the device it wakes every 50 ms for the button; here only the
-simulated patient presses anything); sessions run at the device's 5 ms tick.
+simulated patient presses anything); sessions run at the device's control tick.
 """
 
 from __future__ import annotations

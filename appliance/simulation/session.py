@@ -4,8 +4,9 @@
 `SimulatedEdges`: the simulated patient behind the probe (directly or through the ADC
 path), mock GPIO pins, a speaker that renders to `session.wav`, and a patient who says
 "start" after the device says it is ready. The same configuration, health checks,
-prescription, day plan, stimulation, observations, breath following and 5 ms tick
-as the device. Used by `appliance simulate`, the scenario tests and the benchmarks.
+prescription, day plan, stimulation, observations, breath following and control loop
+(20 ms tick, 5 ms through stimulation, a tick at every planned moment) as the device.
+Used by `appliance simulate`, the scenario tests and the benchmarks.
 """
 
 from __future__ import annotations
