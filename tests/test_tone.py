@@ -292,8 +292,9 @@ def test_the_cue_stays_the_coachs_while_the_pitch_is_live():
 
 def test_a_stalled_sampler_hands_the_pitch_back_to_the_coachs_ticks():
     from appliance.coach.plan import Calibration
+    from appliance.device.wiring import CONTROL_TICK_S
     from appliance.voice.audio import Mixer
-    from appliance.voice.output import LIVE_STALE_TICKS, AudioSink
+    from appliance.voice.output import LIVE_STALE_S, AudioSink
 
     mixer = Mixer(SR)
     sink = AudioSink(mixer, None, ToneShaper())  # type: ignore[arg-type]  # the tone only
@@ -301,9 +302,17 @@ def test_a_stalled_sampler_hands_the_pitch_back_to_the_coachs_ticks():
     slot.push(30.0)
     sink.feedback(Feedback(0.0, 25.0, 50.0, True))
     assert mixer.tone.params.live is not None
-    for i in range(LIVE_STALE_TICKS + 1):
-        sink.feedback(Feedback(0.005 * (i + 1), 25.0, 50.0, True))
-    assert mixer.tone.params.live is None  # no new sample for 100 ms: the tick's pitch again
+    # Counted in seconds, whatever the tick: 100 ms at the 5 ms stim tick and the 20 ms one.
+    for tick in (0.005, CONTROL_TICK_S):
+        t0 = mixer_t = 0.0
+        slot.push(30.0)
+        sink.feedback(Feedback(t0, 25.0, 50.0, True))
+        while mixer_t + tick <= LIVE_STALE_S:
+            mixer_t += tick
+            sink.feedback(Feedback(mixer_t, 25.0, 50.0, True))
+            assert mixer.tone.params.live is not None  # within 100 ms: still the live pitch
+        sink.feedback(Feedback(LIVE_STALE_S + tick, 25.0, 50.0, True))
+        assert mixer.tone.params.live is None  # no new sample for 100 ms: the tick's pitch again
     slot.push(30.0)
     sink.feedback(Feedback(1.0, 25.0, 50.0, True))
     assert mixer.tone.params.live is not None

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BREATH_S = 10.0  # the coach's default breath (4 s in, 6 s out); speech rate 1:1 there
 MIN_RATE_WPM, MAX_RATE_WPM = 100, 220
-LIVE_STALE_TICKS = 20  # control ticks without a new live sample before the tick's pitch takes over
+LIVE_STALE_S = 0.1  # seconds without a new live sample before the tick's pitch takes over
 
 
 def rate_for_pace(base_wpm: int, breath_s: float) -> int:
@@ -74,7 +75,7 @@ class AudioSink:
         self._live: LivePressure | None = None
         self._calibration: Callable[[], Any] | None = None
         self._live_count = -1
-        self._live_idle_ticks = 0
+        self._live_seen_t = -math.inf
         self._cal_of: tuple[Any, tuple[float, float]] = (None, (0.0, 0.0))
 
     @classmethod
@@ -106,7 +107,7 @@ class AudioSink:
 
     def feedback(self, fb: Feedback) -> None:
         self._advance(fb.t)
-        self.mixer.set_tone(self.shaper.update(fb, self._live_calibration()))
+        self.mixer.set_tone(self.shaper.update(fb, self._live_calibration(fb.t)))
 
     # -- the live pitch ---------------------------------------------------------------------------
     def follow_live(self, rate_hz: float, calibration: Callable[[], Any]) -> LivePressure:
@@ -115,20 +116,18 @@ class AudioSink:
         (rest_cmh2o, mvc_cmh2o; None before it is measured): what a pressure means."""
         slot = LivePressure(rate_hz)
         self._live, self._calibration = slot, calibration
-        self._live_count, self._live_idle_ticks = -1, 0
+        self._live_count, self._live_seen_t = -1, -math.inf
         self.mixer.tone.slot = slot
         return slot
 
-    def _live_calibration(self) -> tuple[float, float] | None:
+    def _live_calibration(self, t: float) -> tuple[float, float] | None:
         """(rest, MVC) while the live slot is fresh; None sends the pitch of the tick instead."""
         slot, calibration = self._live, self._calibration
         if slot is None or calibration is None:
             return None
         if slot.count != self._live_count:
-            self._live_count, self._live_idle_ticks = slot.count, 0
-        else:
-            self._live_idle_ticks += 1
-        if slot.value is None or self._live_idle_ticks > LIVE_STALE_TICKS:
+            self._live_count, self._live_seen_t = slot.count, t
+        if slot.value is None or t - self._live_seen_t > LIVE_STALE_S:
             return None  # the sampler stopped: the pitch falls back to the coach's ticks
         cal = calibration()
         if cal is None:
