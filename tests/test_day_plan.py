@@ -9,10 +9,14 @@ import sqlite3
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from statistics import median
+from types import SimpleNamespace
 
 import pytest
 
 from appliance.clinic.enrolment import enroll
+from appliance.clinic.report import strength_series
+from appliance.clinic.summary import counts_for_strength
 from appliance.coach.programme import PhaseKind, load_programme
 from appliance.config import ConfigError
 from appliance.patient.prescription import parse_prescription
@@ -210,3 +214,15 @@ def test_the_simulated_knee_lift_is_flagged_in_ex5(tmp_path):
         "SELECT artefact, peak_pct FROM repetitions").fetchall()
     assert [bool(a) for a, _ in stored] == [r["artefact"] for r in reps]
     assert all(p < 1.15 * r["target_pct"] for (a, p), r in zip(stored, reps, strict=True) if a)
+
+
+def test_the_knee_lift_repetitions_are_in_the_strength_chart_with_the_squeezes_own_peak(tmp_path):
+    """The leg lifts the belly pressure in nearly every ex5 repetition; the device stores the
+    peak outside the movement, so a flagged repetition still counts for the strength charts."""
+    prog = load_programme("leaflet").only("ex5")
+    reps = [e.data for e in simulate(out_dir=tmp_path, programme=prog, seed=3).log.of("rep")]
+    flagged = [r for r in reps if r["artefact"]]
+    assert flagged and all(counts_for_strength(r) for r in flagged)
+    peaks = strength_series(SimpleNamespace(sessions=[SimpleNamespace(
+        id=1, mvc_measured=False, mvc_cmh2o=None, postop=False, kind="main", reps=reps)]))["peaks"]
+    assert peaks and peaks[0][1] == pytest.approx(median(r["peak_cmh2o"] for r in reps))
