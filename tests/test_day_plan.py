@@ -226,3 +226,21 @@ def test_the_knee_lift_repetitions_are_in_the_strength_chart_with_the_squeezes_o
     peaks = strength_series(SimpleNamespace(sessions=[SimpleNamespace(
         id=1, mvc_measured=False, mvc_cmh2o=None, postop=False, kind="main", reps=reps)]))["peaks"]
     assert peaks and peaks[0][1] == pytest.approx(median(r["peak_cmh2o"] for r in reps))
+
+
+def test_a_gentle_squeeze_made_too_strong_does_not_become_the_mvc_the_targets_come_from(tmp_path):
+    """After surgery the reference squeeze is asked gently and taken as 30 %MVC; a strong
+    patient's (22 cmH2O, x 100/30 = 73 cmH2O) is capped, so the targets stay gentle."""
+    result = simulate(out_dir=tmp_path, programme="postop", patient="strong", seed=0)
+    cal = result.log.of("calibration")[0].data
+    assert min(cal["squeezes_cmh2o"]) > 15.0  # harder than 30 % of a mean MVC (10.5 cmH2O)
+    assert cal["mvc_cmh2o"] == pytest.approx(35.1) and cal["mvc_capped"]
+    reps = [e.data for e in result.log.of("rep")]
+    assert reps and all(r["target_pct"] <= 30.0 for r in reps)
+    assert all(r["target_pct"] * cal["mvc_cmh2o"] / 100 <= 10.6 for r in reps)  # cmH2O asked above rest
+
+
+def test_an_average_patients_gentle_squeeze_gives_an_estimate_near_her_mvc(tmp_path):
+    result = simulate(out_dir=tmp_path, programme="postop", patient="average", seed=0)
+    cal = result.log.of("calibration")[0].data
+    assert 30.0 <= cal["mvc_cmh2o"] <= 35.1  # her true MVC is 35 cmH2O
