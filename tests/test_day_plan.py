@@ -244,3 +244,11 @@ def test_an_average_patients_gentle_squeeze_gives_an_estimate_near_her_mvc(tmp_p
     result = simulate(out_dir=tmp_path, programme="postop", patient="average", seed=0)
     cal = result.log.of("calibration")[0].data
     assert 30.0 <= cal["mvc_cmh2o"] <= 35.1  # her true MVC is 35 cmH2O
+
+
+def test_a_lending_day_line_counts_one_short_set_and_one_reminder_in_the_singular():
+    from appliance.simulation.lending import DayLine, _format_line
+
+    line = _format_line(DayLine(START, main=1, short_sets=1, reminders=1))
+    assert "1 main, 1 short set, 0 PERFECT, 1 reminder;" in line
+    assert "2 short sets, 0 PERFECT, 2 reminders;" in _format_line(DayLine(START, short_sets=2, reminders=2))
