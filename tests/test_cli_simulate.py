@@ -103,3 +103,21 @@ def test_a_new_user_s_wrong_input_is_one_sentence_each_with_a_non_zero_exit(tmp_
         assert named in err and "Traceback" not in err and len(err.splitlines()) == 1, (args, err)
         assert "(file) =" not in err and "usage:" not in err, err
     assert afile.read_text() == "keep me\n"
+
+
+def test_the_console_prints_the_ready_phrase_before_the_session_not_beside_the_welcome():
+    import io
+
+    from appliance.clock import SimClock
+    from appliance.events import Event
+    from appliance.simulation.timeline import ConsoleTimeline
+
+    clock, out = SimClock(), io.StringIO()
+    view = ConsoleTimeline(out, clock)
+    view.emit(Event(0.0, "say", {"phrase": "device.ready", "text": "Ik ben klaar."}))
+    clock.advance(5.65)
+    view.emit(Event(0.0, "say", {"phrase": "session.welcome", "text": "Welkom."}))
+    view.emit(Event(0.0, "session", {"state": "started"}))
+    lines = out.getvalue().splitlines()
+    assert lines[0].split()[:2] == ["-0:05.65", "»"] and "Ik ben klaar." in lines[0]
+    assert lines[1].split()[0] == "0:00.00" and "Welkom." in lines[1]

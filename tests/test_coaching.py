@@ -340,6 +340,25 @@ def test_wat_moet_ik_doen_repeats_the_current_instruction_shortened():
     assert answer["phrase"] == "cue.hold" and answer["at"] - cmd.t < 1.5
 
 
+@pytest.mark.parametrize("into_hold_s", [0.5, 1.6, 2.7, 3.9])
+def test_the_answer_to_wat_moet_ik_doen_is_heard_whole_not_cut_by_the_count(into_hold_s):
+    """"Houd vast." asked for during the counted hold: no count nor cue starts before it ends;
+    asked just before "En laat los.", that cue is the answer (never "Houd vast." after it)."""
+    hold = phase_spans(ex_run(("ex1",)), ("hold",), "ex1")[2]
+    result = ex_run(("ex1",), say=((hold[0] + into_hold_s, "what_now"),))
+    (cmd,) = [e for e in result.log.of("command") if e.data["command"] == "what_now"]
+    heard = sorted(says(result), key=lambda s: s["at"])
+    answers = [s for s in heard if s["phrase"] == "cue.hold" and s["at"] >= cmd.t]
+    release = next(s for s in heard if s["phrase"].startswith("cue.release") and s["at"] >= cmd.t)
+    if answers:
+        (answer,) = answers
+        end = answer["at"] + answer["duration_s"]
+        assert answer["at"] - cmd.t < 1.0 and end < release["at"]
+        assert not [s for s in heard if answer["at"] < s["at"] < end]
+    else:
+        assert release["at"] - cmd.t < 1.2  # the release cue came before an answer could end
+
+
 def test_the_patients_own_tone_and_voice_volumes_are_remembered_for_the_next_session(tmp_path):
     from appliance.commands import Command
     from appliance.device.appliance import Appliance, RunOptions

@@ -9,10 +9,14 @@ import sqlite3
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from statistics import median
+from types import SimpleNamespace
 
 import pytest
 
 from appliance.clinic.enrolment import enroll
+from appliance.clinic.report import strength_series
+from appliance.clinic.summary import counts_for_strength
 from appliance.coach.programme import PhaseKind, load_programme
 from appliance.config import ConfigError
 from appliance.patient.prescription import parse_prescription
@@ -210,3 +214,41 @@ def test_the_simulated_knee_lift_is_flagged_in_ex5(tmp_path):
         "SELECT artefact, peak_pct FROM repetitions").fetchall()
     assert [bool(a) for a, _ in stored] == [r["artefact"] for r in reps]
     assert all(p < 1.15 * r["target_pct"] for (a, p), r in zip(stored, reps, strict=True) if a)
+
+
+def test_the_knee_lift_repetitions_are_in_the_strength_chart_with_the_squeezes_own_peak(tmp_path):
+    """The leg lifts the belly pressure in nearly every ex5 repetition; the device stores the
+    peak outside the movement, so a flagged repetition still counts for the strength charts."""
+    prog = load_programme("leaflet").only("ex5")
+    reps = [e.data for e in simulate(out_dir=tmp_path, programme=prog, seed=3).log.of("rep")]
+    flagged = [r for r in reps if r["artefact"]]
+    assert flagged and all(counts_for_strength(r) for r in flagged)
+    peaks = strength_series(SimpleNamespace(sessions=[SimpleNamespace(
+        id=1, mvc_measured=False, mvc_cmh2o=None, postop=False, kind="main", reps=reps)]))["peaks"]
+    assert peaks and peaks[0][1] == pytest.approx(median(r["peak_cmh2o"] for r in reps))
+
+
+def test_a_gentle_squeeze_made_too_strong_does_not_become_the_mvc_the_targets_come_from(tmp_path):
+    """After surgery the reference squeeze is asked gently and taken as 30 %MVC; a strong
+    patient's (22 cmH2O, x 100/30 = 73 cmH2O) is capped, so the targets stay gentle."""
+    result = simulate(out_dir=tmp_path, programme="postop", patient="strong", seed=0)
+    cal = result.log.of("calibration")[0].data
+    assert min(cal["squeezes_cmh2o"]) > 15.0  # harder than 30 % of a mean MVC (10.5 cmH2O)
+    assert cal["mvc_cmh2o"] == pytest.approx(35.1) and cal["mvc_capped"]
+    reps = [e.data for e in result.log.of("rep")]
+    assert reps and all(r["target_pct"] <= 30.0 for r in reps)
+    assert all(r["target_pct"] * cal["mvc_cmh2o"] / 100 <= 10.6 for r in reps)  # cmH2O asked above rest
+
+
+def test_an_average_patients_gentle_squeeze_gives_an_estimate_near_her_mvc(tmp_path):
+    result = simulate(out_dir=tmp_path, programme="postop", patient="average", seed=0)
+    cal = result.log.of("calibration")[0].data
+    assert 30.0 <= cal["mvc_cmh2o"] <= 35.1  # her true MVC is 35 cmH2O
+
+
+def test_a_lending_day_line_counts_one_short_set_and_one_reminder_in_the_singular():
+    from appliance.simulation.lending import DayLine, _format_line
+
+    line = _format_line(DayLine(START, main=1, short_sets=1, reminders=1))
+    assert "1 main, 1 short set, 0 PERFECT, 1 reminder;" in line
+    assert "2 short sets, 0 PERFECT, 2 reminders;" in _format_line(DayLine(START, short_sets=2, reminders=2))

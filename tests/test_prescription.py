@@ -201,3 +201,9 @@ def test_non_finite_overrides_are_refused(key, value):
 def test_non_finite_numbers_elsewhere_are_refused(table, key):
     err = refusal({table: {key: float("nan")}})
     assert err.key == f"{table}.{key}"
+
+
+@pytest.mark.parametrize("code, counted", [("1", "1 character)"), ("G1", "2 characters)")])
+def test_a_too_short_patient_code_is_counted_in_plain_words(code, counted):
+    err = refusal({"patient": {"code": code}})
+    assert str(err).endswith(counted)

@@ -111,3 +111,18 @@ def test_a_programme_file_that_is_not_toml_is_refused_with_its_name(tmp_path):
     bad.write_text("[programme\nid = 'x'")
     with pytest.raises(ConfigError, match="mine.toml"):
         load_programme(bad)
+
+
+def test_a_programme_file_without_its_programme_table_says_so_in_one_sentence():
+    with pytest.raises(ConfigError) as refused:
+        parse_programme({"exercise": []}, "mine.toml")
+    assert str(refused.value) == "mine.toml: the [programme] table is missing; a programme file starts with one"
+    assert "None" not in str(refused.value)
+
+
+def test_a_programme_file_without_exercises_says_so_in_one_sentence():
+    data = tomllib.loads((PROGRAMME_DIR / "leaflet.toml").read_text())
+    data.pop("exercise")
+    with pytest.raises(ConfigError) as refused:
+        parse_programme(data, "mine.toml")
+    assert str(refused.value).startswith("mine.toml: the [[exercise]] tables are missing")

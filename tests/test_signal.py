@@ -81,3 +81,35 @@ def test_repetition_metrics_in_the_clinics_terms():
                                        (50, "good"), (70, "strong"), (14.5, "very_weak"), (14.6, "weak")])
 def test_oxford_band_follows_the_manometry_literature(mvc, band):
     assert oxford_band(mvc) == band
+
+
+def _late_release(dt=0.01):
+    r = RepRecorder(contract_at=0.0)
+    t = 0.0
+    for _ in range(int(5.0 / dt)):
+        r.add(t, 60.0, 60.0, False)
+        t += dt
+    for i in range(int(6.0 / dt)):  # the rest: still at 20 % for 3 s, then let go
+        r.add(t, 20.0 if i * dt < 3.0 else 2.0, 0.0, True)
+        t += dt
+    return r.metrics(mvc_cmh2o=40.0, dt=dt)
+
+
+def test_a_release_seconds_late_is_not_logged_as_release_ok():
+    """Let go only 3 s into the rest: the coach says "Laat helemaal los." 1.5 s in, and the
+    stored metric says the same, though she was down by the end of the rest."""
+    assert not _late_release().release_complete
+
+
+def test_the_spoken_release_correction_and_the_stored_release_agree(tmp_path):
+    from appliance.coach.programme import load_programme
+    from appliance.sensor.simulated import Fault
+    from appliance.simulation.session import simulate
+
+    result = simulate(out_dir=tmp_path, programme=load_programme("leaflet").only("ex1"), seed=0,
+                      faults=[Fault.LATE_RELEASE], fault_rate=0.5)
+    said = [e.data["at"] for e in result.log.of("say") if e.data["phrase"].startswith("correct.late_release")]
+    reps = [e.data for e in result.log.of("rep")]
+    corrected = [r for r in reps if any(r["t_start"] <= t < r["t_end"] for t in said)]
+    assert corrected and not any(r["release_complete"] for r in corrected)
+    assert any(r["release_complete"] for r in reps)

@@ -193,7 +193,8 @@ def _targets_table(ax, summary: Summary, w: Wording) -> None:
 
 def strength_series(summary: Summary) -> dict[str, list[tuple[int, float]]]:
     """(session id, cmH2O) per series the strength chart draws: measured MVC, the post-op
-    reference estimate, each session's median repetition peak (artefacts out), artefact peaks."""
+    reference estimate, each session's median repetition peak (a movement repetition's peak outside the movement),
+    the movement-flagged repetitions' peaks."""
     out: dict[str, list[tuple[int, float]]] = {"mvc": [], "postop": [], "peaks": [], "artefacts": []}
     for s in summary.sessions:
         if s.mvc_measured and s.mvc_cmh2o is not None:

@@ -40,13 +40,19 @@ class Kind:
 
 
 def is_artefact(rep: dict) -> bool:
-    """A repetition whose pressure is not the pelvic floor's (flagged by the device), or
+    """A repetition whose highest pressure came with a movement (flagged by the device), or
     one that carries no strength value at all."""
     return bool(rep.get("artefact")) or rep.get("peak_cmh2o") is None or rep.get("peak_pct") is None
 
 
 def counts_for_strength(rep: dict) -> bool:
-    return rep["exercise"] not in NOT_STRENGTH and not rep["exercise"].startswith("perfect") and not is_artefact(rep)
+    """Whether the repetition's stored peak is the squeeze's. A flagged movement repetition
+    (ex5 knee lift, ex6 squat) counts: the device stored the highest pressure outside the
+    movement (docs/calibration.md), so only a repetition without a strength value is left out;
+    leaving every flagged one out emptied ex5 from the charts (the leg lifts the belly pressure
+    in nearly every repetition)."""
+    return (rep["exercise"] not in NOT_STRENGTH and not rep["exercise"].startswith("perfect")
+            and rep.get("peak_cmh2o") is not None and rep.get("peak_pct") is not None)
 
 
 @dataclass(frozen=True)

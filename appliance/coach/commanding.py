@@ -8,6 +8,7 @@ was accepted; it may still refuse (the slowest pace, the loudest volume...).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -18,9 +19,11 @@ from appliance.events import EventKind
 
 if TYPE_CHECKING:
     from appliance.coach.pacing import Pace
-    from appliance.coach.plan import Calibration, Segment
+    from appliance.coach.plan import Calibration, PhraseTiming, Segment
     from appliance.coach.programme import Exercise, Programme
     from appliance.voice.phrases import Catalogue
+
+log = logging.getLogger(__name__)
 
 VOLUME_STEP, MIN_VOLUME, MAX_VOLUME = 0.1, 0.2, 1.0
 TONE_VOLUME_STEP, MIN_TONE_VOLUME, MAX_TONE_VOLUME = 0.1, 0.1, 1.0
@@ -36,6 +39,7 @@ class Commanding:
     quiet: bool
     programme: Programme
     cat: Catalogue
+    timing: PhraseTiming
     calibration: Calibration | None
     more_phrase: str | None
     exercise_index: int
@@ -51,7 +55,8 @@ class Commanding:
         @property
         def exercise(self) -> Exercise | None: ...
         def session_time(self, now: float | None = None) -> float: ...
-        def _say_now(self, key: str) -> None: ...
+        def _say_now(self, key: str, span: float | None = None) -> None: ...
+        def _answer_start(self, seg: Segment, at: float, span: float) -> tuple[float, bool]: ...
         def _say_now_all(self, keys: Sequence[str]) -> None: ...
         def _status_keys(self) -> list[str]: ...
         def _emit(self, kind: EventKind, **data: object) -> None: ...
@@ -152,7 +157,14 @@ class Commanding:
         return True
 
     def _what_now(self, cmd: Command, t: float) -> bool:
-        self._say_now(self._current_instruction())
+        key = self._current_instruction()
+        seg = self._segment
+        if seg is not None and self.state is not State.PAUSED:
+            _, cue_first = self._answer_start(seg, t, self.timing.duration(key))
+            if cue_first:  # the next phase's cue comes before it would end: that cue answers
+                log.info("what-now answer %s left to the phase cue that comes first", key)
+                return True
+        self._say_now(key)
         return True
 
     def _current_instruction(self) -> str:

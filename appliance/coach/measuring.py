@@ -7,6 +7,7 @@ events. It is mixed into `Session`, which owns the state below.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,14 @@ from appliance.sensor.signal import ContractionDetector, OneEuroFilter
 if TYPE_CHECKING:
     from appliance.coach.programme import Exercise, Programme
 
+log = logging.getLogger(__name__)
+
 MIN_MVC_CMH2O = 3.0  # below this no squeeze was seen; %MVC would explode
+# A gentle reference squeeze is scaled up (x 100/30): one squeezed harder than asked would
+# become an MVC, and targets, far above the patient's. After surgery the estimate is at most
+# the mean MVC of 288 women (35.1 cmH2O, Angelo et al. 2017; CLINICAL.md): targets drawn
+# from it err on the gentle side.
+REFERENCE_MVC_CAP_CMH2O = 35.1
 
 
 class Measuring:
@@ -42,7 +50,7 @@ class Measuring:
 
     if TYPE_CHECKING:  # provided by Session and Planning
         def _emit(self, kind: EventKind, **data: object) -> None: ...
-        def _say_now(self, key: str) -> None: ...
+        def _say_now(self, key: str, span: float | None = None) -> None: ...
         def _calibration_phrase(self, key: str) -> str: ...
 
     def _init_measuring(self, sample_rate_hz: float) -> None:
@@ -94,8 +102,16 @@ class Measuring:
         rest = _median(self._calib_rest[-int(5 * self.sample_rate_hz):]) if self._calib_rest else self._pressure
         peaks = [p - rest for p in self._calib_peaks]
         known = self.programme.known_mvc_cmh2o
-        # A gentle reference squeeze is taken as its share of the MVC (post-op weeks).
-        mvc = max(peaks) * 100.0 / self.programme.reference_squeeze_pct if peaks else 0.0
+        # A gentle reference squeeze is taken as its share of the MVC (post-op weeks): the
+        # middle of the three (the strongest of three gentle ones overshoots), capped.
+        share = self.programme.reference_squeeze_pct
+        gentle = share < 100.0
+        mvc = (_median(peaks) if gentle else max(peaks)) * 100.0 / share if peaks else 0.0
+        capped = gentle and mvc > REFERENCE_MVC_CAP_CMH2O
+        if capped:
+            log.info("gentle reference squeezes %s cmH2O give an MVC of %.1f: capped at %.1f",
+                     [round(p, 1) for p in peaks], mvc, REFERENCE_MVC_CAP_CMH2O)
+            mvc = REFERENCE_MVC_CAP_CMH2O
         if known is not None and not peaks:
             mvc = known  # the clinic's or an earlier day's: only the rest was measured now
         if mvc < MIN_MVC_CMH2O:
@@ -105,7 +121,8 @@ class Measuring:
         self._emit(EventKind.CALIBRATION, rest_cmh2o=self.calibration.rest_cmh2o,
                    mvc_cmh2o=self.calibration.mvc_cmh2o, oxford_band=self.calibration.oxford_band,
                    squeezes_cmh2o=[round(p, 2) for p in peaks],
-                   mvc_source=self.programme.mvc_source if known is not None and not peaks else "squeeze")
+                   mvc_source=self.programme.mvc_source if known is not None and not peaks else "squeeze",
+                   **({"mvc_capped": True} if capped else {}))
         self._say_now("calibrate.done_rest" if known is not None and not peaks
                       else self._calibration_phrase("calibrate.done"))
 

@@ -7,7 +7,9 @@ It only plans; running the plan is the session's.
 Prompts have a `Priority`. A correction outranks the routine cues: once it starts it is
 heard whole (`Planning._make_room`): routine cues that would start during it are delayed
 or dropped, and a cue aligned on a breath or a transition moves the rest of the segment
-on (the phase lasts a little longer) rather than speaking over it.
+on (the phase lasts a little longer) rather than speaking over it. An answer to the patient
+is heard whole too (`Planning._answer_at`): counts in its way are left out, routine cues
+wait, and it waits for a phase cue or correction it would run into.
 """
 
 from __future__ import annotations
@@ -386,6 +388,32 @@ class Planning:
             last.end = end + GAP_S  # the next repetition begins after the correction
         self._busy_until = max(self._busy_until, end)
         return dropped
+
+    def _answer_start(self, seg: Segment, at: float, span: float) -> tuple[float, bool]:
+        """When an answer asked for now (`span` seconds of speech) can be heard whole in a
+        repetition: from `at` if it ends before the next aligned cue or correction, else
+        right after that cue. Returns the start and whether such a cue comes first."""
+        if seg.kind is not SegmentKind.REP:
+            return at, False
+        moved = False
+        for _ in range(len(seg.prompts) + 1):
+            blocking = [p for p in seg.prompts[seg.prompt_index:]
+                        if (p.aligned or p.priority is Priority.CORRECTION)
+                        and p.at < at + span + GAP_S and p.at + self.timing.duration(p.key) > at - 0.05]
+            if not blocking:
+                break
+            first = min(blocking, key=lambda p: p.at)
+            at = first.at + self.timing.duration(first.key) + GAP_S
+            moved = True
+        return at, moved
+
+    def _answer_at(self, seg: Segment, at: float, span: float) -> float:
+        """Place an answer so that nothing planned speaks over it: at `_answer_start`, the
+        counts in its way left out and the other routine cues after it (`_make_room`)."""
+        at, _ = self._answer_start(seg, at, span)
+        if seg.kind is SegmentKind.REP:
+            self._make_room(seg, at, at + span)
+        return at
 
     # --- speech and calibration -----------------------------------------------------------
 

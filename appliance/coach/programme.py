@@ -298,13 +298,17 @@ def _exercise(table: Any, index: int, file: Path | str, known: set[str] | None) 
 
 def parse_programme(data: dict, file: Path | str, known_phrases: set[str] | None = None) -> Programme:
     head = data.get("programme")
+    if head is None:
+        raise ConfigError(file, "(file)", None, "the [programme] table is missing; a programme file starts with one")
     if not isinstance(head, dict):
-        raise ConfigError(file, "programme", head, "the file needs a [programme] table")
+        raise ConfigError(file, "programme", head, "must be a [programme] table")
     where = _Where(file)
     prog_id = _get(head, "id", str, where)
     title = _get(head, "title", str, where)
     _check_phrase(title, "programme.title", where, known_phrases)
     exercises_raw = data.get("exercise")
+    if exercises_raw is None:
+        raise ConfigError(file, "(file)", None, "the [[exercise]] tables are missing; a programme needs at least one")
     if not isinstance(exercises_raw, list) or not exercises_raw:
         raise ConfigError(file, "exercise", exercises_raw, "a programme needs [[exercise]] tables")
     exercises = tuple(_exercise(t, i, file, known_phrases) for i, t in enumerate(exercises_raw))

@@ -461,7 +461,7 @@ class Session(Planning, Measuring, Commanding, Correcting, Rating):
         """Parts of one sentence (words and numbers), one after the other, from now."""
         if not keys:
             return
-        self._say_now(keys[0])
+        self._say_now(keys[0], span=sum(self.timing.duration(k) for k in keys) + 0.08 * (len(keys) - 1))
         at = self._heard[-1].end
         for key in keys[1:]:
             at += 0.08
@@ -469,10 +469,12 @@ class Session(Planning, Measuring, Commanding, Correcting, Rating):
             at += self.timing.duration(key)
         self._busy_until = max(self._busy_until, at)
 
-    def _say_now(self, key: str) -> None:
+    def _say_now(self, key: str, span: float | None = None) -> None:
         t = max(self.session_time(), 0.0)
         at = max(t, self._busy_until if self._busy_until - t < 1.0 else t)
         at = self._after_correction(at)
+        if self._segment is not None and self.state is not State.PAUSED:  # heard whole (plan.py)
+            at = self._answer_at(self._segment, at, self.timing.duration(key) if span is None else span)
         self._busy_until = max(self._busy_until, at + self.timing.duration(key))
         self._say(key, at)
 

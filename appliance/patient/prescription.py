@@ -279,7 +279,7 @@ def _code_fault(code: Any) -> str | None:
         return "contains control or invisible characters"
     if not CODE_PATTERN.fullmatch(code):
         return (f"must be a pseudonymous code of 4-24 capitals, digits and dashes with at least one "
-                f"digit, never a name (this one has {len(code)} characters)")
+                f"digit, never a name (this one has {len(code)} character{'' if len(code) == 1 else 's'})")
     return None
 
 

@@ -97,7 +97,7 @@ class RepMetrics:
     held_s: float  # seconds at or above 80 % of the level asked for (the tolerance band), in hold/move phases
     hold_asked_s: float  # seconds of hold/move asked for
     steadiness_pct: float  # standard deviation of strength during the holds (%MVC); lower is steadier
-    release_complete: bool  # back below 10 %MVC by the end of the repetition
+    release_complete: bool  # let go 1.5 s into the rest (below 10 %MVC, and not still up as the coach hears it)
     onset_s: float | None  # from the contract cue to the detected onset
     mean_hold_pct: float  # mean strength during the holds
     contractions: int = 0  # separate contractions seen (more than one: let go and started again)
@@ -109,6 +109,16 @@ class RepMetrics:
 # A movement's peak this far above the squeeze's own (%MVC) is the belly, not the floor: the
 # patient is asked to keep the level while the leg moves, not to squeeze harder.
 ARTEFACT_MARGIN_PCT = 5.0
+
+# The release is judged when the coach looks at it (appliance.sensor.technique: 1.5 s into the
+# rest, the last half second's mean; still up by more than 2.5 cmH2O and a quarter of the
+# squeeze = not let go), so the stored `release_complete` and the spoken "Laat helemaal los."
+# agree. At the end of the rest, as before, a late release had always come down by then.
+RELEASE_LOOK_S = 1.5
+RELEASE_WINDOW_S = 0.5
+RELEASE_MAX_PCT = 10.0
+RELEASE_STILL_MIN_CMH2O = 2.5
+RELEASE_STILL_FRACTION = 0.25
 
 
 @dataclass
@@ -141,6 +151,21 @@ class RepRecorder:
             return still_i, True
         return peak_i, False
 
+    def _released(self, start: float, peak_pct: float, mvc_cmh2o: float, dt: float) -> bool:
+        """Let go by RELEASE_LOOK_S into the rest (the relaxed samples after the squeeze's last)."""
+        last_active = max((i for i, r in enumerate(self.relaxing) if not r), default=None)
+        if last_active is None or self.t[last_active] < start:
+            return False
+        rest = list(zip(self.t[last_active + 1:], self.pct[last_active + 1:], strict=True))
+        if not rest:
+            return False
+        look = rest[0][0] + RELEASE_LOOK_S
+        window = [p for t, p in rest if t <= look + 1e-9][-max(1, round(RELEASE_WINDOW_S / dt)):]
+        still = sum(window) / len(window)
+        still_cmh2o = still * mvc_cmh2o / 100.0
+        return still < RELEASE_MAX_PCT and still_cmh2o <= max(
+            RELEASE_STILL_MIN_CMH2O, RELEASE_STILL_FRACTION * peak_pct * mvc_cmh2o / 100.0)
+
     def _reach(self, level: float, start: float, default: float) -> float:
         """When the strength first reaches `level` after `start`."""
         return next((t for t, p in zip(self.t, self.pct, strict=True) if t >= start and p >= level), default)
@@ -166,9 +191,7 @@ class RepRecorder:
             mean = sd = 0.0
         onset = next((t - start for t, p in zip(self.t, self.pct, strict=True)
                       if t >= start and p >= onset_pct), None)
-        relax_vals = [p for p, r in zip(self.pct, self.relaxing, strict=True) if r]
-        tail = relax_vals[-max(1, int(1.0 / dt)):] if relax_vals else []
-        release_complete = bool(tail) and sum(tail) / len(tail) < 10.0
+        release_complete = self._released(start, peak_pct, mvc_cmh2o, dt)
         return RepMetrics(
             peak_cmh2o=round(peak_pct * mvc_cmh2o / 100.0, 2),
             peak_pct=round(peak_pct, 1),

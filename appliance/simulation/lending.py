@@ -177,7 +177,12 @@ def _day_line(state_dir: Path, day: date, tz: ZoneInfo, counter: _ReminderCounte
     return line
 
 
+def _counted(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def _format_line(line: DayLine) -> str:
     targets = " ".join(f"{ex} {pct:.0f}%" for ex, pct in sorted(line.targets.items()))
-    return (f"{line.day.isoformat()} {line.day.strftime('%a')}: {line.main} main, {line.short_sets} short sets, "
-            f"{line.perfect} PERFECT, {line.reminders} reminders; targets {targets or '-'}")
+    return (f"{line.day.isoformat()} {line.day.strftime('%a')}: {line.main} main, "
+            f"{_counted(line.short_sets, 'short set', 'short sets')}, {line.perfect} PERFECT, "
+            f"{_counted(line.reminders, 'reminder', 'reminders')}; targets {targets or '-'}")

@@ -126,8 +126,8 @@ def simulate(
         timeline = TimelineWriter(out_dir / "timeline.jsonl")
         sinks.append(timeline)
     sinks.extend(extra_sinks)
-    room: list[Sink] = [ConsoleTimeline(console)] if console is not None else []
     clock = SimClock(wall_start=start_wall)
+    room: list[Sink] = [ConsoleTimeline(console, clock)] if console is not None else []
     edges = SimulatedEdges(SimulatedPatient(patient, seed, tuple(faults), fault_rate, sample_rate_hz),
                            clock=clock, wav_path=wav_path, via_adc=via_adc or False,
                            start_after_ready=auto_start, start_after_ready_s=START_AT_S,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from appliance.events import Event, Feedback
+
+if TYPE_CHECKING:
+    from appliance.clock import Clock
 
 
 class TimelineWriter:
@@ -48,12 +51,20 @@ class ConsoleTimeline:
     lines are held back until then so the view stays in time order.
     """
 
-    def __init__(self, out: TextIO) -> None:
+    # Held back before the session starts when no session comes: print them as they are.
+    MAX_BEFORE = 50
+
+    def __init__(self, out: TextIO, clock: Clock | None = None) -> None:
         self.out = out
         self._exercise = ""
         self._phase: dict | None = None
         self._peak = 0.0
         self._held: list[tuple[float, str]] = []
+        # The device speaks before the session (its ready phrase) on its own clock; with the
+        # clock, those lines wait for the session's start and are printed at their time before
+        # it (negative), not at 0:00.00 beside the welcome.
+        self._clock = clock
+        self._before: list[tuple[float, Event]] | None = [] if clock is not None else None
 
     def feedback(self, fb: Feedback) -> None:
         if fb.strength_pct > self._peak:
@@ -61,8 +72,9 @@ class ConsoleTimeline:
 
     @staticmethod
     def _ts(t: float) -> str:
-        minutes, seconds = divmod(round(t, 2), 60)
-        return f"{int(minutes):3d}:{seconds:05.2f}"
+        minutes, seconds = divmod(abs(round(t, 2)), 60)
+        sign = "-" if round(t, 2) < 0 else ""
+        return f"{sign + str(int(minutes)):>3}:{seconds:05.2f}"
 
     def _flush_phase(self) -> None:
         d = self._phase
@@ -78,6 +90,20 @@ class ConsoleTimeline:
         self._held.clear()
 
     def emit(self, e: Event) -> None:
+        if self._before is None or self._clock is None:
+            self._line(e)
+            return
+        now = self._clock.now()
+        started = e.kind == "session" and e.data.get("state") == "started"
+        if not started and len(self._before) < self.MAX_BEFORE:
+            self._before.append((now, e))
+            return
+        before, self._before = self._before, None
+        for at, held in before:
+            self._line(Event(at - now, held.kind, held.data) if started else held)
+        self._line(e)
+
+    def _line(self, e: Event) -> None:
         d = e.data
         ts = self._ts(e.t)
         if e.kind == "phase":
