@@ -11,7 +11,8 @@ from appliance.voice.tone import LivePitch, ToneCue, ToneMapping, ToneParams
 
 def test_the_patient_hears_in_session_wav_what_the_speaker_plays_block_by_block(tmp_path, monkeypatch):
     """The same simulated session twice: once rendered offline (the default), once with the
-    mixer rendering every 64-sample block on its own as the real sound card's callback does.
+    mixer rendering every block of the card's size (`audio.block_size`, 128 samples) on its own
+    as the real sound card's callback does.
     (A digest pinned from main before the offline renderer was merged held until the coach's
     tone level and the day plan changed what the session sounds like; the two ways of
     rendering the session as it is now must still agree to the byte.)"""

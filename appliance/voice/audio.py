@@ -185,7 +185,7 @@ class Mixer:
     def render(self, out: np.ndarray) -> None:
         """Fill `out` (shape (n,) or (n, 1), any float dtype) with the next n samples.
 
-        The audio callback: 344 calls a second at the device's 64-sample blocks, where
+        The audio callback: 172 calls a second at the device's 128-sample blocks, where
         numpy's cost per call, not per sample, is what counts. Silence is one fill; the
         tone alone (most of a contraction) skips everything speech needs; the samples are
         made in the echo canceller's output ring itself and copied once, into `out`.
@@ -280,7 +280,7 @@ class Mixer:
                 tone.ramp_into(tmp, vol0, vol1)
                 sp *= tmp
             mix += sp
-            # np.clip's wrapper costs more than the clipping on a 64-sample block: two ufuncs.
+            # np.clip's wrapper costs more than the clipping on a 128-sample block: two ufuncs.
             np.minimum(mix, 1.0, out=mix)
             np.maximum(mix, -1.0, out=mix)
         self._emit(out, mix, n)
@@ -603,8 +603,8 @@ class WavSink:
 
     `render_until(t)` writes every sample up to session time `t` (frame round(t·rate)).
     The tone does not depend on block boundaries and clips start on their exact frame,
-    so rendering in blocks of up to `block_size` gives what the speaker's 64-sample
-    callbacks would play (only the corners of duck/volume ramps may differ by a block).
+    so rendering in blocks of up to `block_size` gives what the speaker's callbacks
+    (`audio.block_size`, 128 samples) would play (only the corners of duck/volume ramps may differ by a block).
     """
 
     def __init__(self, path: str | Path, mixer: Mixer, block_size: int = 1024, *, deferred: bool = False) -> None:
@@ -694,7 +694,7 @@ class DeviceOutput:
         self,
         mixer: Mixer,
         device: str | int | None = None,
-        block_size: int = 64,
+        block_size: int = 128,
         *,
         retry_s: float = 3.0,
         latency: str | float = "low",
