@@ -541,6 +541,15 @@ class Mixer:
         self._run_of[key] = len(self._runs)
         self._runs.append([offset, samples, src, length, -1])
 
+    def is_silent(self) -> bool:
+        """Nothing said, queued, fading or cancelled and no tone: `plan_block` would plan
+        silence, and after it nothing would have changed (until the control side acts), so
+        any number of such blocks plan as one."""
+        return (
+            self._ring_r == self._ring_w and self._active is None and self._fading is None
+            and not self._pending and self.tone.is_silent()
+        )
+
     def planned_frames(self) -> int:
         """Frames planned by `plan_block` whose samples `render_planned` has not made yet."""
         return self._planned_frames
@@ -629,10 +638,14 @@ class WavSink:
     def render_until_frame(self, frame: int) -> None:
         block, size = self.block_size, self._buf.shape[0]
         plan, render = self.mixer.plan_block, self.mixer.render
+        deferred = self.deferred
         while self.frames_written < frame:
             fill = self._fill
-            n = min(block, frame - self.frames_written, size - fill)
-            if self.deferred:
+            # Silence stays silence until the control side acts (between two calls): the
+            # card's blocks of it are planned in one go, the same entry `plan_block` joins them into.
+            span = size if deferred and self.mixer.is_silent() else block
+            n = min(span, frame - self.frames_written, size - fill)
+            if deferred:
                 plan(n)
             else:
                 render(self._buf[fill : fill + n])
