@@ -113,3 +113,30 @@ def test_blocks_rendered_offline_are_the_speakers_blocks_bit_for_bit(seed, quiet
     end = live.output_frame()
     assert offline.output_frame() == end
     assert np.array_equal(live.output_reference(end - 22050, end), offline.output_reference(end - 22050, end))
+
+
+@pytest.mark.parametrize(("seed", "quiet"), [(4, 0.3), (5, 0.9)])
+def test_silence_and_instructions_planned_in_one_go_are_the_cards_blocks_to_the_byte(tmp_path, seed, quiet):
+    """session.wav plans a stretch of silence, or of an instruction alone, in one go up to
+    the next control tick; the file must still be the one the card's 128-sample callbacks
+    make, tick after tick."""
+    from appliance.voice.audio import WavSink
+
+    clips, steps = _drive(seed, quiet)
+    live, offline = Mixer(22050), Mixer(22050)
+    live.tone.slot, offline.tone.slot = Slot(), Slot()
+    planned = []
+    plan_block = offline.plan_block
+    offline.plan_block = lambda n: (planned.append(n), plan_block(n))  # type: ignore[method-assign]
+    frame = 0
+    with WavSink(tmp_path / "card.wav", live, block_size=128) as card, \
+            WavSink(tmp_path / "offline.wav", offline, block_size=128, deferred=True) as wav:
+        for action, n in steps:
+            _apply(live, clips, action)
+            _apply(offline, clips, action)
+            frame += 4 * n  # a control tick: several of the card's blocks
+            card.render_until_frame(frame)
+            wav.render_until_frame(frame)
+    assert (tmp_path / "card.wav").read_bytes() == (tmp_path / "offline.wav").read_bytes()
+    assert max(planned) > 128  # some stretches were planned in one go
+    assert len(planned) < sum(-(-4 * n // 128) for _, n in steps)  # fewer than the card's blocks

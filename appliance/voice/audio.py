@@ -541,14 +541,27 @@ class Mixer:
         self._run_of[key] = len(self._runs)
         self._runs.append([offset, samples, src, length, -1])
 
-    def is_silent(self) -> bool:
-        """Nothing said, queued, fading or cancelled and no tone: `plan_block` would plan
-        silence, and after it nothing would have changed (until the control side acts), so
-        any number of such blocks plan as one."""
-        return (
-            self._ring_r == self._ring_w and self._active is None and self._fading is None
-            and not self._pending and self.tone.is_silent()
-        )
+    def steady_frames(self, block: int, limit: int) -> int:
+        """How many frames (at most `limit`) `plan_block` can take as one block with the
+        same result as blocks of `block` frames, until the control side acts again.
+
+        Silence (nothing said, queued, fading or cancelled, no tone) stays silence: all of
+        it. One phrase alone at a settled volume and duck (an instruction) goes on the same
+        way until it ends or the next phrase starts: whole blocks of it, so the block where
+        it ends is cut where the card would cut it. Anything else: one block.
+        """
+        if self._ring_r != self._ring_w or self._fading is not None or not self.tone.is_silent():
+            return min(block, limit)
+        active = self._active
+        if active is None:
+            return limit if not self._pending else min(block, limit)
+        if self._cancel_seen != self._cancel_req or self._duck != self.duck_gain \
+                or self._vol != self.volume or self._tvol != self.tone_volume:
+            return min(block, limit)
+        room = min(limit, active.item.samples.shape[0] - active.pos)
+        if self._pending:
+            room = min(room, self._pending[0].start_frame - self._frame)
+        return max(room - room % block, min(block, limit))
 
     def planned_frames(self) -> int:
         """Frames planned by `plan_block` whose samples `render_planned` has not made yet."""
@@ -638,13 +651,14 @@ class WavSink:
     def render_until_frame(self, frame: int) -> None:
         block, size = self.block_size, self._buf.shape[0]
         plan, render = self.mixer.plan_block, self.mixer.render
-        deferred = self.deferred
+        deferred, steady = self.deferred, self.mixer.steady_frames
         while self.frames_written < frame:
             fill = self._fill
-            # Silence stays silence until the control side acts (between two calls): the
-            # card's blocks of it are planned in one go, the same entry `plan_block` joins them into.
-            span = size if deferred and self.mixer.is_silent() else block
-            n = min(span, frame - self.frames_written, size - fill)
+            n = min(block, frame - self.frames_written, size - fill)
+            if deferred:
+                # Silence, or an instruction alone, goes on unchanged until the control side
+                # acts (between two calls): the card's blocks of it are planned in one go.
+                n = steady(block, min(frame - self.frames_written, size - fill))
             if deferred:
                 plan(n)
             else:
