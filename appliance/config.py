@@ -233,7 +233,7 @@ def choice(default: str, *choices: str) -> Any:
 class AudioConfig:
     output_device: str | None = None
     sample_rate: int = bounded(22050, 8000, 48000)
-    block_size: int = bounded(64, 16, 4096)  # 2.9 ms at 22050 Hz: see bench/latency.py, bench/cpu.py
+    block_size: int = bounded(128, 16, 4096)  # 5.8 ms at 22050 Hz: see bench/latency.py, bench/cpu.py
     tone_rest_hz: float = bounded(220.0, 50.0, 2000.0)
     tone_target_hz: float = bounded(880.0, 100.0, 4000.0)
     tone_always_on: bool = False

@@ -11,7 +11,8 @@ from appliance.voice.tone import LivePitch, ToneCue, ToneMapping, ToneParams
 
 def test_the_patient_hears_in_session_wav_what_the_speaker_plays_block_by_block(tmp_path, monkeypatch):
     """The same simulated session twice: once rendered offline (the default), once with the
-    mixer rendering every 64-sample block on its own as the real sound card's callback does.
+    mixer rendering every block of the card's size (`audio.block_size`, 128 samples) on its own
+    as the real sound card's callback does.
     (A digest pinned from main before the offline renderer was merged held until the coach's
     tone level and the day plan changed what the session sounds like; the two ways of
     rendering the session as it is now must still agree to the byte.)"""
@@ -112,3 +113,30 @@ def test_blocks_rendered_offline_are_the_speakers_blocks_bit_for_bit(seed, quiet
     end = live.output_frame()
     assert offline.output_frame() == end
     assert np.array_equal(live.output_reference(end - 22050, end), offline.output_reference(end - 22050, end))
+
+
+@pytest.mark.parametrize(("seed", "quiet"), [(4, 0.3), (5, 0.9)])
+def test_silence_and_instructions_planned_in_one_go_are_the_cards_blocks_to_the_byte(tmp_path, seed, quiet):
+    """session.wav plans a stretch of silence, or of an instruction alone, in one go up to
+    the next control tick; the file must still be the one the card's 128-sample callbacks
+    make, tick after tick."""
+    from appliance.voice.audio import WavSink
+
+    clips, steps = _drive(seed, quiet)
+    live, offline = Mixer(22050), Mixer(22050)
+    live.tone.slot, offline.tone.slot = Slot(), Slot()
+    planned = []
+    plan_block = offline.plan_block
+    offline.plan_block = lambda n: (planned.append(n), plan_block(n))  # type: ignore[method-assign]
+    frame = 0
+    with WavSink(tmp_path / "card.wav", live, block_size=128) as card, \
+            WavSink(tmp_path / "offline.wav", offline, block_size=128, deferred=True) as wav:
+        for action, n in steps:
+            _apply(live, clips, action)
+            _apply(offline, clips, action)
+            frame += 4 * n  # a control tick: several of the card's blocks
+            card.render_until_frame(frame)
+            wav.render_until_frame(frame)
+    assert (tmp_path / "card.wav").read_bytes() == (tmp_path / "offline.wav").read_bytes()
+    assert max(planned) > 128  # some stretches were planned in one go
+    assert len(planned) < sum(-(-4 * n // 128) for _, n in steps)  # fewer than the card's blocks

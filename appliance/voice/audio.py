@@ -185,7 +185,7 @@ class Mixer:
     def render(self, out: np.ndarray) -> None:
         """Fill `out` (shape (n,) or (n, 1), any float dtype) with the next n samples.
 
-        The audio callback: 344 calls a second at the device's 64-sample blocks, where
+        The audio callback: 172 calls a second at the device's 128-sample blocks, where
         numpy's cost per call, not per sample, is what counts. Silence is one fill; the
         tone alone (most of a contraction) skips everything speech needs; the samples are
         made in the echo canceller's output ring itself and copied once, into `out`.
@@ -280,7 +280,7 @@ class Mixer:
                 tone.ramp_into(tmp, vol0, vol1)
                 sp *= tmp
             mix += sp
-            # np.clip's wrapper costs more than the clipping on a 64-sample block: two ufuncs.
+            # np.clip's wrapper costs more than the clipping on a 128-sample block: two ufuncs.
             np.minimum(mix, 1.0, out=mix)
             np.maximum(mix, -1.0, out=mix)
         self._emit(out, mix, n)
@@ -541,6 +541,28 @@ class Mixer:
         self._run_of[key] = len(self._runs)
         self._runs.append([offset, samples, src, length, -1])
 
+    def steady_frames(self, block: int, limit: int) -> int:
+        """How many frames (at most `limit`) `plan_block` can take as one block with the
+        same result as blocks of `block` frames, until the control side acts again.
+
+        Silence (nothing said, queued, fading or cancelled, no tone) stays silence: all of
+        it. One phrase alone at a settled volume and duck (an instruction) goes on the same
+        way until it ends or the next phrase starts: whole blocks of it, so the block where
+        it ends is cut where the card would cut it. Anything else: one block.
+        """
+        if self._ring_r != self._ring_w or self._fading is not None or not self.tone.is_silent():
+            return min(block, limit)
+        active = self._active
+        if active is None:
+            return limit if not self._pending else min(block, limit)
+        if self._cancel_seen != self._cancel_req or self._duck != self.duck_gain \
+                or self._vol != self.volume or self._tvol != self.tone_volume:
+            return min(block, limit)
+        room = min(limit, active.item.samples.shape[0] - active.pos)
+        if self._pending:
+            room = min(room, self._pending[0].start_frame - self._frame)
+        return max(room - room % block, min(block, limit))
+
     def planned_frames(self) -> int:
         """Frames planned by `plan_block` whose samples `render_planned` has not made yet."""
         return self._planned_frames
@@ -603,8 +625,8 @@ class WavSink:
 
     `render_until(t)` writes every sample up to session time `t` (frame round(t·rate)).
     The tone does not depend on block boundaries and clips start on their exact frame,
-    so rendering in blocks of up to `block_size` gives what the speaker's 64-sample
-    callbacks would play (only the corners of duck/volume ramps may differ by a block).
+    so rendering in blocks of up to `block_size` gives what the speaker's callbacks
+    (`audio.block_size`, 128 samples) would play (only the corners of duck/volume ramps may differ by a block).
     """
 
     def __init__(self, path: str | Path, mixer: Mixer, block_size: int = 1024, *, deferred: bool = False) -> None:
@@ -629,10 +651,15 @@ class WavSink:
     def render_until_frame(self, frame: int) -> None:
         block, size = self.block_size, self._buf.shape[0]
         plan, render = self.mixer.plan_block, self.mixer.render
+        deferred, steady = self.deferred, self.mixer.steady_frames
         while self.frames_written < frame:
             fill = self._fill
             n = min(block, frame - self.frames_written, size - fill)
-            if self.deferred:
+            if deferred:
+                # Silence, or an instruction alone, goes on unchanged until the control side
+                # acts (between two calls): the card's blocks of it are planned in one go.
+                n = steady(block, min(frame - self.frames_written, size - fill))
+            if deferred:
                 plan(n)
             else:
                 render(self._buf[fill : fill + n])
@@ -694,7 +721,7 @@ class DeviceOutput:
         self,
         mixer: Mixer,
         device: str | int | None = None,
-        block_size: int = 64,
+        block_size: int = 128,
         *,
         retry_s: float = 3.0,
         latency: str | float = "low",
