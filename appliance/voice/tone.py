@@ -496,24 +496,7 @@ class ToneSynth:
         else:
             depth0 = t_depth = 0.0
         figures = (self._phase, w0, wt, amp, amp_t, fifth0, t_fifth, third0, t_third, depth0, t_depth, lw, lfo)
-        # render's own step of the glides (`_advance`), inline: this runs for every block
-        if w0 == wt:
-            self._phase = (self._phase + wt * n) % PHASE_WRAP
-        else:
-            self._phase = (self._phase + wt * n + (w0 - wt) * self._plag_sum[n - 1]) % PHASE_WRAP
-            target_hz = wt * sr / TWO_PI
-            self._freq = _settle(self._freq, target_hz, self._plag[n - 1], 1e-7 * target_hz)
-        if amp != amp_t or self._fifth != timbre.fifth or self._third != timbre.third_harmonic \
-                or self._trem_depth != timbre.tremolo_depth:
-            lag_end = self._lag[n - 1]
-            if amp != amp_t:
-                self._amp = _settle(amp, amp_t, lag_end, 1e-7)
-            if self._fifth != timbre.fifth:
-                self._fifth = _settle(self._fifth, timbre.fifth, lag_end, 1e-7)
-            if self._third != timbre.third_harmonic:
-                self._third = _settle(self._third, timbre.third_harmonic, lag_end, 1e-7)
-            if self._trem_depth != timbre.tremolo_depth:
-                self._trem_depth = _settle(self._trem_depth, timbre.tremolo_depth, lag_end, 1e-7)
+        self._advance(n, w0, wt, timbre, self._lag[n - 1])  # render's own step of the glides
         return figures
 
     def render_planned(self, out: np.ndarray, lengths: np.ndarray, figures: list[tuple | None],
