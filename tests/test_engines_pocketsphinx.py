@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+import subprocess
 
 import numpy as np
 import pytest
-from pulse_fixture import FLITE_EN, have_tools, normalize_level, synthesize, voices_for
+from pulse_fixture import ESPEAK_EN, FLITE_EN, have_tools, normalize_level, synthesize, voices_for
 
 from appliance.commands import Command
 from appliance.voice.engines import PocketsphinxEngine
@@ -44,6 +45,25 @@ def test_words_missing_from_the_dictionary_are_left_out():
     eng = PocketsphinxEngine(["stop", "zzqxv"], ["weather"])
     assert eng.phrases == ["stop"]
     assert eng.has_confidence is False
+
+
+def test_each_warp_has_a_decoder_of_its_own_and_unwarped_comes_first():
+    eng = PocketsphinxEngine(["stop"], ["weather"], warps=(0.88, 1.0, 1.18))
+    assert eng.warps == (1.0, 0.88, 1.18)
+    assert len(eng._decs) == 3
+
+
+def test_a_deeper_voice_is_heard_through_a_warped_decoder(en):
+    """"tone softer" by espeak-ng three semitones lower (formants too, as sox shifts them):
+    the model's own frequency axis hears no command; the warped decoders hear it and win."""
+    raw = (np.clip(spoken("tone softer", ESPEAK_EN[0]), -1, 1) * 32767).astype(np.int16).tobytes()
+    fmt = ["-t", "raw", "-r", str(SR), "-c", "1", "-b", "16", "-e", "signed"]
+    out = subprocess.run(["sox", *fmt, "-", *fmt, "-", "pitch", "-300"], input=raw, check=True, capture_output=True)
+    deeper = np.frombuffer(out.stdout, dtype=np.int16).astype(np.float32) / 32768.0
+    unwarped = PocketsphinxEngine(list(en.phrases), en.fillers)
+    warped = PocketsphinxEngine(list(en.phrases), en.fillers, warps=(0.88, 1.18))
+    assert detect_in_samples(CommandDetector(unwarped, en), deeper) == []
+    assert [h.command for h in detect_in_samples(CommandDetector(warped, en), deeper)] == [Command.TONE_SOFTER]
 
 
 def test_every_command_said_by_flite_is_heard_as_itself_or_not_at_all(engine, en):
@@ -96,7 +116,7 @@ def test_a_command_word_inside_a_longer_sentence_is_never_a_command(en):
     # A garbage path of one word: the rest of a sentence has almost nowhere else to go.
     engine = PocketsphinxEngine([p for p, _ in LONGER], ["hello"])
     vocab = Vocabulary("en", {p: en.phrases[p] for p, _ in LONGER}, (), ("hello",))
-    lax = AcceptanceRules(seconds_per_word=5.0, min_margin=None, max_extra_phones=None)
+    lax = AcceptanceRules(seconds_per_word=5.0, min_margin=None, max_extra_phones=None, min_phone_margin=None)
     strict = AcceptanceRules(seconds_per_word=5.0)
     taken_lax, taken_strict = [], []
     for voice in (FLITE_EN[0], FLITE_EN[2]):

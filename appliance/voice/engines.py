@@ -51,6 +51,10 @@ class Evidence:
     margin: float
     phones: int
     expected: int
+    phone_margin: float = 0.0
+    """How much better, per frame, the command explains the sound than the free phone
+    loop does (usually below zero: the loop can follow any sound); a word that only sounds
+    like the command falls further below."""
 
     @property
     def extra_phones(self) -> int:
@@ -216,10 +220,17 @@ SPEECH_CMN = "59.8,-1.69,5.48,13.1,-0.83,2.62,-3.44,-7.92,-4.60,-3.33,4.60,-1.64
 class PocketsphinxEngine:
     """pocketsphinx (CMU Sphinx) with a JSGF grammar: commands, or any run of filler words.
 
-    Light enough for a Pi Zero 2 W (~40 MB). It gives no usable word confidence (reported
-    as 1.0, `has_confidence = False`): rejection rests on the filler garbage path and the
-    exact phrase match. Fillers carry a low grammar weight so they only win where no
+    Light enough for a Pi Zero 2 W (~9 MB per decoder: no n-gram language model, only the
+    grammar's words of the dictionary). It gives no usable word confidence (reported as 1.0, `has_confidence =
+    False`): rejection rests on the filler garbage path, the exact phrase match and the
+    second look (`Evidence`). Fillers carry a low grammar weight so they only win where no
     command fits.
+
+    `warps`: the same audio is also decoded with the frequency axis warped by these factors
+    (vocal tract length normalisation by search): a voice higher or lower than the model's
+    speakers (a small woman, a deep man) is heard as one of the model's, and the warp whose
+    decoding scores best wins. Each extra warp is a decoder of its own, fed only while
+    someone speaks.
     """
 
     name = "pocketsphinx"
@@ -233,9 +244,10 @@ class PocketsphinxEngine:
         filler_weight: float = 0.5,
         extra_config: dict | None = None,
         verify: bool = True,
+        warps: Sequence[float] = (1.0,),
     ) -> None:
         try:
-            from pocketsphinx import Decoder, get_model_path
+            from pocketsphinx import get_model_path
         except ImportError as exc:  # pragma: no cover
             raise EngineUnavailable(f"pocketsphinx is not installed ({exc})") from None
         # No bestpath lattice: with filler loops it costs seconds per utterance, and its word
@@ -261,13 +273,12 @@ class PocketsphinxEngine:
         # about 20 MB resident): a word the dictionary lacks is still refused below.
         full_dict = Path(kwargs.get("dict") or Path(get_model_path("en-us")) / "cmudict-en-us.dict")
         wanted = {w for p in (*phrases, *fillers) for w in normalize(p).split()}
+        self.warps = tuple(dict.fromkeys([1.0, *warps]))  # the unwarped decoder first
         with tempfile.TemporaryDirectory(prefix="pocketsphinx-") as tmp:
             if "dict" not in (extra_config or {}) and full_dict.is_file():
                 kwargs["dict"] = str(_grammar_dict(full_dict, wanted, Path(tmp) / "grammar.dict"))
-            try:
-                self._dec = Decoder(**kwargs)
-            except Exception as exc:
-                raise EngineUnavailable(f"pocketsphinx does not start: {exc}") from None
+            self._decs = [self._new_decoder(kwargs, w) for w in self.warps]
+        self._dec = self._decs[0]
         self.phrases = [p for p in (normalize(p) for p in phrases) if self._all_known(p)]
         dropped = sorted(set(map(normalize, phrases)) - set(self.phrases))
         if dropped:
@@ -284,26 +295,41 @@ class PocketsphinxEngine:
         else:
             body = "<cmd>"
         jsgf = "#JSGF V1.0;\ngrammar commands;\npublic <utt> = " + body + " ;\n" + "\n".join(rules) + "\n"
-        self._dec.add_jsgf_string("commands", jsgf)
         self._verify = False
+        phone_lm: Path | None = None
         if verify and self.fillers:
-            phone_lm = (Path(model_dir) if model_dir else Path(get_model_path("en-us"))).glob("*phone*.lm.bin")
-            found = next(iter(sorted(phone_lm)), None)
-            if found is None:
+            found = sorted((Path(model_dir) if model_dir else Path(get_model_path("en-us"))).glob("*phone*.lm.bin"))
+            if not found:
                 log.warning("no phone language model beside the pocketsphinx model: commands are not checked twice")
             else:
+                phone_lm = found[0]
+                self._verify = True
+        for dec in self._decs:
+            dec.add_jsgf_string("commands", jsgf)
+            if phone_lm is not None:
                 fill = " | ".join(self.fillers)
-                self._dec.add_jsgf_string(
+                dec.add_jsgf_string(
                     "garbage", f"#JSGF V1.0;\ngrammar garbage;\npublic <utt> = <fill>+ ;\n<fill> = {fill} ;\n"
                 )
-                self._dec.add_allphone_file("phones", str(found))
-                self._verify = True
-        self._dec.activate_search("commands")
+                dec.add_allphone_file("phones", str(phone_lm))
+            dec.activate_search("commands")
         self._logmath = self._dec.get_logmath()
         self._expected = {p: self._phone_count(p) for p in self.phrases}
         self._in_utt = False
         self._audio: list[bytes] = []
-        self._cmn_at_start = ""
+        self._cmn_at_start = [""] * len(self._decs)
+
+    @staticmethod
+    def _new_decoder(kwargs: dict, warp: float):
+        from pocketsphinx import Decoder
+
+        if warp != 1.0:
+            kwargs = {**kwargs, "warp_type": "inverse_linear", "warp_params": f"{warp:g}"}
+        try:
+            dec = Decoder(**kwargs)
+        except Exception as exc:
+            raise EngineUnavailable(f"pocketsphinx does not start: {exc}") from None
+        return dec
 
     def _phone_count(self, phrase: str) -> int:
         return sum(len((self._dec.lookup_word(w) or "").split()) for w in phrase.split())
@@ -327,59 +353,72 @@ class PocketsphinxEngine:
     def feed(self, pcm: np.ndarray) -> Hypothesis:
         data = _as_bytes(pcm)
         if not self._in_utt:
-            if self._verify:
-                self._cmn_at_start = self._dec.get_cmn()
-                self._audio = []
-            self._dec.start_utt()
+            self._cmn_at_start = [dec.get_cmn() for dec in self._decs]
+            self._audio = []
+            for dec in self._decs:
+                dec.start_utt()
             self._in_utt = True
         if self._verify:
             self._audio.append(data)
-        self._dec.process_raw(data, False, False)
-        hyp = self._dec.hyp()
-        # Partial segmentations are cheap without the lattice; confidence comes at the end.
+        for dec in self._decs:
+            dec.process_raw(data, False, False)
+        hyp = self._decs[0].hyp()
+        # Partial segmentations are cheap without the lattice; the warps are compared at the end.
         return Hypothesis(normalize(hyp.hypstr) if hyp else "")
 
     def finish(self) -> Hypothesis:
         if not self._in_utt:
             return Hypothesis("", final=True)
-        self._dec.end_utt()
+        best = None
+        for i, dec in enumerate(self._decs):
+            dec.end_utt()
+            hyp = dec.hyp()
+            if hyp is not None and (best is None or hyp.score > best[1].score):
+                best = (i, hyp)
         self._in_utt = False
-        hyp = self._dec.hyp()
-        if hyp is None:
+        if best is None:
             self._audio = []
             return Hypothesis("", final=True)
+        i, hyp = best
+        self._dec = self._decs[i]
         text = normalize(hyp.hypstr)
+        words = self._words()  # before the second look replaces the segmentation
         evidence = None
         if self._verify and text in self._expected:
-            evidence = self._second_look(text, self._logmath.log(hyp.score))
+            evidence = self._second_look(text, self._logmath.log(hyp.score), self._cmn_at_start[i])
         self._audio = []
-        return Hypothesis(text, self._words(), final=True, evidence=evidence)
+        self._dec = self._decs[0]
+        return Hypothesis(text, words, final=True, evidence=evidence)
 
-    def _decode_again(self, search: str, audio: bytes):
-        self._dec.set_cmn(self._cmn_at_start)  # as the utterance found it
+    def _decode_again(self, search: str, audio: bytes, cmn: str):
+        self._dec.set_cmn(cmn)  # as the utterance found it
         self._dec.activate_search(search)
         self._dec.start_utt()
         self._dec.process_raw(audio, False, True)
         self._dec.end_utt()
         return self._dec.hyp()
 
-    def _second_look(self, text: str, score: float) -> Evidence:
+    def _second_look(self, text: str, score: float, cmn: str) -> Evidence:
         """The same audio by the garbage path alone and by a phone loop (see `Evidence`)."""
         frames = max(self._dec.n_frames(), 1)
         after = self._dec.get_cmn()  # what this utterance taught the cepstral mean: kept
         audio = b"".join(self._audio)
         try:
-            garbage = self._decode_again("garbage", audio)
+            garbage = self._decode_again("garbage", audio, cmn)
             garbage_score = self._logmath.log(garbage.score) if garbage is not None else score - 1e6
-            self._decode_again("phones", audio)
+            loop = self._decode_again("phones", audio, cmn)
+            loop_score = self._logmath.log(loop.score) if loop is not None else score
             heard = [s.word for s in self._dec.seg() if s.word != "SIL" and not s.word.startswith("+")]
         finally:
             self._dec.set_cmn(after)
             self._dec.activate_search("commands")
-        return Evidence((score - garbage_score) / frames, len(heard), self._expected[text])
+        return Evidence(
+            (score - garbage_score) / frames, len(heard), self._expected[text], (score - loop_score) / frames
+        )
 
     def reset(self) -> None:
         if self._in_utt:
-            self._dec.end_utt()
+            for dec in self._decs:
+                dec.end_utt()
             self._in_utt = False
         self._audio = []

@@ -155,9 +155,16 @@ def build_engine(
     if engine == "pocketsphinx":
         if lang != "en" and model_dir is None:
             raise EngineUnavailable(f"pocketsphinx ships an English model only; no model for {lang!r}")
-        return PocketsphinxEngine(phrases, vocabulary.fillers, model_dir=model_dir)
+        return PocketsphinxEngine(phrases, vocabulary.fillers, model_dir=model_dir, warps=POCKETSPHINX_WARPS)
     raise EngineUnavailable(f"unknown recognizer engine {engine!r} (known: vosk, pocketsphinx)")
 
+
+POCKETSPHINX_WARPS = (1.0, 0.88, 1.18)
+"""Frequency warps pocketsphinx decodes each utterance with, the best-scoring one winning
+(`PocketsphinxEngine`). On the tuning half of bench/voice.py (voices shifted -3 to +3.5
+semitones, 72 commands per condition, with `MIN_PHONE_MARGIN`) they took clean commands
+from 46 to 52, at 0 dB with the reference from 25 to 29 and without it from 26 to 32, for
+two more decoders (~9 MB each) and their CPU while someone speaks."""
 
 FALLBACK_LANG = "en"
 """Without a model for the patient's language the device still hears English commands
@@ -227,6 +234,8 @@ decoded from its residue ("resume", "pause") scored below."""
 MAX_EXTRA_PHONES = 3
 """No right command drew more than 3 phones above its pronunciation; "prices are going up
 again this year" taken for "progress report" drew 8 more."""
+MIN_PHONE_MARGIN = -4.0
+"""See `AcceptanceRules.min_phone_margin`; chosen on the tuning half (docs/voice-acceptance.md)."""
 MIN_PHONE_RATIO_WITH_TONE = 0.45
 """While the tone plays, a command whose sound the phone loop hears as fewer than this
 share of its phones is the tone's residue (175 of 180 right commands kept, 39 phantom
@@ -268,6 +277,15 @@ class AcceptanceRules:
     min_phone_ratio_with_tone: float | None = MIN_PHONE_RATIO_WITH_TONE
     """...and, while the feedback tone plays (and `tone_tail_s` after), at least this share
     of the command's phones. None: not checked."""
+    min_phone_margin: float | None = MIN_PHONE_MARGIN
+    """...and the command must explain the sound at most this much worse, per frame, than
+    the free phone loop: a word that only sounds like a command ("fast" for "faster",
+    "lighter" for "later") falls further below. None: not checked."""
+    halting: frozenset[Command] = frozenset({Command.STOP, Command.PAUSE})
+    """Commands `min_phone_margin` never refuses: taking one that was not said only halts
+    the exercise (safe), while refusing one that was said leaves a patient who wants to
+    stop unheard. Short words, they fall below the margin most often (a clean "stop" or
+    "pause" by flite's slt: -9 to -10)."""
     tone_tail_s: float = 1.0
 
 
@@ -471,6 +489,10 @@ class CommandDetector:
             if ratio is not None and self.t <= self._tone_until and ev.phones < ratio * ev.expected:
                 return Rejected(self.t, text, conf, f"{ev.phones} phones heard, {text!r} has {ev.expected}: "
                                 "the tone's residue")
+            floor = self.rules.min_phone_margin
+            if floor is not None and cmd not in self.rules.halting and ev.phone_margin < floor:
+                return Rejected(self.t, text, conf, f"{ev.phone_margin:.1f} per frame below the phone loop: "
+                                "only sounds like a command")
             if self.rules.min_margin is not None and ev.margin < self.rules.min_margin:
                 return Rejected(self.t, text, conf, f"margin {ev.margin:.1f} per frame over other words: "
                                 "not clearly a command")
