@@ -104,12 +104,16 @@ class TickWatch:
     def __init__(self) -> None:
         self.ticks: list[tuple[float, str | None]] = []
         self.exercise: str | None = None
+        self.phase: str | None = None
+        self.phases: list[str | None] = []  # the phase after each tick
         self.unfired: list[float] = []
         self.late: list[float] = []
 
     def emit(self, event) -> None:
         if event.kind == "exercise":
             self.exercise = event.data["exercise"] if event.data.get("state") == "started" else None
+        elif event.kind == "phase":
+            self.phase = event.data["phase"]
         elif event.kind == "say" and self.ticks and event.data["at"] > self.ticks[-1][0]:
             # Due after the last tick: fired by the plan at this tick. (Said at the last tick
             # or before the first, e.g. an answer to a command, it is not the plan's.)
@@ -117,22 +121,30 @@ class TickWatch:
 
     def feedback(self, fb) -> None:
         self.ticks.append((fb.t, self.exercise))
+        self.phases.append(self.phase)
         self.late.extend(fb.t - at for at in self.unfired if at <= fb.t)  # (said ahead: not late)
         self.unfired = []
 
 
 def test_the_stimulation_exercise_is_watched_every_5_ms_and_every_prompt_is_said_on_its_moment(tmp_path):
     """The coach decides every 20 ms, every 5 ms through the stim exercise (its interlocks act
-    at the next tick: docs/stimulation.md), and prompts are fired on their planned moment."""
+    at the next tick: docs/stimulation.md), every 100 ms at most while only words are said
+    (an introduction, the words after an exercise, the closing: nothing is measured and the
+    tone is silent), and prompts are fired on their planned moment."""
+    from appliance.device.wiring import IDLE_TICK_S
+
     state = enrolled(tmp_path, STIM_RX, datetime(2026, 6, 1, 8, tzinfo=UTC))
     watch = TickWatch()
     simulate(state_dir=state, seed=3, start_wall=datetime(2026, 6, 2, 9, tzinfo=UTC), lang=None,
              extra_sinks=[watch])
-    gaps: dict[bool, list[float]] = {True: [], False: []}
-    for (t0, ex0), (t1, ex1) in zip(watch.ticks, watch.ticks[1:], strict=False):
-        gaps[ex0 == ex1 == "stim"].append(t1 - t0)
-    assert len(gaps[True]) > 1000 and max(gaps[True]) <= 0.005 + 1e-9
-    assert max(gaps[False]) <= 0.020 + 1e-9 and np.median(gaps[False]) > 0.019
+    gaps: dict[str, list[float]] = {"stim": [], "words": [], "other": []}
+    for (t0, ex0), (t1, ex1), phase in zip(watch.ticks, watch.ticks[1:], watch.phases, strict=False):
+        kind = "stim" if ex0 == ex1 == "stim" else "words" if phase in ("intro", "outro", "closing") else "other"
+        gaps[kind].append(t1 - t0)
+    assert len(gaps["stim"]) > 1000 and max(gaps["stim"]) <= 0.005 + 1e-9
+    assert max(gaps["other"]) <= 0.020 + 1e-9 and np.median(gaps["other"]) > 0.019
+    assert IDLE_TICK_S == 0.1 and max(gaps["words"]) <= IDLE_TICK_S + 1e-9
+    assert sum(g > 0.099 for g in gaps["words"]) > 1000  # the words outside the stim exercise
     assert len(watch.late) > 20 and max(watch.late) < 0.001  # to the millisecond, not to the tick
 
 

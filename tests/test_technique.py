@@ -128,3 +128,19 @@ def test_unplugged_probe_reaches_the_coach_within_1_s_and_its_return_too():
     step(1.5)
     assert session.heard[-1] == ("probe_ok", "probe.ok")
     probe.close()
+
+
+def test_the_monitors_median_and_percentile_are_numpys_to_the_bit():
+    """The monitor's own median and 90th percentile (np.median and np.percentile import
+    numpy.ma at every start) give numpy's numbers, odd and even lengths, ties included."""
+    import numpy as np
+
+    from appliance.sensor.technique import _median, _percentile
+
+    rng = np.random.default_rng(7)
+    for n in range(1, 160):
+        x = rng.normal(size=n) * rng.uniform(0.1, 40) + rng.uniform(-10, 10)
+        for values in (x, np.round(x, 1)):
+            assert _median(values) == float(np.median(values))
+            for q in (10, 20, 50, 90, 99):
+                assert _percentile(values, q) == float(np.percentile(values, q))

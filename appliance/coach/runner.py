@@ -69,16 +69,22 @@ def run(session: Session, source: PressureSource, clock: Clock, tick_s: float = 
     """Run until the session is done, `max_seconds` of session time pass, or `should_stop()`.
 
     Ticks come every `tick_s`, every `fast_tick_s` while the session asks for it
-    (`Session.needs_fast_tick`: the stimulation exercise), and also at each moment the
-    plan or the script names (`Session.next_due`), so prompts, phases and scripted commands
-    happen on their time whatever the control rate.
+    (`Session.needs_fast_tick`: the stimulation exercise), every `Session.idle_tick_s` while
+    only words are said (`Session.may_tick_slowly`), and also at each moment the plan or
+    the script names (`Session.next_due`), so prompts, phases and scripted commands happen
+    on their time whatever the control rate.
     """
     pending = sorted(script, key=lambda c: c.t)
     t = clock.now()
     end = session.t0 + max_seconds
     i = 0
     while not session.finished and t < end:
-        step = fast_tick_s if fast_tick_s is not None and session.needs_fast_tick else tick_s
+        if fast_tick_s is not None and session.needs_fast_tick:
+            step = fast_tick_s
+        elif session.idle_tick_s is not None and session.may_tick_slowly:
+            step = max(tick_s, session.idle_tick_s)  # only words until the plan's next moment
+        else:
+            step = tick_s
         nxt = t + step
         late_s = 10 * step
         due = session.next_due()

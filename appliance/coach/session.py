@@ -59,6 +59,9 @@ WARNING_REPEAT_S = 30.0  # the same technique warning at most this often
 # ducked under speech some 22 dB below it (tests/test_heard.py; at 1.0 the tone was 5 dB
 # above the voice, at 0.25 only 4-5 dB below it).
 DEFAULT_TONE_VOLUME = 0.15
+# What only speaks: the control loop may tick slowly through it (`may_tick_slowly`).
+SPOKEN_SEGMENTS = (SegmentKind.GREETING, SegmentKind.INTRO, SegmentKind.OUTRO, SegmentKind.CLOSING)
+SPOKEN_PHASES = (SessionPhase.INTRO, SessionPhase.OUTRO, SessionPhase.CLOSING)
 
 
 class Session(Planning, Measuring, Commanding, Correcting, Rating):
@@ -126,6 +129,9 @@ class Session(Planning, Measuring, Commanding, Correcting, Rating):
         # appliance.coach.pacing.BreathFollower: cues on the patient's breath (None = paced).
         self.breath_follower = None
         self._stim_exercise: int | None = None
+        # The control loop's tick where nothing happens between the plan's moments
+        # (`may_tick_slowly`); None: always the control tick. Set by the wiring.
+        self.idle_tick_s: float | None = None
 
     # --- public ---------------------------------------------------------------------------
 
@@ -161,6 +167,24 @@ class Session(Planning, Measuring, Commanding, Correcting, Rating):
             return True
         ex = self.exercise
         return ex is not None and ex.id == STIM_EXERCISE_ID
+
+    @property
+    def may_tick_slowly(self) -> bool:
+        """Whether the control loop may tick every `idle_tick_s` until the plan's next moment
+        (`next_due`): no repetition or calibration is being measured, no phase asks for a
+        squeeze (the tone is silent), and it is not the stimulation exercise. Only words are
+        said then (welcome, an exercise's introduction, the words after it, the closing) and
+        they run on by themselves; every sample still reaches the coach and the observers at
+        the next tick, and a command waits for it."""
+        if self.idle_tick_s is None or self.needs_fast_tick:
+            return False
+        seg = self._segment
+        if seg is None:
+            return True
+        phase = seg.current
+        if phase is None:
+            return seg.kind in SPOKEN_SEGMENTS
+        return phase.kind in SPOKEN_PHASES and not phase.asks_contraction  # (the calibration's intro too)
 
     def next_due(self) -> float | None:
         """Session time of the plan's next moment: a prompt, a phase, the segment's end or the

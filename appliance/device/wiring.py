@@ -32,6 +32,10 @@ from appliance.voice.phrases import Catalogue
 # interlocks act as fast as docs/stimulation.md says (Session.needs_fast_tick).
 CONTROL_TICK_S = 0.02
 STIM_TICK_S = 0.005
+# While only words are said (no repetition measured, the tone silent, not the stimulation
+# exercise: `Session.may_tick_slowly`) the loop ticks this often, and at the plan's moments;
+# a command from the listener or the button then waits up to this long.
+IDLE_TICK_S = 0.1
 
 
 class SessionStore(Sink, Protocol):
@@ -90,6 +94,8 @@ def build_session(programme: Programme, catalogue: Catalogue, clock: Clock, part
     session.more_phrase = parts.more_phrase
     session.tz = parts.tz
     session.earlier_today = list(parts.earlier_today)
+    if not getattr(getattr(parts.audio, "shaper", None), "always_on", False):
+        session.idle_tick_s = IDLE_TICK_S  # a tone always on follows the squeeze at every tick
     source: PressureSource = parts.source
     follow_live = getattr(parts.audio, "follow_live", None)
     if follow_live is not None:
