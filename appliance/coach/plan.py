@@ -35,7 +35,10 @@ CALIBRATION_SQUEEZE_S = 5.0
 CALIBRATION_RECOVER_S = 8.0
 GAP_S = 0.35  # silence between two prompts
 MIN_HOLD_TO_BREATH_S = 1.5  # a hold before a squeeze on the out-breath lasts at least this
-MAX_WAIT_S = 0.8  # a correction waits at most this long for a routine prompt to finish
+# A correction waits at most this long for a routine prompt to finish: with the 0.1 s gap it
+# still starts within a second of the detection (a breath cue of ~1.4 s, caught 0.55 s in,
+# ended 0.81 s later: at 0.8 the two were said over each other).
+MAX_WAIT_S = 0.9
 BREATH_CUES = ("breath.", "breath_counted.")  # key prefixes of the cues breathing with the patient
 
 
