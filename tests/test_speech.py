@@ -109,6 +109,17 @@ def test_a_slower_speech_rate_speaks_longer(worker):
     assert slow.samples.shape[0] > 1.4 * fast.samples.shape[0]
 
 
+def render_with_fresh_worker_once(worker: Pyttsx3Worker, marked: str, voice: str):
+    """pyttsx3's espeak driver now and then hands back no audio (the device then renders
+    with espeak-ng); a refusal here gets one more try in a fresh worker process, so the
+    test measures the word timings, not that hiccup (CI once met it on 'Adem uit, en span aan.')."""
+    try:
+        return worker.render(marked, voice, 150, 1.0)
+    except SpeechError:
+        worker.close()
+        return worker.render(marked, voice, 150, 1.0)
+
+
 @pytest.mark.parametrize("lang", ["nl", "en"])
 def test_word_timings_and_the_command_line_estimate_agree_on_every_keyword(lang, worker):
     """Two independent measurements of where each breath cue's keyword starts.
@@ -123,7 +134,7 @@ def test_word_timings_and_the_command_line_estimate_agree_on_every_keyword(lang,
         marked = marked_text(cat, key)
         if "^" not in marked or marked.startswith("^"):
             continue
-        a = to_clip(key, "", worker.render(marked, cat.voice, 150, 1.0), SR)
+        a = to_clip(key, "", render_with_fresh_worker_once(worker, marked, cat.voice), SR)
         b = to_clip(key, "", cli.render(marked, cat.voice, 150, 1.0), SR)
         assert abs(a.keyword_offset_s - b.keyword_offset_s) <= 0.15, key
         checked += 1
