@@ -276,6 +276,7 @@ class Pyttsx3Worker:
                 if self.broken:
                     raise
                 errors.append(str(exc))
+                self.close()  # the next try in a fresh process: an empty buffer came from this one's driver
                 continue
             for other in results:
                 if _agree(r, other):
