@@ -182,6 +182,29 @@ class Mixer:
         self.tone.prepare(min(block, self.max_block))
 
     # -- consumer side -------------------------------------------------------------------------
+    def _nothing_to_say(self) -> bool:
+        """No speech playing, fading, queued or waiting in the ring: the tone alone, or silence."""
+        return self._ring_r == self._ring_w and self._active is None and self._fading is None and not self._pending
+
+    def _pass_silent(self, n: int, block_end: int) -> None:
+        """A silent block (`render` and `plan_block` alike): the tone sleeps, the gains settle."""
+        self.tone.skip_silent(n)
+        self._frame = block_end
+        self._vol = self.volume
+        self._tvol = self.tone_volume
+        self._duck = 1.0
+
+    def _phrase_alone(self, pending: list[SpeechItem], block_end: int, n: int) -> bool:
+        """One phrase fills the whole block: nothing fading, nothing starting in it, no tone."""
+        active = self._active
+        return (
+            active is not None
+            and self._fading is None
+            and active.item.samples.shape[0] - active.pos >= n
+            and not (pending and pending[0].start_frame < block_end)
+            and self.tone.is_silent()
+        )
+
     def render(self, out: np.ndarray) -> None:
         """Fill `out` (shape (n,) or (n, 1), any float dtype) with the next n samples.
 
@@ -199,17 +222,13 @@ class Mixer:
         block_end = block_start + n
         cancel = self._cancel_req  # read first: a later cancellation waits for the next block
         tone = self.tone
-        if self._ring_r == self._ring_w and self._active is None and self._fading is None and not self._pending:
+        if self._nothing_to_say():
             self._cancel_seen = cancel  # nothing said or queued: nothing to cancel, nothing left pending
             if tone.is_silent():
                 # Nothing to say and no tone: the common case between contractions.
                 out.fill(0.0)
-                tone.skip_silent(n)
                 self._tap_write(None, n)
-                self._frame = block_end
-                self._vol = self.volume
-                self._tvol = self.tone_volume
-                self._duck = 1.0
+                self._pass_silent(n, block_end)
                 return
             # The tone alone: no speech to mix, nothing to clip.
             tone0, tone1, _, _ = self._ramp_gains(n, False)
@@ -221,12 +240,9 @@ class Mixer:
         active = self._active
         if (
             active is not None
-            and self._fading is None
+            and self._phrase_alone(pending, block_end, n)
             and active.item.scale != 1.0  # PCM: at most full scale, never clipped at volume <= 1
-            and active.item.samples.shape[0] - active.pos >= n
-            and not (pending and pending[0].start_frame < block_end)
             and self._vol == self.volume <= 1.0
-            and tone.is_silent()
         ):
             # One phrase and no tone (an instruction): the clip at the volume, the very numbers
             # the full path below makes (+0.0 and clipping change nothing here), in three calls.
@@ -450,7 +466,7 @@ class Mixer:
         block_start = self._frame
         block_end = block_start + n
         tone = self.tone
-        quiet = self._ring_r == self._ring_w and self._active is None and self._fading is None and not self._pending
+        quiet = self._nothing_to_say()
         if quiet and not tone.is_silent():  # the tone alone, as in `render`
             self._cancel_seen = self._cancel_req
             g0, g1, vol0, vol1 = self._ramp_gains(n, False)
@@ -459,27 +475,17 @@ class Mixer:
             return
         if quiet:
             self._cancel_seen = self._cancel_req  # as `render`: nothing said or queued to cancel
-            tone.skip_silent(n)
             planned = self._planned
             if self._silent_entry == len(planned) - 1 >= 0:  # silence goes on: one longer entry
                 planned[-1] = (planned[-1][0] + n, None, 1.0, 1.0, False, 1.0, 1.0)
             else:
                 self._silent_entry = len(planned)
                 planned.append((n, None, 1.0, 1.0, False, 1.0, 1.0))
-            self._frame = block_end
-            self._vol = self.volume
-            self._tvol = self.tone_volume
-            self._duck = 1.0
+            self._pass_silent(n, block_end)
             return
         pending, spoke = self._begin_block(block_end)
         active = self._active
-        if (
-            active is not None
-            and self._fading is None
-            and active.item.samples.shape[0] - active.pos >= n
-            and not (pending and pending[0].start_frame < block_end)
-            and tone.is_silent()
-        ):
+        if active is not None and self._phrase_alone(pending, block_end, n):
             # One phrase, no tone (an instruction): its run grows, and so does the block's
             # entry while the volume stays (render_planned mixes a stretch at a time anyway).
             self._plan_clip(offset, active.item.samples, active.pos, n)
