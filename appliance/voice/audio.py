@@ -569,6 +569,47 @@ class Mixer:
             room = min(room, self._pending[0].start_frame - self._frame)
         return max(room - room % block, min(block, limit))
 
+    def plan_run(self, block: int, limit: int) -> int:
+        """Plan the card's next blocks of `block` frames, as many as are alike, up to `limit`
+        frames (the last block cut at `limit`, as the WAV writer cuts it); returns the frames
+        planned (at least one block).
+
+        Between two calls the control side does not act, so a stretch of the tone alone at a
+        settled volume and duck (most of a contraction) stays that until the call ends or the
+        tone falls silent: its blocks are planned in one go (`ToneSynth.plan_run`), each the
+        block `plan_block` would plan. Silence and an instruction alone go as `steady_frames`
+        says; anything else (speech over the tone, a duck or volume on the move) one block.
+        """
+        tone = self.tone
+        if (
+            limit > block
+            and self._nothing_to_say()
+            and not tone.is_silent()
+            and self._duck == 1.0
+            and self._vol == self.volume
+            and self._tvol == self.tone_volume
+        ):
+            full, rest = divmod(limit, block)
+            sizes = [block] * full
+            if rest:
+                sizes.append(rest)
+            figures = tone.plan_run(sizes)
+            if figures:
+                self._cancel_seen = self._cancel_req  # as `plan_block`: nothing said or queued
+                vol = self._vol
+                g = vol * self._tvol  # `_ramp_gains` when all is settled
+                planned = self._planned
+                frames = 0
+                for n, fig in zip(sizes, figures):
+                    planned.append((n, fig, g, g, False, vol, vol))
+                    frames += n
+                self._frame += frames
+                self._planned_frames += frames
+                return frames
+        n = self.steady_frames(block, limit)
+        self.plan_block(n)
+        return n
+
     def planned_frames(self) -> int:
         """Frames planned by `plan_block` whose samples `render_planned` has not made yet."""
         return self._planned_frames
@@ -656,18 +697,17 @@ class WavSink:
 
     def render_until_frame(self, frame: int) -> None:
         block, size = self.block_size, self._buf.shape[0]
-        plan, render = self.mixer.plan_block, self.mixer.render
-        deferred, steady = self.deferred, self.mixer.steady_frames
+        plan, render = self.mixer.plan_run, self.mixer.render
+        deferred = self.deferred
         while self.frames_written < frame:
             fill = self._fill
-            n = min(block, frame - self.frames_written, size - fill)
             if deferred:
-                # Silence, or an instruction alone, goes on unchanged until the control side
-                # acts (between two calls): the card's blocks of it are planned in one go.
-                n = steady(block, min(frame - self.frames_written, size - fill))
-            if deferred:
-                plan(n)
+                # What goes on unchanged until the control side acts (between two calls):
+                # silence, an instruction alone, the tone alone; the card's blocks of it
+                # are planned in one go.
+                n = plan(block, min(frame - self.frames_written, size - fill))
             else:
+                n = min(block, frame - self.frames_written, size - fill)
                 render(self._buf[fill : fill + n])
             self._fill = fill + n
             self.frames_written += n
