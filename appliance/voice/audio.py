@@ -574,41 +574,74 @@ class Mixer:
         frames (the last block cut at `limit`, as the WAV writer cuts it); returns the frames
         planned (at least one block).
 
-        Between two calls the control side does not act, so a stretch of the tone alone at a
-        settled volume and duck (most of a contraction) stays that until the call ends or the
-        tone falls silent: its blocks are planned in one go (`ToneSynth.plan_run`), each the
-        block `plan_block` would plan. Silence and an instruction alone go as `steady_frames`
-        says; anything else (speech over the tone, a duck or volume on the move) one block.
+        Between two calls the control side does not act, so a stretch of the tone at a
+        settled volume and duck stays that until the call ends, the tone falls silent, or
+        the phrase said over it ends or another starts: its blocks are planned in one go
+        (`_plan_tone_run`), each the block `plan_block` would plan. Silence and an
+        instruction alone go as `steady_frames` says; anything else (a duck or volume on
+        the move, a clip starting or fading) one block.
         """
         tone = self.tone
         if (
             limit > block
-            and self._nothing_to_say()
-            and not tone.is_silent()
-            and self._duck == 1.0
+            and self._ring_r == self._ring_w
+            and self._fading is None
             and self._vol == self.volume
             and self._tvol == self.tone_volume
+            and not tone.is_silent()
         ):
+            active = self._active
+            n = 0
+            if active is None:
+                if not self._pending and self._duck == 1.0:  # the tone alone
+                    n = self._plan_tone_run(block, limit, limit, None)
+            elif self._cancel_seen == self._cancel_req and self._duck == self.duck_gain:
+                # a phrase over the (ducked) tone, until it ends or the next one starts
+                room = active.item.samples.shape[0] - active.pos
+                if self._pending:
+                    room = min(room, self._pending[0].start_frame - self._frame)
+                n = self._plan_tone_run(block, limit, room, active)
+            if n:
+                return n
+        n = self.steady_frames(block, limit)
+        self.plan_block(n)
+        return n
+
+    def _plan_tone_run(self, block: int, limit: int, room: int, active: _Voice | None) -> int:
+        """`plan_block` for the card's blocks up to `limit` that fit whole in `room` frames,
+        the tone sounding at settled gains and `active` (if any) said over it all along;
+        returns the frames planned (0: not even one block fits).
+
+        What `plan_block` does per block, done per stretch: the tone's figures block by
+        block (`ToneSynth.plan_run`), the settled gains `_ramp_gains` would return, the
+        phrase's run grown once by the stretch (`_plan_clip` joins a clip's consecutive
+        runs into one anyway)."""
+        if limit <= room:
             full, rest = divmod(limit, block)
             sizes = [block] * full
             if rest:
                 sizes.append(rest)
-            figures = tone.plan_run(sizes)
-            if figures:
-                self._cancel_seen = self._cancel_req  # as `plan_block`: nothing said or queued
-                vol = self._vol
-                g = vol * self._tvol  # `_ramp_gains` when all is settled
-                planned = self._planned
-                frames = 0
-                for n, fig in zip(sizes, figures):
-                    planned.append((n, fig, g, g, False, vol, vol))
-                    frames += n
-                self._frame += frames
-                self._planned_frames += frames
-                return frames
-        n = self.steady_frames(block, limit)
-        self.plan_block(n)
-        return n
+        else:
+            sizes = [block] * (max(room, 0) // block)
+        figures = self.tone.plan_run(sizes) if sizes else []
+        if not figures:
+            return 0
+        frames = sum(sizes[: len(figures)])
+        vol = self._vol
+        speaking = active is not None
+        if active is not None:
+            g = self._duck * vol * self._tvol  # `_ramp_gains` with the duck down and all settled
+            self._plan_clip(self._planned_frames, active.item.samples, active.pos, frames)
+            active.pos += frames
+            if active.pos >= active.item.samples.shape[0]:
+                self._active = None
+        else:
+            g = vol * self._tvol  # `_ramp_gains` when all is settled
+            self._cancel_seen = self._cancel_req  # as `plan_block`: nothing said or queued
+        self._planned.extend([(n, fig, g, g, speaking, vol, vol) for n, fig in zip(sizes, figures)])
+        self._frame += frames
+        self._planned_frames += frames
+        return frames
 
     def planned_frames(self) -> int:
         """Frames planned by `plan_block` whose samples `render_planned` has not made yet."""
