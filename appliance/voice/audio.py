@@ -554,7 +554,8 @@ class Mixer:
         Silence (nothing said, queued, fading or cancelled, no tone) stays silence: all of
         it. One phrase alone at a settled volume and duck (an instruction) goes on the same
         way until it ends or the next phrase starts: whole blocks of it, so the block where
-        it ends is cut where the card would cut it. Anything else: one block.
+        it ends is cut where the card would cut it (all of `limit` when it goes on that
+        far). Anything else: one block.
         """
         if self._ring_r != self._ring_w or self._fading is not None or not self.tone.is_silent():
             return min(block, limit)
@@ -567,6 +568,8 @@ class Mixer:
         room = min(limit, active.item.samples.shape[0] - active.pos)
         if self._pending:
             room = min(room, self._pending[0].start_frame - self._frame)
+        if room == limit:  # it goes on to the end of the call: the card's last, shorter block too
+            return limit
         return max(room - room % block, min(block, limit))
 
     def plan_run(self, block: int, limit: int) -> int:
