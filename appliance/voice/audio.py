@@ -1,7 +1,7 @@
 """One output stream: the live tone and queued speech mixed, the tone ducked under speech.
 
 `Mixer` produces the samples (lock-free, allocation-free per block); `DeviceOutput` pulls
-them from a sounddevice `OutputStream` and survives a missing sound card; `WavSink` pulls
+them from a sounddevice `RawOutputStream` and survives a missing sound card; `WavSink` pulls
 them into a WAV file in session time, sample-exact, for simulation and tests.
 """
 
@@ -222,7 +222,11 @@ class Mixer:
         block_end = block_start + n
         cancel = self._cancel_req  # read first: a later cancellation waits for the next block
         tone = self.tone
-        if self._nothing_to_say():
+        active = self._active
+        # `_nothing_to_say()` and `_begin_block` written out for the common cases (every call
+        # a callback saves counts on a small CPU): nothing new in the ring, nothing fading.
+        settled = self._ring_r == self._ring_w and self._fading is None
+        if settled and active is None and not self._pending:  # nothing to say
             self._cancel_seen = cancel  # nothing said or queued: nothing to cancel, nothing left pending
             if tone.is_silent():
                 # Nothing to say and no tone: the common case between contractions.
@@ -236,26 +240,13 @@ class Mixer:
             tone.render(mix, tone0, tone1)
             self._emit(out, mix, n)
             return
-        pending, spoke = self._begin_block(block_end)
-        active = self._active
-        if (
-            active is not None
-            and self._phrase_alone(pending, block_end, n)
-            and active.item.scale != 1.0  # PCM: at most full scale, never clipped at volume <= 1
-            and self._vol == self.volume <= 1.0
-        ):
-            # One phrase and no tone (an instruction): the clip at the volume, the very numbers
-            # the full path below makes (+0.0 and clipping change nothing here), in three calls.
-            _, _, _, vol = self._ramp_gains(n, True)
-            mix = self._tap_slot(n)
-            np.copyto(mix, active.item.samples[active.pos : active.pos + n])
-            mix *= active.item.scale
-            mix *= vol
-            active.pos += n
-            if active.pos >= active.item.samples.shape[0]:
-                self._active = None
-            tone.skip_silent(n)
-            self._emit(out, mix, n)
+        if settled and active is not None and self._cancel_seen == cancel:
+            pending, spoke = self._pending, True  # what `_begin_block` would find: a phrase playing
+        else:
+            pending, spoke = self._begin_block(block_end)
+            active = self._active
+        if active is not None and self._phrase_alone(pending, block_end, n) and self._pcm_at_volume(active):
+            self._render_phrase_alone(out, active, n)
             return
         sp = self._speech[:n]
         if spoke:
@@ -301,6 +292,26 @@ class Mixer:
             np.maximum(mix, -1.0, out=mix)
         self._emit(out, mix, n)
 
+    def _pcm_at_volume(self, active: _Voice) -> bool:
+        """PCM (at most full scale, never clipped at a volume <= 1) at the settled volume."""
+        return active.item.scale != 1.0 and self._vol == self.volume <= 1.0
+
+    def _render_phrase_alone(self, out: np.ndarray, active: _Voice, n: int) -> None:
+        """One phrase and no tone (an instruction): the clip at the volume, the very numbers
+        the full path makes (+0.0 and clipping change nothing here), in three calls."""
+        _, _, _, vol = self._ramp_gains(n, True)
+        mix = self._tap_slot(n)
+        pos = active.pos
+        samples = active.item.samples
+        mix[...] = samples[pos : pos + n]  # a casting copy (np.copyto is a Python-level wrapper)
+        mix *= active.item.scale
+        mix *= vol
+        active.pos = pos = pos + n
+        if pos >= samples.shape[0]:
+            self._active = None
+        self.tone.skip_silent(n)
+        self._emit(out, mix, n)
+
     def _tap_slot(self, n: int) -> np.ndarray:
         """Where to make the next n samples: the output ring's own slice when they fit in
         one piece (always, for the sound card's fixed blocks: the ring is a whole number of
@@ -312,12 +323,12 @@ class Mixer:
 
     def _emit(self, out: np.ndarray, mix: np.ndarray, n: int) -> None:
         """The block made (in `_tap_slot(n)`) goes to the sound card and is published to the ring."""
-        if out.ndim == 2:
+        if out.ndim == 1:  # the card's own buffer (DeviceOutput), the WAV writer's
+            out[...] = mix
+        else:
             out[:, 0] = mix
             if out.shape[1] > 1:
                 out[:, 1:] = out[:, :1]
-        else:
-            out[:] = mix
         if mix.base is self._tap:
             self._tap_end += n  # published after the samples are in place
         else:
@@ -348,9 +359,16 @@ class Mixer:
         `n` samples; returns the tone's gain and the master volume at its two ends.
         `render` and `plan_block` both step through here, so session.wav and the speaker
         ramp alike."""
-        if not speaking and self._duck == 1.0 and self._vol == self.volume and self._tvol == self.tone_volume:
-            g = self._vol * self._tvol  # all settled: the same numbers as the steps below give
-            return g, g, self._vol, self._vol
+        vol0, tv0 = self._vol, self._tvol
+        if vol0 == self.volume and tv0 == self.tone_volume:
+            # All settled: the same numbers as the steps below give (a step from a target
+            # stays on it), without them.
+            if not speaking and self._duck == 1.0:
+                g = vol0 * tv0
+                return g, g, vol0, vol0
+            if speaking and self._duck == self.duck_gain:
+                g = self._duck * vol0 * tv0
+                return g, g, vol0, vol0
         duck_target = self.duck_gain if speaking else 1.0
         step = n / (self.duck_frames if speaking else self.unduck_frames) * (1.0 - self.duck_gain)
         duck0 = self._duck
@@ -412,7 +430,7 @@ class Mixer:
         # A mixed-dtype `+=` (or multiply) would allocate numpy's cast buffer on every call;
         # a casting copy into scratch space does not.
         tmp = self._cast[: dst.shape[0]]
-        np.copyto(tmp, src)
+        tmp[...] = src
         if scale != 1.0:
             tmp *= scale
         dst += tmp
@@ -440,7 +458,7 @@ class Mixer:
         m = min(n, self._fade.shape[0] - self._fade_pos, samples.shape[0] - voice.pos)
         if m > 0:
             tmp = self._tmp[:m]
-            np.copyto(tmp, samples[voice.pos : voice.pos + m])
+            tmp[...] = samples[voice.pos : voice.pos + m]
             if voice.item.scale != 1.0:
                 tmp *= voice.item.scale
             tmp *= self._fade[self._fade_pos : self._fade_pos + m]
@@ -791,7 +809,7 @@ class PortAudioStream(Protocol):
 
 
 class DeviceOutput:
-    """The mixer on a sound card through a sounddevice `OutputStream`.
+    """The mixer on a sound card through a sounddevice `RawOutputStream`.
 
     Without a usable device the appliance keeps running in silence: the fault is logged
     once, the device retried every `retry_s` seconds, and speech dropped meanwhile so
@@ -850,18 +868,22 @@ class DeviceOutput:
             self._thread = None
         self._close()
 
-    def _callback(self, outdata: np.ndarray, frames: int, time_info, status) -> None:  # noqa: ANN001
-        if status.output_underflow:
+    def _callback(self, outdata, frames: int, time_info, status) -> None:  # noqa: ANN001
+        """PortAudio's callback (sounddevice's `RawOutputStream`): `outdata` is the card's own
+        float32 buffer, which the mixer fills through a flat view. The raw stream spares
+        every callback sounddevice's array wrapping (an import, an array, a reshape) and the
+        mixer a two-dimensional copy; the status flags are looked at only when one is set."""
+        if status and status.output_underflow:
             self.underruns += 1
         self.callbacks += 1
-        self.mixer.render(outdata)
+        self.mixer.render(np.frombuffer(outdata, dtype=np.float32))
 
     def _open(self) -> bool:
         self.open_attempts += 1
         try:
             import sounddevice as sd  # PortAudio missing is just another absent device
 
-            stream = sd.OutputStream(
+            stream = sd.RawOutputStream(
                 samplerate=self.mixer.sample_rate,
                 blocksize=self.block_size,
                 device=self.device,

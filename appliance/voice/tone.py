@@ -370,10 +370,11 @@ class ToneSynth:
             out.fill(0.0)
             self._asleep = True
             return
-        timbre = self._timbre(p)
+        timbre_of = self._timbre_of  # `_timbre(p)` and `target_hz(p)` without the calls when nothing changed
+        timbre = timbre_of[1] if timbre_of[0] is p else self._timbre(p)
         sr = self.sample_rate
         lag_end = self._lag[n - 1]
-        hz = self.target_hz(p)
+        hz = p.freq_hz if p.live is None else self.target_hz(p)
         if self._asleep:
             self._wake(hz, timbre)
         w0 = TWO_PI * self._freq / sr
@@ -670,16 +671,16 @@ def _sin32(x: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
     (SIMD), its float64 one is not, and is 50 times slower on a second of samples. A phase
     below 20 rad in float32 is off by under 1e-6 rad: a hundredth of a 16-bit step. The
     offline renderer takes the same path (`astype(float32)`), so the two agree bit for bit."""
-    np.copyto(scratch, x)
+    scratch[...] = x  # casting copies by assignment: np.copyto is a Python-level wrapper
     np.sin(scratch, out=scratch)
-    np.copyto(out, scratch)
+    out[...] = scratch
 
 
 def _cos32(x: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
     """`out = cos(x)` in float32, as `_sin32`."""
-    np.copyto(scratch, x)
+    scratch[...] = x
     np.cos(scratch, out=scratch)
-    np.copyto(out, scratch)
+    out[...] = scratch
 
 
 def _lag_table(k: np.ndarray, glide_ms: float, sample_rate: int) -> np.ndarray:
