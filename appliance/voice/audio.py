@@ -659,7 +659,8 @@ class Mixer:
         else:
             g = vol * self._tvol  # `_ramp_gains` when all is settled
             self._cancel_seen = self._cancel_req  # as `plan_block`: nothing said or queued
-        self._planned.extend([(n, fig, g, g, speaking, vol, vol) for n, fig in zip(sizes, figures)])
+        # (`figures` may stop short of `sizes`: where the tone falls silent)
+        self._planned.extend([(n, fig, g, g, speaking, vol, vol) for n, fig in zip(sizes, figures, strict=False)])
         self._frame += frames
         self._planned_frames += frames
         return frames
@@ -817,6 +818,8 @@ class DeviceOutput:
     supervisor thread, never from the audio thread.
     """
 
+    STREAM = "RawOutputStream"  # sounddevice's stream class: `_callback` gets the card's raw buffer
+
     def __init__(
         self,
         mixer: Mixer,
@@ -883,7 +886,7 @@ class DeviceOutput:
         try:
             import sounddevice as sd  # PortAudio missing is just another absent device
 
-            stream = sd.RawOutputStream(
+            stream = getattr(sd, self.STREAM)(
                 samplerate=self.mixer.sample_rate,
                 blocksize=self.block_size,
                 device=self.device,
