@@ -123,6 +123,7 @@ class Mixer:
         blocks = -(-max(int(OUTPUT_TAP_S * self.sample_rate), 2 * self.max_block) // self.max_block)
         self._tap = np.zeros(blocks * self.max_block)
         self._tap_end = 0
+        self._tap_silent = 0  # frames of silence last written to it in a row: past its size, none to write
         # Offline rendering (`plan_block`, `render_planned`): blocks planned, samples not yet made.
         self._planned: list[tuple] = []
         self._runs: list[list] = []  # speech to add: [offset, samples, src, length, fade_pos or -1]
@@ -330,6 +331,7 @@ class Mixer:
             if out.shape[1] > 1:
                 out[:, 1:] = out[:, :1]
         if mix.base is self._tap:
+            self._tap_silent = 0
             self._tap_end += n  # published after the samples are in place
         else:
             self._tap_write(mix, n)
@@ -385,13 +387,18 @@ class Mixer:
     def _tap_write(self, mix: np.ndarray | None, n: int) -> None:
         """Append n rendered samples (None: silence) to the output ring; audio thread only."""
         size = self._tap.shape[0]
+        if mix is None and self._tap_silent >= size:  # the whole ring is silence already
+            self._tap_end += n
+            return
         start = self._tap_end % size
         first = min(n, size - start)
         if mix is None:
             self._tap[start : start + first] = 0.0
             if first < n:
                 self._tap[: n - first] = 0.0
+            self._tap_silent += n
         else:
+            self._tap_silent = 0
             self._tap[start : start + first] = mix[:first]
             if first < n:
                 self._tap[: n - first] = mix[first:n]
