@@ -44,11 +44,12 @@ enabled = {voice}
 
 class StandInSoundCard:
     """The sound card's callback thread: every block period, what PortAudio's callback thread
-    does in Python on the device. That is sounddevice's own wrapper for a `RawOutputStream`
-    (the card's buffer as a cffi buffer, `CallbackFlags`, `_wrap_callback`) around the
-    device's `DeviceOutput._callback`, which fills the buffer through `Mixer.render` — the
-    same functions, not a shortcut to `Mixer.render`. Without PortAudio (sounddevice not
-    importable) the callback gets a bytearray and a flags stand-in instead.
+    does on the device. That is a call of the device's cffi function pointer
+    (`DeviceOutput.portaudio_callback`, into `DeviceOutput._callback` and `Mixer.render`)
+    on a float32 buffer of the card's size — the same functions, not a shortcut to
+    `Mixer.render`. (A checkout whose `DeviceOutput` opens a sounddevice `OutputStream` or
+    `RawOutputStream` gets sounddevice's own wrapper around its callback, as it would on
+    the device; without sounddevice, a plain buffer and a flags stand-in.)
 
     What is not the device's: the wake-up (a Python sleep loop where the device has
     PortAudio's C thread waiting on ALSA) and, only with `time_callbacks`, two thread-clock
@@ -87,6 +88,18 @@ class StandInSoundCard:
         output stream `DeviceOutput` opens (`DeviceOutput.STREAM`; a checkout without it
         opens an `OutputStream`), on a float32 buffer of the card's size."""
         callback, frames = self.output._callback, self.block
+        if getattr(self.output, "STREAM", "") == "portaudio":  # PortAudio calls the device's C function pointer
+            from appliance.voice.audio import _portaudio_ffi
+
+            ffi = _portaudio_ffi()
+            c_callback = self.output.portaudio_callback()
+            out_buffer = ffi.new("float[]", frames)
+            info = ffi.new("PaStreamCallbackTimeInfo *")
+
+            def portaudio_calls() -> Any:  # through C into Python, as from PortAudio's thread
+                return c_callback(ffi.NULL, out_buffer, frames, info, 0, ffi.NULL)
+
+            return portaudio_calls
         raw_stream = getattr(self.output, "STREAM", "OutputStream") == "RawOutputStream"
         try:
             import sounddevice as sd

@@ -1,7 +1,7 @@
 """One output stream: the live tone and queued speech mixed, the tone ducked under speech.
 
 `Mixer` produces the samples (lock-free, allocation-free per block); `DeviceOutput` pulls
-them from a sounddevice `RawOutputStream` and survives a missing sound card; `WavSink` pulls
+them from a sounddevice stream (PortAudio calling it directly) and survives a missing sound card; `WavSink` pulls
 them into a WAV file in session time, sample-exact, for simulation and tests.
 """
 
@@ -13,7 +13,7 @@ import threading
 import wave
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -817,15 +817,22 @@ class PortAudioStream(Protocol):
 
 
 class DeviceOutput:
-    """The mixer on a sound card through a sounddevice `RawOutputStream`.
+    """The mixer on a sound card through a sounddevice stream whose callback is PortAudio's own.
 
     Without a usable device the appliance keeps running in silence: the fault is logged
     once, the device retried every `retry_s` seconds, and speech dropped meanwhile so
     nothing piles up. Underruns are counted in the callback and logged from a
     supervisor thread, never from the audio thread.
+
+    The stream is sounddevice's `_StreamBase` (its base class for custom streams, as
+    python-rtmixer uses it) given a cffi function pointer (`portaudio_callback`), so
+    PortAudio calls `_callback` with its own arguments: no wrapper builds a buffer
+    object, a flags object and an array around every callback. The mixer fills the
+    card's float32 buffer through a flat array view, made again only when PortAudio hands
+    over a different buffer (it reuses one as a rule).
     """
 
-    STREAM = "RawOutputStream"  # sounddevice's stream class: `_callback` gets the card's raw buffer
+    STREAM = "portaudio"  # what the stream's callback is (bench/device_rig.py's stand-in card follows it)
 
     def __init__(
         self,
@@ -855,6 +862,9 @@ class DeviceOutput:
         self._stop = threading.Event()
         self._opened = threading.Event()
         self._thread: threading.Thread | None = None
+        self._c_callback: Any = None  # the cffi function pointer PortAudio calls (made once)
+        self._view: np.ndarray | None = None  # the card's buffer as float32 samples
+        self._view_of: Any = None  # the buffer pointer it views
         mixer.prepare(self.block_size)
         mixer.running = False
 
@@ -878,29 +888,41 @@ class DeviceOutput:
             self._thread = None
         self._close()
 
-    def _callback(self, outdata, frames: int, time_info, status) -> None:  # noqa: ANN001
-        """PortAudio's callback (sounddevice's `RawOutputStream`): `outdata` is the card's own
-        float32 buffer, which the mixer fills through a flat view. The raw stream spares
-        every callback sounddevice's array wrapping (an import, an array, a reshape) and the
-        mixer a two-dimensional copy; the status flags are looked at only when one is set."""
-        if status and status.output_underflow:
+    def portaudio_callback(self) -> Any:
+        """`_callback` as the C function PortAudio calls (`PaStreamCallback`), made once.
+        An exception in it aborts the stream (as sounddevice's own wrapper does); the
+        supervisor then reopens it."""
+        if self._c_callback is None:
+            self._c_callback = _portaudio_ffi().callback("PaStreamCallback", self._callback, error=PA_ABORT)
+        return self._c_callback
+
+    def _callback(self, iptr, optr, frames, time_info, status, userdata) -> int:  # noqa: ANN001
+        """PortAudio's stream callback: fill `frames` float32 samples at `optr`."""
+        if status & PA_OUTPUT_UNDERFLOW:
             self.underruns += 1
         self.callbacks += 1
-        self.mixer.render(np.frombuffer(outdata, dtype=np.float32))
+        out = self._view
+        if optr != self._view_of or out is None or out.shape[0] != frames:  # cdata pointers compare by address
+            out = self._view = np.frombuffer(_portaudio_ffi().buffer(optr, 4 * frames), dtype=np.float32)
+            self._view_of = optr
+        self.mixer.render(out)
+        return PA_CONTINUE
 
     def _open(self) -> bool:
         self.open_attempts += 1
         try:
             import sounddevice as sd  # PortAudio missing is just another absent device
 
-            stream = getattr(sd, self.STREAM)(
+            stream = sd._StreamBase(  # the base class sounddevice offers for custom streams
+                kind="output",
                 samplerate=self.mixer.sample_rate,
                 blocksize=self.block_size,
                 device=self.device,
                 channels=1,
                 dtype="float32",
                 latency=self.latency,
-                callback=self._callback,
+                callback=self.portaudio_callback(),
+                wrap_callback=None,
             )
             stream.start()
         except Exception as exc:  # noqa: BLE001 - any failure means "no device yet"
@@ -939,6 +961,7 @@ class DeviceOutput:
                 stream.close()
             except Exception as exc:  # noqa: BLE001
                 log.warning("closing audio output: %s", exc)
+        self._view = self._view_of = None  # the stream's buffers are gone with it
 
     def _supervise(self) -> None:
         logged_underruns = 0
@@ -958,6 +981,35 @@ class DeviceOutput:
                 log.warning("audio output: %d underrun(s) so far", self.underruns)
                 logged_underruns = self.underruns
             self._stop.wait(1.0)
+
+
+# PortAudio's callback ABI (portaudio.h): what `DeviceOutput.portaudio_callback` is made of.
+PA_CONTINUE, PA_ABORT = 0, 2  # PaStreamCallbackResult
+PA_OUTPUT_UNDERFLOW = 0x4  # PaStreamCallbackFlags
+_PORTAUDIO_CDEF = """
+typedef struct PaStreamCallbackTimeInfo {
+    double inputBufferAdcTime;
+    double currentTime;
+    double outputBufferDacTime;
+} PaStreamCallbackTimeInfo;
+typedef unsigned long PaStreamCallbackFlags;
+typedef int PaStreamCallback(const void *input, void *output, unsigned long frameCount,
+                             const PaStreamCallbackTimeInfo *timeInfo, PaStreamCallbackFlags statusFlags,
+                             void *userData);
+"""
+_ffi: Any = None
+
+
+def _portaudio_ffi() -> Any:
+    """A cffi FFI that knows PortAudio's callback type (sounddevice casts its pointer)."""
+    global _ffi
+    if _ffi is None:
+        import cffi  # type: ignore[import-untyped]  # sounddevice's own dependency
+
+        ffi = cffi.FFI()
+        ffi.cdef(_PORTAUDIO_CDEF)
+        _ffi = ffi
+    return _ffi
 
 
 def rescan_devices() -> None:
