@@ -101,7 +101,7 @@ def build_session(programme: Programme, catalogue: Catalogue, clock: Clock, part
     if follow_live is not None:
         # The tone's pitch from the sensor side's newest sample, not the control tick; the
         # coach's calibration says what a pressure means (appliance.sensor.live).
-        source = publish_live(source, follow_live(source.sample_rate_hz, lambda: session.calibration))
+        source = publish_live(source, follow_live(source.sample_rate_hz, lambda: session.calibration), clock)
     observed = ObservedSource(source, session, BreathDetector(), TechniqueMonitor(session.observe_warning))
     session.add_sink(observed)
     if parts.follow_breath:
