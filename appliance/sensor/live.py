@@ -20,6 +20,7 @@ larger speed coefficient, so a deliberate squeeze is heard within one sensor sam
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,6 +131,7 @@ class SimulatedSampler:
         self.slot = slot
         self.sample_rate_hz = source.sample_rate_hz
         self._takes_itself = takes_itself
+        self._taken_until = -math.inf
         self._times: list[float] = []
         self._values: list[float] = []
         self._belly: tuple[list[float], list[float]] | None = None
@@ -141,6 +143,9 @@ class SimulatedSampler:
 
     def take_until(self, t: float) -> None:
         """Take every sample up to clock time `t` (the clock has just reached it)."""
+        if t <= self._taken_until:
+            return  # (the control loop's read right after the clock moved)
+        self._taken_until = t
         source = self.source
         if self._takes_itself:
             take: Callable[[float], None] | None = getattr(source, "take_until", None)
