@@ -386,10 +386,14 @@ class Planning:
         else:
             seg.prompts = seg.prompts[:seg.prompt_index] + kept
         seg.prompts[seg.prompt_index:] = sorted(seg.prompts[seg.prompt_index:], key=lambda p: p.at)
+        # The next repetition begins after the correction and the cues it moved (a caution
+        # moved past the rest's end was said over the next repetition's "breathe in").
+        heard_until = max([end] + [p.at + self.timing.duration(p.key) for p in seg.prompts[seg.prompt_index:]
+                                   if not p.aligned and p.at < clear])
         last = seg.phases[-1] if seg.phases else None
-        if last is not None and seg.kind is SegmentKind.REP and last.end < end + GAP_S:
-            last.end = end + GAP_S  # the next repetition begins after the correction
-        self._busy_until = max(self._busy_until, end)
+        if last is not None and seg.kind is SegmentKind.REP and last.end < heard_until + GAP_S:
+            last.end = heard_until + GAP_S
+        self._busy_until = max(self._busy_until, heard_until)
         return dropped
 
     def _answer_start(self, seg: Segment, at: float, span: float) -> tuple[float, bool]:
