@@ -26,6 +26,8 @@ from appliance.sensor.signal import (
 
 MAX_WEEK_COLUMNS = 4
 CELL_CHARS = 24  # a week column's width in characters at 8 pt
+CHAR_PT = 5.0  # a character of 8 pt text, wide enough for digits (DejaVu Sans: 5.1 pt)
+MIN_CELL_CHARS = 12
 GOOD_ADHERENCE_PCT = 80.0
 FAIR_ADHERENCE_PCT = 50.0
 HELD_WELL_PCT = 80.0  # mean hold at target below this share of the time asked: look at the holds
@@ -196,8 +198,9 @@ def draw(fig: MplFigure, summary: Summary, w: Wording) -> None:
     labels = row_labels(summary, w)
     x0, label_w = 0.06, 0.22
     col_w = (0.94 - x0 - label_w) / max(1, len(weeks))
-    # Characters of 8 pt text that fit a column of the A4 page (595 pt wide), less a gap.
-    columns = [week_cells(summary, wk, w, max(CELL_CHARS, int(col_w * 595 / 4.6) - 3)) for wk in weeks]
+    # Characters of 8 pt text that fit a column of the A4 page (595 pt wide), less a gap: with
+    # four weeks "10 van 328 herhalingen" (held to 24 characters) ran into the next column.
+    columns = [week_cells(summary, wk, w, max(MIN_CELL_CHARS, int(col_w * 595 / CHAR_PT) - 2)) for wk in weeks]
     line_h = 0.0135
 
     def rule(at: float, width: float = 0.6) -> None:
