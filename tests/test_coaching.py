@@ -54,7 +54,8 @@ def assert_heard_whole_in_the_rep(result, fault: str, minimum: int) -> list[str]
     for warning, say in pairs:
         if "waited_for" in warning:  # a longer sentence was being said: right after it, never over it
             before = [s for s in all_says if s["phrase"] == warning["waited_for"] and s["at"] < say["at"]][-1]
-            assert before["at"] <= warning["detected"] and 0.0 <= say["at"] - (before["at"] + before["duration_s"]) <= 0.4
+            assert before["at"] <= warning["detected"]
+            assert 0.0 <= say["at"] - (before["at"] + before["duration_s"]) <= 0.4
         else:
             assert say["at"] - warning["detected"] <= 1.0  # within a second of the detection
         end = say["at"] + say["duration_s"]

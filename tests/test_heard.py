@@ -98,6 +98,12 @@ def speech_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("speech")
 
 
+def likeness(x: np.ndarray, clip: np.ndarray, start: int, part: slice) -> float:
+    """How alike `part` of the clip and the file from `start` are (1: the same shape)."""
+    xs, cs = x[start:start + len(clip)][part], clip[part]
+    return float(np.dot(xs, cs) / (np.linalg.norm(xs) * np.linalg.norm(cs) + 1e-12))
+
+
 def cut_off(result, wav_path) -> list[tuple[float, str, float]]:
     """The phrases not heard whole in session.wav: (at, phrase, likeness of the clip's last 40 %
     to what the file holds there). A phrase heard whole is its own clip there, over the ducked
@@ -116,13 +122,9 @@ def cut_off(result, wav_path) -> list[tuple[float, str, float]]:
         if a + len(c) > len(x):
             continue
 
-        def likeness(s: int, part: slice) -> float:
-            xs, cs = x[s:s + len(c)][part], c[part]
-            return float(np.dot(xs, cs) / (np.linalg.norm(xs) * np.linalg.norm(cs) + 1e-12))
-
         # The timeline's `at` is rounded to the millisecond: find the clip's first sample.
-        start = max(range(max(0, a - search), a + search + 1), key=lambda s: likeness(s, slice(0, head)))
-        tail = likeness(start, slice(len(c) * 6 // 10, len(c)))
+        start = max(range(max(0, a - search), a + search + 1), key=lambda s: likeness(x, c, s, slice(0, head)))
+        tail = likeness(x, c, start, slice(len(c) * 6 // 10, len(c)))
         if tail < 0.8:
             cut.append((e.data["at"], e.data["phrase"], round(tail, 2)))
     return cut

@@ -42,6 +42,15 @@ LABEL_ROWS = 5  # rows of what the device said, above the curve
 LABEL_ROW_STEP = 0.07  # axes fraction between two rows
 LABEL_GAP_PX = 6.0  # at least this much between a label's end and the next label on its row
 MIN_LABEL_CHARS = 6  # a label shorter than this is left out (its line still shows when it was said)
+MAX_LABEL_CHARS = 40  # a long explanation shows its start: the rows stay free for the cues around it
+
+
+def _capped(text: str) -> str:
+    """`text`, or its first words up to `MAX_LABEL_CHARS` and "…"."""
+    if len(text) <= MAX_LABEL_CHARS:
+        return text
+    cut = text[:MAX_LABEL_CHARS].rsplit(" ", 1)[0]
+    return cut.rstrip(",.;:") + "…"
 
 
 def _shorten(label, text: str, right: float, renderer) -> bool:
@@ -71,7 +80,8 @@ def _said_labels(ax, shown: list[tuple[float, str, bool]]) -> None:
     to_px = ax.transData.transform
     rows: list[list[tuple[float, Text, str]]] = [[] for _ in range(LABEL_ROWS)]  # (x px, label, text)
     ends = [-np.inf] * LABEL_ROWS
-    for at, text, correction in shown:
+    for at, full, correction in shown:
+        text = _capped(full)
         ax.axvline(at, color="0.4", lw=0.5)
         x = float(to_px((at, 0.0))[0])
         free = [r for r in range(LABEL_ROWS) if ends[r] + LABEL_GAP_PX <= x]
