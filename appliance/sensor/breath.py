@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 
 class BreathPhase(Enum):
@@ -23,6 +24,7 @@ class BreathPhase(Enum):
 
 
 COARSE_STEPS = 4  # the breath template's first scan, in timing steps
+RIDGE = 1e-9  # added to the rate fit's normal equations (keeps them solvable)
 
 
 @dataclass(frozen=True)
@@ -76,15 +78,22 @@ class BreathDetector:
         self._t: deque[float] = deque(maxlen=maxlen)
         self._p: deque[float] = deque(maxlen=maxlen)
         self._freqs = np.arange(s.min_bpm, s.max_bpm + 1e-9, s.bpm_step) / 60.0
-        # On the bin grid (t = -k bins) a candidate rate's phase is a whole number of Nths of
-        # a cycle (N = 2400 with the defaults): cosines and sines from one table of N.
+        # On the bin grid (t = k bins) a candidate rate's phase is a whole number of Nths of a
+        # cycle (N = 2400 with the defaults): cosines and sines from one table of N. A sample's
+        # harmonic columns are kept in a ring (one column per kept sample) from fit to fit.
         first, per_cycle = s.min_bpm / s.bpm_step, 60.0 / (s.bpm_step * self._bin)
-        self._cycles: np.ndarray | None = None
-        self._harmonics_of: tuple[bytes, list[np.ndarray]] | None = None  # (bins, their columns), read only
+        self._cycles = np.zeros(0, dtype=np.int64)
+        self._trig = np.zeros(0)  # cos then sin of the N angles
+        self._ring: np.ndarray | None = None  # (cos, sin, cos 2x, sin 2x for every rate, kept samples)
         if abs(first - round(first)) < 1e-9 and abs(per_cycle - round(per_cycle)) < 1e-6:
-            self._cycles = round(first) + np.arange(len(self._freqs))  # Nths of a cycle per bin
+            self._cycles = round(first) + np.arange(len(self._freqs), dtype=np.int64)  # Nths of a cycle per bin
             angles = 2 * math.pi * np.arange(round(per_cycle)) / round(per_cycle)
-            self._cos, self._sin = np.cos(angles), np.sin(angles)
+            self._trig = np.concatenate([np.cos(angles), np.sin(angles)])
+            self._ring = np.zeros((4 * len(self._freqs), maxlen))
+        self._appended = 0  # samples (bins) added since the detector was made: the ring's index
+        self._origin: float | None = None  # time of the ring's bin 0
+        self._ring_from = self._ring_to = 0  # the samples whose columns the ring holds
+        self._off_grid = 0  # the ring is not used while a sample before this one is in the window
         self._cached: BreathEstimate | None = None
         self._history: deque[tuple[float, float, float]] = deque()
 
@@ -95,6 +104,8 @@ class BreathDetector:
         self._bin_start = None
         self._cached = None
         self._history.clear()
+        self._origin = None
+        self._ring_from = self._ring_to = self._appended
 
     def add(self, times, cmh2o) -> None:
         s_refit = self.settings.refit_s
@@ -105,6 +116,7 @@ class BreathDetector:
             if t - self._bin_start >= self._bin and self._bin_n:
                 self._t.append(self._bin_start + self._bin / 2)
                 self._p.append(self._bin_sum / self._bin_n)
+                self._appended += 1
                 if self._cached is not None and self._t[-1] - self._cached.t >= s_refit:
                     self._cached = None
                 self._bin_start += self._bin * math.floor((t - self._bin_start) / self._bin)
@@ -130,46 +142,22 @@ class BreathDetector:
         nothing = BreathEstimate(t_end, BreathPhase.UNKNOWN, 0.0, None, None, None, None)
         if n < int(s.window_s * s.rate_hz * 0.6):
             return nothing
-        t = np.asarray(self._t) - t_end  # 0 at the newest sample
-        y = np.asarray(self._p)
-        w = np.exp(t / s.weight_tau_s)
-        sw = np.sqrt(w)  # weighted least squares by scaling rows with √w
-        # Each unbroken stretch of samples gets its own level: the coach may feed only the
-        # relaxed moments between squeezes, and the resting level differs a little each time.
-        breaks = np.nonzero(np.diff(t) > 3.0 / s.rate_hz)[0] + 1
-        segment = np.zeros(len(t), int)
-        for b in breaks:
-            segment[b:] += 1
-        levels = (segment[:, None] == np.arange(segment[-1] + 1)[None, :]).astype(float)
-        trend = np.column_stack([levels, t, t * t])
-        # Residual variance after the trend alone: what a breath curve has to explain.
-        beta0, *_ = np.linalg.lstsq(trend * sw[:, None], y * sw, rcond=None)
-        resid0 = y - trend @ beta0
-        var0 = float(np.sum(w * resid0**2))
+        t_abs = np.array(self._t)
+        t = t_abs - t_end  # 0 at the newest sample
+        y = np.array(self._p)
+        w = np.exp(t / s.weight_tau_s)  # weighted least squares throughout
+        trend = _trend(t, 3.0 / s.rate_hz)
+        trend_w = trend * w[:, None]
+        p = trend.shape[1]
+        gram = trend.T @ trend_w
+        # The rate fit's normal equations carry a small ridge (1e-9); the template fit's do not.
+        gram_inv, ridged_inv = np.linalg.inv(np.stack((gram, gram + RIDGE * np.eye(p))))
+        # Residual after the trend alone: what a breath curve has to explain.
+        resid = y - trend @ (ridged_inv @ (trend_w.T @ y))
+        var0 = float(w @ (resid * resid))
         if var0 <= 1e-12:
             return nothing
-        # All candidate rates at once: weighted normal equations, one small solve each. The
-        # trend's block of the normal equations is the same for every rate, and at the
-        # solution the weighted residual is y'Wy - beta'X'Wy: no design matrix per rate.
-        harmonics = self._harmonics(t)
-        n_f, p = len(self._freqs), trend.shape[1]
-        m = p + len(harmonics)
-        wy = w * y
-        trend_w = trend * w[:, None]
-        gram = np.empty((n_f, m, m))
-        gram[:, :p, :p] = trend.T @ trend_w
-        rhs = np.empty((n_f, m))
-        rhs[:, :p] = trend.T @ wy
-        for i, h in enumerate(harmonics):
-            cross = h @ trend_w  # (rates, trend columns)
-            gram[:, :p, p + i] = cross
-            gram[:, p + i, :p] = cross
-            for j in range(i, len(harmonics)):
-                gram[:, p + i, p + j] = gram[:, p + j, p + i] = (h * harmonics[j]) @ w
-            rhs[:, p + i] = h @ wy
-        gram += 1e-9 * np.eye(m)
-        betas = np.linalg.solve(gram, rhs[..., None])[..., 0]
-        variances = float(y @ wy) - np.sum(betas * rhs, axis=1)
+        variances = self._rate_variances(t, t_abs, w, trend_w, ridged_inv, resid)
         k = int(np.argmin(variances))
         f = float(self._freqs[k])
         if 0 < k < len(variances) - 1:
@@ -180,28 +168,89 @@ class BreathDetector:
             if denom > 0:
                 step = float(self._freqs[k + 1] - self._freqs[k])
                 f += step * 0.5 * (a - c) / denom
-        best = (float(variances[k]), f, betas[k])
-        _, f, _ = best
-        return self._fit_breath_shape(t, y - trend @ beta0, w, var0, f, t_end, trend, y)
+        return self._fit_breath_shape(t, resid, w, var0, f, t_end, trend, y, trend_w, gram_inv)
 
-    def _harmonics(self, t: np.ndarray) -> list[np.ndarray]:
-        """cos and sin of k·2πft for every candidate rate f (rows) and harmonic k."""
-        s = self.settings
-        bins = np.rint(-t / self._bin)
-        if self._cycles is not None and float(np.max(np.abs(t + bins * self._bin))) < 1e-6 * self._bin:
-            key = bins.tobytes()
-            if self._harmonics_of is not None and self._harmonics_of[0] == key:
-                return self._harmonics_of[1]  # the same bins as the last fit (a full, unbroken window)
-            n = len(self._cos)
-            base = (self._cycles[:, None] * bins.astype(np.int64)[None, :]) % n  # Nths of a cycle
-            out = []
-            for k in range(1, s.harmonics + 1):
-                idx = base if k == 1 else (k * base) % n
-                out += [self._cos[idx], -self._sin[idx]]  # t <= 0: the angle is -2π·idx/N
-            self._harmonics_of = (key, out)
-            return out
-        wt = 2 * math.pi * self._freqs[:, None] * t[None, :]
-        return [fn(k * wt) for k in range(1, s.harmonics + 1) for fn in (np.cos, np.sin)]
+    def _rate_variances(
+        self,
+        t: np.ndarray,
+        t_abs: np.ndarray,
+        w: np.ndarray,
+        trend_w: np.ndarray,
+        ridged_inv: np.ndarray,
+        resid: np.ndarray,
+    ) -> np.ndarray:
+        """For every candidate rate f, the weighted variance left when cos and sin of 2πft are
+        fitted together with the trend (less a part common to all rates: only differences count).
+
+        The normal equations of trend T and harmonics H (ridge ε on both diagonals) are solved
+        by eliminating the trend: with A = T'WT + εI, B = H'WT, r the trend-only residual, the
+        harmonics explain z'S⁻¹z, z = H'Wr, S = H'WH + εI - B A⁻¹ B'. That needs H'W[T r] and,
+        for H'WH, cos² = (1 + cos 2x)/2, sin² = (1 - cos 2x)/2, cos·sin = sin 2x / 2.
+        """
+        n_f, p = len(self._freqs), trend_w.shape[1]
+        rows = self._harmonic_rows(t_abs)
+        if rows is not None:
+            # A rate's phase is free in the fit, so the columns may count time from any origin:
+            # the detector's own, on which a sample's columns never change (kept between fits).
+            slots = (self._appended - len(t) + np.arange(len(t))) % rows.shape[1]
+            cols = np.zeros((rows.shape[1], p + 2))
+            cols[slots, :p] = trend_w
+            cols[slots, p] = w * resid
+            cols[slots, p + 1] = w
+        else:
+            wt = 2 * math.pi * self._freqs[:, None] * t[None, :]
+            rows = np.concatenate([np.cos(wt), np.sin(wt), np.cos(2 * wt), np.sin(2 * wt)])
+            cols = np.column_stack([trend_w, w * resid, w])
+        first = rows[: 2 * n_f] @ cols[:, : p + 1]  # h'WT and h'Wr for cos (rows :n_f) and sin
+        second = rows[2 * n_f :] @ cols[:, p + 1]  # Σ w cos 2x, Σ w sin 2x
+        b = first[:, :p]
+        e = b @ ridged_inv
+        half_w = 0.5 * float(np.sum(w))
+        cc = half_w + 0.5 * second[:n_f] + RIDGE - np.sum(e[:n_f] * b[:n_f], axis=1)
+        cs = 0.5 * second[n_f:] - np.sum(e[:n_f] * b[n_f:], axis=1)
+        ss = half_w - 0.5 * second[:n_f] + RIDGE - np.sum(e[n_f:] * b[n_f:], axis=1)
+        zc, zs = first[:n_f, p], first[n_f:, p]
+        return -(ss * zc * zc - 2.0 * cs * zc * zs + cc * zs * zs) / (cc * ss - cs * cs)
+
+    def _harmonic_rows(self, t_abs: np.ndarray) -> np.ndarray | None:
+        """cos, sin, cos 2x, sin 2x (x = 2πf·(t - origin)) of every candidate rate f (rows) for
+        every sample kept (columns: a ring indexed by the sample's count since the reset), or
+        None when the samples are not on the bin grid (then the fit computes them directly).
+
+        Only the samples added since the last fit get new columns: gathered from one table of
+        N angles, as every rate's phase on the bin grid is a whole number of Nths of a cycle.
+        """
+        ring = self._ring
+        if ring is None:
+            return None
+        n, cap = len(t_abs), ring.shape[1]
+        last = self._appended
+        first = last - n
+        if first < self._off_grid:
+            return None
+        if self._origin is None:
+            self._origin = float(t_abs[0])
+            self._ring_from = self._ring_to = first
+        start = self._ring_to if self._ring_from <= first <= self._ring_to else first
+        if start < last:
+            fresh = t_abs[n - (last - start) :]
+            bins = (fresh - self._origin) / self._bin
+            k = np.rint(bins)
+            if float(np.max(np.abs(bins - k))) >= 1e-6:
+                self._off_grid = last  # until these samples have left the window
+                self._ring_from = self._ring_to = last
+                return None
+            n_angles = len(self._trig) // 2
+            idx = (self._cycles[:, None] * k.astype(np.int64)[None, :]) % n_angles
+            idx2 = (2 * idx) % n_angles
+            ring[:, np.arange(start, last) % cap] = self._trig[
+                np.concatenate([idx, idx + n_angles, idx2, idx2 + n_angles])
+            ]
+            if start == first:
+                self._ring_from = first
+        self._ring_to = last
+        self._ring_from = max(self._ring_from, last - cap)
+        return ring
 
     def _fit_breath_shape(
         self,
@@ -213,6 +262,8 @@ class BreathDetector:
         t_end: float,
         trend: np.ndarray,
         y_raw: np.ndarray,
+        trend_w: np.ndarray,
+        gram_inv: np.ndarray,
     ) -> BreathEstimate:
         """Timing from a breath-shaped template: a half-cosine rise over the in-breath and a
         half-cosine fall over the (longer) out-breath, at the rate the harmonic fit found.
@@ -227,24 +278,25 @@ class BreathDetector:
         # trend fitted first would swallow part of the breath. No projected template is formed:
         # with T the trend, W the weights and G = T'WT, a template g's part beyond the trend
         # has amplitude numerator g'W(y - T G⁻¹T'Wy) and weight g'Wg - (g'WT) G⁻¹ (T'Wg).
-        trend_w = trend * w[:, None]
-        gram_inv = np.linalg.inv(trend.T @ trend_w)
         wy = w * y
-        u = wy - trend_w @ (gram_inv @ (trend.T @ wy))
-        against = np.column_stack([u, trend_w])
+        against = np.empty((len(t), trend_w.shape[1] + 1))
+        against[:, 0] = wy - trend_w @ (gram_inv @ (trend.T @ wy))
+        against[:, 1:] = trend_w
         shapes = _Templates(t, starts, period, s.inhale_fractions, s.timing_step_s, self._bin)
 
         def scan(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             """Scores of templates g (fractions, candidates, samples): best per fraction."""
-            proj = g @ against
-            num = proj[..., 0]
-            d = proj[..., 1:]
-            den = (g * g) @ w - np.sum((d @ gram_inv) * d, axis=-1)
+            n_r, n_c, n = g.shape
+            flat = g.reshape(n_r * n_c, n)
+            proj = flat @ against
+            num = proj[:, 0]
+            d = proj[:, 1:]
+            den = np.square(flat) @ w - np.einsum("ij,ij->i", d @ gram_inv, d)
             # Pressure rises on the in-breath: only a positive amplitude is a breath.
-            score = np.where(num > 0, num * num / np.where(den > 0, den, 1.0), 0.0)
+            score = np.where(num > 0, num * num / np.where(den > 0, den, 1.0), 0.0).reshape(n_r, n_c)
             k = np.argmax(score, axis=1)
-            rows = np.arange(len(k))
-            return score[rows, k], k, num[rows, k] / den[rows, k]
+            at = np.arange(n_r) * n_c + k
+            return score.ravel()[at], k, num[at] / den[at]
 
         # Coarse to fine: the score is smooth in the start time (the template slides), so a
         # scan at four timing steps and a fine scan around its best find the same start at a
@@ -289,10 +341,11 @@ class BreathDetector:
         self._history.append((t_end, start_abs, period))
         while self._history and self._history[0][0] < t_end - 2.0 * period:
             self._history.popleft()
-        old = [h for h in self._history if h[0] <= t_end - period]
-        if not old:
+        # The latest fit at least a period ago (fits are kept in time order).
+        old = next((h for h in reversed(self._history) if h[0] <= t_end - period), None)
+        if old is None:
             return 0.0
-        _, old_start, old_period = old[-1]
+        _, old_start, old_period = old
         shift = (start_abs - old_start) % period
         shift = min(shift, period - shift)
         period_change = abs(period - old_period)
@@ -305,14 +358,19 @@ class BreathDetector:
         """Share of the whole window's variance (beyond the trend) that the timing explains."""
         tau = np.mod(t - start, period)
         rise = r * period
-        g = np.where(
+        both = np.empty((len(t), 2))
+        both[:, 0] = y
+        both[:, 1] = np.where(
             tau < rise, -np.cos(np.pi * tau / rise), np.cos(np.pi * (tau - rise) / (period - rise))
         )
-        base, *_ = np.linalg.lstsq(trend, y, rcond=None)
-        full, *_ = np.linalg.lstsq(np.column_stack([trend, g]), y, rcond=None)
-        var0 = float(np.sum((y - trend @ base) ** 2))
-        var1 = float(np.sum((y - np.column_stack([trend, g]) @ full) ** 2))
-        return 1.0 - var1 / var0 if var0 > 1e-12 else 0.0
+        # Unweighted least squares through an orthonormal basis of the trend (one QR for both
+        # fits): the template explains (g'r)²/g'g of the residual r, g taken beyond the trend.
+        q, _ = np.linalg.qr(trend)
+        beyond = both - q @ (q.T @ both)
+        (var0, cross), (_, gg) = beyond.T @ beyond
+        if var0 <= 1e-12:
+            return 0.0
+        return float(cross * cross / gg / var0) if gg > 1e-12 * float(both[:, 1] @ both[:, 1]) else 0.0
 
     def _at(self, est: BreathEstimate, now: float) -> BreathEstimate:
         """Phase at `now` and the next transitions, from the fitted breath timing."""
@@ -332,6 +390,22 @@ class BreathDetector:
             next_out_s=next_out,
             next_in_s=next_in,
         )
+
+
+def _trend(t: np.ndarray, gap_s: float) -> np.ndarray:
+    """The slow trend's columns: a level for each unbroken stretch of samples, then t and t².
+
+    Each stretch gets its own level: the coach may feed only the relaxed moments between
+    squeezes, and the resting level differs a little each time.
+    """
+    breaks = np.flatnonzero(np.diff(t) > gap_s) + 1
+    edges = [0, *breaks.tolist(), len(t)]
+    trend = np.zeros((len(t), len(edges) + 1))
+    for j in range(len(edges) - 1):
+        trend[edges[j] : edges[j + 1], j] = 1.0
+    trend[:, -2] = t
+    trend[:, -1] = t * t
+    return trend
 
 
 class _Templates:
@@ -358,16 +432,18 @@ class _Templates:
                 self._m = (q * k).astype(np.intp)  # steps from each sample back to starts[0], less j
                 steps = np.arange(int(self._m.max()) + len(starts))
                 self._table = self._shape(np.mod(period - step * steps, period)[None, :])
+                # Runs of consecutive samples (q steps apart): their templates are strided views.
+                edges = [0, *(np.flatnonzero(np.diff(self._m) != -q) + 1).tolist(), len(t)]
+                self._runs = [(a, b, int(self._m[b - 1])) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+                self._q = q
 
     def _shape(self, tau: np.ndarray) -> np.ndarray:
         """Half-cosine rise over the in-breath, half-cosine fall over the out-breath;
         `tau` (seconds into the breath) has a first axis for the fractions (or 1)."""
         rise = self.rises.reshape(self.rises.shape + (1,) * (tau.ndim - 1))  # one row per fraction
-        return np.where(
-            tau < rise,
-            -np.cos(np.pi * tau / rise),
-            np.cos(np.pi * (tau - rise) / (self.period - rise)),
-        )
+        rising = tau < rise
+        out = np.cos(np.where(rising, np.pi * tau / rise, np.pi * (tau - rise) / (self.period - rise)))
+        return np.negative(out, out=out, where=rising)
 
     def at(self, idx: np.ndarray) -> np.ndarray:
         """Templates at start indices `idx`, (candidates) for every fraction or (fractions,
@@ -375,9 +451,21 @@ class _Templates:
         table = self._table
         if table is not None:
             if idx.ndim == 1:
+                if len(idx) > 1 and np.all(np.diff(idx) == idx[1] - idx[0]) and idx[1] > idx[0]:
+                    return self._evenly(table, int(idx[0]), int(idx[1] - idx[0]), len(idx))
                 return np.take(table, idx[:, None] + self._m[None, :], axis=1)
             rows = np.arange(len(self.rises))[:, None, None] * table.shape[1]
             return table.ravel()[rows + idx[:, :, None] + self._m[None, None, :]]
         idx = np.broadcast_to(idx, (len(self.rises), idx.shape[-1]))
         tau = np.mod(self.t[None, None, :] - self.starts[idx][:, :, None], self.period)
         return self._shape(tau)
+
+    def _evenly(self, table: np.ndarray, first: int, every: int, count: int) -> np.ndarray:
+        """`at` for the start indices first, first + every, ...: a run of samples q steps
+        apart reads the table at a fixed stride, so each run is copied from a strided view."""
+        out = np.empty((table.shape[0], count, len(self.t)))
+        row, item = table.strides[0], table.strides[1]
+        for a, b, last in self._runs:
+            view = as_strided(table[:, last + first :], (table.shape[0], count, b - a), (row, every * item, self._q * item))
+            out[:, :, a:b] = view[:, :, ::-1]  # the run's newest sample is `last` steps back
+        return out
