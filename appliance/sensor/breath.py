@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 
 class BreathPhase(Enum):
@@ -187,30 +186,37 @@ class BreathDetector:
         harmonics explain z'S⁻¹z, z = H'Wr, S = H'WH + εI - B A⁻¹ B'. That needs H'W[T r] and,
         for H'WH, cos² = (1 + cos 2x)/2, sin² = (1 - cos 2x)/2, cos·sin = sin 2x / 2.
         """
-        n_f, p = len(self._freqs), trend_w.shape[1]
+        n_f, p, n = len(self._freqs), trend_w.shape[1], len(t)
+        cols = np.empty((n, p + 2))
+        cols[:, :p] = trend_w
+        np.multiply(w, resid, out=cols[:, p])
+        cols[:, p + 1] = w
         rows = self._harmonic_rows(t_abs)
         if rows is not None:
             # A rate's phase is free in the fit, so the columns may count time from any origin:
             # the detector's own, on which a sample's columns never change (kept between fits).
-            slots = (self._appended - len(t) + np.arange(len(t))) % rows.shape[1]
-            cols = np.zeros((rows.shape[1], p + 2))
-            cols[slots, :p] = trend_w
-            cols[slots, p] = w * resid
-            cols[slots, p + 1] = w
+            cap = rows.shape[1]
+            first_slot = (self._appended - n) % cap  # the ring's column of the oldest sample
+            if n == cap:
+                cols = np.concatenate((cols[cap - first_slot :], cols[: cap - first_slot]))
+            else:
+                ringed = np.zeros((cap, p + 2))
+                ringed[(first_slot + np.arange(n)) % cap] = cols
+                cols = ringed
         else:
             wt = 2 * math.pi * self._freqs[:, None] * t[None, :]
             rows = np.concatenate([np.cos(wt), np.sin(wt), np.cos(2 * wt), np.sin(2 * wt)])
-            cols = np.column_stack([trend_w, w * resid, w])
         first = rows[: 2 * n_f] @ cols[:, : p + 1]  # h'WT and h'Wr for cos (rows :n_f) and sin
-        second = rows[2 * n_f :] @ cols[:, p + 1]  # Σ w cos 2x, Σ w sin 2x
+        half = 0.5 * (rows[2 * n_f :] @ cols[:, p + 1])  # Σ w cos 2x / 2, Σ w sin 2x / 2
         b = first[:, :p]
-        e = b @ ridged_inv
-        half_w = 0.5 * float(np.sum(w))
-        cc = half_w + 0.5 * second[:n_f] + RIDGE - np.sum(e[:n_f] * b[:n_f], axis=1)
-        cs = 0.5 * second[n_f:] - np.sum(e[:n_f] * b[n_f:], axis=1)
-        ss = half_w - 0.5 * second[:n_f] + RIDGE - np.sum(e[n_f:] * b[n_f:], axis=1)
+        # (B A⁻¹ B') for cos·cos, cos·sin, sin·cos, sin·sin, for every rate
+        bab = np.einsum("anp,bnp->abn", (b @ ridged_inv).reshape(2, n_f, p), b.reshape(2, n_f, p))
+        diagonal = 0.5 * float(cols[:, p + 1].sum()) + RIDGE
+        cc = diagonal + half[:n_f] - bab[0, 0]
+        cs = half[n_f:] - bab[0, 1]
+        ss = diagonal - half[:n_f] - bab[1, 1]
         zc, zs = first[:n_f, p], first[n_f:, p]
-        return -(ss * zc * zc - 2.0 * cs * zc * zs + cc * zs * zs) / (cc * ss - cs * cs)
+        return (cc * zs * zs + ss * zc * zc - 2.0 * cs * zc * zs) / (cs * cs - cc * ss)
 
     def _harmonic_rows(self, t_abs: np.ndarray) -> np.ndarray | None:
         """cos, sin, cos 2x, sin 2x (x = 2πf·(t - origin)) of every candidate rate f (rows) for
@@ -291,11 +297,11 @@ class BreathDetector:
             proj = flat @ against
             num = proj[:, 0]
             d = proj[:, 1:]
-            den = np.square(flat) @ w - np.einsum("ij,ij->i", d @ gram_inv, d)
+            den = np.square(flat, out=flat) @ w - np.einsum("ij,ij->i", d @ gram_inv, d)
             # Pressure rises on the in-breath: only a positive amplitude is a breath.
             score = np.where(num > 0, num * num / np.where(den > 0, den, 1.0), 0.0).reshape(n_r, n_c)
-            k = np.argmax(score, axis=1)
-            at = np.arange(n_r) * n_c + k
+            k = score.argmax(axis=1)
+            at = np.arange(0, n_r * n_c, n_c) + k
             return score.ravel()[at], k, num[at] / den[at]
 
         # Coarse to fine: the score is smooth in the start time (the template slides), so a
@@ -306,15 +312,15 @@ class BreathDetector:
         _, k, _ = scan(shapes.at(coarse))
         fine = np.clip(coarse[k][:, None] + np.arange(-COARSE_STEPS, COARSE_STEPS + 1)[None, :], 0, len(starts) - 1)
         scores, k, amplitudes = scan(shapes.at(fine))
-        i = int(np.argmax(scores))  # the first of equals, as a scan fraction by fraction would
-        best = (float(scores[i]), float(starts[fine[i, k[i]]]), float(s.inhale_fractions[i]), float(amplitudes[i]))
-        score, start, r, amplitude = best
+        i = int(scores.argmax())  # the first of equals, as a scan fraction by fraction would
+        j = int(fine[i, k[i]])
+        score, start, r, amplitude = float(scores[i]), float(starts[j]), s.inhale_fractions[i], float(amplitudes[i])
         explained = min(1.0, score / var0)
         ripple = 2.0 * amplitude
         faint = min(1.0, ripple / s.min_ripple_cmh2o)
         # The recent breath alone always fits a template: ask the same timing to explain
         # the whole window as well, so irregular breathing is not trusted.
-        consistent = self._uniform_fit(t, y_raw, trend, start, r, period)
+        consistent = _uniform_fit(trend, y_raw, shapes.one(i, j))
         if ripple > s.max_ripple_cmh2o:
             faint = 0.0  # swings this large are squeezes, coughs or movement, not breath
         # Plain floats: these times become the coach's plan and its events' times.
@@ -350,27 +356,6 @@ class BreathDetector:
         shift = min(shift, period - shift)
         period_change = abs(period - old_period)
         return math.exp(-((shift + period_change) / s.timing_tolerance_s) ** 2)
-
-    @staticmethod
-    def _uniform_fit(
-        t: np.ndarray, y: np.ndarray, trend: np.ndarray, start: float, r: float, period: float
-    ) -> float:
-        """Share of the whole window's variance (beyond the trend) that the timing explains."""
-        tau = np.mod(t - start, period)
-        rise = r * period
-        both = np.empty((len(t), 2))
-        both[:, 0] = y
-        both[:, 1] = np.where(
-            tau < rise, -np.cos(np.pi * tau / rise), np.cos(np.pi * (tau - rise) / (period - rise))
-        )
-        # Unweighted least squares through an orthonormal basis of the trend (one QR for both
-        # fits): the template explains (g'r)²/g'g of the residual r, g taken beyond the trend.
-        q, _ = np.linalg.qr(trend)
-        beyond = both - q @ (q.T @ both)
-        (var0, cross), (_, gg) = beyond.T @ beyond
-        if var0 <= 1e-12:
-            return 0.0
-        return float(cross * cross / gg / var0) if gg > 1e-12 * float(both[:, 1] @ both[:, 1]) else 0.0
 
     def _at(self, est: BreathEstimate, now: float) -> BreathEstimate:
         """Phase at `now` and the next transitions, from the fitted breath timing."""
@@ -408,6 +393,26 @@ def _trend(t: np.ndarray, gap_s: float) -> np.ndarray:
     return trend
 
 
+def _uniform_fit(trend: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
+    """Share of the whole window's variance beyond the trend (unweighted) that template g explains.
+
+    Through the trend's normal equations with t scaled to the window (the same fits, better
+    conditioned): g beyond the trend explains (g'r)²/g'g of the trend's residual r.
+    """
+    scale = 1.0 / max(1.0, -float(trend[0, -2]))
+    basis = trend.copy()
+    basis[:, -2] *= scale
+    basis[:, -1] *= scale * scale
+    both = np.empty((len(y), 2))
+    both[:, 0] = y
+    both[:, 1] = g
+    beyond = both - basis @ np.linalg.solve(basis.T @ basis, basis.T @ both)
+    (var0, cross), (_, gg) = beyond.T @ beyond
+    if var0 <= 1e-12 or gg <= 1e-12 * float(g @ g):
+        return 0.0
+    return float(cross * cross / gg / var0)
+
+
 class _Templates:
     """The breath template for each inhale fraction, at each candidate start, at each sample.
 
@@ -425,12 +430,12 @@ class _Templates:
         self._table: np.ndarray | None = None
         if len(t) and len(starts):
             q = round(bin_s / step)
-            k = np.rint(-t / (q * step)) if q >= 1 else None
+            k = np.rint(t * (-1.0 / (q * step))) if q >= 1 else None
             if k is not None and abs(bin_s - q * step) < 1e-9 * step \
-                    and float(np.max(np.abs(t + k * q * step))) < 1e-6 * step \
-                    and abs(float(starts[0]) + period) < 1e-9 and k.min() >= 0:
+                    and float(np.abs(t + k * (q * step)).max()) < 1e-6 * step \
+                    and abs(float(starts[0]) + period) < 1e-9 and k[-1] >= 0:
                 self._m = (q * k).astype(np.intp)  # steps from each sample back to starts[0], less j
-                steps = np.arange(int(self._m.max()) + len(starts))
+                steps = np.arange(int(self._m[0]) + len(starts))  # the oldest sample is the furthest back
                 self._table = self._shape(np.mod(period - step * steps, period)[None, :])
                 # Runs of consecutive samples (q steps apart): their templates are strided views.
                 edges = [0, *(np.flatnonzero(np.diff(self._m) != -q) + 1).tolist(), len(t)]
@@ -451,21 +456,29 @@ class _Templates:
         table = self._table
         if table is not None:
             if idx.ndim == 1:
-                if len(idx) > 1 and np.all(np.diff(idx) == idx[1] - idx[0]) and idx[1] > idx[0]:
+                if len(idx) > 1 and idx[1] > idx[0] and (np.diff(idx) == idx[1] - idx[0]).all():
                     return self._evenly(table, int(idx[0]), int(idx[1] - idx[0]), len(idx))
                 return np.take(table, idx[:, None] + self._m[None, :], axis=1)
-            rows = np.arange(len(self.rises))[:, None, None] * table.shape[1]
+            rows = np.arange(0, table.size, table.shape[1])[:, None, None]
             return table.ravel()[rows + idx[:, :, None] + self._m[None, None, :]]
         idx = np.broadcast_to(idx, (len(self.rises), idx.shape[-1]))
         tau = np.mod(self.t[None, None, :] - self.starts[idx][:, :, None], self.period)
         return self._shape(tau)
 
+    def one(self, fraction: int, start: int) -> np.ndarray:
+        """The template of one inhale fraction at one start, at every sample."""
+        if self._table is not None:
+            return self._table[fraction, start + self._m]
+        return self.at(np.full((len(self.rises), 1), start))[fraction, 0]
+
     def _evenly(self, table: np.ndarray, first: int, every: int, count: int) -> np.ndarray:
         """`at` for the start indices first, first + every, ...: a run of samples q steps
         apart reads the table at a fixed stride, so each run is copied from a strided view."""
         out = np.empty((table.shape[0], count, len(self.t)))
-        row, item = table.strides[0], table.strides[1]
+        item = table.itemsize
+        strides = (table.strides[0], every * item, self._q * item)
         for a, b, last in self._runs:
-            view = as_strided(table[:, last + first :], (table.shape[0], count, b - a), (row, every * item, self._q * item))
-            out[:, :, a:b] = view[:, :, ::-1]  # the run's newest sample is `last` steps back
+            # The run's newest sample is `last` steps back; its oldest is the view's last.
+            view = np.ndarray((table.shape[0], count, b - a), table.dtype, table, (last + first) * item, strides)
+            out[:, :, a:b] = view[:, :, ::-1]
         return out
