@@ -89,12 +89,23 @@ class BreathDetector:
             angles = 2 * math.pi * np.arange(round(per_cycle)) / round(per_cycle)
             self._trig = np.concatenate([np.cos(angles), np.sin(angles)])
             self._ring = np.zeros((4 * len(self._freqs), maxlen))
+            n_angles = round(per_cycle)
+            self._ring_cycles = np.concatenate([self._cycles, self._cycles, 2 * self._cycles, 2 * self._cycles])[:, None]
+            self._ring_n = n_angles
+            self._ring_offset = np.repeat([0, n_angles, 0, n_angles], len(self._freqs))[:, None]
+        self._ridges: dict[int, np.ndarray] = {}  # RIDGE·I by size
         self._appended = 0  # samples (bins) added since the detector was made: the ring's index
         self._origin: float | None = None  # time of the ring's bin 0
         self._ring_from = self._ring_to = 0  # the samples whose columns the ring holds
         self._off_grid = 0  # the ring is not used while a sample before this one is in the window
         self._cached: BreathEstimate | None = None
         self._history: deque[tuple[float, float, float]] = deque()
+
+    def _ridge(self, p: int) -> np.ndarray:
+        ridge = self._ridges.get(p)
+        if ridge is None:
+            ridge = self._ridges[p] = RIDGE * np.eye(p)
+        return ridge
 
     def reset(self) -> None:
         """Forget the ripple (e.g. after the probe was re-inserted)."""
@@ -141,16 +152,25 @@ class BreathDetector:
         nothing = BreathEstimate(t_end, BreathPhase.UNKNOWN, 0.0, None, None, None, None)
         if n < int(s.window_s * s.rate_hz * 0.6):
             return nothing
-        t_abs = np.array(self._t)
+        t_abs = np.fromiter(self._t, float, n)
         t = t_abs - t_end  # 0 at the newest sample
-        y = np.array(self._p)
+        y = np.fromiter(self._p, float, n)
         w = np.exp(t / s.weight_tau_s)  # weighted least squares throughout
         trend = _trend(t, 3.0 / s.rate_hz)
         trend_w = trend * w[:, None]
         p = trend.shape[1]
-        gram = trend.T @ trend_w
+        # The same trend unweighted, for the whole-window check; t scaled to the window (the
+        # same fit, better conditioned).
+        scale = 1.0 / max(1.0, -float(t[0]))
+        plain = trend.copy()
+        plain[:, -2] *= scale
+        plain[:, -1] *= scale * scale
+        grams = np.empty((3, p, p))
+        np.matmul(trend.T, trend_w, out=grams[0])
+        np.add(grams[0], self._ridge(p), out=grams[1])
+        np.matmul(plain.T, plain, out=grams[2])
         # The rate fit's normal equations carry a small ridge (1e-9); the template fit's do not.
-        gram_inv, ridged_inv = np.linalg.inv(np.stack((gram, gram + RIDGE * np.eye(p))))
+        gram_inv, ridged_inv, plain_inv = np.linalg.inv(grams)
         # Residual after the trend alone: what a breath curve has to explain.
         resid = y - trend @ (ridged_inv @ (trend_w.T @ y))
         var0 = float(w @ (resid * resid))
@@ -167,7 +187,7 @@ class BreathDetector:
             if denom > 0:
                 step = float(self._freqs[k + 1] - self._freqs[k])
                 f += step * 0.5 * (a - c) / denom
-        return self._fit_breath_shape(t, resid, w, var0, f, t_end, trend, y, trend_w, gram_inv)
+        return self._fit_breath_shape(t, resid, w, var0, f, t_end, trend, y, trend_w, gram_inv, (plain, plain_inv))
 
     def _rate_variances(
         self,
@@ -246,12 +266,9 @@ class BreathDetector:
                 self._off_grid = last  # until these samples have left the window
                 self._ring_from = self._ring_to = last
                 return None
-            n_angles = len(self._trig) // 2
-            idx = (self._cycles[:, None] * k.astype(np.int64)[None, :]) % n_angles
-            idx2 = (2 * idx) % n_angles
-            ring[:, np.arange(start, last) % cap] = self._trig[
-                np.concatenate([idx, idx + n_angles, idx2, idx2 + n_angles])
-            ]
+            # cos, sin, cos 2x, sin 2x: the angle (Nths of a cycle) times 1 or 2, cos or sin table
+            idx = (self._ring_cycles * k.astype(np.int64)) % self._ring_n + self._ring_offset
+            ring[:, np.arange(start, last) % cap] = self._trig[idx]
             if start == first:
                 self._ring_from = first
         self._ring_to = last
@@ -270,6 +287,7 @@ class BreathDetector:
         y_raw: np.ndarray,
         trend_w: np.ndarray,
         gram_inv: np.ndarray,
+        plain: tuple[np.ndarray, np.ndarray],
     ) -> BreathEstimate:
         """Timing from a breath-shaped template: a half-cosine rise over the in-breath and a
         half-cosine fall over the (longer) out-breath, at the rate the harmonic fit found.
@@ -310,7 +328,7 @@ class BreathDetector:
         # fraction is scanned at once.
         coarse = np.arange(0, len(starts), COARSE_STEPS)
         _, k, _ = scan(shapes.at(coarse))
-        fine = np.clip(coarse[k][:, None] + np.arange(-COARSE_STEPS, COARSE_STEPS + 1)[None, :], 0, len(starts) - 1)
+        fine = np.minimum(np.maximum(coarse[k][:, None] + np.arange(-COARSE_STEPS, COARSE_STEPS + 1), 0), len(starts) - 1)
         scores, k, amplitudes = scan(shapes.at(fine))
         i = int(scores.argmax())  # the first of equals, as a scan fraction by fraction would
         j = int(fine[i, k[i]])
@@ -320,7 +338,7 @@ class BreathDetector:
         faint = min(1.0, ripple / s.min_ripple_cmh2o)
         # The recent breath alone always fits a template: ask the same timing to explain
         # the whole window as well, so irregular breathing is not trusted.
-        consistent = _uniform_fit(trend, y_raw, shapes.one(i, j))
+        consistent = _uniform_fit(*plain, y_raw, shapes.one(i, j))
         if ripple > s.max_ripple_cmh2o:
             faint = 0.0  # swings this large are squeezes, coughs or movement, not breath
         # Plain floats: these times become the coach's plan and its events' times.
@@ -383,7 +401,7 @@ def _trend(t: np.ndarray, gap_s: float) -> np.ndarray:
     Each stretch gets its own level: the coach may feed only the relaxed moments between
     squeezes, and the resting level differs a little each time.
     """
-    breaks = np.flatnonzero(np.diff(t) > gap_s) + 1
+    breaks = ((t[1:] - t[:-1]) > gap_s).nonzero()[0] + 1
     edges = [0, *breaks.tolist(), len(t)]
     trend = np.zeros((len(t), len(edges) + 1))
     for j in range(len(edges) - 1):
@@ -393,20 +411,16 @@ def _trend(t: np.ndarray, gap_s: float) -> np.ndarray:
     return trend
 
 
-def _uniform_fit(trend: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
+def _uniform_fit(basis: np.ndarray, basis_inv: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
     """Share of the whole window's variance beyond the trend (unweighted) that template g explains.
 
-    Through the trend's normal equations with t scaled to the window (the same fits, better
-    conditioned): g beyond the trend explains (g'r)²/g'g of the trend's residual r.
+    `basis` holds the trend's columns, `basis_inv` inverts their normal equations: g beyond the
+    trend explains (g'r)²/g'g of the trend's residual r.
     """
-    scale = 1.0 / max(1.0, -float(trend[0, -2]))
-    basis = trend.copy()
-    basis[:, -2] *= scale
-    basis[:, -1] *= scale * scale
     both = np.empty((len(y), 2))
     both[:, 0] = y
     both[:, 1] = g
-    beyond = both - basis @ np.linalg.solve(basis.T @ basis, basis.T @ both)
+    beyond = both - basis @ (basis_inv @ (basis.T @ both))
     (var0, cross), (_, gg) = beyond.T @ beyond
     if var0 <= 1e-12 or gg <= 1e-12 * float(g @ g):
         return 0.0
@@ -435,10 +449,12 @@ class _Templates:
                     and float(np.abs(t + k * (q * step)).max()) < 1e-6 * step \
                     and abs(float(starts[0]) + period) < 1e-9 and k[-1] >= 0:
                 self._m = (q * k).astype(np.intp)  # steps from each sample back to starts[0], less j
-                steps = np.arange(int(self._m[0]) + len(starts))  # the oldest sample is the furthest back
-                self._table = self._shape(np.mod(period - step * steps, period)[None, :])
+                # seconds into the breath at each step count: period - step·steps, modulo the period
+                back = period - step * np.arange(int(self._m[0]) + len(starts))  # the oldest sample is furthest back
+                back -= period * np.floor(back / period)
+                self._table = self._shape(back[None, :])
                 # Runs of consecutive samples (q steps apart): their templates are strided views.
-                edges = [0, *(np.flatnonzero(np.diff(self._m) != -q) + 1).tolist(), len(t)]
+                edges = [0, *(((self._m[:-1] - self._m[1:]) != q).nonzero()[0] + 1).tolist(), len(t)]
                 self._runs = [(a, b, int(self._m[b - 1])) for a, b in zip(edges[:-1], edges[1:], strict=True)]
                 self._q = q
 
@@ -447,7 +463,9 @@ class _Templates:
         `tau` (seconds into the breath) has a first axis for the fractions (or 1)."""
         rise = self.rises.reshape(self.rises.shape + (1,) * (tau.ndim - 1))  # one row per fraction
         rising = tau < rise
-        out = np.cos(np.where(rising, np.pi * tau / rise, np.pi * (tau - rise) / (self.period - rise)))
+        pi_tau = np.pi * tau
+        angle = np.where(rising, pi_tau / rise, (pi_tau - np.pi * rise) / (self.period - rise))
+        out = np.cos(angle, out=angle)
         return np.negative(out, out=out, where=rising)
 
     def at(self, idx: np.ndarray) -> np.ndarray:
@@ -456,7 +474,7 @@ class _Templates:
         table = self._table
         if table is not None:
             if idx.ndim == 1:
-                if len(idx) > 1 and idx[1] > idx[0] and (np.diff(idx) == idx[1] - idx[0]).all():
+                if len(idx) > 1 and idx[1] > idx[0] and ((idx[1:] - idx[:-1]) == idx[1] - idx[0]).all():
                     return self._evenly(table, int(idx[0]), int(idx[1] - idx[0]), len(idx))
                 return np.take(table, idx[:, None] + self._m[None, :], axis=1)
             rows = np.arange(0, table.size, table.shape[1])[:, None, None]
