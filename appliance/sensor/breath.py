@@ -89,10 +89,7 @@ class BreathDetector:
             angles = 2 * math.pi * np.arange(round(per_cycle)) / round(per_cycle)
             self._trig = np.concatenate([np.cos(angles), np.sin(angles)])
             self._ring = np.zeros((4 * len(self._freqs), maxlen))
-            n_angles = round(per_cycle)
-            self._ring_cycles = np.concatenate([self._cycles, self._cycles, 2 * self._cycles, 2 * self._cycles])[:, None]
-            self._ring_n = n_angles
-            self._ring_offset = np.repeat([0, n_angles, 0, n_angles], len(self._freqs))[:, None]
+            self._ring_n = round(per_cycle)
         self._ridges: dict[int, np.ndarray] = {}  # RIDGE·I by size
         self._appended = 0  # samples (bins) added since the detector was made: the ring's index
         self._origin: float | None = None  # time of the ring's bin 0
@@ -262,13 +259,21 @@ class BreathDetector:
             fresh = t_abs[n - (last - start) :]
             bins = (fresh - self._origin) / self._bin
             k = np.rint(bins)
-            if float(np.max(np.abs(bins - k))) >= 1e-6:
+            if float(abs(bins - k).max()) >= 1e-6:
                 self._off_grid = last  # until these samples have left the window
                 self._ring_from = self._ring_to = last
                 return None
-            # cos, sin, cos 2x, sin 2x: the angle (Nths of a cycle) times 1 or 2, cos or sin table
-            idx = (self._ring_cycles * k.astype(np.int64)) % self._ring_n + self._ring_offset
-            ring[:, np.arange(start, last) % cap] = self._trig[idx]
+            # The angle in Nths of a cycle, doubled for the second harmonic; cos then sin table.
+            n_angles = self._ring_n
+            once = (self._cycles[:, None] * (k.astype(np.int64) % n_angles)) % n_angles
+            twice = once + once
+            twice -= (twice >= n_angles) * n_angles
+            columns = self._trig[np.concatenate((once, once + n_angles, twice, twice + n_angles))]
+            at, to = start % cap, last % cap
+            if at < to:
+                ring[:, at:to] = columns
+            else:
+                ring[:, np.arange(start, last) % cap] = columns
             if start == first:
                 self._ring_from = first
         self._ring_to = last
