@@ -89,11 +89,11 @@ class BreathDetector:
             angles = 2 * math.pi * np.arange(round(per_cycle)) / round(per_cycle)
             self._trig = np.concatenate([np.cos(angles), np.sin(angles)])
             self._ring = np.zeros((4 * len(self._freqs), maxlen))
-            self._ring_n = round(per_cycle)
+        self._ring_n = max(1, round(per_cycle))  # N
         self._ridges: dict[int, np.ndarray] = {}  # RIDGE·I by size
         self._appended = 0  # samples (bins) added since the detector was made: the ring's index
-        self._origin: float | None = None  # time of the ring's bin 0
-        self._ring_from = self._ring_to = 0  # the samples whose columns the ring holds
+        self._ring_from, self._ring_to = 0, -1  # the samples whose columns the ring holds (none)
+        self._ring_t, self._ring_k = 0.0, 0  # the newest of them: its time and bin (modulo N)
         self._off_grid = 0  # the ring is not used while a sample before this one is in the window
         self._cached: BreathEstimate | None = None
         self._history: deque[tuple[float, float, float]] = deque()
@@ -111,8 +111,7 @@ class BreathDetector:
         self._bin_start = None
         self._cached = None
         self._history.clear()
-        self._origin = None
-        self._ring_from = self._ring_to = self._appended
+        self._ring_from, self._ring_to = 0, -1
 
     def add(self, times, cmh2o) -> None:
         s_refit = self.settings.refit_s
@@ -236,9 +235,9 @@ class BreathDetector:
         return (cc * zs * zs + ss * zc * zc - 2.0 * cs * zc * zs) / (cs * cs - cc * ss)
 
     def _harmonic_rows(self, t_abs: np.ndarray) -> np.ndarray | None:
-        """cos, sin, cos 2x, sin 2x (x = 2πf·(t - origin)) of every candidate rate f (rows) for
-        every sample kept (columns: a ring indexed by the sample's count since the reset), or
-        None when the samples are not on the bin grid (then the fit computes them directly).
+        """cos, sin, cos 2x, sin 2x (x = 2πf·t, t counted from a sample of the ring's) of every
+        candidate rate f (rows) for every sample kept (columns: a ring indexed by the sample's
+        count), or None when the samples are not on the bin grid (the fit then computes them).
 
         Only the samples added since the last fit get new columns: gathered from one table of
         N angles, as every rate's phase on the bin grid is a whole number of Nths of a cycle.
@@ -251,21 +250,22 @@ class BreathDetector:
         first = last - n
         if first < self._off_grid:
             return None
-        if self._origin is None:
-            self._origin = float(t_abs[0])
-            self._ring_from = self._ring_to = first
-        start = self._ring_to if self._ring_from <= first <= self._ring_to else first
+        # Go on from the ring's newest sample when it holds all the window's older ones.
+        go_on = self._ring_from <= first < self._ring_to
+        start = self._ring_to if go_on else first
         if start < last:
             fresh = t_abs[n - (last - start) :]
-            bins = (fresh - self._origin) / self._bin
-            k = np.rint(bins)
-            if float(abs(bins - k).max()) >= 1e-6:
+            # Bins counted on from the ring's newest sample, or from the first fresh one.
+            base_t, base_k = (self._ring_t, self._ring_k) if go_on else (float(fresh[0]), 0)
+            steps = (fresh - base_t) / self._bin
+            k = np.rint(steps)
+            if float(abs(steps - k).max()) >= 1e-6:
                 self._off_grid = last  # until these samples have left the window
-                self._ring_from = self._ring_to = last
+                self._ring_from, self._ring_to = 0, -1
                 return None
             # The angle in Nths of a cycle, doubled for the second harmonic; cos then sin table.
             n_angles = self._ring_n
-            once = (self._cycles[:, None] * (k.astype(np.int64) % n_angles)) % n_angles
+            once = (self._cycles[:, None] * ((k.astype(np.int64) + base_k) % n_angles)) % n_angles
             twice = once + once
             twice -= (twice >= n_angles) * n_angles
             columns = self._trig[np.concatenate((once, once + n_angles, twice, twice + n_angles))]
@@ -274,7 +274,8 @@ class BreathDetector:
                 ring[:, at:to] = columns
             else:
                 ring[:, np.arange(start, last) % cap] = columns
-            if start == first:
+            self._ring_t, self._ring_k = float(fresh[-1]), (int(k[-1]) + base_k) % n_angles
+            if not go_on:
                 self._ring_from = first
         self._ring_to = last
         self._ring_from = max(self._ring_from, last - cap)
