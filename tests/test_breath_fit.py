@@ -58,7 +58,8 @@ class ReferenceDetector(BreathDetector):
         # normal equations; what is left is the residual plus the ridge's penalty.
         variances = []
         for f in self._freqs:
-            x = np.column_stack([trend, np.cos(2 * math.pi * f * t), np.sin(2 * math.pi * f * t)])
+            waves = [fn(2 * math.pi * k * f * t) for k in range(1, s.harmonics + 1) for fn in (np.cos, np.sin)]
+            x = np.column_stack([trend, *waves])
             gram = x.T @ (x * w[:, None]) + 1e-9 * np.eye(x.shape[1])
             beta = np.linalg.solve(gram, x.T @ (w * y))
             variances.append(float(np.sum(w * (y - x @ beta) ** 2) + 1e-9 * beta @ beta))
@@ -186,12 +187,13 @@ def test_the_quick_breath_fit_reads_a_breath_as_the_plain_fit_does(bpm, inhale, 
         assert_same_estimate(a, b)
 
 
-def test_off_the_table_rates_are_read_as_the_plain_fit_reads_them():
-    """A rate grid with no whole number of table angles per bin: cosines computed, not kept."""
-    odd = BreathSettings(bpm_step=0.35)
-    assert BreathDetector(odd)._ring is None
+@pytest.mark.parametrize("other", [BreathSettings(bpm_step=0.35), BreathSettings(harmonics=2)])
+def test_other_rate_fits_are_read_as_the_plain_fit_reads_them(other):
+    """A rate grid with no whole number of table angles per bin (cosines computed, not kept),
+    and a rate fit with a second harmonic (every rate's equations solved whole)."""
+    assert (BreathDetector(other)._ring is None) == (other.bpm_step != BreathSettings().bpm_step)
     t, p = resting(40.0, 9.0, 0.4, 1.8, 0.2, seed=3, pauses=1)
-    pairs = both_follow(t, p, odd, last_s=3.0)
+    pairs = both_follow(t, p, other, last_s=3.0)
     assert pairs and all(a.breaths_per_minute is not None for a, _ in pairs)
     for a, b in pairs:
         assert_same_estimate(a, b)

@@ -172,7 +172,10 @@ class BreathDetector:
         var0 = float(w @ (resid * resid))
         if var0 <= 1e-12:
             return nothing
-        variances = self._rate_variances(t, t_abs, w, trend_w, ridged_inv, resid)
+        if s.harmonics == 1:
+            variances = self._rate_variances(t, t_abs, w, trend_w, ridged_inv, resid)
+        else:
+            variances = self._rate_variances_with_harmonics(t, w, trend, y)
         k = int(np.argmin(variances))
         f = float(self._freqs[k])
         if 0 < k < len(variances) - 1:
@@ -233,6 +236,30 @@ class BreathDetector:
         ss = diagonal - half[:n_f] - bab[1, 1]
         zc, zs = first[:n_f, p], first[n_f:, p]
         return (cc * zs * zs + ss * zc * zc - 2.0 * cs * zc * zs) / (cs * cs - cc * ss)
+
+    def _rate_variances_with_harmonics(
+        self, t: np.ndarray, w: np.ndarray, trend: np.ndarray, y: np.ndarray
+    ) -> np.ndarray:
+        """`_rate_variances` with more than one harmonic per rate (not the default): every
+        rate's normal equations (trend and harmonics, ridge ε) solved whole."""
+        wt = 2 * math.pi * self._freqs[:, None] * t[None, :]
+        harmonics = [fn(k * wt) for k in range(1, self.settings.harmonics + 1) for fn in (np.cos, np.sin)]
+        n_f, p = len(self._freqs), trend.shape[1]
+        m = p + len(harmonics)
+        wy = w * y
+        trend_w = trend * w[:, None]
+        gram = np.empty((n_f, m, m))
+        gram[:, :p, :p] = trend.T @ trend_w
+        rhs = np.empty((n_f, m))
+        rhs[:, :p] = trend.T @ wy
+        for i, h in enumerate(harmonics):
+            gram[:, :p, p + i] = gram[:, p + i, :p] = h @ trend_w
+            for j in range(i, len(harmonics)):
+                gram[:, p + i, p + j] = gram[:, p + j, p + i] = (h * harmonics[j]) @ w
+            rhs[:, p + i] = h @ wy
+        gram += RIDGE * np.eye(m)
+        betas = np.linalg.solve(gram, rhs[..., None])[..., 0]
+        return float(y @ wy) - np.sum(betas * rhs, axis=1)
 
     def _harmonic_rows(self, t_abs: np.ndarray) -> np.ndarray | None:
         """cos, sin, cos 2x, sin 2x (x = 2πf·t, t counted from a sample of the ring's) of every
@@ -321,9 +348,10 @@ class BreathDetector:
             proj = flat @ against
             num = proj[:, 0]
             d = proj[:, 1:]
-            den = np.square(flat, out=flat) @ w - np.einsum("ij,ij->i", d @ gram_inv, d)
+            den = np.square(flat, out=flat) @ w
+            den -= np.einsum("ij,ij->i", d @ gram_inv, d)
             # Pressure rises on the in-breath: only a positive amplitude is a breath.
-            score = np.where(num > 0, num * num / np.where(den > 0, den, 1.0), 0.0).reshape(n_r, n_c)
+            score = (np.square(np.maximum(num, 0.0)) / np.where(den > 0, den, 1.0)).reshape(n_r, n_c)
             k = score.argmax(axis=1)
             at = np.arange(0, n_r * n_c, n_c) + k
             return score.ravel()[at], k, num[at] / den[at]
@@ -334,7 +362,8 @@ class BreathDetector:
         # fraction is scanned at once.
         coarse = np.arange(0, len(starts), COARSE_STEPS)
         _, k, _ = scan(shapes.at(coarse))
-        fine = np.minimum(np.maximum(coarse[k][:, None] + np.arange(-COARSE_STEPS, COARSE_STEPS + 1), 0), len(starts) - 1)
+        around = coarse[k][:, None] + np.arange(-COARSE_STEPS, COARSE_STEPS + 1)
+        fine = np.minimum(np.maximum(around, 0), len(starts) - 1)
         scores, k, amplitudes = scan(shapes.at(fine))
         i = int(scores.argmax())  # the first of equals, as a scan fraction by fraction would
         j = int(fine[i, k[i]])
