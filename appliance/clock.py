@@ -58,10 +58,15 @@ class SimClock:
     def now(self) -> float:
         return self._t
 
-    def on_advance(self, observer: Callable[[float], None]) -> None:
+    def on_advance(self, observer: Callable[[float], None], *, first: bool = False) -> None:
         """Call `observer(now)` whenever time moves: what a sound card or a microphone would
-        do in real time (consume audio, hear the patient) happens in step with the clock."""
-        self._observers.append(observer)
+        do in real time (consume audio, hear the patient) happens in step with the clock.
+        `first`: before the observers already there (a sensor's sampler: what it takes is
+        there before the sound card plays the blocks that would have heard it)."""
+        if first:
+            self._observers.insert(0, observer)
+        else:
+            self._observers.append(observer)
 
     def remove_observer(self, observer: Callable[[float], None]) -> None:
         if observer in self._observers:

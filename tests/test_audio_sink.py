@@ -141,9 +141,9 @@ def test_pitch_follows_the_squeeze_within_one_percent(session):
     checked = 0
     times = [fb.t for fb in ticks]
     for j in range(len(ticks)):
-        # At least 25 ms of ticks: the first tick's glide, then what follows measured (20 ms at
-        # the 5 ms tick, 20 ms at the 20 ms tick).
-        k = bisect.bisect_left(times, times[j] + 0.025 - 1e-9)
+        # At least 25 ms and three ticks: the first tick's glide, then what follows measured
+        # (20 ms at the 5 ms tick, 40 ms at the 40 ms tick).
+        k = max(bisect.bisect_left(times, times[j] + 0.025 - 1e-9), j + 2)
         if k >= len(ticks):
             break
         window = ticks[j : k + 1]

@@ -11,7 +11,7 @@ from functools import cache
 import numpy as np
 import pytest
 
-from appliance.coach.correcting import CORRECTIONS, correction_phrase
+from appliance.coach.correcting import CORRECTIONS, MAX_CORRECTION_WAIT_S, correction_phrase
 from appliance.coach.programme import load_programme
 from appliance.events import Event
 from appliance.sensor.simulated import Fault
@@ -39,7 +39,8 @@ def corrections(result, fault: str) -> list[tuple[dict, dict]]:
         d = w.data
         if d.get("warning") != fault or not d.get("said"):
             continue
-        match = [s for (k, at), s in spoken.items() if k == d["phrase"] and 0.0 <= at - d["detected"] <= 1.5]
+        match = [s for (k, at), s in spoken.items()
+                 if k == d["phrase"] and 0.0 <= at - d["detected"] <= MAX_CORRECTION_WAIT_S + 0.01]
         assert match, f"the correction {d['phrase']} detected at {d['detected']} was never said"
         out.append((d, match[0]))
     return out
@@ -51,7 +52,12 @@ def assert_heard_whole_in_the_rep(result, fault: str, minimum: int) -> list[str]
     reps = result.session.reps
     all_says = says(result)
     for warning, say in pairs:
-        assert say["at"] - warning["detected"] <= 1.0  # within a second of the detection
+        if "waited_for" in warning:  # a longer sentence was being said: right after it, never over it
+            before = [s for s in all_says if s["phrase"] == warning["waited_for"] and s["at"] < say["at"]][-1]
+            assert before["at"] <= warning["detected"]
+            assert 0.0 <= say["at"] - (before["at"] + before["duration_s"]) <= 0.4
+        else:
+            assert say["at"] - warning["detected"] <= 1.0  # within a second of the detection
         end = say["at"] + say["duration_s"]
         over = [s["phrase"] for s in all_says if say["at"] < s["at"] < end]
         assert over == [], f"{say['phrase']} at {say['at']} was cut off by {over}"

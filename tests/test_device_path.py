@@ -127,24 +127,26 @@ class TickWatch:
 
 
 def test_the_stimulation_exercise_is_watched_every_5_ms_and_every_prompt_is_said_on_its_moment(tmp_path):
-    """The coach decides every 20 ms, every 5 ms through the stim exercise (its interlocks act
-    at the next tick: docs/stimulation.md), every 100 ms at most while only words are said
-    (an introduction, the words after an exercise, the closing: nothing is measured and the
-    tone is silent), and prompts are fired on their planned moment."""
-    from appliance.device.wiring import IDLE_TICK_S
+    """The coach decides every 40 ms while a phase asks for a squeeze (the tone's cue),
+    every 5 ms through the stim exercise (its interlocks act at the next tick:
+    docs/stimulation.md), every 100 ms at most when no squeeze is asked (words, in-breaths,
+    rests: the tone is silent), and prompts are fired on their planned moment."""
+    from appliance.device.wiring import CONTROL_TICK_S, IDLE_TICK_S
 
     state = enrolled(tmp_path, STIM_RX, datetime(2026, 6, 1, 8, tzinfo=UTC))
     watch = TickWatch()
     simulate(state_dir=state, seed=3, start_wall=datetime(2026, 6, 2, 9, tzinfo=UTC), lang=None,
              extra_sinks=[watch])
-    gaps: dict[str, list[float]] = {"stim": [], "words": [], "other": []}
+    squeezing = {"contract", "hold", "move", "release", "calibrate_squeeze"}
+    gaps: dict[str, list[float]] = {"stim": [], "squeeze": [], "quiet": []}
     for (t0, ex0), (t1, ex1), phase in zip(watch.ticks, watch.ticks[1:], watch.phases, strict=False):
-        kind = "stim" if ex0 == ex1 == "stim" else "words" if phase in ("intro", "outro", "closing") else "other"
+        kind = "stim" if ex0 == ex1 == "stim" else "squeeze" if phase in squeezing else "quiet"
         gaps[kind].append(t1 - t0)
     assert len(gaps["stim"]) > 1000 and max(gaps["stim"]) <= 0.005 + 1e-9
-    assert max(gaps["other"]) <= 0.020 + 1e-9 and np.median(gaps["other"]) > 0.019
-    assert IDLE_TICK_S == 0.1 and max(gaps["words"]) <= IDLE_TICK_S + 1e-9
-    assert sum(g > 0.099 for g in gaps["words"]) > 1000  # the words outside the stim exercise
+    assert CONTROL_TICK_S == 0.04
+    assert max(gaps["squeeze"]) <= CONTROL_TICK_S + 1e-9 and np.median(gaps["squeeze"]) > CONTROL_TICK_S - 0.001
+    assert IDLE_TICK_S == 0.1 and max(gaps["quiet"]) <= IDLE_TICK_S + 1e-9
+    assert sum(g > 0.099 for g in gaps["quiet"]) > 1000  # words, in-breaths and rests outside the stim exercise
     assert len(watch.late) > 20 and max(watch.late) < 0.001  # to the millisecond, not to the tick
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from appliance.coach.programme import load_programme
+from appliance.sensor.simulated import Fault
 from appliance.simulation.session import simulate
 
 ACTIVE = ("contract", "hold", "move", "calibrate_squeeze")  # the phases the tone may sound in
@@ -90,3 +91,61 @@ def test_the_gentle_post_operative_squeeze_is_asked_whole_before_let_go(tmp_path
     for i in asked:
         ask, after = says[i], says[i + 1]
         assert after["at"] >= ask["at"] + ask["duration_s"], (ask["text"], after["text"])
+
+
+@pytest.fixture(scope="module")
+def speech_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("speech")
+
+
+def likeness(x: np.ndarray, clip: np.ndarray, start: int, part: slice) -> float:
+    """How alike `part` of the clip and the file from `start` are (1: the same shape)."""
+    xs, cs = x[start:start + len(clip)][part], clip[part]
+    return float(np.dot(xs, cs) / (np.linalg.norm(xs) * np.linalg.norm(cs) + 1e-12))
+
+
+def cut_off(result, wav_path) -> list[tuple[float, str, float]]:
+    """The phrases not heard whole in session.wav: (at, phrase, likeness of the clip's last 40 %
+    to what the file holds there). A phrase heard whole is its own clip there, over the ducked
+    tone (likeness ~1); one cut off or spoken over is not (~0)."""
+    with wave.open(str(wav_path), "rb") as w:
+        rate = w.getframerate()
+        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64) / 32768.0
+    offset = result.session.t0 - result.appliance.edges.speaker.t_open
+    bank = result.appliance.bank
+    head, search = int(0.4 * rate), int(0.01 * rate)
+    cut = []
+    for e in result.log.of("say"):
+        clip = bank.clip(e.data["phrase"])
+        c = clip.pcm.astype(np.float64) / (32768.0 if clip.pcm.dtype.kind in "iu" else 1.0)
+        a = int(round((e.data["at"] + offset) * rate))
+        if a + len(c) > len(x):
+            continue
+
+        # The timeline's `at` is rounded to the millisecond: find the clip's first sample.
+        start = max(range(max(0, a - search), a + search + 1), key=lambda s: likeness(x, c, s, slice(0, head)))
+        tail = likeness(x, c, start, slice(len(c) * 6 // 10, len(c)))
+        if tail < 0.8:
+            cut.append((e.data["at"], e.data["phrase"], round(tail, 2)))
+    return cut
+
+
+@pytest.mark.parametrize(("fault", "seed", "patient"), [
+    ("abdominal", 2, "average"),
+    ("give_up", 1, "calm_breather"),
+    ("late_release", 3, "quick_breather"),
+    ("push_down", 3, "strong"),
+])
+def test_a_correction_is_never_said_over_another_sentence(tmp_path, speech_cache, fault, seed, patient):
+    """Never two sentences at once, as a physiotherapist speaks: a correction waits for the
+    sentence being said (or is left out when it would come too late), and a cue moved by a
+    correction does not run into the next repetition. Heard in session.wav, with faults."""
+    result = simulate(out_dir=tmp_path, lang="nl", seed=seed, patient=patient, faults=[Fault(fault)],
+                      programme=load_programme("leaflet").only("awareness", "ex1"), wav_path=tmp_path / "session.wav",
+                      speech_cache=speech_cache, max_seconds=600.0)
+    says = result.log.of("say")
+    corrections = [e for e in says if e.data.get("priority") == "correction"]
+    assert len(says) > 100 and corrections  # the faults were corrected
+    assert cut_off(result, tmp_path / "session.wav") == []
+    for w in (e.data for e in result.log.of("warning") if "detected" in e.data and not e.data["said"]):
+        assert w["reason"] in ("correction", "speaking") and w["over"]  # the timeline says why

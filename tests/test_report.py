@@ -445,3 +445,61 @@ def test_the_terminal_says_the_mvc_is_above_rest():
     view = ConsoleTimeline(out)
     view.emit(Event(12.0, "calibration", {"rest_cmh2o": 26.8, "mvc_cmh2o": 20.7, "oxford_band": "weak"}))
     assert "rest 26.8 cmH2O, MVC 20.7 cmH2O above rest (weak)" in out.getvalue()
+
+
+def test_what_the_device_said_over_the_traces_is_readable_no_two_sentences_touching(two_weeks):
+    import matplotlib.pyplot as plt
+
+    from appliance.clinic.traces import page_traces
+
+    fig = page_traces(_summary(two_weeks, "nl"), Wording.load("nl"), db_path(two_weeks),
+                      current_prescription(two_weeks).tz)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]
+        assert len(boxes) >= 8
+        for i, (a, ba) in enumerate(boxes):
+            for b, bb in boxes[i + 1:]:
+                assert not ba.overlaps(bb), (a, b)
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(("lang", "definition"), [("nl", "Onvolledig ontspannen: 1,5 s na het begin van de rust"),
+                                                  ("en", "Incomplete release: 1.5 s into the rest")])
+def test_page_one_says_what_incomplete_release_means(two_weeks, tmp_path, lang, definition):
+    """The figure is judged 1.5 s into the rest (appliance.sensor.signal): the page says so."""
+    out = tmp_path / "report"
+    assert main(["clinic", "report", "--state-dir", str(two_weeks), "--out", str(out), "--lang", lang]) == 0
+    text = " ".join(_page_one_text(out / "report.pdf", tmp_path).split())
+    assert definition in text
+    assert ("10 % van de MVC" if lang == "nl" else "10 % of the MVC") in text
+
+
+def test_dense_speech_over_a_trace_never_overlaps_and_ends_inside_the_chart():
+    """Breath cues every two seconds and a correction among them (exercise 2 with a fault):
+    the rows of what was said never touch, and every label ends inside the chart."""
+    import matplotlib.pyplot as plt
+
+    from appliance.clinic.traces import _said_labels
+    from appliance.voice.phrases import Catalogue
+
+    cat = Catalogue.load("nl")
+    keys = ["cue.breathe_in", "cue.exhale_contract", "breath.in_1", "breath.out_hold", "correct.push_down_explain",
+            "breath.in_2", "breath.out_hold", "breath.in_3", "cue.release", "caution.no_abdomen", "cue.last_rep"]
+    said = [(10.0 + 1.6 * i, cat.text(k), k.startswith("correct.")) for i, k in enumerate(keys)]
+    fig = plt.figure(figsize=(8.27, 11.69))
+    ax = fig.add_axes((0.10, 0.6, 0.84, 0.2))
+    ax.set_xlim(9.0, 70.0)  # three repetitions, as on the report's last page
+    _said_labels(ax, said)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    right = ax.get_window_extent(renderer).x1
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]
+    assert len(boxes) >= 8  # shortened, rarely left out
+    assert any(t.get_fontweight() == "bold" for t in ax.texts)  # the correction stands out
+    for i, (a, ba) in enumerate(boxes):
+        assert ba.x1 <= right + 1.0, a
+        for b, bb in boxes[i + 1:]:
+            assert not ba.overlaps(bb), (a, b)
+    plt.close(fig)

@@ -27,11 +27,12 @@ def header(fig, summary: Summary, w: Wording, title: str) -> None:
     fig.text(0.94, 0.945, title, fontsize=10, weight="bold", ha="right")
 
 
-def legend_below(ax, ncol: int = 3, fontsize: float = 7.5) -> None:
-    """The legend under the axes, never over the data."""
+def legend_below(ax, ncol: int = 3, fontsize: float = 7.5, gap: float = 0.14) -> None:
+    """The legend under the axes (`gap` of their height below them, under the tick labels),
+    never over the data."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=ncol, fontsize=fontsize,
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -gap), ncol=ncol, fontsize=fontsize,
                   frameon=False)
 
 

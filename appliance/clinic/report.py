@@ -79,7 +79,9 @@ def page_adherence(summary: Summary, w: Wording):
     grid = np.full((n_weeks, 7), np.nan)
     for d in days:
         grid[(d - monday).days // 7, d.weekday()] = sum(c[d] for c in counts.values())
-    height = min(0.30, 0.045 * n_weeks + 0.02)
+    # The three charts stacked down the page, each as tall as its weeks need: with eight
+    # weeks the calendar ran over the weekly chart.
+    height = min(0.24, 0.045 * n_weeks + 0.02)
     ax = fig.add_axes((0.14, 0.86 - height, 0.72, height))
     cmap = plt.get_cmap("Greys").with_extremes(bad="white")
     # Light greys only: a full day is mid-grey, so the black numbers stay readable.
@@ -89,15 +91,20 @@ def page_adherence(summary: Summary, w: Wording):
             if not np.isnan(grid[wk, dd]):
                 day = monday + timedelta(days=7 * wk + dd)
                 text = f"{counts[Kind.MAIN][day] + counts[Kind.PERFECT][day]}+{counts[Kind.SHORT][day]}"
-                ax.text(dd, wk, text, ha="center", va="center", fontsize=8)
+                ax.text(dd, wk, text, ha="center", va="center", fontsize=8 if n_weeks <= 8 else 6)
     ax.set_xticks(range(7), [w.weekday(i) for i in range(7)])
-    ax.set_yticks(range(n_weeks), [f"{w('chart.week')} {i + 1}\n{w.day(monday + timedelta(weeks=i), year=False)}"
-                                   for i in range(n_weeks)], fontsize=7 if n_weeks > 4 else 8)
+    sep = "\n" if n_weeks <= 8 else " · "
+    ax.set_yticks(range(n_weeks), [f"{w('chart.week')} {i + 1}{sep}{w.day(monday + timedelta(weeks=i), year=False)}"
+                                   for i in range(n_weeks)], fontsize=8 if n_weeks <= 4 else 7 if n_weeks <= 8 else 6)
     ax.tick_params(length=0)
     ax.set_title(w("chart.heatmap", n=f"1+{summary.short_sets_per_day}"), fontsize=10)
-    ax = fig.add_axes((0.12, 0.57, 0.66, 0.13))
+    top = 0.86 - height - 0.05
+    weekly = min(0.20, max(0.13, 0.02 * len(summary.weeks) + 0.02))
+    ax = fig.add_axes((0.12, top - weekly, 0.66, weekly))
     _weekly_adherence(ax, summary, w)
-    ax = fig.add_axes((0.12, 0.17, 0.80, 0.30))
+    top -= weekly + 0.08
+    daily = min(0.30, top - 0.14)
+    ax = fig.add_axes((0.12, 0.14, 0.80, daily))
     x = matplotlib.dates.date2num([datetime.combine(d, datetime.min.time()) for d in days])
     bottom = np.zeros(len(days))
     for kind, grey, hatch, label in ((Kind.MAIN, "0.2", "", "chart.main"), (Kind.PERFECT, "0.2", "xx", "chart.perfect"),
@@ -112,9 +119,10 @@ def page_adherence(summary: Summary, w: Wording):
         ax.bar([x[0]], [0], color="none", edgecolor="0.6", hatch="\\\\", label=w("chart.postop_days"))
     ax.set_ylim(0, max(asked + 1, float(bottom.max()) + 1))
     ax.set_ylabel(w("chart.sets"))
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # sessions: no "2.5"
     ax.set_title(w("chart.sets_per_day"), fontsize=10)
     date_axis(ax, w, first, last)
-    legend_below(ax, ncol=3)
+    legend_below(ax, ncol=3, gap=0.045 / daily)  # under the dates, however tall the chart
     return fig
 
 
@@ -128,8 +136,9 @@ def _weekly_adherence(ax, summary: Summary, w: Wording) -> None:
         bars = ax.barh(x + (k - 0.5) * 0.38, vals, 0.38, color=GREYS[k * 2], hatch=HATCHES[k * 2],
                        edgecolor="black", lw=0.5, label=w(label))
         for bar, v in zip(bars, values, strict=True):
-            if v is not None:
-                ax.text(min(v, 100) + 1.5, bar.get_y() + bar.get_height() / 2, f"{v:.0f} %", va="center", fontsize=7)
+            if v is not None and len(weeks) <= 12:  # more weeks: the bars and page 1 say it
+                ax.text(101.5, bar.get_y() + bar.get_height() / 2, f"{v:.0f} %", va="center",
+                        fontsize=7 if len(weeks) <= 5 else 5.5)
     ax.axvline(100, color="black", lw=1, ls="--")
     ax.set_xlim(0, 125)
     ax.set_yticks(x, [f"{w('chart.week')} {wk.index}" for wk in weeks], fontsize=7.5)
@@ -250,8 +259,10 @@ def page_strength(summary: Summary, w: Wording, tz):
             ax.bar(x + (k - 1) * 0.25, values, 0.25, color=GREYS[k], hatch=HATCHES[k], edgecolor="black", lw=0.5,
                    label=w(label))
             for xi, v in zip(x + (k - 1) * 0.25, values, strict=True):  # a zero is a score too: print it
-                ax.text(xi, v + 0.2, w.num(v, 1 if field == "endurance_s" else 0), ha="center", va="bottom",
-                        fontsize=7)
+                # "10" rather than "10,0": side by side, "10,0" and "10" read as "10,010".
+                digits = 1 if field == "endurance_s" and v != round(v) else 0
+                ax.text(xi, v + 0.2, w.num(v, digits), ha="center", va="bottom",
+                        fontsize=7 if len(measured) <= 5 else 5.5)
         ax.set_xticks(x, [f"{w('chart.week')} {i}\n{w.day(date.fromisoformat(p['day']), year=False)}"
                           if p.get("day") else f"{w('chart.week')} {i}" for i, p in measured], fontsize=7.5)
         ax.set_ylim(0, 11.5)
@@ -263,7 +274,9 @@ def page_strength(summary: Summary, w: Wording, tz):
         ax.text(0.5, 0.5, w("chart.perfect_none"), ha="center", va="center", transform=ax.transAxes, fontsize=9)
     ax.set_title(w("chart.perfect_title"), fontsize=9.5, loc="left")
 
-    _targets_table(fig.add_axes((0.25, 0.07, 0.69, 0.25)), summary, w)
+    rows = len(targets_by_column(summary)[1])
+    tall = min(0.25, 0.035 * rows + 0.04)  # one exercise: one line, not a quarter page of white
+    _targets_table(fig.add_axes((0.25, 0.32 - tall, 0.69, tall)), summary, w)
     return fig
 
 

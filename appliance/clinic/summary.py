@@ -103,7 +103,7 @@ class WeekFigures:
     warnings: dict[str, int]  # technique warnings spoken, by kind
     sessions_with_warnings: int
     trained_sessions: int
-    incomplete_release: int  # repetitions not released below 10 %MVC by their end
+    incomplete_release: int  # repetitions not let go 1.5 s into the rest (signal.RepRecorder._released)
     release_judged: int
     artefact_reps: int
     stim_sessions: int

@@ -16,13 +16,30 @@ from matplotlib.lines import Line2D
 from appliance.clinic.summary import TECHNIQUE_WARNINGS, Summary, WeekFigures
 from appliance.clinic.wording import Wording
 from appliance.patient.progress import POWER_TYPICAL_ERROR_CMH2O
+from appliance.sensor.signal import (
+    RELEASE_LOOK_S,
+    RELEASE_MAX_PCT,
+    RELEASE_STILL_FRACTION,
+    RELEASE_STILL_MIN_CMH2O,
+    RELEASE_WINDOW_S,
+)
 
 MAX_WEEK_COLUMNS = 4
 CELL_CHARS = 24  # a week column's width in characters at 8 pt
+CHAR_PT = 5.0  # a character of 8 pt text, wide enough for digits (DejaVu Sans: 5.1 pt)
+MIN_CELL_CHARS = 12
 GOOD_ADHERENCE_PCT = 80.0
 FAIR_ADHERENCE_PCT = 50.0
 HELD_WELL_PCT = 80.0  # mean hold at target below this share of the time asked: look at the holds
 RELEASE_LOOK_PCT = 20.0
+
+
+def release_note(w: Wording) -> str:
+    """What "incomplete release" means, with the figures the device judges it by
+    (`appliance.sensor.signal.RepRecorder._released`)."""
+    return w("summary.release_note", look=w.num(RELEASE_LOOK_S), window=w.num(RELEASE_WINDOW_S),
+             pct=w.pct(RELEASE_MAX_PCT), cmh2o=w.num(RELEASE_STILL_MIN_CMH2O),
+             fraction=w.pct(100 * RELEASE_STILL_FRACTION))
 
 
 # --- The three sentences -----------------------------------------------------------------------
@@ -181,8 +198,9 @@ def draw(fig: MplFigure, summary: Summary, w: Wording) -> None:
     labels = row_labels(summary, w)
     x0, label_w = 0.06, 0.22
     col_w = (0.94 - x0 - label_w) / max(1, len(weeks))
-    # Characters of 8 pt text that fit a column of the A4 page (595 pt wide), less a gap.
-    columns = [week_cells(summary, wk, w, max(CELL_CHARS, int(col_w * 595 / 4.6) - 3)) for wk in weeks]
+    # Characters of 8 pt text that fit a column of the A4 page (595 pt wide), less a gap: with
+    # four weeks "10 van 328 herhalingen" (held to 24 characters) ran into the next column.
+    columns = [week_cells(summary, wk, w, max(MIN_CELL_CHARS, int(col_w * 595 / CHAR_PT) - 2)) for wk in weeks]
     line_h = 0.0135
 
     def rule(at: float, width: float = 0.6) -> None:
@@ -204,8 +222,9 @@ def draw(fig: MplFigure, summary: Summary, w: Wording) -> None:
             fig.text(x0 + label_w + i * col_w, y - 0.004, cell, fontsize=8, va="top", linespacing=1.25)
         y -= n_lines * line_h + 0.008
         rule(y + 0.004, 0.3)
-    fig.text(x0, y - 0.004, textwrap.fill(w("summary.main_note"), 120), fontsize=6.5, va="top", color="0.25")
-    y -= 0.035
+    note = "\n".join([textwrap.fill(w("summary.main_note"), 120), textwrap.fill(release_note(w), 120)])
+    fig.text(x0, y - 0.004, note, fontsize=6.5, va="top", color="0.25")
+    y -= 0.02 + 0.0105 * (note.count("\n") + 1)
     fig.text(0.06, y, w("summary.interpretation"), fontsize=11, weight="bold", va="top")
     y -= 0.025
     for k, sentence in enumerate(interpretation(summary, w), start=1):

@@ -4,6 +4,10 @@
 from the signal side (`appliance.sensor.technique`: push-down, breath-hold, the belly
 helping, letting go early, a late or incomplete release) into a short spoken correction.
 It starts within a second of the detection and is never cut off (`Planning._make_room`).
+Never two sentences at once: a sentence being said that ends too late for that is let
+finish, and the correction follows it if the fault still matters then (the squeeze, the
+hold or the rest it is about is still on, within `MAX_CORRECTION_WAIT_S`); else it is left
+out, and the timeline's warning says so (`said` false, `reason`).
 Repeated faults escalate gently: the short cue first, the explanation once (the second
 time), then the short cues again, alternating so the same sentence is not heard every rep.
 """
@@ -32,7 +36,17 @@ CORRECTIONS: dict[str, tuple[str, str, str]] = {
     "let_go": ("correct.let_go", "correct.let_go_again", "correct.let_go_explain"),
     "late_release": ("correct.late_release", "correct.late_release_again", "correct.late_release_explain"),
 }
-MAX_CORRECTION_WAIT_S = 3.0  # a correction behind another one is dropped rather than late
+MAX_CORRECTION_WAIT_S = 3.0  # a correction behind another sentence is dropped rather than later
+SQUEEZING = frozenset({SessionPhase.CONTRACT, SessionPhase.HOLD, SessionPhase.MOVE})
+# fault -> the phases in which its correction still means something, said late
+STILL_MATTERS: dict[str, frozenset[SessionPhase]] = {
+    "push_down": SQUEEZING,
+    "breath_hold": SQUEEZING,
+    "abdominal": SQUEEZING,
+    "let_go": frozenset({SessionPhase.HOLD, SessionPhase.MOVE}),
+    "late_release": frozenset({SessionPhase.REST}),
+}
+MIN_PHASE_LEFT_S = 1.0  # a late correction starts at least this long before its phase ends
 HEARD_KEPT = 32
 
 
@@ -79,25 +93,32 @@ class Correcting:
         return seg
 
     def _correct(self, fault: str, seg: Segment) -> None:
-        """Say the correction of `fault` now (or as soon as the speaker is free, within 1 s)."""
+        """Say the correction of `fault` now, or as soon as the speaker is free: within a
+        second, or after the sentence being said if the fault still matters then."""
         t = max(self.session_time(), 0.0)
         n = self._faults.get(fault, 0) + 1
         key = correction_phrase(fault, n)
-        start = self._correction_start(t)
+        start, said = self._correction_start(t, fault, seg)
         if start is None:
-            log.info("correction %s dropped: another correction is still being said", fault)
-            self._emit(EventKind.WARNING, warning=fault, phrase=key, detected=round(t, 3), said=False)
+            assert said is not None
+            reason = "correction" if said.priority is Priority.CORRECTION else "speaking"
+            log.info("correction %s dropped: %s is being said and it would come too late", fault, said.key)
+            self._emit(EventKind.WARNING, warning=fault, phrase=key, detected=round(t, 3), said=False,
+                       reason=reason, over=said.key)
             return
         self._faults[fault] = n
         self._faults_in_rep.add(fault)
-        rest = self._rest_ahead(seg, t)
+        rest = self._rest_ahead(seg, start)
         explain = None
         if n == 2 and rest is not None:  # the explanation waits for the rest; the cue is now
             explain, key = key, CORRECTIONS[fault][1]
         end = start + self.timing.duration(key)
         dropped = self._make_room(seg, start, end)
+        extra: dict[str, object] = {"dropped": dropped} if dropped else {}
+        if said is not None and start - t > MAX_WAIT_S + 0.1 + 1e-9:
+            extra["waited_for"] = said.key  # said after a sentence longer than the wait
         self._emit(EventKind.WARNING, warning=fault, phrase=key, detected=round(t, 3), said=True,
-                   escalation="explain" if n == 2 else "cue", **({"dropped": dropped} if dropped else {}))
+                   escalation="explain" if n == 2 else "cue", **extra)
         self._say(key, start, Priority.CORRECTION)
         if explain is not None and rest is not None:
             self._explain_in_rest(seg, rest, explain, end)
@@ -118,17 +139,29 @@ class Correcting:
         seg.prompts[seg.prompt_index:] = sorted(seg.prompts[seg.prompt_index:], key=lambda p: p.at)
         rest.end = max(rest.end, end + 2.0)  # a breath after it before the next repetition
 
-    def _correction_start(self, t: float) -> float | None:
-        """When a correction may start: now, or after what is being said if that ends soon."""
+    def _correction_start(self, t: float, fault: str, seg: Segment) -> tuple[float | None, Heard | None]:
+        """When a correction may start, and the sentence it follows (or that left it out):
+        now; right after what is being said if that ends within `MAX_WAIT_S`; else after it
+        if the fault still matters then (`_still_matters`). Never over another sentence."""
         busy = [h for h in self._heard if h.end > t]
         if not busy:
-            return t
-        end = max(h.end for h in busy)
-        if any(h.priority is Priority.CORRECTION for h in busy):
-            return end + GAP_S if end + GAP_S - t <= MAX_CORRECTION_WAIT_S else None
-        if end - t <= MAX_WAIT_S or any(h.start > t for h in busy):
-            return end + 0.1  # a routine cue about to end (or queued) is let finish
-        return t  # a long routine sentence gives way: the correction is about now
+            return t, None
+        last = max(busy, key=lambda h: h.end)
+        behind_correction = any(h.priority is Priority.CORRECTION for h in busy)
+        start = last.end + (GAP_S if behind_correction else 0.1)
+        if start - t <= MAX_WAIT_S + 0.1 + 1e-9:
+            return start, last  # a sentence about to end is let finish
+        if start - t <= MAX_CORRECTION_WAIT_S and self._still_matters(fault, seg, start):
+            return start, last
+        return None, last
+
+    def _still_matters(self, fault: str, seg: Segment, at: float) -> bool:
+        """Whether the correction of `fault` still means something said from `at`: the
+        repetition is in a phase it is about, with at least `MIN_PHASE_LEFT_S` of it to come
+        (no 'hold on' as the hold ends)."""
+        phases = STILL_MATTERS.get(fault, frozenset())
+        ph = next((p for p in seg.phases if p.start <= at < p.end), None)
+        return ph is not None and ph.kind in phases and ph.end - at >= MIN_PHASE_LEFT_S
 
     def _note_heard(self, key: str, start: float, priority: Priority) -> None:
         self._heard.append(Heard(start, start + self.timing.duration(key), key, priority))

@@ -386,37 +386,74 @@ class Planning:
         else:
             seg.prompts = seg.prompts[:seg.prompt_index] + kept
         seg.prompts[seg.prompt_index:] = sorted(seg.prompts[seg.prompt_index:], key=lambda p: p.at)
-        last = seg.phases[-1] if seg.phases else None
-        if last is not None and seg.kind is SegmentKind.REP and last.end < end + GAP_S:
-            last.end = end + GAP_S  # the next repetition begins after the correction
-        self._busy_until = max(self._busy_until, end)
+        self._end_after(seg, end, clear)
         return dropped
 
+    def _end_after(self, seg: Segment, end: float, clear: float) -> None:
+        """The next repetition begins after a correction ending at `end` and the cues it
+        moved (up to `clear`): a caution moved past the rest's end was said over the next
+        repetition's "breathe in"."""
+        heard_until = max([end] + [p.at + self.timing.duration(p.key) for p in seg.prompts[seg.prompt_index:]
+                                   if not p.aligned and p.at < clear])
+        last = seg.phases[-1] if seg.phases else None
+        if last is not None and seg.kind is SegmentKind.REP and last.end < heard_until + GAP_S:
+            last.end = heard_until + GAP_S
+        self._busy_until = max(self._busy_until, heard_until)
+
     def _answer_start(self, seg: Segment, at: float, span: float) -> tuple[float, bool]:
-        """When an answer asked for now (`span` seconds of speech) can be heard whole in a
-        repetition: from `at` if it ends before the next aligned cue or correction, else
-        right after that cue. Returns the start and whether such a cue comes first."""
-        if seg.kind is not SegmentKind.REP:
-            return at, False
+        """When an answer asked for now (`span` seconds of speech) can be heard whole: never
+        over a sentence being said (it waits for its end); in a repetition from then if it
+        ends before the next aligned cue or correction, else right after that cue; in the
+        calibration after the sentences planned in its way. Returns the start and whether
+        such a planned cue comes first (it may answer instead)."""
         moved = False
-        for _ in range(len(seg.prompts) + 1):
-            blocking = [p for p in seg.prompts[seg.prompt_index:]
-                        if (p.aligned or p.priority is Priority.CORRECTION)
-                        and p.at < at + span + GAP_S and p.at + self.timing.duration(p.key) > at - 0.05]
+        heard = [(h.start, h.end) for h in getattr(self, "_heard", ())]
+        in_the_way = [p for p in seg.prompts[seg.prompt_index:]
+                      if seg.kind is SegmentKind.CALIBRATION or p.aligned or p.priority is Priority.CORRECTION]
+        if seg.kind is not SegmentKind.REP and seg.kind is not SegmentKind.CALIBRATION:
+            in_the_way = []  # a speech segment's sentences make room for it (`_answer_at`)
+        for _ in range(len(in_the_way) + len(heard) + 1):
+            planned = [(p.at, p.at + self.timing.duration(p.key)) for p in in_the_way]
+            blocking = [(a, b, k < len(planned)) for k, (a, b) in enumerate(planned + heard)
+                        if a < at + span + GAP_S and b > at - 0.05]
             if not blocking:
                 break
-            first = min(blocking, key=lambda p: p.at)
-            at = first.at + self.timing.duration(first.key) + GAP_S
-            moved = True
+            _, end, is_planned = min(blocking)
+            at = max(at, end + GAP_S)
+            moved = moved or is_planned
         return at, moved
 
     def _answer_at(self, seg: Segment, at: float, span: float) -> float:
-        """Place an answer so that nothing planned speaks over it: at `_answer_start`, the
-        counts in its way left out and the other routine cues after it (`_make_room`)."""
+        """Place an answer so that nothing planned speaks over it: at `_answer_start`; in a
+        repetition the counts in its way left out and the other routine cues after it
+        (`_make_room`); in an intro, outro or closing the sentences still to come after it."""
         at, _ = self._answer_start(seg, at, span)
         if seg.kind is SegmentKind.REP:
             self._make_room(seg, at, at + span)
+        elif seg.kind is not SegmentKind.CALIBRATION:
+            self._speech_after(seg, at, at + span)
         return at
+
+    def _speech_after(self, seg: Segment, start: float, end: float) -> None:
+        """A speech segment's sentences still to come that would start before `end` (+ the
+        gap) move on, with the rest of the segment: an answer or warning is said between two
+        sentences, as a physiotherapist would, not over one."""
+        pending = [p for p in seg.prompts[seg.prompt_index:] if p.at + self.timing.duration(p.key) > start - 0.05]
+        if not pending:
+            return
+        first = min(p.at for p in pending)
+        delta = end + GAP_S - first
+        if delta <= 0:
+            return
+        for p in pending:
+            p.at += delta
+        for i, ph in enumerate(seg.phases):
+            if i > seg.phase_index and ph.start >= first - 1e-9:
+                ph.start += delta
+            if ph.end >= first - 1e-9:
+                ph.end += delta
+        if self._busy_until >= first - 1e-9:
+            self._busy_until += delta
 
     # --- speech and calibration -----------------------------------------------------------
 

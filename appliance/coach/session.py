@@ -59,9 +59,8 @@ WARNING_REPEAT_S = 30.0  # the same technique warning at most this often
 # ducked under speech some 22 dB below it (tests/test_heard.py; at 1.0 the tone was 5 dB
 # above the voice, at 0.25 only 4-5 dB below it).
 DEFAULT_TONE_VOLUME = 0.15
-# What only speaks: the control loop may tick slowly through it (`may_tick_slowly`).
+# Segments of words alone: the control loop may tick slowly through them (`may_tick_slowly`).
 SPOKEN_SEGMENTS = (SegmentKind.GREETING, SegmentKind.INTRO, SegmentKind.OUTRO, SegmentKind.CLOSING)
-SPOKEN_PHASES = (SessionPhase.INTRO, SessionPhase.OUTRO, SessionPhase.CLOSING)
 
 
 class Session(Planning, Measuring, Commanding, Correcting, Rating):
@@ -171,11 +170,12 @@ class Session(Planning, Measuring, Commanding, Correcting, Rating):
     @property
     def may_tick_slowly(self) -> bool:
         """Whether the control loop may tick every `idle_tick_s` until the plan's next moment
-        (`next_due`): no repetition or calibration is being measured, no phase asks for a
-        squeeze (the tone is silent), and it is not the stimulation exercise. Only words are
-        said then (welcome, an exercise's introduction, the words after it, the closing) and
-        they run on by themselves; every sample still reaches the coach and the observers at
-        the next tick, and a command waits for it."""
+        (`next_due`): no phase asks for a squeeze (so the tone is silent and no cue can
+        change) and it is not the stimulation exercise. That is the words (welcome, an
+        exercise's introduction, the words after it, the closing), the in-breaths, the rests
+        between squeezes and the calibration's rest. Every sample still reaches the coach
+        and the observers at the next tick (a rest's relaxation is judged on all of them),
+        prompts and phases come on their time, and a command waits up to `idle_tick_s`."""
         if self.idle_tick_s is None or self.needs_fast_tick:
             return False
         seg = self._segment
@@ -184,7 +184,7 @@ class Session(Planning, Measuring, Commanding, Correcting, Rating):
         phase = seg.current
         if phase is None:
             return seg.kind in SPOKEN_SEGMENTS
-        return phase.kind in SPOKEN_PHASES and not phase.asks_contraction  # (the calibration's intro too)
+        return not phase.asks_contraction
 
     def next_due(self) -> float | None:
         """Session time of the plan's next moment: a prompt, a phase, the segment's end or the

@@ -173,7 +173,7 @@ class SimulatedSpeaker:
     into `wav_path` when given (what the patient would have heard), else into nothing."""
 
     def __init__(self, mixer: Any, clock: SimClock, block_size: int, wav_path: Path | None) -> None:
-        from appliance.voice.audio import WavSink
+        from appliance.voice.audio import WavSink, frames_for
 
         self.mixer = mixer
         self.clock = clock
@@ -184,6 +184,7 @@ class SimulatedSpeaker:
         # second at a time (Mixer.plan_block): the bytes the speaker's callbacks would give.
         self.wav = WavSink(wav_path, mixer, block_size=max(block_size, 64), deferred=True) if wav_path else None
         self._stopped = False
+        self._frames_for = frames_for
         clock.on_advance(self._pull)
 
     @property
@@ -191,8 +192,24 @@ class SimulatedSpeaker:
         return not self._stopped
 
     def _pull(self, now: float) -> None:
-        if self.wav is not None and not self._stopped:
-            self.wav.render_until(now - self.t_open)
+        wav = self.wav
+        if wav is None or self._stopped:
+            return
+        slot = getattr(self.mixer.tone, "slot", None)
+        if slot is not None and slot.keeps_time and self.mixer.tone.params.live is not None:
+            # The pitch follows the live pressure: each sample the sensor side took since
+            # the last pull reaches the blocks that begin after it (the card's callback
+            # reads the slot once per block), not the control loop's next tick.
+            frames_for = self._frames_for
+            rate, block, t_open = self.mixer.sample_rate, wav.block_size, self.t_open
+            end = frames_for(now - t_open, rate)
+            ts = slot.next_time()
+            while ts is not None and ts <= now:
+                f = frames_for(ts - t_open, rate)
+                wav.render_until_frame(min(-(-f // block) * block, end))
+                slot.publish_until(ts)
+                ts = slot.next_time()
+        wav.render_until(now - self.t_open)
 
     def stop(self) -> None:
         """Stop; a WAV first gets the phrase still being said (as a speaker would play it out)."""

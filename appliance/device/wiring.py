@@ -26,15 +26,16 @@ from appliance.sensor.technique import ObservedSource, TechniqueMonitor
 from appliance.store import StoreSink
 from appliance.voice.phrases import Catalogue
 
-# The coach's decisions every 20 ms, and at every moment its plan names (Session.next_due):
-# the tone's pitch does not wait for the tick (appliance.sensor.live, bench/latency.py), the
-# prompts and phases do not either. The stimulation exercise ticks every 5 ms, so its
-# interlocks act as fast as docs/stimulation.md says (Session.needs_fast_tick).
-CONTROL_TICK_S = 0.02
+# While a phase asks for a squeeze the coach decides every 40 ms, and at every moment its
+# plan names (Session.next_due): what the tone means (its cue) changes within 40 ms; its
+# pitch does not wait for the tick (appliance.sensor.live, bench/latency.py), the prompts
+# and phases do not either. The stimulation exercise ticks every 5 ms, so its interlocks
+# act as fast as docs/stimulation.md says (Session.needs_fast_tick).
+CONTROL_TICK_S = 0.04
 STIM_TICK_S = 0.005
-# While only words are said (no repetition measured, the tone silent, not the stimulation
-# exercise: `Session.may_tick_slowly`) the loop ticks this often, and at the plan's moments;
-# a command from the listener or the button then waits up to this long.
+# When no phase asks for a squeeze (words, in-breaths, rests; the tone silent; not the
+# stimulation exercise: `Session.may_tick_slowly`) the loop ticks this often, and at the
+# plan's moments; a command from the listener or the button then waits up to this long.
 IDLE_TICK_S = 0.1
 
 
@@ -101,7 +102,7 @@ def build_session(programme: Programme, catalogue: Catalogue, clock: Clock, part
     if follow_live is not None:
         # The tone's pitch from the sensor side's newest sample, not the control tick; the
         # coach's calibration says what a pressure means (appliance.sensor.live).
-        source = publish_live(source, follow_live(source.sample_rate_hz, lambda: session.calibration))
+        source = publish_live(source, follow_live(source.sample_rate_hz, lambda: session.calibration), clock)
     observed = ObservedSource(source, session, BreathDetector(), TechniqueMonitor(session.observe_warning))
     session.add_sink(observed)
     if parts.follow_breath:

@@ -6,6 +6,12 @@ thread on the device, the control loop's read for sources without a thread of th
 own) and read by the audio callback at every block, without a lock: one writer swaps a
 float in, readers take it whole.
 
+In simulated time there is no sampler thread: `publish_live` given the simulated clock
+takes the samples as the clock moves, before the simulated sound card plays the blocks
+that would have heard them, and the slot publishes each one at its own time
+(`SimulatedSampler`). The speaker's blocks then read the slot as the card's callbacks on
+the device do, whatever the control loop's tick.
+
 Its smoothing is the tone's own: a One Euro filter with the coach's calm at rest but a
 larger speed coefficient, so a deliberate squeeze is heard within one sensor sample
 (bench/latency.py prints the latency and the steady-hold jitter it buys).
@@ -13,6 +19,10 @@ larger speed coefficient, so a deliberate squeeze is heard within one sensor sam
 
 from __future__ import annotations
 
+import bisect
+import math
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +51,41 @@ class LivePressure:
         self.value: float | None = None
         self.count = 0  # samples published so far (a stalled writer shows as no change)
 
-    def push(self, cmh2o: float) -> None:
-        self.value = self._filter(cmh2o)
+        # In simulated time (`keep_time`): samples taken ahead, published at their time.
+        self._due: deque[tuple[float, float]] | None = None
+
+    def push(self, cmh2o: float, t: float | None = None) -> None:
+        """The newest sample; `t` (its clock time) holds it back until `publish_until(t)`
+        when the slot keeps time."""
+        value = self._filter(cmh2o)
+        due = self._due
+        if due is not None and t is not None:
+            due.append((t, value))
+            return
+        self.value = value
         self.count += 1  # published after the value
+
+    # --- simulated time ------------------------------------------------------------------
+    def keep_time(self) -> None:
+        """Publish samples pushed with their time only when `publish_until` reaches it."""
+        if self._due is None:
+            self._due = deque()
+
+    @property
+    def keeps_time(self) -> bool:
+        return self._due is not None
+
+    def next_time(self) -> float | None:
+        """The time of the next sample held back (None: none)."""
+        due = self._due
+        return due[0][0] if due else None
+
+    def publish_until(self, t: float) -> None:
+        """Publish every held-back sample taken at or before clock time `t`."""
+        due = self._due
+        while due and due[0][0] <= t:
+            self.value = due.popleft()[1]
+            self.count += 1
 
 
 class LiveSource:
@@ -73,10 +115,95 @@ class LiveSource:
         self.source.close()
 
 
-def publish_live(source: PressureSource, slot: LivePressure) -> PressureSource:
+class SimulatedSampler:
+    """The sensor side in simulated time: it takes the samples as the clock moves (first of
+    the clock's observers), so the slot has each one at its own time before the simulated
+    sound card plays on, as a sampler thread has on the device. The control loop's
+    `read_until` then collects what was taken, as it does from the probe's sampler.
+
+    `takes_itself`: the source publishes into the slot as it takes (the probe on its
+    stepped ADC sampler); this only moves it on with the clock. Otherwise the samples
+    are read ahead here, published with their times and kept for the control loop.
+    """
+
+    def __init__(self, source: PressureSource, slot: LivePressure, clock: Any, takes_itself: bool) -> None:
+        self.source = source
+        self.slot = slot
+        self.sample_rate_hz = source.sample_rate_hz
+        self._takes_itself = takes_itself
+        self._taken_until = -math.inf
+        self._times: list[float] = []
+        self._values: list[float] = []
+        self._belly: tuple[list[float], list[float]] | None = None
+        self.abdominal: Any = None
+        slot.keep_time()
+        self._clock = clock
+        clock.on_advance(self.take_until, first=True)
+        clock.on_advance(slot.publish_until)  # after the speaker: whatever is due by now
+
+    def take_until(self, t: float) -> None:
+        """Take every sample up to clock time `t` (the clock has just reached it)."""
+        if t <= self._taken_until:
+            return  # (the control loop's read right after the clock moved)
+        self._taken_until = t
+        source = self.source
+        if self._takes_itself:
+            take: Callable[[float], None] | None = getattr(source, "take_until", None)
+            if take is not None:
+                take(t)
+            return
+        times, values = source.read_until(t)
+        if not len(times):
+            return
+        push = self.slot.push
+        for ts, v in zip(times, values, strict=True):
+            push(float(v), float(ts))
+        self._times.extend(times)
+        self._values.extend(values)
+        belly = getattr(source, "abdominal", None)
+        if belly is not None:
+            if self._belly is None:
+                self._belly = ([], [])
+            self._belly[0].extend(belly[0])
+            self._belly[1].extend(belly[1])
+
+    def read_until(self, t: float) -> tuple[Samples, Samples]:
+        if self._takes_itself:
+            times, values = self.source.read_until(t)
+            self.abdominal = getattr(self.source, "abdominal", None)
+        else:
+            self.take_until(t)
+            k = bisect.bisect_right(self._times, t)
+            times, values = self._times[:k], self._values[:k]
+            del self._times[:k], self._values[:k]
+            if self._belly is not None:
+                kb = bisect.bisect_right(self._belly[0], t)
+                self.abdominal = (self._belly[0][:kb], self._belly[1][:kb])
+                del self._belly[0][:kb], self._belly[1][:kb]
+        self.slot.publish_until(t)  # the loop has reached t, speaker or not
+        return times, values
+
+    @property
+    def status(self) -> ProbeStatus:
+        return self.source.status
+
+    def close(self) -> None:
+        self._clock.remove_observer(self.take_until)
+        self._clock.remove_observer(self.slot.publish_until)
+        self.source.close()
+
+    def __getattr__(self, name: str) -> Any:  # the probe's own (status log, monitor, ...)
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+
+def publish_live(source: PressureSource, slot: LivePressure, clock: Any = None) -> PressureSource:
     """`source`, publishing every sample into `slot`: from its own sampler thread when it
-    has one (`source.publish_live(slot)` returns True), else from the control loop's read."""
+    has one (`source.publish_live(slot)` returns True), else from the control loop's read.
+    On a simulated clock (one with `on_advance`), as the clock moves (`SimulatedSampler`)."""
     publish = getattr(source, "publish_live", None)
-    if publish is not None and publish(slot):
-        return source
-    return LiveSource(source, slot)
+    takes_itself = publish is not None and publish(slot)
+    if getattr(clock, "on_advance", None) is not None:
+        return SimulatedSampler(source, slot, clock, takes_itself)
+    return source if takes_itself else LiveSource(source, slot)

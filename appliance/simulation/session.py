@@ -5,7 +5,9 @@
 path), mock GPIO pins, a speaker that renders to `session.wav`, and a patient who says
 "start" after the device says it is ready. The same configuration, health checks,
 prescription, day plan, stimulation, observations, breath following and control loop
-(20 ms tick, 5 ms through stimulation, a tick at every planned moment) as the device.
+(40 ms ticks while a squeeze is asked, 100 ms otherwise, 5 ms through stimulation, a tick
+at every planned moment) as the device; the simulated probe's samples reach the tone at
+their own time, as the sampler thread's do on the device (`SimulatedSampler`).
 Used by `appliance simulate`, the scenario tests and the benchmarks.
 """
 
