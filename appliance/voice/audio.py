@@ -631,7 +631,7 @@ class Mixer:
                 n = self._plan_tone_run(block, limit, room, active)
             if n:
                 return n
-        n = self.steady_frames(block, limit)
+        n = self.steady_frames(block, limit) if limit > block else limit  # (one block: all of it, whatever it is)
         self.plan_block(n)
         return n
 
