@@ -5,8 +5,9 @@ supervisor on the simulated edges with a real clock, so the session is built by 
 device's one wiring with every observer it runs (store, jump counter, voice and tone,
 breath, technique, breath following, the live pressure slot) and its control loop ticks
 at the shipped rate. The simulated floor delivers samples at the sensor rate; a stand-in
-sound card thread pulls the mixer in callback-sized blocks on the device's schedule (as
-PortAudio would; there is no sound card here). The calibration is given, so the
+sound card thread calls the device's audio callback (sounddevice's wrapper around
+`DeviceOutput._callback`, as PortAudio would; there is no sound card here) in
+callback-sized blocks on the device's schedule. The calibration is given, so the
 exercises (tone on, prompts spoken) start after the intro. No microphone: the listener's
 share is bench/device_budget.py's.
 
@@ -47,7 +48,8 @@ def main() -> None:
     parser.add_argument("--via-adc", action="store_true",
                         help="read the floor through the probe path (chip simulator, sampler, probe monitor)")
     parser.add_argument("--split", action="store_true",
-                        help="time the control loop's pieces (thread CPU per call, no profiler) and print their shares")
+                        help="time the control loop's pieces and the audio callback (thread CPU per call, no "
+                             "profiler; the clock reads add to the figures) and print their shares")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the control loop and the audio callback; print their top entries")
     args = parser.parse_args()
@@ -58,7 +60,7 @@ def main() -> None:
     audio_prof = cProfile.Profile() if args.profile else None
     chip = _time_chip_simulator() if args.via_adc else None
     pieces = _time_pieces() if args.split else None
-    edges = RigEdges(profile_audio=audio_prof, via_adc=args.via_adc)
+    edges = RigEdges(profile_audio=audio_prof, via_adc=args.via_adc, time_callbacks=args.split)
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
         run = run_session(args.seconds, edges, Path(tmp), lang=args.lang, speech_cache=args.speech_cache,
                           tick_s=args.tick, profile=loop_prof)
@@ -83,7 +85,9 @@ def main() -> None:
         print("  of MainThread, by piece (thread CPU per second of session; nested pieces indented):")
         for label, spent in pieces.items():
             print(f"    {label}={spent / run.seconds:.4f}")
-    print(f"  of audio-callback, inside Mixer.render={run.render:.4f} (the rest: the stand-in card's wake-ups)")
+    if args.split:
+        print(f"  of audio-callback, inside the device's callback (sounddevice's wrapper, DeviceOutput._callback, "
+              f"Mixer.render)={run.render:.4f} (the rest: the stand-in card's wake-ups and these clock reads)")
     print(f"  whole process={run.process:.4f}")
     for name, prof in (("control loop (MainThread, start-up included)", loop_prof), ("audio callback", audio_prof)):
         if prof is not None:

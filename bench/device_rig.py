@@ -4,8 +4,9 @@ It is `appliance run --simulated`: the `Appliance` supervisor on `SimulatedEdges
 `RealClock` (its idle loop, its one wiring, every observer a session has), with only what
 is physically absent stood in for:
 
-- the sound card: `StandInSoundCard`, a thread that pulls the mixer in the configured
-  block size on the block period's schedule, as PortAudio's callback thread would;
+- the sound card: `StandInSoundCard`, a thread that calls the device's own callback
+  (through sounddevice's wrapper) in the configured block size on the block period's
+  schedule, as PortAudio's callback thread would;
 - the microphone (device_budget.py): `WavMicrophone`, the device's own `Listener`
   (voice-activity detection, echo canceller, recognizer on its own thread) fed from a WAV
   file at real-time pace instead of a PortAudio input stream.
@@ -42,30 +43,97 @@ enabled = {voice}
 
 
 class StandInSoundCard:
-    """The sound card's callback thread: `mixer.render` on (blocks, 1) float32 every block period."""
+    """The sound card's callback thread: every block period, what PortAudio's callback thread
+    does on the device. That is a call of the device's cffi function pointer
+    (`DeviceOutput.portaudio_callback`, into `DeviceOutput._callback` and `Mixer.render`)
+    on a float32 buffer of the card's size — the same functions, not a shortcut to
+    `Mixer.render`. (A checkout whose `DeviceOutput` opens a sounddevice `OutputStream` or
+    `RawOutputStream` gets sounddevice's own wrapper around its callback, as it would on
+    the device; without sounddevice, a plain buffer and a flags stand-in.)
 
-    def __init__(self, mixer: Any, block: int, profile: Any = None) -> None:
+    What is not the device's: the wake-up (a Python sleep loop where the device has
+    PortAudio's C thread waiting on ALSA) and, only with `time_callbacks`, two thread-clock
+    reads per callback for the figure inside the callback (`render_cpu_s`).
+    """
+
+    def __init__(self, mixer: Any, block: int, profile: Any = None, time_callbacks: bool = False) -> None:
+        from appliance.voice.audio import DeviceOutput
+
         self.mixer = mixer
         self.profile = profile  # a cProfile.Profile for this thread (bench/cpu.py --profile)
-        self.render_cpu_s = 0.0  # inside Mixer.render only
+        self.time_callbacks = time_callbacks
+        self.render_cpu_s = 0.0  # inside the callback only (with time_callbacks)
         self.block = block
         self.period = block / mixer.sample_rate
         self.last_error: str | None = None
         self.output_latency_s: float | None = None
-        self.callbacks = 0
         self.late = 0  # rendered more than a block period after its deadline
+        # The device's output, as it is once its stream has opened (not started: no stream here).
+        self.output = DeviceOutput(mixer, block_size=block)
+        mixer.running = True
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="audio-callback", daemon=True)
         self.thread.start()
 
     @property
+    def callbacks(self) -> int:
+        return self.output.callbacks
+
+    @property
     def is_open(self) -> bool:
         return not self._stop.is_set()
+
+    def _portaudio_callback(self) -> Any:
+        """What PortAudio calls each block period: sounddevice's `callback_ptr` for the
+        output stream `DeviceOutput` opens (`DeviceOutput.STREAM`; a checkout without it
+        opens an `OutputStream`), on a float32 buffer of the card's size."""
+        callback, frames = self.output._callback, self.block
+        if getattr(self.output, "STREAM", "") == "portaudio":  # PortAudio calls the device's C function pointer
+            from appliance.voice.audio import _portaudio_ffi
+
+            ffi = _portaudio_ffi()
+            c_callback = self.output.portaudio_callback()
+            out_buffer = ffi.new("float[]", frames)
+            info = ffi.new("PaStreamCallbackTimeInfo *")
+
+            def portaudio_calls() -> Any:  # through C into Python, as from PortAudio's thread
+                return c_callback(ffi.NULL, out_buffer, frames, info, 0, ffi.NULL)
+
+            return portaudio_calls
+        raw_stream = getattr(self.output, "STREAM", "OutputStream") == "RawOutputStream"
+        try:
+            import sounddevice as sd
+
+            ffi, buffer, array, wrap = sd._ffi, sd._buffer, sd._array, sd._wrap_callback
+            optr = ffi.new("float[]", frames)
+            time_info = ffi.new("PaStreamCallbackTimeInfo*")
+
+            # Their bodies (kind 'output', wrap 'buffer' or 'array'); the status comes from C as an int.
+            def raw_callback_ptr() -> Any:
+                return wrap(callback, buffer(optr, frames, 1, 4), frames, time_info, 0)
+
+            def array_callback_ptr() -> Any:
+                return wrap(callback, array(buffer(optr, frames, 1, 4), 1, "float32"), frames, time_info, 0)
+
+            return raw_callback_ptr if raw_stream else array_callback_ptr
+        except (ImportError, OSError):
+            raw = bytearray(4 * frames) if raw_stream else np.zeros((frames, 1), dtype=np.float32)
+
+            class Flags:
+                output_underflow = False
+
+                def __bool__(self) -> bool:
+                    return False
+
+            def callback_ptr() -> Any:
+                return callback(raw, frames, None, Flags())
+
+            return callback_ptr
 
     def _run(self) -> None:
         if self.profile is not None:
             self.profile.enable()
-        out = np.zeros((self.block, 1), dtype=np.float32)
+        callback = self._portaudio_callback()
         deadline = time.monotonic()
         while not self._stop.is_set():
             deadline += self.period
@@ -74,10 +142,12 @@ class StandInSoundCard:
                 time.sleep(delay)
             elif -delay > self.period:
                 self.late += 1
-            t0 = time.thread_time()
-            self.mixer.render(out)
-            self.render_cpu_s += time.thread_time() - t0
-            self.callbacks += 1
+            if self.time_callbacks:
+                t0 = time.thread_time()
+                callback()
+                self.render_cpu_s += time.thread_time() - t0
+            else:
+                callback()
         if self.profile is not None:
             self.profile.disable()
 
@@ -139,16 +209,17 @@ class RigEdges(SimulatedEdges):
     """`appliance run --simulated`'s edges with a stand-in sound card (and a WAV microphone)."""
 
     def __init__(self, mic: np.ndarray | None = None, listener_kwargs: dict | None = None,
-                 via_adc: bool = False, profile_audio: Any = None) -> None:
+                 via_adc: bool = False, profile_audio: Any = None, time_callbacks: bool = False) -> None:
         super().__init__(clock=RealClock(), via_adc=via_adc)
         self.profile_audio = profile_audio
+        self.time_callbacks = time_callbacks
         self.mic = mic
         self.listener_kwargs = listener_kwargs or {}
         self.card: StandInSoundCard | None = None
         self.the_listener: Any = None
 
     def audio_output(self, mixer: Any, config: Any) -> Any:
-        self.card = StandInSoundCard(mixer, config.audio.block_size, self.profile_audio)
+        self.card = StandInSoundCard(mixer, config.audio.block_size, self.profile_audio, self.time_callbacks)
         return self.card
 
     def listener(self, config: Any, state_dir: Path, on_command: Any, monitor: Any) -> Any:
@@ -197,7 +268,7 @@ class Run:
     peak_rss_mb: float
     callbacks: int = 0
     late: int = 0
-    render: float = 0.0  # of the audio callback: inside Mixer.render
+    render: float = 0.0  # of the audio callback: inside the device's callback (when timed)
     spoken: int = 0
     state: str = ""
     notes: list[str] = field(default_factory=list)

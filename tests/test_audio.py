@@ -407,3 +407,34 @@ def test_a_sound_device_that_appears_later_is_found_by_the_retries():
     report = json.loads(stdout.strip().splitlines()[-1])
     assert report["opened"] and report["running"]
     assert report["attempts"] >= 2 and report["after_s"] >= 1.0
+
+
+def test_the_echo_canceller_hears_the_pauses_between_contractions_as_silence():
+    """The output ring skips writing zeros once it holds nothing but silence; what it gives
+    the echo canceller must still be exactly what the card played: the tone, a pause longer
+    than the ring, the tone again, and a pause that only partly covers the ring."""
+    from appliance.voice.audio import OUTPUT_TAP_S
+
+    mixer = Mixer(SR)
+    played = []
+
+    def play(seconds: float, params: ToneParams) -> None:
+        mixer.set_tone(params)
+        for _ in range(int(seconds * SR / 128)):
+            out = np.zeros((128, 1), dtype=np.float32)
+            mixer.render(out)
+            played.append(out[:, 0].astype(np.float64))
+
+    tone, quiet = ToneParams(440.0, 0.3, ToneCue.FOLLOW), ToneParams(440.0, 0.0, ToneCue.QUIET)
+    ring = int(OUTPUT_TAP_S * SR) - 2 * 128
+    for seconds, params in ((1.0, tone), (OUTPUT_TAP_S + 1.0, quiet), (1.0, tone), (1.0, quiet), (0.5, tone)):
+        play(seconds, params)
+        heard = np.concatenate(played)
+        end = mixer.output_frame()
+        assert end == heard.shape[0]
+        span = min(ring, end)
+        reference = mixer.output_reference(end - span, end)
+        assert reference is not None
+        # float64 in the ring, float32 on the card: the same samples to float32's precision
+        np.testing.assert_array_equal(reference.astype(np.float32), heard[-span:].astype(np.float32))
+    assert np.abs(heard).max() > 0.2  # the tone was there

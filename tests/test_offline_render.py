@@ -140,3 +140,33 @@ def test_silence_and_instructions_planned_in_one_go_are_the_cards_blocks_to_the_
     assert (tmp_path / "card.wav").read_bytes() == (tmp_path / "offline.wav").read_bytes()
     assert max(planned) > 128  # some stretches were planned in one go
     assert len(planned) < sum(-(-4 * n // 128) for _, n in steps)  # fewer than the card's blocks
+
+
+@pytest.mark.parametrize(("seed", "quiet"), [(6, 0.1), (7, 0.3)])
+def test_the_tone_and_the_prompts_said_over_it_planned_in_one_go_are_the_cards_blocks_to_the_byte(
+        tmp_path, seed, quiet):
+    """A contraction's stretches of the tone alone, and of a phrase said over the ducked tone,
+    are planned a control tick at a time (`Mixer.plan_run`); long ticks here, so those
+    stretches span many of the card's blocks, cut where the card cuts them."""
+    from appliance.voice.audio import WavSink
+
+    clips, steps = _drive(seed, quiet)
+    live, offline = Mixer(22050), Mixer(22050)
+    live.tone.slot, offline.tone.slot = Slot(), Slot()
+    runs = []  # (blocks planned in one call, a phrase said over the tone)
+    plan_run = offline.tone.plan_run
+    offline.tone.plan_run = lambda sizes: (  # type: ignore[method-assign]
+        runs.append((len(f := plan_run(sizes)), offline._active is not None)), f)[1]
+    frame = 0
+    with WavSink(tmp_path / "card.wav", live, block_size=128) as card, \
+            WavSink(tmp_path / "offline.wav", offline, block_size=128, deferred=True) as wav:
+        for action, n in steps:
+            _apply(live, clips, action)
+            _apply(offline, clips, action)
+            frame += 40 * n  # a long control tick: tens of the card's blocks
+            card.render_until_frame(frame)
+            wav.render_until_frame(frame)
+            assert offline.playback_state() == live.playback_state()
+    assert (tmp_path / "card.wav").read_bytes() == (tmp_path / "offline.wav").read_bytes()
+    assert any(blocks > 1 and not speaking for blocks, speaking in runs)  # the tone alone
+    assert any(blocks > 1 and speaking for blocks, speaking in runs)  # a phrase over the tone

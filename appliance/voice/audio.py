@@ -1,7 +1,7 @@
 """One output stream: the live tone and queued speech mixed, the tone ducked under speech.
 
 `Mixer` produces the samples (lock-free, allocation-free per block); `DeviceOutput` pulls
-them from a sounddevice `OutputStream` and survives a missing sound card; `WavSink` pulls
+them from a sounddevice stream (PortAudio calling it directly) and survives a missing sound card; `WavSink` pulls
 them into a WAV file in session time, sample-exact, for simulation and tests.
 """
 
@@ -13,7 +13,7 @@ import threading
 import wave
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -123,6 +123,7 @@ class Mixer:
         blocks = -(-max(int(OUTPUT_TAP_S * self.sample_rate), 2 * self.max_block) // self.max_block)
         self._tap = np.zeros(blocks * self.max_block)
         self._tap_end = 0
+        self._tap_silent = 0  # frames of silence last written to it in a row: past its size, none to write
         # Offline rendering (`plan_block`, `render_planned`): blocks planned, samples not yet made.
         self._planned: list[tuple] = []
         self._runs: list[list] = []  # speech to add: [offset, samples, src, length, fade_pos or -1]
@@ -222,7 +223,11 @@ class Mixer:
         block_end = block_start + n
         cancel = self._cancel_req  # read first: a later cancellation waits for the next block
         tone = self.tone
-        if self._nothing_to_say():
+        active = self._active
+        # `_nothing_to_say()` and `_begin_block` written out for the common cases (every call
+        # a callback saves counts on a small CPU): nothing new in the ring, nothing fading.
+        settled = self._ring_r == self._ring_w and self._fading is None
+        if settled and active is None and not self._pending:  # nothing to say
             self._cancel_seen = cancel  # nothing said or queued: nothing to cancel, nothing left pending
             if tone.is_silent():
                 # Nothing to say and no tone: the common case between contractions.
@@ -236,26 +241,13 @@ class Mixer:
             tone.render(mix, tone0, tone1)
             self._emit(out, mix, n)
             return
-        pending, spoke = self._begin_block(block_end)
-        active = self._active
-        if (
-            active is not None
-            and self._phrase_alone(pending, block_end, n)
-            and active.item.scale != 1.0  # PCM: at most full scale, never clipped at volume <= 1
-            and self._vol == self.volume <= 1.0
-        ):
-            # One phrase and no tone (an instruction): the clip at the volume, the very numbers
-            # the full path below makes (+0.0 and clipping change nothing here), in three calls.
-            _, _, _, vol = self._ramp_gains(n, True)
-            mix = self._tap_slot(n)
-            np.copyto(mix, active.item.samples[active.pos : active.pos + n])
-            mix *= active.item.scale
-            mix *= vol
-            active.pos += n
-            if active.pos >= active.item.samples.shape[0]:
-                self._active = None
-            tone.skip_silent(n)
-            self._emit(out, mix, n)
+        if settled and active is not None and self._cancel_seen == cancel:
+            pending, spoke = self._pending, True  # what `_begin_block` would find: a phrase playing
+        else:
+            pending, spoke = self._begin_block(block_end)
+            active = self._active
+        if active is not None and self._phrase_alone(pending, block_end, n) and self._pcm_at_volume(active):
+            self._render_phrase_alone(out, active, n)
             return
         sp = self._speech[:n]
         if spoke:
@@ -301,6 +293,26 @@ class Mixer:
             np.maximum(mix, -1.0, out=mix)
         self._emit(out, mix, n)
 
+    def _pcm_at_volume(self, active: _Voice) -> bool:
+        """PCM (at most full scale, never clipped at a volume <= 1) at the settled volume."""
+        return active.item.scale != 1.0 and self._vol == self.volume <= 1.0
+
+    def _render_phrase_alone(self, out: np.ndarray, active: _Voice, n: int) -> None:
+        """One phrase and no tone (an instruction): the clip at the volume, the very numbers
+        the full path makes (+0.0 and clipping change nothing here), in three calls."""
+        _, _, _, vol = self._ramp_gains(n, True)
+        mix = self._tap_slot(n)
+        pos = active.pos
+        samples = active.item.samples
+        mix[...] = samples[pos : pos + n]  # a casting copy (np.copyto is a Python-level wrapper)
+        mix *= active.item.scale
+        mix *= vol
+        active.pos = pos = pos + n
+        if pos >= samples.shape[0]:
+            self._active = None
+        self.tone.skip_silent(n)
+        self._emit(out, mix, n)
+
     def _tap_slot(self, n: int) -> np.ndarray:
         """Where to make the next n samples: the output ring's own slice when they fit in
         one piece (always, for the sound card's fixed blocks: the ring is a whole number of
@@ -312,13 +324,14 @@ class Mixer:
 
     def _emit(self, out: np.ndarray, mix: np.ndarray, n: int) -> None:
         """The block made (in `_tap_slot(n)`) goes to the sound card and is published to the ring."""
-        if out.ndim == 2:
+        if out.ndim == 1:  # the card's own buffer (DeviceOutput), the WAV writer's
+            out[...] = mix
+        else:
             out[:, 0] = mix
             if out.shape[1] > 1:
                 out[:, 1:] = out[:, :1]
-        else:
-            out[:] = mix
         if mix.base is self._tap:
+            self._tap_silent = 0
             self._tap_end += n  # published after the samples are in place
         else:
             self._tap_write(mix, n)
@@ -348,9 +361,16 @@ class Mixer:
         `n` samples; returns the tone's gain and the master volume at its two ends.
         `render` and `plan_block` both step through here, so session.wav and the speaker
         ramp alike."""
-        if not speaking and self._duck == 1.0 and self._vol == self.volume and self._tvol == self.tone_volume:
-            g = self._vol * self._tvol  # all settled: the same numbers as the steps below give
-            return g, g, self._vol, self._vol
+        vol0, tv0 = self._vol, self._tvol
+        if vol0 == self.volume and tv0 == self.tone_volume:
+            # All settled: the same numbers as the steps below give (a step from a target
+            # stays on it), without them.
+            if not speaking and self._duck == 1.0:
+                g = vol0 * tv0
+                return g, g, vol0, vol0
+            if speaking and self._duck == self.duck_gain:
+                g = self._duck * vol0 * tv0
+                return g, g, vol0, vol0
         duck_target = self.duck_gain if speaking else 1.0
         step = n / (self.duck_frames if speaking else self.unduck_frames) * (1.0 - self.duck_gain)
         duck0 = self._duck
@@ -367,13 +387,18 @@ class Mixer:
     def _tap_write(self, mix: np.ndarray | None, n: int) -> None:
         """Append n rendered samples (None: silence) to the output ring; audio thread only."""
         size = self._tap.shape[0]
+        if mix is None and self._tap_silent >= size:  # the whole ring is silence already
+            self._tap_end += n
+            return
         start = self._tap_end % size
         first = min(n, size - start)
         if mix is None:
             self._tap[start : start + first] = 0.0
             if first < n:
                 self._tap[: n - first] = 0.0
+            self._tap_silent += n
         else:
+            self._tap_silent = 0
             self._tap[start : start + first] = mix[:first]
             if first < n:
                 self._tap[: n - first] = mix[first:n]
@@ -412,7 +437,7 @@ class Mixer:
         # A mixed-dtype `+=` (or multiply) would allocate numpy's cast buffer on every call;
         # a casting copy into scratch space does not.
         tmp = self._cast[: dst.shape[0]]
-        np.copyto(tmp, src)
+        tmp[...] = src
         if scale != 1.0:
             tmp *= scale
         dst += tmp
@@ -440,7 +465,7 @@ class Mixer:
         m = min(n, self._fade.shape[0] - self._fade_pos, samples.shape[0] - voice.pos)
         if m > 0:
             tmp = self._tmp[:m]
-            np.copyto(tmp, samples[voice.pos : voice.pos + m])
+            tmp[...] = samples[voice.pos : voice.pos + m]
             if voice.item.scale != 1.0:
                 tmp *= voice.item.scale
             tmp *= self._fade[self._fade_pos : self._fade_pos + m]
@@ -554,7 +579,8 @@ class Mixer:
         Silence (nothing said, queued, fading or cancelled, no tone) stays silence: all of
         it. One phrase alone at a settled volume and duck (an instruction) goes on the same
         way until it ends or the next phrase starts: whole blocks of it, so the block where
-        it ends is cut where the card would cut it. Anything else: one block.
+        it ends is cut where the card would cut it (all of `limit` when it goes on that
+        far). Anything else: one block.
         """
         if self._ring_r != self._ring_w or self._fading is not None or not self.tone.is_silent():
             return min(block, limit)
@@ -567,7 +593,84 @@ class Mixer:
         room = min(limit, active.item.samples.shape[0] - active.pos)
         if self._pending:
             room = min(room, self._pending[0].start_frame - self._frame)
+        if room == limit:  # it goes on to the end of the call: the card's last, shorter block too
+            return limit
         return max(room - room % block, min(block, limit))
+
+    def plan_run(self, block: int, limit: int) -> int:
+        """Plan the card's next blocks of `block` frames, as many as are alike, up to `limit`
+        frames (the last block cut at `limit`, as the WAV writer cuts it); returns the frames
+        planned (at least one block).
+
+        Between two calls the control side does not act, so a stretch of the tone at a
+        settled volume and duck stays that until the call ends, the tone falls silent, or
+        the phrase said over it ends or another starts: its blocks are planned in one go
+        (`_plan_tone_run`), each the block `plan_block` would plan. Silence and an
+        instruction alone go as `steady_frames` says; anything else (a duck or volume on
+        the move, a clip starting or fading) one block.
+        """
+        tone = self.tone
+        if (
+            limit > block
+            and self._ring_r == self._ring_w
+            and self._fading is None
+            and self._vol == self.volume
+            and self._tvol == self.tone_volume
+            and not tone.is_silent()
+        ):
+            active = self._active
+            n = 0
+            if active is None:
+                if not self._pending and self._duck == 1.0:  # the tone alone
+                    n = self._plan_tone_run(block, limit, limit, None)
+            elif self._cancel_seen == self._cancel_req and self._duck == self.duck_gain:
+                # a phrase over the (ducked) tone, until it ends or the next one starts
+                room = active.item.samples.shape[0] - active.pos
+                if self._pending:
+                    room = min(room, self._pending[0].start_frame - self._frame)
+                n = self._plan_tone_run(block, limit, room, active)
+            if n:
+                return n
+        n = self.steady_frames(block, limit) if limit > block else limit  # (one block: all of it, whatever it is)
+        self.plan_block(n)
+        return n
+
+    def _plan_tone_run(self, block: int, limit: int, room: int, active: _Voice | None) -> int:
+        """`plan_block` for the card's blocks up to `limit` that fit whole in `room` frames,
+        the tone sounding at settled gains and `active` (if any) said over it all along;
+        returns the frames planned (0: not even one block fits).
+
+        What `plan_block` does per block, done per stretch: the tone's figures block by
+        block (`ToneSynth.plan_run`), the settled gains `_ramp_gains` would return, the
+        phrase's run grown once by the stretch (`_plan_clip` joins a clip's consecutive
+        runs into one anyway)."""
+        if limit <= room:
+            full, rest = divmod(limit, block)
+            sizes = [block] * full
+            if rest:
+                sizes.append(rest)
+        else:
+            sizes = [block] * (max(room, 0) // block)
+        figures = self.tone.plan_run(sizes) if sizes else []
+        if not figures:
+            return 0
+        frames = sum(sizes[: len(figures)])
+        vol = self._vol
+        speaking = active is not None
+        if active is not None:
+            g = self._duck * vol * self._tvol  # `_ramp_gains` with the duck down and all settled
+            self._plan_clip(self._planned_frames, active.item.samples, active.pos, frames)
+            active.pos += frames
+            if active.pos >= active.item.samples.shape[0]:
+                self._active = None
+        else:
+            g = vol * self._tvol  # `_ramp_gains` when all is settled
+            self._cancel_seen = self._cancel_req  # as `plan_block`: nothing said or queued
+        # (`figures` may stop short of `sizes`: where the tone falls silent)
+        self._planned.extend([(n, fig, g, g, speaking, vol, vol) for n, fig in zip(sizes, figures, strict=False)])
+        self._frame += frames
+        self._planned_frames += frames
+        return frames
 
     def planned_frames(self) -> int:
         """Frames planned by `plan_block` whose samples `render_planned` has not made yet."""
@@ -656,18 +759,17 @@ class WavSink:
 
     def render_until_frame(self, frame: int) -> None:
         block, size = self.block_size, self._buf.shape[0]
-        plan, render = self.mixer.plan_block, self.mixer.render
-        deferred, steady = self.deferred, self.mixer.steady_frames
+        plan, render = self.mixer.plan_run, self.mixer.render
+        deferred = self.deferred
         while self.frames_written < frame:
             fill = self._fill
-            n = min(block, frame - self.frames_written, size - fill)
             if deferred:
-                # Silence, or an instruction alone, goes on unchanged until the control side
-                # acts (between two calls): the card's blocks of it are planned in one go.
-                n = steady(block, min(frame - self.frames_written, size - fill))
-            if deferred:
-                plan(n)
+                # What goes on unchanged until the control side acts (between two calls):
+                # silence, an instruction alone, the tone alone; the card's blocks of it
+                # are planned in one go.
+                n = plan(block, min(frame - self.frames_written, size - fill))
             else:
+                n = min(block, frame - self.frames_written, size - fill)
                 render(self._buf[fill : fill + n])
             self._fill = fill + n
             self.frames_written += n
@@ -715,13 +817,22 @@ class PortAudioStream(Protocol):
 
 
 class DeviceOutput:
-    """The mixer on a sound card through a sounddevice `OutputStream`.
+    """The mixer on a sound card through a sounddevice stream whose callback is PortAudio's own.
 
     Without a usable device the appliance keeps running in silence: the fault is logged
     once, the device retried every `retry_s` seconds, and speech dropped meanwhile so
     nothing piles up. Underruns are counted in the callback and logged from a
     supervisor thread, never from the audio thread.
+
+    The stream is sounddevice's `_StreamBase` (its base class for custom streams, as
+    python-rtmixer uses it) given a cffi function pointer (`portaudio_callback`), so
+    PortAudio calls `_callback` with its own arguments: no wrapper builds a buffer
+    object, a flags object and an array around every callback. The mixer fills the
+    card's float32 buffer through a flat array view, made again only when PortAudio hands
+    over a different buffer (it reuses one as a rule).
     """
+
+    STREAM = "portaudio"  # what the stream's callback is (bench/device_rig.py's stand-in card follows it)
 
     def __init__(
         self,
@@ -751,6 +862,9 @@ class DeviceOutput:
         self._stop = threading.Event()
         self._opened = threading.Event()
         self._thread: threading.Thread | None = None
+        self._c_callback: Any = None  # the cffi function pointer PortAudio calls (made once)
+        self._view: np.ndarray | None = None  # the card's buffer as float32 samples
+        self._view_of: Any = None  # the buffer pointer it views
         mixer.prepare(self.block_size)
         mixer.running = False
 
@@ -774,25 +888,41 @@ class DeviceOutput:
             self._thread = None
         self._close()
 
-    def _callback(self, outdata: np.ndarray, frames: int, time_info, status) -> None:  # noqa: ANN001
-        if status.output_underflow:
+    def portaudio_callback(self) -> Any:
+        """`_callback` as the C function PortAudio calls (`PaStreamCallback`), made once.
+        An exception in it aborts the stream (as sounddevice's own wrapper does); the
+        supervisor then reopens it."""
+        if self._c_callback is None:
+            self._c_callback = _portaudio_ffi().callback("PaStreamCallback", self._callback, error=PA_ABORT)
+        return self._c_callback
+
+    def _callback(self, iptr, optr, frames, time_info, status, userdata) -> int:  # noqa: ANN001
+        """PortAudio's stream callback: fill `frames` float32 samples at `optr`."""
+        if status & PA_OUTPUT_UNDERFLOW:
             self.underruns += 1
         self.callbacks += 1
-        self.mixer.render(outdata)
+        out = self._view
+        if optr != self._view_of or out is None or out.shape[0] != frames:  # cdata pointers compare by address
+            out = self._view = np.frombuffer(_portaudio_ffi().buffer(optr, 4 * frames), dtype=np.float32)
+            self._view_of = optr
+        self.mixer.render(out)
+        return PA_CONTINUE
 
     def _open(self) -> bool:
         self.open_attempts += 1
         try:
             import sounddevice as sd  # PortAudio missing is just another absent device
 
-            stream = sd.OutputStream(
+            stream = sd._StreamBase(  # the base class sounddevice offers for custom streams
+                kind="output",
                 samplerate=self.mixer.sample_rate,
                 blocksize=self.block_size,
                 device=self.device,
                 channels=1,
                 dtype="float32",
                 latency=self.latency,
-                callback=self._callback,
+                callback=self.portaudio_callback(),
+                wrap_callback=None,
             )
             stream.start()
         except Exception as exc:  # noqa: BLE001 - any failure means "no device yet"
@@ -831,6 +961,7 @@ class DeviceOutput:
                 stream.close()
             except Exception as exc:  # noqa: BLE001
                 log.warning("closing audio output: %s", exc)
+        self._view = self._view_of = None  # the stream's buffers are gone with it
 
     def _supervise(self) -> None:
         logged_underruns = 0
@@ -850,6 +981,35 @@ class DeviceOutput:
                 log.warning("audio output: %d underrun(s) so far", self.underruns)
                 logged_underruns = self.underruns
             self._stop.wait(1.0)
+
+
+# PortAudio's callback ABI (portaudio.h): what `DeviceOutput.portaudio_callback` is made of.
+PA_CONTINUE, PA_ABORT = 0, 2  # PaStreamCallbackResult
+PA_OUTPUT_UNDERFLOW = 0x4  # PaStreamCallbackFlags
+_PORTAUDIO_CDEF = """
+typedef struct PaStreamCallbackTimeInfo {
+    double inputBufferAdcTime;
+    double currentTime;
+    double outputBufferDacTime;
+} PaStreamCallbackTimeInfo;
+typedef unsigned long PaStreamCallbackFlags;
+typedef int PaStreamCallback(const void *input, void *output, unsigned long frameCount,
+                             const PaStreamCallbackTimeInfo *timeInfo, PaStreamCallbackFlags statusFlags,
+                             void *userData);
+"""
+_ffi: Any = None
+
+
+def _portaudio_ffi() -> Any:
+    """A cffi FFI that knows PortAudio's callback type (sounddevice casts its pointer)."""
+    global _ffi
+    if _ffi is None:
+        import cffi  # type: ignore[import-untyped]  # sounddevice's own dependency
+
+        ffi = cffi.FFI()
+        ffi.cdef(_PORTAUDIO_CDEF)
+        _ffi = ffi
+    return _ffi
 
 
 def rescan_devices() -> None:

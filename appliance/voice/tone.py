@@ -14,6 +14,7 @@ follows it within a block, between control ticks (bench/latency.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from itertools import chain
@@ -262,6 +263,10 @@ class ToneSynth:
         self._lag = _lag_table(k, glide_ms, self.sample_rate)  # what is left of a step after k samples
         self._plag = _lag_table(k, pitch_glide_ms, self.sample_rate)  # the same for the pitch
         self._plag_sum = np.cumsum(self._plag)  # its running sum: the phase of the glide
+        # The same tables as Python floats (the same numbers), for `plan_run`'s scalar steps.
+        self._lag_f: list[float] = self._lag.tolist()
+        self._plag_f: list[float] = self._plag.tolist()
+        self._plag_sum_f: list[float] = self._plag_sum.tolist()
         self._ph = np.zeros(self.max_block)
         self._tmp = np.zeros(self.max_block)
         self._env = np.zeros(self.max_block)
@@ -365,10 +370,11 @@ class ToneSynth:
             out.fill(0.0)
             self._asleep = True
             return
-        timbre = self._timbre(p)
+        timbre_of = self._timbre_of  # `_timbre(p)` and `target_hz(p)` without the calls when nothing changed
+        timbre = timbre_of[1] if timbre_of[0] is p else self._timbre(p)
         sr = self.sample_rate
         lag_end = self._lag[n - 1]
-        hz = self.target_hz(p)
+        hz = p.freq_hz if p.live is None else self.target_hz(p)
         if self._asleep:
             self._wake(hz, timbre)
         w0 = TWO_PI * self._freq / sr
@@ -499,6 +505,71 @@ class ToneSynth:
         self._advance(n, w0, wt, timbre, self._lag[n - 1])  # render's own step of the glides
         return figures
 
+    def plan_run(self, sizes: Sequence[int]) -> list[tuple]:
+        """`plan(n, ...)` for each block of `sizes` in turn, in one call: the figures of each
+        block, up to (not including) the first one the tone would be silent for (its loudness
+        and its target both zero: `plan` would return None there, and the mixer's silent path
+        takes over).
+
+        For the offline renderer's stretches of the tone alone, where nothing `plan` reads
+        changes between the blocks (the params, the live slot's value: no other code runs
+        between them). Each block's figures and the state after it are `plan`'s and
+        `_advance`'s own expressions, evaluated in the same order on the same numbers, so
+        the result is bit for bit that of `plan` called block by block.
+        """
+        figures: list[tuple] = []
+        p = self._params
+        amp_t = p.amplitude
+        amp = self._amp
+        if not sizes or (amp == 0.0 and amp_t == 0.0):
+            return figures
+        timbre = self._timbre(p)
+        sr = self.sample_rate
+        hz = self.target_hz(p)
+        if self._asleep:
+            self._wake(hz, timbre)
+        wt = TWO_PI * hz / sr
+        target_hz = wt * sr / TWO_PI
+        close_hz = 1e-7 * target_hz
+        t_fifth, t_third, t_depth = timbre.fifth, timbre.third_harmonic, timbre.tremolo_depth
+        lag, plag, plag_sum = self._lag_f, self._plag_f, self._plag_sum_f
+        phase, freq, fifth, third, depth = self._phase, self._freq, self._fifth, self._third, self._trem_depth
+        lfo_phase, trem_hz = self._lfo_phase, self._trem_hz
+        append = figures.append
+        for n in sizes:
+            if amp == 0.0 and amp_t == 0.0:
+                break
+            w0 = TWO_PI * freq / sr
+            f0, ft = (fifth, t_fifth) if fifth > 1e-6 or t_fifth > 0 else (0.0, 0.0)
+            h0, ht = (third, t_third) if third > 1e-6 or t_third > 0 else (0.0, 0.0)
+            if depth > 1e-6 or t_depth > 0:
+                trem_hz = timbre.tremolo_hz if t_depth > 0 else trem_hz
+                lw = TWO_PI * trem_hz / sr
+                lfo = lfo_phase
+                lfo_phase = (lfo + lw * n) % TWO_PI
+                append((phase, w0, wt, amp, amp_t, f0, ft, h0, ht, depth, t_depth, lw, lfo))
+            else:
+                append((phase, w0, wt, amp, amp_t, f0, ft, h0, ht, 0.0, 0.0, 0.0, 0.0))
+            # `_advance`, step for step
+            lag_end = lag[n - 1]
+            if w0 == wt:
+                phase = (phase + wt * n) % PHASE_WRAP
+            else:
+                phase = (phase + wt * n + (w0 - wt) * plag_sum[n - 1]) % PHASE_WRAP
+                freq = _settle(freq, target_hz, plag[n - 1], close_hz)
+            if amp != amp_t:
+                amp = _settle(amp, amp_t, lag_end, 1e-7)
+            if fifth != t_fifth:
+                fifth = _settle(fifth, t_fifth, lag_end, 1e-7)
+            if third != t_third:
+                third = _settle(third, t_third, lag_end, 1e-7)
+            if depth != t_depth:
+                depth = _settle(depth, t_depth, lag_end, 1e-7)
+        self._phase, self._freq, self._amp = phase, freq, amp
+        self._fifth, self._third, self._trem_depth = fifth, third, depth
+        self._lfo_phase, self._trem_hz = lfo_phase, trem_hz
+        return figures
+
     def render_planned(self, out: np.ndarray, lengths: np.ndarray, figures: list[tuple | None],
                        gains: np.ndarray) -> None:
         """The samples of blocks planned by `plan`, all at once: `out` (float64) is their
@@ -600,16 +671,16 @@ def _sin32(x: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
     (SIMD), its float64 one is not, and is 50 times slower on a second of samples. A phase
     below 20 rad in float32 is off by under 1e-6 rad: a hundredth of a 16-bit step. The
     offline renderer takes the same path (`astype(float32)`), so the two agree bit for bit."""
-    np.copyto(scratch, x)
+    scratch[...] = x  # casting copies by assignment: np.copyto is a Python-level wrapper
     np.sin(scratch, out=scratch)
-    np.copyto(out, scratch)
+    out[...] = scratch
 
 
 def _cos32(x: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
     """`out = cos(x)` in float32, as `_sin32`."""
-    np.copyto(scratch, x)
+    scratch[...] = x
     np.cos(scratch, out=scratch)
-    np.copyto(out, scratch)
+    out[...] = scratch
 
 
 def _lag_table(k: np.ndarray, glide_ms: float, sample_rate: int) -> np.ndarray:
