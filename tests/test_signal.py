@@ -95,6 +95,24 @@ def _late_release(dt=0.01):
     return r.metrics(mvc_cmh2o=40.0, dt=dt)
 
 
+def test_a_weak_floor_that_lets_go_is_not_flagged_for_its_breathing():
+    """MVC 13 cmH2O: a calm breath's 1.5 cmH2O ripple is 11.5 %MVC. Within 2.5 cmH2O of rest
+    she has let go; 4 cmH2O up (31 %MVC, more than a quarter of her squeeze) she has not."""
+    def rest_at(cmh2o: float, mvc: float = 13.0, dt: float = 0.01) -> bool:
+        r = RepRecorder(contract_at=0.0)
+        t = 0.0
+        for _ in range(int(5.0 / dt)):
+            r.add(t, 90.0, 80.0, False)
+            t += dt
+        for _ in range(int(3.0 / dt)):
+            r.add(t, cmh2o * 100.0 / mvc, 0.0, True)
+            t += dt
+        return r.metrics(mvc_cmh2o=mvc, dt=dt).release_complete
+
+    assert rest_at(1.5) and rest_at(2.4)
+    assert not rest_at(4.0)
+
+
 def test_a_release_seconds_late_is_not_logged_as_release_ok():
     """Let go only 3 s into the rest: the coach says "Laat helemaal los." 1.5 s in, and the
     stored metric says the same, though she was down by the end of the rest."""
