@@ -64,6 +64,15 @@ class Measuring:
         self._rest_tail = []
 
     def _take_samples(self, times: Iterable[float], values: Iterable[float]) -> None:
+        # Block by block (the filter, the detector and the recorder each take the whole read):
+        # the same values in the same order as one sample at a time.
+        ts = times if isinstance(times, list) else list(times)
+        vs = values if isinstance(values, list) else list(values)
+        n = min(len(ts), len(vs))
+        if n == 0:
+            return
+        if len(ts) != n or len(vs) != n:
+            ts, vs = ts[:n], vs[:n]
         seg = self._segment
         cal = self.calibration
         phase = seg.current if seg is not None and self.state is not State.PAUSED else None
@@ -71,26 +80,28 @@ class Measuring:
         rec = seg.recorder if seg is not None and seg.kind is SegmentKind.REP and phase else None
         if rec is not None and not self._uses_probe(seg):
             rec = None  # a daily-life exercise: the probe is out, nothing to measure
-        hold_target = phase.level_pct if phase and phase.holding else 0.0
-        relaxing = kind in RELAXING
-        moving = kind is SessionPhase.MOVE
-        filt = self._filter
-        for ts, v in zip(times, values, strict=False):
-            p = filt(v)
-            self._pressure = p
-            if cal is not None:
-                self._strength_pct = (p - cal.rest_cmh2o) * 100.0 / cal.mvc_cmh2o
-                if self._detector.update(ts, self._strength_pct) and rec is not None:
-                    rec.contractions += 1
+        ps = self._filter.run(vs)
+        self._pressure = ps[-1]
+        if cal is not None:
+            rest, mvc = cal.rest_cmh2o, cal.mvc_cmh2o
+            pcts = [(p - rest) * 100.0 / mvc for p in ps]
+            self._strength_pct = pcts[-1]
+            onsets = self._detector.onsets_in(ts, pcts)
             if rec is not None:
-                rec.add(ts - self.t0, self._strength_pct, hold_target, relaxing, moving)
-                if kind is SessionPhase.REST:
-                    self._rest_tail.append(p)
-            elif kind is SessionPhase.CALIBRATE_REST:
-                self._calib_rest.append(p)
-            elif kind is SessionPhase.CALIBRATE_SQUEEZE:
-                self._calib_window.append(p)
-
+                rec.contractions += onsets
+        else:
+            pcts = [self._strength_pct] * n
+        if rec is not None:
+            assert phase is not None
+            t0 = self.t0
+            rec.add_block([t - t0 for t in ts], pcts, phase.level_pct if phase.holding else 0.0,
+                          kind in RELAXING, kind is SessionPhase.MOVE)
+            if kind is SessionPhase.REST:
+                self._rest_tail.extend(ps)
+        elif kind is SessionPhase.CALIBRATE_REST:
+            self._calib_rest.extend(ps)
+        elif kind is SessionPhase.CALIBRATE_SQUEEZE:
+            self._calib_window.extend(ps)
 
     def _uses_probe(self, seg: Segment | None) -> bool:
         """Whether the segment's exercise is measured (not a daily-life one, probe out)."""

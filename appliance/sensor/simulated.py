@@ -217,45 +217,102 @@ class SimulatedPelvicFloor:
         times: list[float] = []
         values: list[float] = []
         belly: list[float] = []
-        p = self.patient
-        rng = self._rng
         dt = self._dt
-        while self._t + dt <= t + 1e-9:
-            self._t += dt
-            now = self._t
+        now = self._t  # time of the last produced sample
+        limit = t + 1e-9
+        if now + dt > limit:  # no sample due (most control ticks)
+            if self.abdominal is not None:
+                self.abdominal = (times, belly)
+            return times, values
+        # Per sample below: the state in locals, written back at the end; the plan, the fault,
+        # the motion and the breath's current cycle do not change within one read. Every
+        # expression keeps the grouping (and so the floats) of the one-method-per-step form,
+        # and the random draws come in the same order.
+        p = self.patient
+        gauss = self._rng.gauss
+        a, capacity, push_p, drift = self._a, self._capacity, self._push, self._drift
+        plan_start, plan_end, u_from, u_to = self._plan_start, self._plan_end, self._u_from, self._u_to
+        du, span = u_to - u_from, plan_end - plan_start
+        fault = self._fault
+        give_up_at = self._fault_at if fault is Fault.GIVE_UP and self._fault_at and u_to > 0 else None
+        pushing = fault is Fault.PUSH_DOWN and u_to > 0.05
+        alpha_rise, alpha_fall = self._alpha_rise, self._alpha_fall
+        fatigue, recovery = p.fatigue_per_s, p.recovery_per_s
+        rest, mvc = p.rest_cmh2o, p.mvc_cmh2o
+        push_goal = 0.45 * mvc
+        push_decay = 1 - dt / 0.8
+        noise, drift_step = p.noise_cmh2o, self._drift_step
+        # The breath: held (a constant), or the cosine of the current cycle.
+        holding = self._breath_holding
+        held = p.breath_ripple_cmh2o * 0.9
+        half_ripple = p.breath_ripple_cmh2o * 0.5
+        breath_start = self._breath_start
+        inhale, exhale = self._breath_len
+        cycle = inhale + exhale
+        pi, cos = math.pi, math.cos
+        # The motion: a constant, or a function of time (walking, hopping).
+        motion = self._motion
+        still = _MOTION_STEADY.get(motion, 0.0)
+        moves = motion in _MOTION_MOVING
+        abdominal = self.abdominal is not None
+        tensing = fault is Fault.ABDOMINAL
+        add_time, add_value = times.append, values.append
+        while now + dt <= limit:
+            now += dt
             # Command: the plan, with the technique faults bending it.
-            u = self._command_at(now) if now >= self._plan_start else self._u_from
-            fault = self._fault
-            push = fault is Fault.PUSH_DOWN and u > 0.05 and self._u_to > 0.05
-            if fault is Fault.GIVE_UP and self._fault_at and now >= self._fault_at and self._u_to > 0:
+            if now <= plan_start:
+                u = u_from
+            elif now >= plan_end:
+                u = u_to
+            else:
+                u = u_from + du * ((now - plan_start) / span)
+            push = pushing and u > 0.05
+            if give_up_at is not None and now >= give_up_at:
                 u = 0.0
             if push:
                 u = 0.0  # no lift at all: the rise comes from bearing down
-            u *= self._capacity
-            alpha = self._alpha_rise if u > self._a else self._alpha_fall
-            self._a += (u - self._a) * alpha
+            u *= capacity
+            a += (u - a) * (alpha_rise if u > a else alpha_fall)
             # Fatigue while working, recovery while resting.
-            if self._a > 0.05:
-                self._capacity = max(0.3, self._capacity - p.fatigue_per_s * self._a * dt)
+            if a > 0.05:
+                c = capacity - fatigue * a * dt
+                capacity = c if c > 0.3 else 0.3
             else:
-                self._capacity += (1.0 - self._capacity) * p.recovery_per_s * dt
-            pressure = p.rest_cmh2o + self._a * p.mvc_cmh2o
+                capacity += (1.0 - capacity) * recovery * dt
+            pressure = rest + a * mvc
             # Bearing down: a slow, broad rise of intra-abdominal pressure.
             if push:
-                self._push += (0.45 * p.mvc_cmh2o - self._push) * dt / 1.5
+                push_p += (push_goal - push_p) * dt / 1.5
             else:
-                self._push *= 1 - dt / 0.8
-            pressure += self._push
-            pressure += self._breath(now)
-            pressure += self._motion_artifact(now)
-            self._drift += rng.gauss(0.0, self._drift_step) - self._drift * dt / 120.0
-            pressure += self._drift + rng.gauss(0.0, p.noise_cmh2o)
-            times.append(now)
-            values.append(pressure)
-            if self.abdominal is not None:
-                tensed = 0.6 * self._a * p.mvc_cmh2o if fault is Fault.ABDOMINAL else 0.0
-                belly.append(10.0 + tensed + 0.3 * self._breath(now) + rng.gauss(0.0, p.noise_cmh2o))
-        if self.abdominal is not None:
+                push_p *= push_decay
+            pressure += push_p
+            if holding:
+                breath = held  # held in: pressure stays up
+            else:
+                tau = now - breath_start
+                if tau >= cycle:  # a new breath: the method draws its length
+                    breath = self._breath(now)
+                    breath_start = self._breath_start
+                    inhale, exhale = self._breath_len
+                    cycle = inhale + exhale
+                elif tau < inhale:  # diaphragm descends: abdominal pressure rises
+                    breath = half_ripple * (1 - cos(pi * tau / inhale))
+                else:
+                    breath = half_ripple * (1 + cos(pi * (tau - inhale) / exhale))
+            pressure += breath
+            pressure += self._motion_artifact(now) if moves else still
+            drift += gauss(0.0, drift_step) - drift * dt / 120.0
+            pressure += drift + gauss(0.0, noise)
+            add_time(now)
+            add_value(pressure)
+            if abdominal:
+                tensed = 0.6 * a * mvc if tensing else 0.0
+                belly.append(10.0 + tensed + 0.3 * self._breath(now) + gauss(0.0, noise))
+                breath_start = self._breath_start
+                inhale, exhale = self._breath_len
+                cycle = inhale + exhale
+        self._t, self._a, self._capacity, self._push, self._drift = now, a, capacity, push_p, drift
+        if abdominal:
             self.abdominal = (times, belly)
         return times, values
 
@@ -289,3 +346,8 @@ class SimulatedPelvicFloor:
             phase = now % 0.5
             return 25.0 * math.sin(math.pi * phase / 0.08) if phase < 0.08 else 0.0
         return 0.0
+
+
+# `_motion_artifact` of the motions that do not change within a phase, and of those that do.
+_MOTION_STEADY = {"none": 0.0, "knee_lift": 3.0, "squat_back": 2.0}
+_MOTION_MOVING = frozenset({"walk", "hop"})

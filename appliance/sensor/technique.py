@@ -192,14 +192,14 @@ class TechniqueMonitor:
     # --- samples (session seconds) -----------------------------------------------------------
 
     def add(self, times, cmh2o) -> None:
-        self._t.extend(float(t) for t in times)
-        self._p.extend(float(p) for p in cmh2o)
+        self._t.extend(map(float, times))
+        self._p.extend(map(float, cmh2o))
         if self._t and self._rep_key is not None:
             self._check_live(self._t[-1])
 
     def add_abdominal(self, times, cmh2o) -> None:
-        self._abd_t.extend(float(t) for t in times)
-        self._abd_p.extend(float(p) for p in cmh2o)
+        self._abd_t.extend(map(float, times))
+        self._abd_p.extend(map(float, cmh2o))
 
     def finish(self) -> None:
         """Judge the last repetition (end of session)."""
@@ -313,10 +313,14 @@ class TechniqueMonitor:
             live.baseline = self._baseline(live.cue)
             if live.baseline is None:
                 return
-        moving = any(k == "move" for k, _, _ in self._phases)
+        squeezing = kind in SQUEEZING
+        late_release = kind == "rest" and now - start >= self.settings.late_release_after_s
+        if not (squeezing or late_release):
+            return  # nothing to look at now (the level below is only read by these checks)
         t, p = self._recent(now - 0.5)
         live.level = float(np.mean(p)) - live.baseline if len(p) >= 10 else None
-        if kind in SQUEEZING:
+        if squeezing:
+            moving = any(k == "move" for k, _, _ in self._phases)
             if live.level is not None and now - live.cue >= 0.5:
                 live.plateau = max(live.plateau, live.level)
             self._live_push_down(now, moving)
@@ -325,7 +329,7 @@ class TechniqueMonitor:
                 self._live_let_go(now, start, end)
             if kind in ("hold", "move"):
                 self._live_breath_hold(now, start)
-        elif kind == "rest" and now - start >= self.settings.late_release_after_s:
+        else:
             self._live_late_release(now)
 
     def _baseline(self, cue: float) -> float | None:
@@ -481,7 +485,6 @@ class ObservedSource:
     def read_until(self, t: float):
         times, values = self.source.read_until(t)
         t0 = self.session.t0
-        session_times = [float(x) - t0 for x in times]
         # Only relaxed stretches: a squeeze would swamp the few-cmH2O breath ripple.
         # The first seconds of a rest are the release settling, not breathing.
         relaxed = self._phase is None or (
@@ -491,7 +494,7 @@ class ObservedSource:
             self.breath.add(times, values)
             self.breath.estimate()  # a fit now and then keeps the breath-to-breath check alive
         if self.technique is not None:
-            self.technique.add(session_times, values)
+            self.technique.add([float(x) - t0 for x in times], values)
             abd = getattr(self.source, "abdominal", None)
             if abd is not None and len(abd[0]):
                 self.technique.add_abdominal([float(x) - t0 for x in abd[0]], abd[1])
