@@ -64,15 +64,15 @@ class Measuring:
         self._rest_tail = []
 
     def _take_samples(self, times: Iterable[float], values: Iterable[float]) -> None:
-        # Block by block (the filter, the detector and the recorder each take the whole read):
-        # the same values in the same order as one sample at a time.
-        ts = times if isinstance(times, list) else list(times)
-        vs = values if isinstance(values, list) else list(values)
-        n = min(len(ts), len(vs))
-        if n == 0:
-            return
-        if len(ts) != n or len(vs) != n:
+        # The filter takes the whole read at once and the recorder gets it as one block: the
+        # same values in the same order as one sample at a time, with fewer calls per sample.
+        ts = times if type(times) is list else list(times)
+        vs = values if type(values) is list else list(values)
+        if len(ts) != len(vs):
+            n = min(len(ts), len(vs))
             ts, vs = ts[:n], vs[:n]
+        if not vs:
+            return
         seg = self._segment
         cal = self.calibration
         phase = seg.current if seg is not None and self.state is not State.PAUSED else None
@@ -84,18 +84,30 @@ class Measuring:
         self._pressure = ps[-1]
         if cal is not None:
             rest, mvc = cal.rest_cmh2o, cal.mvc_cmh2o
-            pcts = [(p - rest) * 100.0 / mvc for p in ps]
-            self._strength_pct = pcts[-1]
-            onsets = self._detector.onsets_in(ts, pcts)
-            if rec is not None:
-                rec.contractions += onsets
-        else:
-            pcts = [self._strength_pct] * n
+            update = self._detector.update
+            strength = self._strength_pct
+            if rec is None:
+                for t, p in zip(ts, ps):
+                    strength = (p - rest) * 100.0 / mvc
+                    update(t, strength)
+            else:
+                t0 = self.t0
+                rel: list[float] = []
+                pcts: list[float] = []
+                for t, p in zip(ts, ps):
+                    strength = (p - rest) * 100.0 / mvc
+                    rel.append(t - t0)
+                    pcts.append(strength)
+                    if update(t, strength):
+                        rec.contractions += 1
+            self._strength_pct = strength
+        elif rec is not None:
+            t0 = self.t0
+            rel, pcts = [t - t0 for t in ts], [self._strength_pct] * len(ps)
         if rec is not None:
             assert phase is not None
-            t0 = self.t0
-            rec.add_block([t - t0 for t in ts], pcts, phase.level_pct if phase.holding else 0.0,
-                          kind in RELAXING, kind is SessionPhase.MOVE)
+            rec.add_block(rel, pcts, phase.level_pct if phase.holding else 0.0, kind in RELAXING,
+                          kind is SessionPhase.MOVE)
             if kind is SessionPhase.REST:
                 self._rest_tail.extend(ps)
         elif kind is SessionPhase.CALIBRATE_REST:

@@ -54,20 +54,13 @@ class OneEuroFilter:
 
     def run(self, xs: Iterable[float]) -> list[float]:
         """Filter a block of samples in order: `[self(x) for x in xs]`, without a call per sample."""
-        out: list[float] = []
-        it = iter(xs)
         prev = self._x
         if prev is None:
-            for x in it:
-                prev = x
-                out.append(x)
-                break
-            else:
-                return out
-        rate, a_d, min_cutoff, beta, te = self.rate_hz, self._a_d, self.min_cutoff_hz, self.beta, self._te
-        d = self._dx
+            return [self(x) for x in xs]  # the first sample passes as it is
+        d, a_d, rate, min_cutoff, beta, te = self._dx, self._a_d, self.rate_hz, self.min_cutoff_hz, self.beta, self._te
+        out: list[float] = []
         append = out.append
-        for x in it:
+        for x in xs:
             d += a_d * ((x - prev) * rate - d)
             prev = prev + 1.0 / (1.0 + (1.0 / (_TWO_PI * (min_cutoff + beta * abs(d)))) / te) * (x - prev)
             append(prev)
