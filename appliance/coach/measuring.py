@@ -87,14 +87,14 @@ class Measuring:
             update = self._detector.update
             strength = self._strength_pct
             if rec is None:
-                for t, p in zip(ts, ps):
+                for t, p in zip(ts, ps, strict=True):
                     strength = (p - rest) * 100.0 / mvc
                     update(t, strength)
             else:
                 t0 = self.t0
                 rel: list[float] = []
                 pcts: list[float] = []
-                for t, p in zip(ts, ps):
+                for t, p in zip(ts, ps, strict=True):
                     strength = (p - rest) * 100.0 / mvc
                     rel.append(t - t0)
                     pcts.append(strength)

@@ -112,30 +112,6 @@ class ContractionDetector:
             return False
         return None
 
-    def onsets_in(self, times: Iterable[float], strengths_pct: Iterable[float]) -> int:
-        """Feed a block of values in order (`update` for each); returns how many were onsets."""
-        n = 0
-        on, off, min_off = self.on_pct, self.off_pct, self.min_off_s
-        active, below = self.active, self._below_since
-        for t, strength_pct in zip(times, strengths_pct, strict=False):
-            if not active:
-                if strength_pct >= on:
-                    active = True
-                    below = None
-                    self.onsets.append(t)
-                    n += 1
-            elif strength_pct > off:
-                below = None
-            else:
-                if below is None:
-                    below = t
-                if t - below >= min_off:
-                    active = False
-                    self.offsets.append(below)
-                    below = None
-        self.active, self._below_since = active, below
-        return n
-
 
 @dataclass(frozen=True)
 class RepMetrics:

@@ -88,6 +88,12 @@ def profile(name: str, faults: tuple[Fault, ...] = (), fault_rate: float | None 
     return base
 
 
+class _Random(random.Random):
+    """`random.Random`, naming the attribute where `gauss` keeps the second value of its pair."""
+
+    gauss_next: float | None
+
+
 class SimulatedPelvicFloor:
     """A `PressureSource` and a `Sink`: hears the coach's phases, produces cmH2O samples."""
 
@@ -96,7 +102,7 @@ class SimulatedPelvicFloor:
         self.patient = patient
         self.sample_rate_hz = sample_rate_hz
         self._dt = 1.0 / sample_rate_hz
-        self._rng = random.Random(seed)
+        self._rng = _Random(seed)
         self._t = start  # time of the last produced sample
         self._a = 0.0  # muscle activation, fraction of true MVC
         self._capacity = 1.0  # 1 = fresh; falls with fatigue
@@ -435,7 +441,7 @@ def _gauss_pairs_match() -> bool:
     (CPython's since 3.0): checked on a few draws from a pair's start and from its middle,
     else every sample calls it."""
     for odd in (False, True):
-        plain, inline = random.Random(2024), random.Random(2024)
+        plain, inline = _Random(2024), _Random(2024)
         if odd:  # mid-pair, as after an odd number of draws (a reaction time)
             plain.gauss(0.0, 1.0)
             inline.gauss(0.0, 1.0)
