@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from appliance.coach.kinds import RELAXING, SegmentKind, SessionPhase, State
 from appliance.coach.plan import Calibration, Segment
 from appliance.events import EventKind
-from appliance.sensor.signal import ContractionDetector, OneEuroFilter
+from appliance.sensor.signal import ContractionDetector, OneEuroFilter, RepRecorder
 
 if TYPE_CHECKING:
     from appliance.coach.programme import Exercise, Programme
@@ -74,7 +74,6 @@ class Measuring:
         if not vs:
             return
         seg = self._segment
-        cal = self.calibration
         phase = seg.current if seg is not None and self.state is not State.PAUSED else None
         kind = phase.kind if phase else None
         rec = seg.recorder if seg is not None and seg.kind is SegmentKind.REP and phase else None
@@ -82,38 +81,36 @@ class Measuring:
             rec = None  # a daily-life exercise: the probe is out, nothing to measure
         ps = self._filter.run(vs)
         self._pressure = ps[-1]
-        if cal is not None:
-            rest, mvc = cal.rest_cmh2o, cal.mvc_cmh2o
-            update = self._detector.update
-            strength = self._strength_pct
-            if rec is None:
-                for t, p in zip(ts, ps, strict=True):
-                    strength = (p - rest) * 100.0 / mvc
-                    update(t, strength)
-            else:
-                t0 = self.t0
-                rel: list[float] = []
-                pcts: list[float] = []
-                for t, p in zip(ts, ps, strict=True):
-                    strength = (p - rest) * 100.0 / mvc
-                    rel.append(t - t0)
-                    pcts.append(strength)
-                    if update(t, strength):
-                        rec.contractions += 1
-            self._strength_pct = strength
-        elif rec is not None:
-            t0 = self.t0
-            rel, pcts = [t - t0 for t in ts], [self._strength_pct] * len(ps)
+        pcts = self._strengths(ts, ps, rec)
         if rec is not None:
             assert phase is not None
-            rec.add_block(rel, pcts, phase.level_pct if phase.holding else 0.0, kind in RELAXING,
-                          kind is SessionPhase.MOVE)
+            t0 = self.t0
+            rec.add_block([t - t0 for t in ts], pcts, phase.level_pct if phase.holding else 0.0,
+                          kind in RELAXING, kind is SessionPhase.MOVE)
             if kind is SessionPhase.REST:
                 self._rest_tail.extend(ps)
         elif kind is SessionPhase.CALIBRATE_REST:
             self._calib_rest.extend(ps)
         elif kind is SessionPhase.CALIBRATE_SQUEEZE:
             self._calib_window.extend(ps)
+
+    def _strengths(self, ts: list[float], ps: list[float], rec: RepRecorder | None) -> list[float]:
+        """Each smoothed sample in %MVC, through the contraction detector (onsets counted in
+        `rec`); before the calibration, the last strength known."""
+        cal = self.calibration
+        if cal is None:
+            return [self._strength_pct] * len(ps)
+        rest, mvc = cal.rest_cmh2o, cal.mvc_cmh2o
+        update = self._detector.update
+        pcts: list[float] = []
+        strength = self._strength_pct
+        for t, p in zip(ts, ps, strict=True):
+            strength = (p - rest) * 100.0 / mvc
+            pcts.append(strength)
+            if update(t, strength) and rec is not None:
+                rec.contractions += 1
+        self._strength_pct = strength
+        return pcts
 
     def _uses_probe(self, seg: Segment | None) -> bool:
         """Whether the segment's exercise is measured (not a daily-life one, probe out)."""
