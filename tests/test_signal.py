@@ -4,6 +4,8 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.sensor.signal import ContractionDetector, OneEuroFilter, RepRecorder, oxford_band
 
@@ -131,3 +133,72 @@ def test_the_spoken_release_correction_and_the_stored_release_agree(tmp_path):
     corrected = [r for r in reps if any(r["t_start"] <= t < r["t_end"] for t in said)]
     assert corrected and not any(r["release_complete"] for r in corrected)
     assert any(r["release_complete"] for r in reps)
+
+
+# --- the fast forms give the plain forms' numbers ---------------------------------------------
+
+
+def _textbook_one_euro(rate_hz, min_cutoff_hz, beta, d_cutoff_hz, xs):
+    """The One Euro filter as it was first written here: alpha worked out in full at every sample."""
+
+    def alpha(cutoff_hz):
+        tau = 1.0 / (2 * math.pi * cutoff_hz)
+        te = 1.0 / rate_hz
+        return 1.0 / (1.0 + tau / te)
+
+    a_d = alpha(d_cutoff_hz)
+    out, prev, dx_s = [], None, 0.0
+    for x in xs:
+        if prev is None:
+            prev = x
+        else:
+            dx = (x - prev) * rate_hz
+            dx_s += a_d * (dx - dx_s)
+            prev = prev + alpha(min_cutoff_hz + beta * abs(dx_s)) * (x - prev)
+        out.append(prev)
+    return out
+
+
+pressures = st.lists(st.floats(-50.0, 300.0, allow_nan=False), max_size=120)
+splits = st.lists(st.integers(0, 12), min_size=1, max_size=40).filter(any)  # samples per read, some none
+
+
+def _blocks(xs, sizes):
+    i, k = 0, 0
+    while i < len(xs):
+        n = sizes[k % len(sizes)]
+        yield xs[i:i + n]
+        i, k = i + n, k + 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(rate=st.sampled_from([50.0, 100.0, 200.0, 250.0, 1000.0 / 3]), min_cutoff=st.floats(0.05, 10.0),
+       beta=st.floats(0.0, 5.0), d_cutoff=st.floats(0.05, 10.0), xs=pressures, sizes=splits)
+def test_the_smoother_gives_the_textbook_numbers_sample_by_sample_and_read_by_read(
+        rate, min_cutoff, beta, d_cutoff, xs, sizes):
+    want = _textbook_one_euro(rate, min_cutoff, beta, d_cutoff, xs)
+    one = OneEuroFilter(rate, min_cutoff, beta, d_cutoff)
+    assert [one(x) for x in xs] == want
+    block = OneEuroFilter(rate, min_cutoff, beta, d_cutoff)
+    got = []
+    for b in _blocks(xs, sizes):
+        got.extend(block.run(b))
+    assert got == want
+    if xs:  # and the two go on from the same state
+        assert one(xs[0] + 1.0) == block.run([xs[0] + 1.0])[0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(pcts=st.lists(st.floats(-20.0, 120.0, allow_nan=False), min_size=1, max_size=150), sizes=splits,
+       target=st.sampled_from([0.0, 40.0, 70.0]), relaxing=st.booleans(), moving=st.booleans())
+def test_a_repetition_recorded_a_read_at_a_time_has_the_same_metrics(pcts, sizes, target, relaxing, moving):
+    times = [i * 0.01 for i in range(len(pcts))]
+    one, block = RepRecorder(contract_at=0.0), RepRecorder(contract_at=0.0)
+    for t, p in zip(times, pcts, strict=True):
+        one.add(t, p, target, relaxing, moving)
+    i = 0
+    for b in _blocks(pcts, sizes):
+        block.add_block(times[i:i + len(b)], b, target, relaxing, moving)
+        i += len(b)
+    assert block == one
+    assert block.metrics(35.0, 0.01) == one.metrics(35.0, 0.01)

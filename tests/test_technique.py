@@ -144,3 +144,17 @@ def test_the_monitors_median_and_percentile_are_numpys_to_the_bit():
             assert _median(values) == float(np.median(values))
             for q in (10, 20, 50, 90, 99):
                 assert _percentile(values, q) == float(np.percentile(values, q))
+
+
+def test_the_live_level_is_numpys_mean_to_the_bit():
+    """The live check's half-second mean (taken every 50 ms) is np.mean's number, for the
+    lengths a read brings and the long ones numpy sums in pairs."""
+    import numpy as np
+
+    from appliance.sensor.technique import _mean
+
+    rng = np.random.default_rng(11)
+    for n in list(range(1, 140)) + [255, 256, 257, 1000, 4099]:
+        x = rng.normal(size=n) * rng.uniform(0.1, 40) + rng.uniform(20, 60)
+        for values in (x, np.round(x, 1), np.array(x.tolist())):
+            assert _mean(values) == float(np.mean(values))

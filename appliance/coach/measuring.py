@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from appliance.coach.kinds import RELAXING, SegmentKind, SessionPhase, State
 from appliance.coach.plan import Calibration, Segment
 from appliance.events import EventKind
-from appliance.sensor.signal import ContractionDetector, OneEuroFilter
+from appliance.sensor.signal import ContractionDetector, OneEuroFilter, RepRecorder
 
 if TYPE_CHECKING:
     from appliance.coach.programme import Exercise, Programme
@@ -64,33 +64,53 @@ class Measuring:
         self._rest_tail = []
 
     def _take_samples(self, times: Iterable[float], values: Iterable[float]) -> None:
+        # The filter takes the whole read at once and the recorder gets it as one block: the
+        # same values in the same order as one sample at a time, with fewer calls per sample.
+        ts = times if type(times) is list else list(times)
+        vs = values if type(values) is list else list(values)
+        if len(ts) != len(vs):
+            n = min(len(ts), len(vs))
+            ts, vs = ts[:n], vs[:n]
+        if not vs:
+            return
         seg = self._segment
-        cal = self.calibration
         phase = seg.current if seg is not None and self.state is not State.PAUSED else None
         kind = phase.kind if phase else None
         rec = seg.recorder if seg is not None and seg.kind is SegmentKind.REP and phase else None
         if rec is not None and not self._uses_probe(seg):
             rec = None  # a daily-life exercise: the probe is out, nothing to measure
-        hold_target = phase.level_pct if phase and phase.holding else 0.0
-        relaxing = kind in RELAXING
-        moving = kind is SessionPhase.MOVE
-        filt = self._filter
-        for ts, v in zip(times, values, strict=False):
-            p = filt(v)
-            self._pressure = p
-            if cal is not None:
-                self._strength_pct = (p - cal.rest_cmh2o) * 100.0 / cal.mvc_cmh2o
-                if self._detector.update(ts, self._strength_pct) and rec is not None:
-                    rec.contractions += 1
-            if rec is not None:
-                rec.add(ts - self.t0, self._strength_pct, hold_target, relaxing, moving)
-                if kind is SessionPhase.REST:
-                    self._rest_tail.append(p)
-            elif kind is SessionPhase.CALIBRATE_REST:
-                self._calib_rest.append(p)
-            elif kind is SessionPhase.CALIBRATE_SQUEEZE:
-                self._calib_window.append(p)
+        ps = self._filter.run(vs)
+        self._pressure = ps[-1]
+        pcts = self._strengths(ts, ps, rec)
+        if rec is not None:
+            assert phase is not None
+            t0 = self.t0
+            rec.add_block([t - t0 for t in ts], pcts, phase.level_pct if phase.holding else 0.0,
+                          kind in RELAXING, kind is SessionPhase.MOVE)
+            if kind is SessionPhase.REST:
+                self._rest_tail.extend(ps)
+        elif kind is SessionPhase.CALIBRATE_REST:
+            self._calib_rest.extend(ps)
+        elif kind is SessionPhase.CALIBRATE_SQUEEZE:
+            self._calib_window.extend(ps)
 
+    def _strengths(self, ts: list[float], ps: list[float], rec: RepRecorder | None) -> list[float]:
+        """Each smoothed sample in %MVC, through the contraction detector (onsets counted in
+        `rec`); before the calibration, the last strength known."""
+        cal = self.calibration
+        if cal is None:
+            return [self._strength_pct] * len(ps)
+        rest, mvc = cal.rest_cmh2o, cal.mvc_cmh2o
+        update = self._detector.update
+        pcts: list[float] = []
+        strength = self._strength_pct
+        for t, p in zip(ts, ps, strict=True):
+            strength = (p - rest) * 100.0 / mvc
+            pcts.append(strength)
+            if update(t, strength) and rec is not None:
+                rec.contractions += 1
+        self._strength_pct = strength
+        return pcts
 
     def _uses_probe(self, seg: Segment | None) -> bool:
         """Whether the segment's exercise is measured (not a daily-life one, probe out)."""

@@ -7,27 +7,32 @@ lag while the pressure moves, so the live tone is both calm and quick.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 HELD_FRACTION = 0.8  # "at target" means within 20 % of the level asked: breath ripple alone moves ±5 %MVC
 
 
 class OneEuroFilter:
-    """Adaptive low-pass filter; `min_cutoff_hz` sets rest jitter, `beta` the speed-up."""
+    """Adaptive low-pass filter; `min_cutoff_hz` sets rest jitter, `beta` the speed-up.
+
+    `__call__` filters one sample, `run` a block of them: the same arithmetic in the same
+    order, so both give the same floats (tests/test_signal.py holds them to the textbook form).
+    """
 
     def __init__(self, rate_hz: float, min_cutoff_hz: float = 1.5, beta: float = 0.2,
                  d_cutoff_hz: float = 1.0) -> None:
         self.rate_hz = rate_hz
         self.min_cutoff_hz = min_cutoff_hz
         self.beta = beta
+        self._te = 1.0 / rate_hz  # the sample period, as the textbook's alpha divides by it
         self._a_d = self._alpha(d_cutoff_hz)
         self._x: float | None = None
         self._dx = 0.0
 
     def _alpha(self, cutoff_hz: float) -> float:
-        tau = 1.0 / (2 * math.pi * cutoff_hz)
-        te = 1.0 / self.rate_hz
-        return 1.0 / (1.0 + tau / te)
+        tau = 1.0 / (_TWO_PI * cutoff_hz)
+        return 1.0 / (1.0 + tau / self._te)
 
     def reset(self) -> None:
         self._x = None
@@ -38,12 +43,33 @@ class OneEuroFilter:
         if prev is None:
             self._x = x
             return x
-        dx = (x - prev) * self.rate_hz
-        self._dx += self._a_d * (dx - self._dx)
-        cutoff = self.min_cutoff_hz + self.beta * abs(self._dx)
-        a = self._alpha(cutoff)
-        self._x = prev + a * (x - prev)
-        return self._x
+        d = self._dx
+        d += self._a_d * ((x - prev) * self.rate_hz - d)
+        self._dx = d
+        # _alpha(cutoff), written out: this runs at every sample.
+        a = 1.0 / (1.0 + (1.0 / (_TWO_PI * (self.min_cutoff_hz + self.beta * abs(d)))) / self._te)
+        out = prev + a * (x - prev)
+        self._x = out
+        return out
+
+    def run(self, xs: Iterable[float]) -> list[float]:
+        """Filter a block of samples in order: `[self(x) for x in xs]`, without a call per sample."""
+        prev = self._x
+        if prev is None:
+            return [self(x) for x in xs]  # the first sample passes as it is
+        d, a_d, rate, min_cutoff, beta, te = self._dx, self._a_d, self.rate_hz, self.min_cutoff_hz, self.beta, self._te
+        out: list[float] = []
+        append = out.append
+        for x in xs:
+            d += a_d * ((x - prev) * rate - d)
+            prev = prev + 1.0 / (1.0 + (1.0 / (_TWO_PI * (min_cutoff + beta * abs(d)))) / te) * (x - prev)
+            append(prev)
+        self._x = prev
+        self._dx = d
+        return out
+
+
+_TWO_PI = 2 * math.pi  # as `2 * math.pi * f` groups it: (2 * math.pi) * f
 
 
 class ContractionDetector:
@@ -141,6 +167,16 @@ class RepRecorder:
         self.target.append(hold_target_pct)
         self.relaxing.append(relaxing)
         self.moving.append(moving)
+
+    def add_block(self, t: list[float], pct: list[float], hold_target_pct: float, relaxing: bool,
+                  moving: bool = False) -> None:
+        """`add` for each (t, pct) pair, all in the same phase."""
+        n = len(t)
+        self.t.extend(t)
+        self.pct.extend(pct)
+        self.target.extend([hold_target_pct] * n)
+        self.relaxing.extend([relaxing] * n)
+        self.moving.extend([moving] * n)
 
     def _peak_index(self) -> tuple[int, bool]:
         """The squeeze's peak and whether a higher one during movement was an artefact."""

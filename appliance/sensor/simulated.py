@@ -12,6 +12,7 @@ import math
 import random
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any
 
 from appliance.events import Event, Feedback
 from appliance.sensor.base import ProbeStatus
@@ -87,6 +88,12 @@ def profile(name: str, faults: tuple[Fault, ...] = (), fault_rate: float | None 
     return base
 
 
+class _Random(random.Random):
+    """`random.Random`, naming the attribute where `gauss` keeps the second value of its pair."""
+
+    gauss_next: float | None
+
+
 class SimulatedPelvicFloor:
     """A `PressureSource` and a `Sink`: hears the coach's phases, produces cmH2O samples."""
 
@@ -95,7 +102,7 @@ class SimulatedPelvicFloor:
         self.patient = patient
         self.sample_rate_hz = sample_rate_hz
         self._dt = 1.0 / sample_rate_hz
-        self._rng = random.Random(seed)
+        self._rng = _Random(seed)
         self._t = start  # time of the last produced sample
         self._a = 0.0  # muscle activation, fraction of true MVC
         self._capacity = 1.0  # 1 = fresh; falls with fatigue
@@ -127,10 +134,12 @@ class SimulatedPelvicFloor:
         # (times, cmH2O), as the probe gives it (appliance.sensor.probe).
         self.abdominal: tuple[list[float], list[float]] | None = (
             ([], []) if Fault.ABDOMINAL in patient.faults else None)
+        self._steady: tuple[Any, ...] | None = None  # read_until's terms until the next phase
 
     # --- Sink: listening to the coach ----------------------------------------------------
 
     def emit(self, event: Event) -> None:
+        self._steady = None  # read_until's terms, worked out again at the next read
         own = self.patient.own_breath_s is not None  # ignores the coach's breathing rhythm
         if event.kind == "setting" and event.data.get("setting") == "pace" and not own:
             self._inhale_s, self._exhale_s = event.data["value"]
@@ -214,6 +223,137 @@ class SimulatedPelvicFloor:
         return None
 
     def read_until(self, t: float) -> tuple[list[float], list[float]]:
+        """The samples due by `t`: `_read_plain`'s numbers, without a method call per sample."""
+        if not _GAUSS_INLINE:
+            return self._read_plain(t)
+        times: list[float] = []
+        values: list[float] = []
+        belly: list[float] = []
+        dt = self._dt
+        now = self._t  # time of the last produced sample
+        limit = t + 1e-9
+        if now + dt > limit:  # no sample due
+            if self.abdominal is not None:
+                self.abdominal = (times, belly)
+            return times, values
+        # `_read_plain` written out: the state in locals, written back at the end; what does
+        # not change until the coach's next event (`_steady_terms`) worked out once, the
+        # breath's cycle until the next breath. Every expression keeps the plain form's
+        # grouping (so its floats), and the random draws come in the same order:
+        # random.gauss's Box-Muller pairs, drawn here, one pair per sample for the drift and
+        # the noise.
+        steady_terms = self._steady
+        if steady_terms is None:
+            steady_terms = self._steady = self._steady_terms()
+        (plan_start, plan_end, u_from, u_to, du, span, bent, pushing, give_up_at, alpha_rise, alpha_fall,
+         fatigue, recovery, rest, mvc, push_goal, push_decay, noise, drift_step, holding, held, half_ripple,
+         steady, moves, abdominal, tensed_share) = steady_terms
+        rng = self._rng
+        rnd = rng.random
+        pending = rng.gauss_next  # random.gauss's second value of a pair, not yet used
+        a, capacity, push_p, drift = self._a, self._capacity, self._push, self._drift
+        breath_start = self._breath_start
+        inhale, exhale = self._breath_len
+        cycle = inhale + exhale
+        add_time, add_value = times.append, values.append
+        while now + dt <= limit:
+            now += dt
+            # Command: the plan, with the technique faults bending it.
+            if now <= plan_start:
+                u = u_from
+            elif now >= plan_end:
+                u = u_to
+            else:
+                u = u_from + du * ((now - plan_start) / span)
+            push = False
+            if bent:  # a fault bends the plan
+                push = pushing and u > 0.05
+                if give_up_at is not None and now >= give_up_at:
+                    u = 0.0
+                if push:
+                    u = 0.0  # no lift at all: the rise comes from bearing down
+            u *= capacity
+            a += (u - a) * (alpha_rise if u > a else alpha_fall)
+            # Fatigue while working, recovery while resting.
+            if a > 0.05:
+                c = capacity - fatigue * a * dt
+                capacity = c if c > 0.3 else 0.3
+            else:
+                capacity += (1.0 - capacity) * recovery * dt
+            pressure = rest + a * mvc
+            # Bearing down: a slow, broad rise of intra-abdominal pressure.
+            if push:
+                push_p += (push_goal - push_p) * dt / 1.5
+            else:
+                push_p *= push_decay
+            pressure += push_p
+            if holding:
+                breath = held  # held in: pressure stays up
+            else:
+                tau = now - breath_start
+                if tau >= cycle:  # a new breath: the method draws its length
+                    breath = self._breath(now)
+                    breath_start = self._breath_start
+                    inhale, exhale = self._breath_len
+                    cycle = inhale + exhale
+                elif tau < inhale:  # diaphragm descends: abdominal pressure rises
+                    breath = half_ripple * (1 - _cos(_PI * tau / inhale))
+                else:
+                    breath = half_ripple * (1 + _cos(_PI * (tau - inhale) / exhale))
+            pressure += breath
+            pressure += self._motion_artifact(now) if moves else steady
+            # rng.gauss(0.0, drift_step), then rng.gauss(0.0, noise): a pair's two values,
+            # or the pending one and the first of a new pair.
+            x2pi = rnd() * _TWOPI
+            g2rad = _sqrt(-2.0 * _log(1.0 - rnd()))
+            if pending is None:
+                z_drift = _cos(x2pi) * g2rad
+                z_noise = _sin(x2pi) * g2rad
+            else:
+                z_drift = pending
+                z_noise = _cos(x2pi) * g2rad
+                pending = _sin(x2pi) * g2rad
+            drift += (0.0 + z_drift * drift_step) - drift * dt / 120.0
+            pressure += drift + (0.0 + z_noise * noise)
+            add_time(now)
+            add_value(pressure)
+            if abdominal:
+                tensed = 0.6 * a * mvc if tensed_share else 0.0
+                if not holding and now - breath_start >= cycle:  # still behind: another breath
+                    breath = self._breath(now)
+                    breath_start = self._breath_start
+                    inhale, exhale = self._breath_len
+                    cycle = inhale + exhale
+                rng.gauss_next = pending
+                belly.append(10.0 + tensed + 0.3 * breath + rng.gauss(0.0, noise))
+                pending = rng.gauss_next
+        rng.gauss_next = pending
+        self._t = now
+        self._a = a
+        self._capacity = capacity
+        self._push = push_p
+        self._drift = drift
+        if abdominal:
+            self.abdominal = (times, belly)
+        return times, values
+
+    def _steady_terms(self) -> tuple[Any, ...]:
+        """What `read_until` needs that stays the same until the coach's next event."""
+        p = self.patient
+        dt = self._dt
+        fault = self._fault
+        u_from, u_to = self._u_from, self._u_to
+        give_up_at = self._fault_at if fault is Fault.GIVE_UP and self._fault_at and u_to > 0 else None
+        pushing = fault is Fault.PUSH_DOWN and u_to > 0.05
+        return (self._plan_start, self._plan_end, u_from, u_to, u_to - u_from, self._plan_end - self._plan_start,
+                pushing or give_up_at is not None, pushing, give_up_at, self._alpha_rise, self._alpha_fall,
+                p.fatigue_per_s, p.recovery_per_s, p.rest_cmh2o, p.mvc_cmh2o, 0.45 * p.mvc_cmh2o, 1 - dt / 0.8,
+                p.noise_cmh2o, self._drift_step, self._breath_holding, p.breath_ripple_cmh2o * 0.9,
+                p.breath_ripple_cmh2o * 0.5, _MOTION_STEADY.get(self._motion, 0.0),
+                self._motion in _MOTION_MOVING, self.abdominal is not None, fault is Fault.ABDOMINAL)
+
+    def _read_plain(self, t: float) -> tuple[list[float], list[float]]:
+        """The samples due by `t`, one step at a time: the model as written first."""
         times: list[float] = []
         values: list[float] = []
         belly: list[float] = []
@@ -289,3 +429,38 @@ class SimulatedPelvicFloor:
             phase = now % 0.5
             return 25.0 * math.sin(math.pi * phase / 0.08) if phase < 0.08 else 0.0
         return 0.0
+
+
+# `_motion_artifact` of the motions that do not change within a phase, and of those that do.
+_MOTION_STEADY = {"none": 0.0, "knee_lift": 3.0, "squat_back": 2.0}
+_MOTION_MOVING = frozenset({"walk", "hop"})
+
+
+def _gauss_pairs_match() -> bool:
+    """Whether `random.Random.gauss` is the Box-Muller pair that `read_until` draws inline
+    (CPython's since 3.0): checked on a few draws from a pair's start and from its middle,
+    else every sample calls it."""
+    for odd in (False, True):
+        plain, inline = _Random(2024), _Random(2024)
+        if odd:  # mid-pair, as after an odd number of draws (a reaction time)
+            plain.gauss(0.0, 1.0)
+            inline.gauss(0.0, 1.0)
+        for _ in range(4):
+            want = (plain.gauss(0.0, 0.3), plain.gauss(0.0, 0.7))
+            pending = inline.gauss_next
+            rnd = inline.random
+            x2pi = rnd() * _TWOPI
+            g2rad = math.sqrt(-2.0 * math.log(1.0 - rnd()))
+            if pending is None:
+                got = (0.0 + math.cos(x2pi) * g2rad * 0.3, 0.0 + math.sin(x2pi) * g2rad * 0.7)
+            else:
+                got = (0.0 + pending * 0.3, 0.0 + math.cos(x2pi) * g2rad * 0.7)
+                inline.gauss_next = math.sin(x2pi) * g2rad
+            if got != want or inline.getstate() != plain.getstate():
+                return False
+    return True
+
+
+_TWOPI = 2.0 * math.pi  # random.TWOPI
+_PI, _cos, _sin, _sqrt, _log = math.pi, math.cos, math.sin, math.sqrt, math.log
+_GAUSS_INLINE = _gauss_pairs_match()
