@@ -19,7 +19,6 @@ larger speed coefficient, so a deliberate squeeze is heard within one sensor sam
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import deque
 from collections.abc import Callable
@@ -80,6 +79,15 @@ class LivePressure:
         due = self._due
         return due[0][0] if due else None
 
+    def push_block(self, times: list[float], cmh2o: list[float]) -> None:
+        """`push(v, t)` for each sample in order, without a call per sample (keeping time)."""
+        due = self._due
+        if due is None:
+            for v in cmh2o:
+                self.push(v)
+            return
+        due.extend(zip(times, self._filter.run(cmh2o), strict=True))
+
     def publish_until(self, t: float) -> None:
         """Publish every held-back sample taken at or before clock time `t`."""
         due = self._due
@@ -132,9 +140,9 @@ class SimulatedSampler:
         self.sample_rate_hz = source.sample_rate_hz
         self._takes_itself = takes_itself
         self._taken_until = -math.inf
-        self._times: list[float] = []
-        self._values: list[float] = []
-        self._belly: tuple[list[float], list[float]] | None = None
+        # What each step of the clock took: (clock time, times, values, the belly's or None),
+        # handed to the control loop as the source would have answered its read then.
+        self._taken: list[tuple[float, list[float], list[float], Any]] = []
         self.abdominal: Any = None
         slot.keep_time()
         self._clock = clock
@@ -155,17 +163,10 @@ class SimulatedSampler:
         times, values = source.read_until(t)
         if not len(times):
             return
-        push = self.slot.push
-        for ts, v in zip(times, values, strict=True):
-            push(float(v), float(ts))
-        self._times.extend(times)
-        self._values.extend(values)
+        times, values = _floats(times), _floats(values)
+        self.slot.push_block(times, values)
         belly = getattr(source, "abdominal", None)
-        if belly is not None:
-            if self._belly is None:
-                self._belly = ([], [])
-            self._belly[0].extend(belly[0])
-            self._belly[1].extend(belly[1])
+        self._taken.append((t, times, values, None if belly is None else (_floats(belly[0]), _floats(belly[1]))))
 
     def read_until(self, t: float) -> tuple[Samples, Samples]:
         if self._takes_itself:
@@ -173,13 +174,20 @@ class SimulatedSampler:
             self.abdominal = getattr(self.source, "abdominal", None)
         else:
             self.take_until(t)
-            k = bisect.bisect_right(self._times, t)
-            times, values = self._times[:k], self._values[:k]
-            del self._times[:k], self._values[:k]
-            if self._belly is not None:
-                kb = bisect.bisect_right(self._belly[0], t)
-                self.abdominal = (self._belly[0][:kb], self._belly[1][:kb])
-                del self._belly[0][:kb], self._belly[1][:kb]
+            taken = self._taken
+            k = len(taken)
+            while k and taken[k - 1][0] > t:  # (taken since: the clock ran past `t`)
+                k -= 1
+            if k == 1:
+                _, times, values, belly = taken[0]
+            else:
+                times = [x for chunk in taken[:k] for x in chunk[1]]
+                values = [x for chunk in taken[:k] for x in chunk[2]]
+                bellies = [chunk[3] for chunk in taken[:k] if chunk[3] is not None]
+                belly = ([x for b in bellies for x in b[0]], [x for b in bellies for x in b[1]]) if bellies else None
+            del taken[:k]
+            if belly is not None or self.abdominal is not None:
+                self.abdominal = belly if belly is not None else ([], [])
         self.slot.publish_until(t)  # the loop has reached t, speaker or not
         return times, values
 
@@ -196,6 +204,13 @@ class SimulatedSampler:
         if name == "source":
             raise AttributeError(name)
         return getattr(self.source, name)
+
+
+def _floats(xs: Any) -> list[float]:
+    """Plain floats: a probe's arrays converted in one call, a floor's list taken as it is."""
+    if type(xs) is list:
+        return xs
+    return xs.tolist() if hasattr(xs, "tolist") else [float(x) for x in xs]
 
 
 def publish_live(source: PressureSource, slot: LivePressure, clock: Any = None) -> PressureSource:
