@@ -1,6 +1,7 @@
 """`appliance simulate` from the command line, as a person would run it."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 import wave
@@ -121,3 +122,23 @@ def test_the_console_prints_the_ready_phrase_before_the_session_not_beside_the_w
     lines = out.getvalue().splitlines()
     assert lines[0].split()[:2] == ["-0:05.65", "»"] and "Ik ben klaar." in lines[0]
     assert lines[1].split()[0] == "0:00.00" and "Welkom." in lines[1]
+
+
+def test_a_lending_period_without_a_patient_points_to_enrolment_not_to_an_empty_report(tmp_path):
+    """A new user simulating days into an empty directory was told the report shows what the
+    device did; the report then said no patient is enrolled. Enrolled first, it is there."""
+    bare = tmp_path / "bare"
+    out = appliance("simulate", "--days", "1", "--state-dir", str(bare), "--quiet", "--no-audio")
+    assert out.returncode == 0, out.stderr
+    assert "appliance clinic enroll" in out.stdout and "shows what the device did" not in out.stdout
+    assert appliance("clinic", "report", "--state-dir", str(bare), "--out", str(tmp_path / "r0")).returncode != 0
+
+    enrolled = tmp_path / "enrolled"
+    rx = Path(__file__).resolve().parent.parent / "examples" / "prescription.toml"
+    assert appliance("clinic", "enroll", "--state-dir", str(enrolled), str(rx)).returncode == 0
+    out = appliance("simulate", "--days", "1", "--state-dir", str(enrolled), "--quiet", "--no-audio")
+    assert out.returncode == 0, out.stderr
+    assert f"appliance clinic report --state-dir {enrolled}" in out.stdout
+    report = appliance("clinic", "report", "--state-dir", str(enrolled), "--out", str(tmp_path / "r1"))
+    assert report.returncode == 0, report.stderr
+    assert list((tmp_path / "r1").glob("*.pdf"))

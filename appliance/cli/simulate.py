@@ -152,8 +152,15 @@ def _lending(args: argparse.Namespace) -> int:
     summary = simulate_days(args.state_dir, args.days, first_day=first, adherence=args.adherence,
                             patient=args.patient, seed=args.seed, config_path=args.config,
                             lang=args.lang, out=None if args.quiet else sys.stdout)
+    from appliance.clinic.enrolment import current_enrolment
+
+    if current_enrolment(args.state_dir) is not None:
+        after = f"`appliance clinic report --state-dir {args.state_dir}` shows what the device did."
+    else:  # the leaflet's defaults: the report is the enrolled patient's, and there is none
+        after = (f"No patient is enrolled there, so there is no report: enrol one first "
+                 f"(`appliance clinic enroll --state-dir {args.state_dir} examples/prescription.toml`, "
+                 f"in an empty directory) and simulate again.")
     print(f"\n{summary.days} days simulated in {summary.wall_s:.0f} s: {summary.sessions} sessions "
           f"({summary.main} main, {summary.short_sets} short sets, {summary.perfect} PERFECT), "
-          f"{summary.reminders} reminders; stored in {args.state_dir}. "
-          f"`appliance clinic report --state-dir {args.state_dir}` shows what the device did.")
+          f"{summary.reminders} reminders; stored in {args.state_dir}. {after}")
     return 0
