@@ -34,6 +34,12 @@ def test_simulate_writes_database_and_timeline_and_prints_a_readable_timeline(tm
     assert wav["session_starts_at_s"] > 1.0 and np.sqrt(np.mean((welcome / 32768.0) ** 2)) > 0.01
     assert "Breathe in slowly, until your belly rises." in r.stdout
     assert "█" in r.stdout and "session done" in r.stdout
+    # Before the MVC is measured a % means nothing: the calibration's squeezes show their pressure.
+    squeezes = [x for x in r.stdout.splitlines() if "calibrate_squeeze" in x]
+    assert squeezes and all(x.rstrip().endswith("cmH2O") and "%" not in x for x in squeezes)
+    peaks = [float(x.split("max")[1].split("cmH2O")[0]) for x in squeezes]
+    (cal,) = [x for x in lines if x["kind"] == "calibration"]
+    assert min(peaks) > cal["rest_cmh2o"] + 5.0  # squeezes above the measured rest (post-op: gentle ones)
 
 
 def test_a_bad_say_option_is_one_clear_sentence_and_a_non_zero_exit(tmp_path):

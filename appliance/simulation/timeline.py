@@ -59,6 +59,7 @@ class ConsoleTimeline:
         self._exercise = ""
         self._phase: dict | None = None
         self._peak = 0.0
+        self._peak_cmh2o = 0.0  # before the MVC is known a strength in % means nothing: the pressure
         self._held: list[tuple[float, str]] = []
         # The device speaks before the session (its ready phrase) on its own clock; with the
         # clock, those lines wait for the session's start and are printed at their time before
@@ -69,6 +70,8 @@ class ConsoleTimeline:
     def feedback(self, fb: Feedback) -> None:
         if fb.strength_pct > self._peak:
             self._peak = fb.strength_pct
+        if fb.cmh2o > self._peak_cmh2o:
+            self._peak_cmh2o = fb.cmh2o
 
     @staticmethod
     def _ts(t: float) -> str:
@@ -82,9 +85,12 @@ class ConsoleTimeline:
             self._phase = None
             rep = f"#{d['rep']}" if "rep" in d else "  "
             peak = max(self._peak, 0.0)
+            if str(d["phase"]).startswith("calibrate"):  # no MVC yet: the probe's pressure itself
+                shown = f"max {max(self._peak_cmh2o, 0.0):4.1f} cmH2O"
+            else:
+                shown = f"max {peak:3.0f}% (asked {d.get('level_pct', 0):.0f}%)"
             self._held.append((d["start"] - 1e-6, f"{self._ts(d['start'])}  {d.get('exercise', self._exercise):<11} "
-                               f"{rep:>3} {d['phase']:<17} {strength_bar(peak, d.get('level_pct', 0))} "
-                               f"max {peak:3.0f}% (asked {d.get('level_pct', 0):.0f}%)"))
+                               f"{rep:>3} {d['phase']:<17} {strength_bar(peak, d.get('level_pct', 0))} {shown}"))
         self._held.sort(key=lambda x: x[0])
         self.out.write("".join(line + "\n" for _, line in self._held))
         self._held.clear()
@@ -110,7 +116,7 @@ class ConsoleTimeline:
             self._flush_phase()
             self._exercise = d.get("exercise", self._exercise)
             self._phase = d
-            self._peak = -1e9
+            self._peak = self._peak_cmh2o = -1e9
             return
         if e.kind == "say":
             line = f"{ts}  {'':<11}     » {d['text']}"
