@@ -12,12 +12,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from appliance.clock import Clock
 from appliance.coach.session import Session
 from appliance.commands import Command
-from appliance.sensor.base import PressureSource
+from appliance.sensor.base import PressureSource, plain_floats
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +40,7 @@ def _plain(samples: tuple[Any, Any]) -> tuple[list[float], list[float]]:
     """A real probe delivers numpy arrays; plain floats keep numpy scalars out of events.
     (`tolist` converts a whole array in one call; a list of floats is taken as it is.)"""
     times, values = samples
-    return _floats(times), _floats(values)
-
-
-def _floats(xs: Any) -> list[float]:
-    if isinstance(xs, np.ndarray):
-        return xs.tolist()
-    if type(xs) is list and (not xs or type(xs[0]) is float):  # exactly float: np.float64 is a float too
-        return xs
-    return [float(x) for x in xs]
+    return plain_floats(times), plain_floats(values)
 
 
 def clock_time(t0: float, st: float) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,6 +23,16 @@ class ProbeStatus(Enum):
 
 Samples = np.ndarray | Sequence[float]
 """A probe's arrays, or the plain lists a simulated floor gives (a sample or two a tick)."""
+
+
+def plain_floats(xs: Any) -> list[float]:
+    """Plain floats: a probe's array converted in one call, a list of floats taken as it is
+    (numpy scalars kept out of events and the slot: np.float64 is a float too)."""
+    if isinstance(xs, np.ndarray):
+        return xs.tolist()
+    if type(xs) is list and (not xs or type(xs[0]) is float):
+        return xs
+    return [float(x) for x in xs]
 
 
 class PressureSource(Protocol):

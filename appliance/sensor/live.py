@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.sensor.base import PressureSource, ProbeStatus, Samples
+from appliance.sensor.base import PressureSource, ProbeStatus, Samples, plain_floats
 from appliance.sensor.signal import OneEuroFilter
 
 
@@ -49,19 +48,11 @@ class LivePressure:
         self._filter = OneEuroFilter(rate_hz, s.min_cutoff_hz, s.beta, s.d_cutoff_hz)
         self.value: float | None = None
         self.count = 0  # samples published so far (a stalled writer shows as no change)
-
         # In simulated time (`keep_time`): samples taken ahead, published at their time.
         self._due: deque[tuple[float, float]] | None = None
 
-    def push(self, cmh2o: float, t: float | None = None) -> None:
-        """The newest sample; `t` (its clock time) holds it back until `publish_until(t)`
-        when the slot keeps time."""
-        value = self._filter(cmh2o)
-        due = self._due
-        if due is not None and t is not None:
-            due.append((t, value))
-            return
-        self.value = value
+    def push(self, cmh2o: float) -> None:
+        self.value = self._filter(cmh2o)
         self.count += 1  # published after the value
 
     # --- simulated time ------------------------------------------------------------------
@@ -79,14 +70,16 @@ class LivePressure:
         due = self._due
         return due[0][0] if due else None
 
-    def push_block(self, times: list[float], cmh2o: list[float]) -> None:
-        """`push(v, t)` for each sample in order, without a call per sample (keeping time)."""
+    def push_block(self, times: Samples, cmh2o: list[float]) -> None:
+        """Each sample in order, without a call per sample; a slot that keeps time holds
+        each back until `publish_until` reaches its time."""
+        values = self._filter.run(cmh2o)
         due = self._due
-        if due is None:
-            for v in cmh2o:
-                self.push(v)
-            return
-        due.extend(zip(times, self._filter.run(cmh2o), strict=True))
+        if due is not None:
+            due.extend(zip(times, values, strict=True))
+        elif values:
+            self.value = values[-1]
+            self.count += len(values)  # published after the value
 
     def publish_until(self, t: float) -> None:
         """Publish every held-back sample taken at or before clock time `t`."""
@@ -106,9 +99,7 @@ class LiveSource:
 
     def read_until(self, t: float) -> tuple[Samples, Samples]:
         times, values = self.source.read_until(t)
-        push = self.slot.push
-        for v in values:
-            push(float(v))
+        self.slot.push_block(times, plain_floats(values))
         return times, values
 
     @property
@@ -128,17 +119,12 @@ class SimulatedSampler:
     the clock's observers), so the slot has each one at its own time before the simulated
     sound card plays on, as a sampler thread has on the device. The control loop's
     `read_until` then collects what was taken, as it does from the probe's sampler.
-
-    `takes_itself`: the source publishes into the slot as it takes (the probe on its
-    stepped ADC sampler); this only moves it on with the clock. Otherwise the samples
-    are read ahead here, published with their times and kept for the control loop.
     """
 
-    def __init__(self, source: PressureSource, slot: LivePressure, clock: Any, takes_itself: bool) -> None:
+    def __init__(self, source: PressureSource, slot: LivePressure, clock: Any) -> None:
         self.source = source
         self.slot = slot
         self.sample_rate_hz = source.sample_rate_hz
-        self._takes_itself = takes_itself
         self._taken_until = -math.inf
         # What each step of the clock took: (clock time, times, values, the belly's or None),
         # handed to the control loop as the source would have answered its read then.
@@ -154,40 +140,26 @@ class SimulatedSampler:
         if t <= self._taken_until:
             return  # (the control loop's read right after the clock moved)
         self._taken_until = t
-        source = self.source
-        if self._takes_itself:
-            take: Callable[[float], None] | None = getattr(source, "take_until", None)
-            if take is not None:
-                take(t)
-            return
-        times, values = source.read_until(t)
+        times, values = self.source.read_until(t)
         if not len(times):
             return
-        times, values = _floats(times), _floats(values)
+        times, values = plain_floats(times), plain_floats(values)
         self.slot.push_block(times, values)
-        belly = getattr(source, "abdominal", None)
-        self._taken.append((t, times, values, None if belly is None else (_floats(belly[0]), _floats(belly[1]))))
+        belly = getattr(self.source, "abdominal", None)
+        self._taken.append((t, times, values, None if belly is None else tuple(map(plain_floats, belly))))
 
     def read_until(self, t: float) -> tuple[Samples, Samples]:
-        if self._takes_itself:
-            times, values = self.source.read_until(t)
-            self.abdominal = getattr(self.source, "abdominal", None)
-        else:
-            self.take_until(t)
-            taken = self._taken
-            k = len(taken)
-            while k and taken[k - 1][0] > t:  # (taken since: the clock ran past `t`)
-                k -= 1
-            if k == 1:
-                _, times, values, belly = taken[0]
-            else:
-                times = [x for chunk in taken[:k] for x in chunk[1]]
-                values = [x for chunk in taken[:k] for x in chunk[2]]
-                bellies = [chunk[3] for chunk in taken[:k] if chunk[3] is not None]
-                belly = ([x for b in bellies for x in b[0]], [x for b in bellies for x in b[1]]) if bellies else None
-            del taken[:k]
-            if belly is not None or self.abdominal is not None:
-                self.abdominal = belly if belly is not None else ([], [])
+        self.take_until(t)
+        taken = self._taken
+        k = len(taken)
+        while k and taken[k - 1][0] > t:  # (taken since: the clock ran past `t`)
+            k -= 1
+        mine = taken[:k]
+        del taken[:k]
+        times = [x for _, ts, _, _ in mine for x in ts]
+        values = [x for _, _, vs, _ in mine for x in vs]
+        bellies = [b for *_, b in mine if b is not None]
+        self.abdominal = ([x for b in bellies for x in b[0]], [x for b in bellies for x in b[1]]) if bellies else None
         self.slot.publish_until(t)  # the loop has reached t, speaker or not
         return times, values
 
@@ -200,25 +172,15 @@ class SimulatedSampler:
         self._clock.remove_observer(self.slot.publish_until)
         self.source.close()
 
-    def __getattr__(self, name: str) -> Any:  # the probe's own (status log, monitor, ...)
-        if name == "source":
-            raise AttributeError(name)
-        return getattr(self.source, name)
-
-
-def _floats(xs: Any) -> list[float]:
-    """Plain floats: a probe's arrays converted in one call, a floor's list taken as it is."""
-    if type(xs) is list:
-        return xs
-    return xs.tolist() if hasattr(xs, "tolist") else [float(x) for x in xs]
-
 
 def publish_live(source: PressureSource, slot: LivePressure, clock: Any = None) -> PressureSource:
-    """`source`, publishing every sample into `slot`: from its own sampler thread when it
-    has one (`source.publish_live(slot)` returns True), else from the control loop's read.
-    On a simulated clock (one with `on_advance`), as the clock moves (`SimulatedSampler`)."""
-    publish = getattr(source, "publish_live", None)
-    takes_itself = publish is not None and publish(slot)
+    """`source`, publishing every sample into `slot`: on a simulated clock (one with
+    `on_advance`) as the clock moves (`SimulatedSampler`, whatever the source: a stepped
+    probe takes its samples when read); else from the source's own sampler thread when it
+    has one (`source.publish_live(slot)` returns True), else from the control loop's read."""
     if getattr(clock, "on_advance", None) is not None:
-        return SimulatedSampler(source, slot, clock, takes_itself)
-    return source if takes_itself else LiveSource(source, slot)
+        return SimulatedSampler(source, slot, clock)
+    publish = getattr(source, "publish_live", None)
+    if publish is not None and publish(slot):
+        return source
+    return LiveSource(source, slot)

@@ -410,12 +410,6 @@ class Probe:
             self.abdominal = (times, pressure[:, 1])
         return times, pressure[:, 0]
 
-    def take_until(self, t: float) -> None:
-        """In simulated time: the stepped sampler takes its samples up to `t` as the clock
-        reaches it (publishing each into the live slot), before the control loop reads."""
-        if self.stepped:
-            self.sampler.acquire_until(t)
-
     def publish_live(self, slot: LivePressure) -> bool:
         """Publish every sample's pressure (cmH2O, zeroed) into `slot` as the sampler takes it.
 
@@ -427,7 +421,7 @@ class Probe:
 
         def on_sample(t: float, counts: tuple[float, ...]) -> None:
             volts = (counts[0] + 0.5) * scale  # counts_to_volts, for one sample
-            slot.push(float(transfer.cmh2o(volts)) - self.zero_cmh2o, t)
+            slot.push(float(transfer.cmh2o(volts)) - self.zero_cmh2o)
 
         self.sampler.on_sample = on_sample
         return True
