@@ -474,36 +474,10 @@ class ToneSynth:
         target, third, its target, tremolo depth, its target, LFO ω, LFO phase), with the
         partials and tremolo zeroed where `render` leaves them out; None for a silent block.
         """
-        p = self._params
-        amp, amp_t = self._amp, p.amplitude
-        if silent or (amp == 0.0 and amp_t == 0.0):
+        if silent or (self._amp == 0.0 and self._params.amplitude == 0.0):
             self._asleep = True
             return None
-        timbre = self._timbre(p)
-        sr = self.sample_rate
-        hz = self.target_hz(p)
-        if self._asleep:
-            self._wake(hz, timbre)
-        w0 = TWO_PI * self._freq / sr
-        wt = TWO_PI * hz / sr
-        fifth0, third0, depth0 = self._fifth, self._third, self._trem_depth
-        t_fifth, t_third, t_depth = timbre.fifth, timbre.third_harmonic, timbre.tremolo_depth
-        if not (fifth0 > 1e-6 or t_fifth > 0):
-            fifth0 = t_fifth = 0.0
-        if not (third0 > 1e-6 or t_third > 0):
-            third0 = t_third = 0.0
-        lw = lfo = 0.0
-        if depth0 > 1e-6 or t_depth > 0:
-            trem_hz = timbre.tremolo_hz if t_depth > 0 else self._trem_hz
-            lw = TWO_PI * trem_hz / sr
-            lfo = self._lfo_phase
-            self._lfo_phase = (lfo + lw * n) % TWO_PI
-            self._trem_hz = trem_hz
-        else:
-            depth0 = t_depth = 0.0
-        figures = (self._phase, w0, wt, amp, amp_t, fifth0, t_fifth, third0, t_third, depth0, t_depth, lw, lfo)
-        self._advance(n, w0, wt, timbre, self._lag[n - 1])  # render's own step of the glides
-        return figures
+        return self.plan_run((n,))[0]
 
     def plan_run(self, sizes: Sequence[int]) -> list[tuple]:
         """`plan(n, ...)` for each block of `sizes` in turn, in one call: the figures of each
@@ -513,9 +487,9 @@ class ToneSynth:
 
         For the offline renderer's stretches of the tone alone, where nothing `plan` reads
         changes between the blocks (the params, the live slot's value: no other code runs
-        between them). Each block's figures and the state after it are `plan`'s and
-        `_advance`'s own expressions, evaluated in the same order on the same numbers, so
-        the result is bit for bit that of `plan` called block by block.
+        between them). `plan` is this for one block. The state after each block is
+        `_advance`'s own expressions (render's step), evaluated in the same order on the
+        same numbers, so the samples are bit for bit what `render` writes block by block.
         """
         figures: list[tuple] = []
         p = self._params
