@@ -223,9 +223,8 @@ class SimulatedPelvicFloor:
         return None
 
     def read_until(self, t: float) -> tuple[list[float], list[float]]:
-        """The samples due by `t`: `_read_plain`'s numbers, without a method call per sample."""
-        if not _GAUSS_INLINE:
-            return self._read_plain(t)
+        """The samples due by `t`, one pass with the state in locals (the model step by step,
+        as tests/test_simulated_floor.py's `read_plain` writes it, gives the same numbers)."""
         times: list[float] = []
         values: list[float] = []
         belly: list[float] = []
@@ -236,7 +235,7 @@ class SimulatedPelvicFloor:
             if self.abdominal is not None:
                 self.abdominal = (times, belly)
             return times, values
-        # `_read_plain` written out: the state in locals, written back at the end; what does
+        # The plain model written out: the state in locals, written back at the end; what does
         # not change until the coach's next event (`_steady_terms`) worked out once, the
         # breath's cycle until the next breath. Every expression keeps the plain form's
         # grouping (so its floats), and the random draws come in the same order:
@@ -352,53 +351,6 @@ class SimulatedPelvicFloor:
                 p.breath_ripple_cmh2o * 0.5, _MOTION_STEADY.get(self._motion, 0.0),
                 self._motion in _MOTION_MOVING, self.abdominal is not None, fault is Fault.ABDOMINAL)
 
-    def _read_plain(self, t: float) -> tuple[list[float], list[float]]:
-        """The samples due by `t`, one step at a time: the model as written first."""
-        times: list[float] = []
-        values: list[float] = []
-        belly: list[float] = []
-        p = self.patient
-        rng = self._rng
-        dt = self._dt
-        while self._t + dt <= t + 1e-9:
-            self._t += dt
-            now = self._t
-            # Command: the plan, with the technique faults bending it.
-            u = self._command_at(now) if now >= self._plan_start else self._u_from
-            fault = self._fault
-            push = fault is Fault.PUSH_DOWN and u > 0.05 and self._u_to > 0.05
-            if fault is Fault.GIVE_UP and self._fault_at and now >= self._fault_at and self._u_to > 0:
-                u = 0.0
-            if push:
-                u = 0.0  # no lift at all: the rise comes from bearing down
-            u *= self._capacity
-            alpha = self._alpha_rise if u > self._a else self._alpha_fall
-            self._a += (u - self._a) * alpha
-            # Fatigue while working, recovery while resting.
-            if self._a > 0.05:
-                self._capacity = max(0.3, self._capacity - p.fatigue_per_s * self._a * dt)
-            else:
-                self._capacity += (1.0 - self._capacity) * p.recovery_per_s * dt
-            pressure = p.rest_cmh2o + self._a * p.mvc_cmh2o
-            # Bearing down: a slow, broad rise of intra-abdominal pressure.
-            if push:
-                self._push += (0.45 * p.mvc_cmh2o - self._push) * dt / 1.5
-            else:
-                self._push *= 1 - dt / 0.8
-            pressure += self._push
-            pressure += self._breath(now)
-            pressure += self._motion_artifact(now)
-            self._drift += rng.gauss(0.0, self._drift_step) - self._drift * dt / 120.0
-            pressure += self._drift + rng.gauss(0.0, p.noise_cmh2o)
-            times.append(now)
-            values.append(pressure)
-            if self.abdominal is not None:
-                tensed = 0.6 * self._a * p.mvc_cmh2o if fault is Fault.ABDOMINAL else 0.0
-                belly.append(10.0 + tensed + 0.3 * self._breath(now) + rng.gauss(0.0, p.noise_cmh2o))
-        if self.abdominal is not None:
-            self.abdominal = (times, belly)
-        return times, values
-
     def _breath(self, now: float) -> float:
         if self._breath_holding:
             return self.patient.breath_ripple_cmh2o * 0.9  # held in: pressure stays up
@@ -434,33 +386,5 @@ class SimulatedPelvicFloor:
 # `_motion_artifact` of the motions that do not change within a phase, and of those that do.
 _MOTION_STEADY = {"none": 0.0, "knee_lift": 3.0, "squat_back": 2.0}
 _MOTION_MOVING = frozenset({"walk", "hop"})
-
-
-def _gauss_pairs_match() -> bool:
-    """Whether `random.Random.gauss` is the Box-Muller pair that `read_until` draws inline
-    (CPython's since 3.0): checked on a few draws from a pair's start and from its middle,
-    else every sample calls it."""
-    for odd in (False, True):
-        plain, inline = _Random(2024), _Random(2024)
-        if odd:  # mid-pair, as after an odd number of draws (a reaction time)
-            plain.gauss(0.0, 1.0)
-            inline.gauss(0.0, 1.0)
-        for _ in range(4):
-            want = (plain.gauss(0.0, 0.3), plain.gauss(0.0, 0.7))
-            pending = inline.gauss_next
-            rnd = inline.random
-            x2pi = rnd() * _TWOPI
-            g2rad = math.sqrt(-2.0 * math.log(1.0 - rnd()))
-            if pending is None:
-                got = (0.0 + math.cos(x2pi) * g2rad * 0.3, 0.0 + math.sin(x2pi) * g2rad * 0.7)
-            else:
-                got = (0.0 + pending * 0.3, 0.0 + math.cos(x2pi) * g2rad * 0.7)
-                inline.gauss_next = math.sin(x2pi) * g2rad
-            if got != want or inline.getstate() != plain.getstate():
-                return False
-    return True
-
-
 _TWOPI = 2.0 * math.pi  # random.TWOPI
 _PI, _cos, _sin, _sqrt, _log = math.pi, math.cos, math.sin, math.sqrt, math.log
-_GAUSS_INLINE = _gauss_pairs_match()
