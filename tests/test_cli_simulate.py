@@ -1,10 +1,10 @@
 """`appliance simulate` from the command line, as a person would run it."""
 
 import json
-from pathlib import Path
 import subprocess
 import sys
 import wave
+from pathlib import Path
 
 import numpy as np
 

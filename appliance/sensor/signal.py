@@ -123,7 +123,7 @@ class RepMetrics:
     held_s: float  # seconds at or above 80 % of the level asked for (the tolerance band), in hold/move phases
     hold_asked_s: float  # seconds of hold/move asked for
     steadiness_pct: float  # standard deviation of strength during the holds (%MVC); lower is steadier
-    release_complete: bool  # let go 1.5 s into the rest (within 2.5 cmH2O of rest, or below 10 %MVC and a quarter of the peak)
+    release_complete: bool  # let go 1.5 s into the rest: within 2.5 cmH2O of rest, or < 10 %MVC and < 1/4 of the peak
     onset_s: float | None  # from the contract cue to the detected onset
     mean_hold_pct: float  # mean strength during the holds
     contractions: int = 0  # separate contractions seen (more than one: let go and started again)
