@@ -590,12 +590,17 @@ class Mixer:
         if self._cancel_seen != self._cancel_req or self._duck != self.duck_gain \
                 or self._vol != self.volume or self._tvol != self.tone_volume:
             return min(block, limit)
-        room = min(limit, active.item.samples.shape[0] - active.pos)
-        if self._pending:
-            room = min(room, self._pending[0].start_frame - self._frame)
+        room = min(limit, self._phrase_room(active))
         if room == limit:  # it goes on to the end of the call: the card's last, shorter block too
             return limit
         return max(room - room % block, min(block, limit))
+
+    def _phrase_room(self, active: _Voice) -> int:
+        """Frames until the phrase being said ends or the next one is due to start."""
+        room = active.item.samples.shape[0] - active.pos
+        if self._pending:
+            room = min(room, self._pending[0].start_frame - self._frame)
+        return room
 
     def plan_run(self, block: int, limit: int) -> int:
         """Plan the card's next blocks of `block` frames, as many as are alike, up to `limit`
@@ -625,10 +630,7 @@ class Mixer:
                     n = self._plan_tone_run(block, limit, limit, None)
             elif self._cancel_seen == self._cancel_req and self._duck == self.duck_gain:
                 # a phrase over the (ducked) tone, until it ends or the next one starts
-                room = active.item.samples.shape[0] - active.pos
-                if self._pending:
-                    room = min(room, self._pending[0].start_frame - self._frame)
-                n = self._plan_tone_run(block, limit, room, active)
+                n = self._plan_tone_run(block, limit, self._phrase_room(active), active)
             if n:
                 return n
         n = self.steady_frames(block, limit) if limit > block else limit  # (one block: all of it, whatever it is)
