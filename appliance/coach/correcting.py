@@ -50,6 +50,12 @@ MIN_PHASE_LEFT_S = 1.0  # a late correction starts at least this long before its
 HEARD_KEPT = 32
 
 
+def _lets_finish(start: float, t: float) -> bool:
+    """Whether a correction detected at `t` and starting at `start` only let a sentence about
+    to end finish (within `MAX_WAIT_S` and the 0.1 s after it), rather than wait for it."""
+    return start - t <= MAX_WAIT_S + 0.1 + 1e-9
+
+
 def correction_phrase(fault: str, n: int) -> str:
     """The n-th (1-based) correction of `fault` this session: cue, explanation, then cues."""
     cue, again, explain = CORRECTIONS[fault]
@@ -115,7 +121,7 @@ class Correcting:
         end = start + self.timing.duration(key)
         dropped = self._make_room(seg, start, end)
         extra: dict[str, object] = {"dropped": dropped} if dropped else {}
-        if said is not None and start - t > MAX_WAIT_S + 0.1 + 1e-9:
+        if said is not None and not _lets_finish(start, t):
             extra["waited_for"] = said.key  # said after a sentence longer than the wait
         self._emit(EventKind.WARNING, warning=fault, phrase=key, detected=round(t, 3), said=True,
                    escalation="explain" if n == 2 else "cue", **extra)
@@ -149,7 +155,7 @@ class Correcting:
         last = max(busy, key=lambda h: h.end)
         behind_correction = any(h.priority is Priority.CORRECTION for h in busy)
         start = last.end + (GAP_S if behind_correction else 0.1)
-        if start - t <= MAX_WAIT_S + 0.1 + 1e-9:
+        if _lets_finish(start, t):
             return start, last  # a sentence about to end is let finish
         if start - t <= MAX_CORRECTION_WAIT_S and self._still_matters(fault, seg, start):
             return start, last
