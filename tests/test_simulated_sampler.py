@@ -112,3 +112,21 @@ def test_the_simulated_tone_hears_a_squeeze_at_its_sample_not_at_the_next_tick(t
     speaker.stop()
     onset = _pitch_880_onset(tmp_path / "tone.wav", after_s=0.5)
     assert step_at <= onset < step_at + 0.03, onset  # not at the 1.1 s tick
+
+
+def test_a_source_that_publishes_by_itself_keeps_doing_so_on_a_simulated_clock():
+    """A probe that samples before every audio block and publishes at once (bench/latency.py's,
+    as the device's sampler thread does) is not read ahead instead: its slot stays immediate."""
+
+    class PublishingProbe(StepProbe):
+        def publish_live(self, slot: LivePressure) -> bool:
+            self.slot = slot
+            return True
+
+    clock = SimClock()
+    slot = LivePressure(RATE_HZ)
+    probe = PublishingProbe()
+    assert publish_live(probe, slot, clock) is probe
+    assert not slot.keeps_time and probe.slot is slot
+    slot.push(25.0)
+    assert slot.value == 25.0  # published at once, not held for the clock

@@ -174,13 +174,13 @@ class SimulatedSampler:
 
 
 def publish_live(source: PressureSource, slot: LivePressure, clock: Any = None) -> PressureSource:
-    """`source`, publishing every sample into `slot`: on a simulated clock (one with
-    `on_advance`) as the clock moves (`SimulatedSampler`, whatever the source: a stepped
-    probe takes its samples when read); else from the source's own sampler thread when it
-    has one (`source.publish_live(slot)` returns True), else from the control loop's read."""
-    if getattr(clock, "on_advance", None) is not None:
-        return SimulatedSampler(source, slot, clock)
+    """`source`, publishing every sample into `slot`: by itself when it can (its sampler
+    thread, or bench/latency.py's probe sampling before every audio block:
+    `source.publish_live(slot)` returns True); else on a simulated clock (one with
+    `on_advance`) as the clock moves (`SimulatedSampler`); else from the control loop's read."""
     publish = getattr(source, "publish_live", None)
     if publish is not None and publish(slot):
         return source
+    if getattr(clock, "on_advance", None) is not None:
+        return SimulatedSampler(source, slot, clock)
     return LiveSource(source, slot)
